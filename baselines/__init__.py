@@ -1,0 +1,1 @@
+"""Baseline methods (shipped as fewshot_bench.baselines)."""

@@ -1,0 +1,9 @@
+"""fewshot-bench: episodic few-shot NLU benchmark."""
+from .episodes import Episode, Setting, sample_episode
+from .errors import UserError
+from .registry import BACKBONES, METHODS, TASKS, register_backbone, register_method, register_task
+from .task import TaskConfig, load_card, register_cards
+
+__version__ = "0.1.0"
+__all__ = ["Episode", "Setting", "sample_episode", "UserError", "TASKS", "METHODS", "BACKBONES",
+           "register_task", "register_method", "register_backbone", "TaskConfig", "load_card", "register_cards"]

@@ -1,0 +1,177 @@
+"""Command line: ``fewshot-bench {list,episodes,run,leaderboard,validate,merge}``.
+
+Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+from .errors import UserError
+from .registry import import_object
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="folder holding the datasets (<task>/<split>.jsonl); also $FEWSHOT_BENCH_DATA")
+    common.add_argument("--tasks-dir", action="append", default=[], help="extra folder of YAML task cards (repeatable)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="fewshot-bench", description="Episodic few-shot NLU benchmark.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", parents=[common], help="list registered tasks, methods or backbones")
+    p.add_argument("what", choices=["tasks", "methods", "backbones"])
+    p.add_argument("--fold", type=int, default=1, help="fold used to count classes per pool")
+    p.set_defaults(handler="fewshot_bench.cli:cmd_list")
+
+    p = sub.add_parser("episodes", parents=[common], help="print one episode as JSON")
+    p.add_argument("task")
+    p.add_argument("--pool", default="target", choices=["source", "validation", "target"])
+    p.add_argument("--n-way", default=None, help="classes per episode, or 'all' (default: the card's)")
+    p.add_argument("--k-shot", default=None, help="shots per class, or MIN-MAX for variable shot (default: the card's)")
+    p.add_argument("--query", type=int, default=None, help="queries per class (default: the card's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--fold", type=int, default=1)
+    p.set_defaults(handler="fewshot_bench.cli:cmd_episodes")
+
+    p = sub.add_parser("run", parents=[common], help="run methods on task episodes into a results store")
+    p.add_argument("--config", help="YAML file of run options; flags override it")
+    p.add_argument("--suite", help="named suite (smoke, default, cross-domain) choosing task x setting combinations")
+    p.add_argument("--tasks", help="comma-separated task names")
+    p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
+    p.add_argument("--methods", help="comma-separated method names or path/to/file.py:Class")
+    p.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
+    p.add_argument("--k-shot", help="shots per class, comma-separated (e.g. 1,5); MIN-MAX for variable shot")
+    p.add_argument("--query", type=int, help="queries per class")
+    p.add_argument("--episodes", type=int, help="episodes per task x setting")
+    p.add_argument("--fold", type=int, help="class-split fold (1-based)")
+    p.add_argument("--seed", type=int, help="episode and training seed")
+    p.add_argument("--backbone", help="backbone name, Hugging Face id or local path (default: minilm)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--store", help="SQLite results store (default: runs/results.sqlite)")
+    p.add_argument("--out", help="leaderboard CSV written at the end (default: leaderboard/leaderboard.csv)")
+    p.add_argument("--limit", type=int, help="smoke runs: at most this many episodes per task x setting")
+    p.add_argument("--method-config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a method config field (repeatable), e.g. full_ft.steps=5")
+    p.set_defaults(handler="fewshot_bench.runner:cli_run")
+
+    p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
+    p.add_argument("--store", default="runs/results.sqlite")
+    p.add_argument("--out", default="leaderboard/leaderboard.csv")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
+
+    p = sub.add_parser("validate", parents=[common], help="check a leaderboard CSV or a results store")
+    p.add_argument("file")
+    p.set_defaults(handler="fewshot_bench.validate:cli_validate")
+
+    p = sub.add_parser("merge", parents=[common], help="merge results-store shards into one store")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--store", required=True, help="the store to merge into")
+    p.set_defaults(handler="fewshot_bench.store:cli_merge")
+    return parser
+
+
+def apply_common(args) -> None:
+    """Apply --data-dir and register the cards of --tasks-dir."""
+    from .data import set_data_dir
+    from .task import register_cards
+
+    if getattr(args, "data_dir", None):
+        set_data_dir(args.data_dir)
+    for directory in getattr(args, "tasks_dir", []) or []:
+        register_cards(directory)
+
+
+def cmd_list(args) -> int:
+    from .registry import BACKBONES, METHODS, TASKS
+
+    if args.what == "methods":
+        from . import methods  # noqa: F401  (registers the built-in methods)
+        print("\n".join(METHODS.names()))
+        return 0
+    if args.what == "backbones":
+        from . import backbone  # noqa: F401
+        print("\n".join(BACKBONES.names()))
+        return 0
+    from .data import data_dir, get_task_data
+    from .task import get_task_config
+
+    header = ("task", "source/val/target classes", "examples", "license", "source")
+    rows, missing = [], []
+    for name in TASKS.names():
+        config = get_task_config(name)
+        origin = "packaged demo" if config.source.packaged else f"{config.source.local_dir}/ | hub: {config.source.hub_id}"
+        try:
+            data = get_task_data(name, min(args.fold, config.pools.folds))
+        except UserError as exc:
+            missing.append(f"{name}: {exc}")
+            continue
+        counts = "/".join(str(len(data.pools[p].classes)) for p in ("source", "validation", "target"))
+        rows.append((name + (" (demo)" if config.demo else ""), counts, str(len(data.ids)), config.license.split(" (")[0], origin))
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if missing:
+        where = data_dir() or "not set"
+        print(f"\n{len(missing)} task(s) not loadable (data dir: {where}; set --data-dir DIR or FEWSHOT_BENCH_DATA=DIR):")
+        for line in missing:
+            print(f"  {line}")
+    return 0
+
+
+def cmd_episodes(args) -> int:
+    from .data import get_task_data
+    from .episodes import sample_episode
+    from .task import get_task_config
+
+    config = get_task_config(args.task)
+    defaults = config.episodes
+    n_way = args.n_way if args.n_way is not None else defaults.n_way
+    n_way = n_way if n_way == "all" else _positive_int(n_way, "--n-way")
+    episode = sample_episode(
+        get_task_data(args.task, args.fold), pool=args.pool, n_way=n_way,
+        k_shot=args.k_shot if args.k_shot is not None else defaults.k_shot,
+        q_query=args.query if args.query is not None else defaults.q_query, seed=args.seed, index=args.index)
+    print(json.dumps(episode.to_dict(), indent=1, ensure_ascii=False))
+    return 0
+
+
+def _positive_int(value, flag: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} expects an integer (or 'all'), got '{value}'") from None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        args = parser.parse_args(["run"] + list(argv if argv is not None else sys.argv[1:]))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        apply_common(args)
+        return int(import_object(args.handler)(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished episodes are kept in the store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

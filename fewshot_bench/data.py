@@ -1,0 +1,254 @@
+"""Loading a task's rows (through Hugging Face ``datasets``) and forming its class pools."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .errors import UserError
+from .task import BUILTIN_TASKS_DIR, POOLS, TaskConfig, get_task_config
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "FEWSHOT_BENCH_DATA"
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def data_dir() -> Optional[Path]:
+    """The data dir: ``--data-dir`` (which sets the env var) or ``$FEWSHOT_BENCH_DATA``."""
+    value = os.environ.get(DATA_ENV)
+    return Path(value) if value else None
+
+
+def set_data_dir(path) -> None:
+    os.environ[DATA_ENV] = str(path)
+    load_task_data.cache_clear()
+
+
+def hub_allowed() -> bool:
+    return not any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@dataclass
+class Pool:
+    """The classes of one pool and the rows that belong to it."""
+    classes: List[str]
+    rows: np.ndarray  # row indices into TaskData
+
+
+@dataclass
+class TaskData:
+    """All rows of a task (one fold), rendered to model input text, with its pools."""
+    config: TaskConfig
+    fold: int
+    ids: List[str]
+    texts: List[str]
+    labels: List[str]
+    pools: Dict[str, Pool] = field(default_factory=dict)
+    skipped_empty: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def pool(self, name: str) -> Pool:
+        if name not in POOLS:
+            raise UserError(f"unknown pool '{name}'; use one of {', '.join(POOLS)}")
+        pool = self.pools[name]
+        if len(pool.rows) == 0:
+            raise UserError(f"task '{self.name}' (fold {self.fold}): the {name} pool is empty; "
+                            f"see pools in its card, or use another pool")
+        return pool
+
+
+def _local_dir(config: TaskConfig) -> Optional[Path]:
+    if config.source.packaged:
+        return BUILTIN_TASKS_DIR / config.source.local_dir
+    root = data_dir()
+    return root / config.source.local_dir if root else None
+
+
+def _find_split_file(folder: Optional[Path], split: str) -> Optional[Path]:
+    if folder is None:
+        return None
+    for suffix in FILE_FORMATS:
+        candidate = folder / f"{split}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_utf8(path: Path) -> None:
+    if path.suffix == ".parquet":
+        return
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); re-encode the file as UTF-8 "
+                        f"(rows are refused, not skipped, so no example silently disappears)") from None
+
+
+def _load_split(config: TaskConfig, split: str):
+    import datasets
+
+    datasets.disable_progress_bars()
+    folder = _local_dir(config)
+    path = _find_split_file(folder, split)
+    if path is not None:
+        _check_utf8(path)
+        try:
+            return datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as exc:  # datasets wraps parser errors in several types
+            raise UserError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    tried = [str(folder / f"{split}{s}") for s in FILE_FORMATS] if folder else []
+    hub = config.source.hub_id
+    if hub and hub_allowed():
+        try:
+            return datasets.load_dataset(hub, config.source.hub_config, split=split)
+        except Exception as exc:
+            hub_note = f"hub dataset '{hub}' failed too ({str(exc).splitlines()[0]})"
+    else:
+        hub_note = f"hub dataset '{hub}' not tried (offline)" if hub else "no hub id in the card"
+    where = f"tried {', '.join(tried)}" if tried else "no data dir is set"
+    raise UserError(f"task '{config.name}': no data for split '{split}' ({where}; {hub_note}); "
+                    f"set --data-dir DIR or {DATA_ENV}=DIR to the folder that holds '{config.source.local_dir}/'")
+
+
+def render_input(row: dict, config: TaskConfig) -> str:
+    """The text the model sees: the text field, a pair joined by [SEP], or a relation with marked entities."""
+    spec = config.input
+    text = row[spec.text_field]
+    if spec.tokens_field and spec.head_pos_field and spec.tail_pos_field:
+        tokens = list(row[spec.tokens_field])
+        marks = []
+        for (start_tag, end_tag), pos_field in ((("[E1]", "[/E1]"), spec.head_pos_field), (("[E2]", "[/E2]"), spec.tail_pos_field)):
+            positions = row[pos_field][0]
+            marks.append((min(positions), start_tag, max(positions), end_tag))
+        out = []
+        for i, tok in enumerate(tokens):
+            out += [s for start, s, _, _ in marks if start == i]
+            out.append(tok)
+            out += [e for _, _, end, e in marks if end == i]
+        return " ".join(out)
+    if spec.head_field and spec.tail_field:
+        for value, (start_tag, end_tag) in ((row[spec.head_field], ("[E1]", "[/E1]")), (row[spec.tail_field], ("[E2]", "[/E2]"))):
+            index = text.lower().find(str(value).lower())
+            if index < 0:
+                text = f"{start_tag} {value} {end_tag} {text}"
+            else:
+                text = f"{text[:index]}{start_tag} {text[index:index + len(value)]} {end_tag}{text[index + len(value):]}"
+        return text
+    if spec.pair_field:
+        return f"{text} [SEP] {row[spec.pair_field]}"
+    return text
+
+
+def get_task_data(name: str, fold: int = 1) -> TaskData:
+    """All rows of task ``name`` with its pools for ``fold`` (1-based); cached per data dir."""
+    return load_task_data(name, fold, str(data_dir()))
+
+
+@functools.lru_cache(maxsize=32)
+def load_task_data(name: str, fold: int, data_root: str) -> TaskData:
+    config = get_task_config(name)
+    if not 1 <= fold <= config.pools.folds:
+        raise UserError(f"task '{name}' has {config.pools.folds} fold(s); --fold {fold} is out of range")
+    ids, texts, labels, split_of = [], [], [], []
+    excluded = {str(v) for v in config.exclude_labels}
+    skipped = 0
+    for split in config.splits:
+        table = _load_split(config, split)
+        required = [config.input.text_field, config.label_field] + [
+            f for f in (config.input.pair_field, config.input.head_field, config.input.tail_field,
+                        config.input.tokens_field, config.input.head_pos_field, config.input.tail_pos_field) if f]
+        for field_name in required:
+            if field_name not in table.column_names:
+                raise UserError(f"task '{name}', split '{split}': field '{field_name}' named in the card is not in "
+                                f"the data (fields: {', '.join(table.column_names)}); fix the card's input/label_field")
+        for i, row in enumerate(table):
+            label = str(row[config.label_field])
+            if label in excluded:
+                continue
+            raw = row[config.input.text_field]
+            if raw is None or not str(raw).strip():
+                skipped += 1
+                continue
+            ids.append(f"{split}:{i}")
+            texts.append(render_input(row, config))
+            labels.append(label)
+            split_of.append(split)
+    if skipped:
+        log.warning("task '%s': skipped %d row(s) with empty text", name, skipped)
+    if not ids:
+        raise UserError(f"task '{name}': no usable rows in splits {config.splits}")
+    data = TaskData(config, fold, ids, texts, labels, skipped_empty=skipped)
+    data.pools = _form_pools(config, fold, np.array(labels), np.array(split_of))
+    return data
+
+
+def _seeded_split(items: list, fractions: Dict[str, float], key: str) -> Dict[str, list]:
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    order = np.random.default_rng(seed).permutation(len(items))
+    out, start = {}, 0
+    cumulative = 0.0
+    for pool in POOLS:
+        cumulative += fractions.get(pool, 0.0)
+        end = int(round(cumulative * len(items)))
+        out[pool] = [items[i] for i in sorted(order[start:end])]
+        start = end
+    return out
+
+
+def _class_lists(config: TaskConfig, fold: int, present: List[str]) -> Dict[str, List[str]]:
+    pools = config.pools
+    if pools.class_splits_file:
+        path = _local_dir(config) / pools.class_splits_file
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"task '{config.name}': cannot read class split file {path}: {exc}") from None
+        if "folds" in spec:
+            spec = spec["folds"][fold - 1]
+        aliases = {"source": ("source", "train"), "validation": ("validation", "valid"), "target": ("target", "test")}
+        spec = {pool: next((spec[k] for k in keys if isinstance(spec.get(k), list)), None)
+                for pool, keys in aliases.items()}
+        lists = {p: [str(c) for c in (spec[p] or [])] for p in POOLS}
+        absent = sorted({c for cs in lists.values() for c in cs} - set(present))
+        if absent:
+            raise UserError(f"{path}: names {len(absent)} class(es) absent from the data of task '{config.name}' "
+                            f"(e.g. {', '.join(absent[:3])}); fix the file or the card's splits")
+        return lists
+    if pools.fractions:
+        return _seeded_split(sorted(present), pools.fractions, f"{config.name}:{config.version}:{pools.seed}")
+    lists = {p: [str(c) for c in (getattr(pools, p) or [])] for p in POOLS}
+    absent = sorted({c for cs in lists.values() for c in cs} - set(present))
+    if absent:
+        raise UserError(f"task '{config.name}': pools name class(es) absent from the data: {', '.join(absent[:5])}")
+    return lists
+
+
+def _form_pools(config: TaskConfig, fold: int, labels: np.ndarray, split_of: np.ndarray) -> Dict[str, Pool]:
+    present = sorted(set(labels.tolist()))
+    if config.pools.strategy == "classes":
+        lists = _class_lists(config, fold, present)
+        return {p: Pool(lists[p], np.flatnonzero(np.isin(labels, lists[p]))) for p in POOLS}
+    pools = config.pools
+    if pools.fractions:
+        rows = _seeded_split(list(range(len(labels))), pools.fractions, f"{config.name}:{config.version}:{pools.seed}")
+        row_sets = {p: np.array(rows[p], dtype=np.int64) for p in POOLS}
+    else:
+        for p in POOLS:
+            unknown = set(getattr(pools, p) or []) - set(config.splits)
+            if unknown:
+                raise UserError(f"task '{config.name}': pools.{p} names split(s) {sorted(unknown)} not in splits {config.splits}")
+        row_sets = {p: np.flatnonzero(np.isin(split_of, getattr(pools, p) or [])) for p in POOLS}
+    return {p: Pool(sorted(set(labels[r].tolist())), r) for p, r in row_sets.items()}

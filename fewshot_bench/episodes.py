@@ -1,0 +1,143 @@
+"""Episodes: a pure function of (task, version, fold, pool, n, k, q, seed, index), fingerprinted."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+from .data import TaskData, get_task_data
+from .errors import UserError
+
+Shot = Union[int, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One N-way K-shot episode. Label ids index ``classes`` and are shuffled per episode."""
+    task: str
+    version: int
+    fold: int
+    pool: str
+    n_way: int
+    k_shot: Union[int, tuple]
+    q_query: int
+    seed: int
+    index: int
+    classes: tuple
+    support_ids: tuple
+    support_texts: tuple
+    support_labels: tuple
+    query_ids: tuple
+    query_texts: tuple
+    query_labels: tuple
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rng(*key) -> np.random.Generator:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+def fingerprint(classes, support_ids, support_labels, query_ids, query_labels) -> str:
+    payload = json.dumps([list(classes), list(support_ids), list(support_labels), list(query_ids), list(query_labels)])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def parse_shot(k_shot) -> Union[int, tuple]:
+    """``5`` -> 5; ``[1, 5]`` or ``"1-5"`` -> (1, 5): K drawn per class in that range (FLEX-style)."""
+    if isinstance(k_shot, str):
+        parts = k_shot.split("-")
+        k_shot = [int(p) for p in parts] if len(parts) == 2 else int(k_shot)
+    if isinstance(k_shot, (list, tuple)):
+        low, high = (int(v) for v in k_shot)
+        if not 1 <= low <= high:
+            raise UserError(f"variable shot range {k_shot} must satisfy 1 <= min <= max")
+        return (low, high)
+    if int(k_shot) < 1:
+        raise UserError(f"k_shot must be >= 1, got {k_shot}")
+    return int(k_shot)
+
+
+def sample_episode(data: TaskData, *, pool: str = "target", n_way: Union[int, str] = 5, k_shot: Shot = 5,
+                   q_query: int = 15, seed: int = 0, index: int = 0) -> Episode:
+    """Draw episode ``index`` of the seeded sequence; uses its own RNG, never global state."""
+    k_shot = parse_shot(k_shot)
+    k_max = k_shot[1] if isinstance(k_shot, tuple) else k_shot
+    if q_query < 1:
+        raise UserError(f"q_query must be >= 1, got {q_query}")
+    chosen_pool = data.pool(pool)
+    labels = np.asarray(data.labels)[chosen_pool.rows]
+    rows_of = {c: chosen_pool.rows[labels == c] for c in chosen_pool.classes}
+    eligible = [c for c in chosen_pool.classes if len(rows_of[c]) >= k_max + q_query]
+    where = f"task '{data.name}' (fold {data.fold}, {pool} pool)"
+    if n_way == "all":
+        if len(eligible) < len(chosen_pool.classes):
+            raise UserError(f"{where}: n_way='all' needs every one of its {len(chosen_pool.classes)} classes to have "
+                            f">= K+Q = {k_max + q_query} examples, but only {len(eligible)} do; lower --k-shot/--query")
+        n_way = len(eligible)
+    n_way = int(n_way)
+    if n_way < 2:
+        raise UserError(f"n_way must be >= 2, got {n_way}")
+    if n_way > len(eligible):
+        raise UserError(f"{where}: n_way={n_way} but only {len(eligible)} class(es) have >= K+Q = {k_max + q_query} "
+                        f"examples; lower --n-way to <= {len(eligible)} or lower --k-shot/--query")
+    rng = _rng(data.name, data.config.version, data.fold, pool, n_way, k_shot, q_query, seed, index)
+    classes = [eligible[i] for i in rng.choice(len(eligible), size=n_way, replace=False)]
+    support, query = [], []
+    for label_id, cls in enumerate(classes):
+        shots = int(rng.integers(k_shot[0], k_shot[1] + 1)) if isinstance(k_shot, tuple) else k_shot
+        picked = rng.permutation(rows_of[cls])[: shots + q_query]
+        support += [(int(r), label_id) for r in picked[:shots]]
+        query += [(int(r), label_id) for r in picked[shots:]]
+    support = [support[i] for i in rng.permutation(len(support))]
+    ids, texts = data.ids, data.texts
+    s_ids = tuple(ids[r] for r, _ in support)
+    q_ids = tuple(ids[r] for r, _ in query)
+    s_labels = tuple(l for _, l in support)
+    q_labels = tuple(l for _, l in query)
+    return Episode(
+        task=data.name, version=data.config.version, fold=data.fold, pool=pool, n_way=n_way, k_shot=k_shot,
+        q_query=q_query, seed=seed, index=index, classes=tuple(classes),
+        support_ids=s_ids, support_texts=tuple(texts[r] for r, _ in support), support_labels=s_labels,
+        query_ids=q_ids, query_texts=tuple(texts[r] for r, _ in query), query_labels=q_labels,
+        fingerprint=fingerprint(classes, s_ids, s_labels, q_ids, q_labels),
+    )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A task × episode-shape combination; ``source_task`` differs from ``task`` in cross-dataset settings."""
+    task: str
+    n_way: Union[int, str] = 5
+    k_shot: Union[int, tuple] = 5
+    q_query: int = 15
+    fold: int = 1
+    source_task: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        shot = f"{self.k_shot[0]}-{self.k_shot[1]}" if isinstance(self.k_shot, tuple) else self.k_shot
+        cross = f"{self.source_task}->" if self.source_task and self.source_task != self.task else ""
+        return f"{cross}{self.task}/fold{self.fold}/{self.n_way}way{shot}shot{self.q_query}q"
+
+    def target_episode(self, seed: int, index: int) -> Episode:
+        return sample_episode(get_task_data(self.task, self.fold), pool="target", n_way=self.n_way,
+                              k_shot=self.k_shot, q_query=self.q_query, seed=seed, index=index)
+
+    def source_episode(self, seed: int, index: int, pool: str = "source") -> Episode:
+        """Episodes for meta-training: the source pool of ``source_task`` (default: the same task)."""
+        source = self.source_task or self.task
+        fold = self.fold if source == self.task else 1
+        return sample_episode(get_task_data(source, fold), pool=pool, n_way=self.n_way, k_shot=self.k_shot,
+                              q_query=self.q_query, seed=seed, index=index)
+
+
+def episode_set_sha256(fingerprints: List[str]) -> str:
+    """Identity of a set of episodes (order-independent)."""
+    return hashlib.sha256("\n".join(sorted(fingerprints)).encode()).hexdigest()

@@ -1,0 +1,145 @@
+"""Task cards: a YAML file in ``tasks/`` maps 1:1 onto :class:`TaskConfig`."""
+from __future__ import annotations
+
+import importlib.resources
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import yaml
+
+from .config import from_mapping, option
+from .errors import UserError
+from .registry import TASKS
+
+BUILTIN_TASKS_DIR = Path(str(importlib.resources.files("fewshot_bench.tasks")))
+POOLS = ("source", "validation", "target")
+
+
+@dataclass
+class SourceConfig:
+    local_dir: str = option(help="folder under the data dir holding the split files (<split>.jsonl|.csv|.parquet)")
+    hub_id: Optional[str] = option(None, help="Hugging Face hub dataset id, used when no local copy exists and you are online")
+    hub_config: Optional[str] = option(None, help="configuration name of the hub dataset")
+    packaged: bool = option(False, help="the files ship inside the package (tasks/<local_dir>), no data dir needed")
+
+
+@dataclass
+class InputConfig:
+    text_field: str = option("text", help="field holding the input text")
+    pair_field: Optional[str] = option(None, help="second text of a sentence-pair task (joined with the separator token)")
+    head_field: Optional[str] = option(None, help="relation input: field naming the head entity (marked [E1] ... [/E1])")
+    tail_field: Optional[str] = option(None, help="relation input: field naming the tail entity (marked [E2] ... [/E2])")
+    tokens_field: Optional[str] = option(None, help="relation input: token list; with head/tail positions, entities are marked by position")
+    head_pos_field: Optional[str] = option(None, help="relation input: field with the head entity's token positions")
+    tail_pos_field: Optional[str] = option(None, help="relation input: field with the tail entity's token positions")
+
+
+@dataclass
+class PoolConfig:
+    strategy: str = option("classes", help="'classes': class-disjoint pools; 'examples': every pool has all classes, disjoint examples")
+    class_splits_file: Optional[str] = option(None, help="JSON file in the data folder with source/validation/target classes (a 'folds' list or train/validation/test keys)")
+    folds: int = option(1, help="number of folds in class_splits_file")
+    source: Optional[List] = option(None, help="explicit source classes ('classes') or split files ('examples')")
+    validation: Optional[List] = option(None, help="explicit validation classes ('classes') or split files ('examples')")
+    target: Optional[List] = option(None, help="explicit target classes ('classes') or split files ('examples')")
+    fractions: Optional[Dict[str, float]] = option(None, help="seeded split by fraction: {source: f, validation: f, target: f} of classes or examples")
+    seed: int = option(0, help="seed of the fraction split")
+
+
+@dataclass
+class EpisodeDefaults:
+    n_way: Union[int, str] = option(5, help="classes per episode, or 'all'")
+    k_shot: Union[int, List[int]] = option(5, help="support examples per class, or [min, max] for variable shot")
+    q_query: int = option(15, help="query examples per class")
+
+
+@dataclass
+class TaskConfig:
+    name: str = option(help="registry name of the task")
+    version: int = option(help="bump when the card changes episodes; part of every episode's identity")
+    description: str = option(help="one paragraph: what the task is")
+    citation: str = option(help="how to cite the dataset")
+    license: str = option(help="the dataset's license as stated by its source")
+    source: SourceConfig = option(help="where the data comes from")
+    splits: List[str] = option(help="split files to read (e.g. [train, validation, test])")
+    pools: PoolConfig = option(factory=PoolConfig, help="how classes/examples are divided into source/validation/target pools")
+    input: InputConfig = option(factory=InputConfig, help="which fields reach the model")
+    label_field: str = option("label", help="field holding the class label")
+    exclude_labels: List = option(factory=list, help="label values that are not classes (rows dropped), e.g. CLINC150's 'oos'")
+    episodes: EpisodeDefaults = option(factory=EpisodeDefaults, help="default episode settings")
+    demo: bool = option(False, help="a demo task written by the project, not a research dataset")
+    notes: str = option("", help="anything a user must know (e.g. how pools are formed)")
+
+
+def load_card(path: Union[str, Path]) -> TaskConfig:
+    """Parse and validate one YAML task card."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read task card {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"task card {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"malformed YAML in task card {where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"task card {path}: expected a mapping of fields at the top level")
+    config = from_mapping(TaskConfig, data, str(path))
+    _check(config, path)
+    return config
+
+
+def _check(config: TaskConfig, path) -> None:
+    pools = config.pools
+    if pools.strategy not in ("classes", "examples"):
+        raise UserError(f"{path}: pools.strategy is '{pools.strategy}'; use 'classes' or 'examples'")
+    if pools.fractions is not None:
+        bad = set(pools.fractions) - set(POOLS)
+        if bad or abs(sum(pools.fractions.values()) - 1.0) > 1e-6:
+            raise UserError(f"{path}: pools.fractions must have keys from {POOLS} summing to 1, got {pools.fractions}")
+    explicit = any(getattr(pools, p) is not None for p in POOLS)
+    given = sum([pools.class_splits_file is not None, pools.fractions is not None, explicit])
+    if given != 1:
+        raise UserError(f"{path}: pools needs exactly one of class_splits_file, fractions, or explicit source/validation/target lists")
+    if pools.class_splits_file and pools.strategy != "classes":
+        raise UserError(f"{path}: pools.class_splits_file needs strategy 'classes'")
+
+
+def register_cards(directory: Union[str, Path], *, overwrite: bool = False) -> List[str]:
+    """Register every ``*.yaml`` card in ``directory``; returns the task names."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"tasks dir {directory} does not exist; pass a folder of *.yaml task cards")
+    names = []
+    for card_path in sorted(directory.glob("*.yaml")):
+        config = load_card(card_path)
+        TASKS.register(config.name, config, overwrite=overwrite)
+        names.append(config.name)
+    return names
+
+
+def register_builtin_cards() -> None:
+    register_cards(BUILTIN_TASKS_DIR, overwrite=True)
+
+
+def get_task_config(name: str) -> TaskConfig:
+    obj = TASKS.get(name)
+    if isinstance(obj, TaskConfig):
+        return obj
+    if isinstance(obj, (str, os.PathLike)) and str(obj).endswith((".yaml", ".yml")):
+        return load_card(obj)
+    if callable(obj):
+        obj = obj()
+    if not isinstance(obj, TaskConfig):
+        raise UserError(f"task '{name}' is registered as {obj!r}, which is not a TaskConfig or a card path")
+    return obj
+
+
+register_builtin_cards()

@@ -1,0 +1,1 @@
+"""Built-in task cards (YAML), shipped as fewshot_bench.tasks."""
