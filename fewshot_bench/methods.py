@@ -1,0 +1,199 @@
+"""The method (adapter) interface every method runs through, and the per-episode harness.
+
+A method subclasses :class:`Method`, sets ``config_class`` (a dataclass with defaults and help text)
+and implements ``adapt(ctx) -> Predictor``. Methods that learn from source-pool episodes also implement
+``meta_train(ctx)`` and set ``protocol = "meta-trained"``. Register with ``@register_method("name")``,
+the ``fewshot_bench.methods`` entry-point group, or ``--methods path/to/file.py:Class``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Dict, Iterator, Optional
+
+import torch
+from torch import nn
+
+from .backbone import Backbone, Batch
+from .episodes import Episode
+from .errors import UserError
+from .metrics import GradientRecorder, query_scores
+from .registry import METHODS, import_object, register_method
+
+
+@dataclass
+class MethodConfig:
+    """Base for method configs (subclass it and add fields with ``fewshot_bench.config.option``)."""
+
+
+@dataclass
+class Predictor:
+    """What ``adapt`` returns: ``predict(batch) -> logits [B, n_way]``, and how many parameters were trained."""
+    predict: Callable[[Batch], torch.Tensor]
+    trainable_params: int = 0
+
+
+class Method:
+    """Base class of adaptation methods."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = MethodConfig
+    protocol: ClassVar[str] = "target-only"
+    attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.config_class()
+
+    def meta_train(self, ctx: "MetaContext") -> None:
+        """Learn from source-pool episodes before evaluation (optional)."""
+
+    def adapt(self, ctx: "EpisodeContext") -> Predictor:
+        raise NotImplementedError
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def config_hash(self) -> str:
+        payload = json.dumps({"method": self.name, "config": self.config_dict()}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class _Shared:
+    def __init__(self, backbone: Backbone, seed: int, autocast_dtype: Optional[torch.dtype] = None):
+        self.backbone = backbone
+        self.device = backbone.device
+        self.seed = seed
+        self.autocast_dtype = autocast_dtype
+
+    def fresh_model(self) -> nn.Module:
+        return self.backbone.fresh_model()
+
+    def new_head(self, n_way: int) -> nn.Linear:
+        """A linear classifier over pooled vectors, initialised from the (seeded) torch RNG."""
+        return nn.Linear(self.backbone.hidden_size, n_way).to(self.device)
+
+    def embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        with self.autocast():
+            return self.backbone.embed(model, batch)
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def batch(self, episode: Episode, part: str) -> Batch:
+        texts = episode.support_texts if part == "support" else episode.query_texts
+        labels = episode.support_labels if part == "support" else episode.query_labels
+        return self.backbone.tokenize(texts, labels)
+
+
+class EpisodeContext(_Shared):
+    """Everything a method may use while adapting to one episode's support set (the query labels are hidden)."""
+
+    def __init__(self, backbone: Backbone, episode: Episode, seed: int, *, autocast_dtype=None,
+                 source_episodes: Optional[Callable[[int], Episode]] = None):
+        super().__init__(backbone, seed, autocast_dtype)
+        self.episode = episode
+        self.n_way = episode.n_way
+        self.support = self.batch(episode, "support")
+        self.support_texts = episode.support_texts
+        self.recorder = GradientRecorder()
+        self._source_episodes = source_episodes
+
+    def source_episode(self, index: int) -> Episode:
+        """Episode ``index`` of the source pool (same shape); raises when the setting has no source task."""
+        if self._source_episodes is None:
+            raise UserError("this setting has no source pool to draw from")
+        return self._source_episodes(index)
+
+    @property
+    def has_source(self) -> bool:
+        return self._source_episodes is not None
+
+
+class MetaContext(_Shared):
+    """What ``meta_train`` gets: the backbone and a function index -> source-pool episode."""
+
+    def __init__(self, backbone: Backbone, seed: int, source_episodes: Callable[[int], Episode], *, autocast_dtype=None,
+                 cache_dir: Optional[str] = None):
+        super().__init__(backbone, seed, autocast_dtype)
+        self.source_episode = source_episodes
+        self.cache_dir = cache_dir
+
+
+def method_from_spec(spec: str, overrides: Optional[Dict[str, object]] = None) -> Method:
+    """A method instance from a registered name or ``path/to/file.py:Class``, with config overrides."""
+    cls = import_object(spec) if ":" in spec else METHODS.get(spec)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"method '{spec}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
+    if not cls.name:
+        cls.name = spec.rpartition(":")[2] if ":" in spec else spec
+    config = cls.config_class()
+    for key, value in (overrides or {}).items():
+        if not hasattr(config, key):
+            fields = [f.name for f in dataclasses.fields(config)]
+            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(fields)})")
+        current = getattr(config, key)
+        setattr(config, key, type(current)(value) if current is not None and not isinstance(current, (list, dict)) else value)
+    return cls(config)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast_dtype=None,
+                source_episodes: Optional[Callable[[int], Episode]] = None) -> dict:
+    """Adapt ``method`` on the support set, predict the query set, return the per-episode record.
+
+    A method that raises or yields non-finite logits gets status 'failed' / 'diverged' with the error text;
+    the run goes on.
+    """
+    torch.manual_seed(seed)
+    if backbone.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backbone.device)
+    start = time.perf_counter()
+    ctx = EpisodeContext(backbone, episode, seed, autocast_dtype=autocast_dtype, source_episodes=source_episodes)
+    record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None}
+    try:
+        predictor = method.adapt(ctx)
+        record["trainable_params"] = int(predictor.trainable_params)
+        with torch.no_grad():
+            logits = predictor.predict(ctx.batch(episode, "query")).float()
+        if logits.shape != (len(episode.query_labels), episode.n_way):
+            raise RuntimeError(f"predictor returned logits of shape {tuple(logits.shape)}, "
+                               f"expected ({len(episode.query_labels)}, {episode.n_way})")
+        if not torch.isfinite(logits).all():
+            record.update(status="diverged", error="non-finite logits on the query set")
+        else:
+            predictions = logits.argmax(-1).tolist()
+            record["predictions"] = predictions
+            record.update(query_scores(episode.query_labels, predictions))
+    except Exception as exc:  # one bad episode must not end the run
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+    stability = ctx.recorder.summary()
+    if stability.pop("diverged") and record["status"] == "ok":
+        record.update(status="diverged", error="non-finite loss or gradient during adaptation")
+    record.update(stability)
+    record["wall_seconds"] = time.perf_counter() - start
+    record["peak_mem_mb"] = peak_memory_mb(backbone.device)
+    return record
+
+
+for _name, _target in {
+    "full_ft": "fewshot_bench.baselines.full_ft:FullFineTuning",
+    "lora": "fewshot_bench.baselines.lora:LoRA",
+    "protonet": "fewshot_bench.baselines.protonet:PrototypicalNetwork",
+    "linear_probe": "fewshot_bench.baselines.linear_probe:LinearProbe",
+}.items():
+    register_method(_name, _target, overwrite=True)
