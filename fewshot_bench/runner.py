@@ -1,0 +1,238 @@
+"""``fewshot-bench run``: methods x tasks x settings x episodes into a results store, resumable.
+
+Work units are (setting, method, episode index). A unit already in the store (same config hash) is
+skipped, so re-running a command resumes it; each finished episode is one committed transaction.
+Under torchrun, units are split across ranks by index (see :mod:`fewshot_bench.distributed`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import yaml
+from tqdm.auto import tqdm
+
+from .config import from_mapping, option
+from .data import data_dir, get_task_data
+from .episodes import Setting, parse_shot
+from .errors import UserError
+from .registry import METHODS
+from .task import BUILTIN_TASKS_DIR, get_task_config
+
+log = logging.getLogger(__name__)
+SUITES_DIR = BUILTIN_TASKS_DIR / "suites"
+
+
+@dataclass
+class RunConfig:
+    tasks: List[str] = option(factory=list, help="task names (target tasks)")
+    settings: List[dict] = option(factory=list, help="explicit {task, source_task} pairs (cross-dataset suites)")
+    source_task: Optional[str] = option(None, help="draw source-pool data from this task for every target task")
+    methods: object = option("all", help="method names or 'all' (every registered method)")
+    n_way: List = option(factory=lambda: [5], help="classes per episode (list), or 'all'")
+    k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list); 'MIN-MAX' for variable shot")
+    query: int = option(15, help="queries per class")
+    episodes: int = option(20, help="episodes per task x setting")
+    limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting")
+    fold: int = option(1, help="class-split fold (1-based)")
+    seed: int = option(0, help="episode and training seed")
+    backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N")
+    bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
+    store: str = option("runs/results.sqlite", help="SQLite results store")
+    out: str = option("leaderboard/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
+    method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs")
+    demo_tasks: List[str] = option(factory=list, help="tasks used instead of `tasks` when no data dir is set")
+    description: str = option("", help="what the suite is for")
+
+
+def load_suite(name: str) -> dict:
+    path = SUITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+        import difflib
+        close = difflib.get_close_matches(name, known, n=1)
+        raise UserError(f"unknown suite '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                        + f" (known: {', '.join(known)})")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _split(value) -> list:
+    if value is None:
+        return []
+    return [v.strip() for v in str(value).split(",") if v.strip()] if isinstance(value, str) else list(value)
+
+
+def build_config(args) -> RunConfig:
+    """Suite (default 'default') < --config YAML < flags."""
+    merged = load_suite(args.suite or "default")
+    if args.config:
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise UserError(f"cannot read --config {args.config}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise UserError(f"malformed YAML in {args.config}{f':{mark.line + 1}' if mark else ''}: {getattr(exc, 'problem', exc)}") from None
+        merged.update(loaded)
+    flags = {"tasks": _split(args.tasks) or None, "methods": _split(args.methods) or None,
+             "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
+             "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "seed": args.seed,
+             "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
+             "source_task": args.source_task}
+    if flags["tasks"]:
+        merged.pop("settings", None)
+        merged.pop("demo_tasks", None)
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    merged["method_config"] = list(merged.get("method_config", [])) + list(args.method_config)
+    return from_mapping(RunConfig, merged, args.config or f"suite '{args.suite or 'default'}'")
+
+
+def _settings(config: RunConfig) -> List[Setting]:
+    pairs = [(s["task"], s.get("source_task")) for s in config.settings] or [(t, config.source_task) for t in config.tasks]
+    if config.demo_tasks and data_dir() is None:
+        log.info("no data dir set: running the demo task(s) %s instead of %s", config.demo_tasks, config.tasks)
+        pairs = [(t, None) for t in config.demo_tasks]
+    if not pairs:
+        raise UserError("no tasks to run; pass --tasks NAME[,NAME] or --suite NAME")
+    settings = []
+    for task, source in pairs:
+        task_config = get_task_config(task)
+        fold = min(config.fold, task_config.pools.folds)
+        for n_way in config.n_way:
+            n_way = n_way if n_way == "all" else int(n_way)
+            for k_shot in config.k_shot:
+                settings.append(Setting(task, n_way, parse_shot(k_shot), int(config.query), fold, source))
+    return settings
+
+
+def _method_overrides(config: RunConfig) -> Dict[str, Dict[str, str]]:
+    overrides: Dict[str, Dict[str, str]] = {}
+    for item in config.method_config:
+        key, sep, value = item.partition("=")
+        method, dot, field = key.partition(".")
+        if not (sep and dot and method and field):
+            raise UserError(f"--method-config '{item}' must look like METHOD.FIELD=VALUE, e.g. full_ft.steps=5")
+        overrides.setdefault(method, {})[field] = value
+    return overrides
+
+
+def method_label(name: str, overrides: Dict[str, str]) -> str:
+    """Leaderboard name: the method, plus its non-default settings so different configs never share a row."""
+    return name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + ")" if overrides else "")
+
+
+def _source_available(setting: Setting) -> bool:
+    source = setting.source_task or setting.task
+    data = get_task_data(source, setting.fold if source == setting.task else 1)
+    return len(data.pools["source"].rows) > 0
+
+
+def episode_seed(seed: int, setting: Setting, index: int) -> int:
+    """Training seed of one episode: the same for every method, so head inits match."""
+    digest = hashlib.sha256(json.dumps([seed, setting.label, index]).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
+        barrier=None) -> str:
+    """Execute the run; returns the store path written (a shard path when ``world_size > 1``).
+
+    With several ranks, rank 0 meta-trains every meta-trained method first (their weights are cached on
+    disk), then ``barrier()`` releases the other ranks, which load them instead of training again.
+    """
+    from . import methods as methods_module
+    from .backbone import load_backbone, resolve_device
+    from .store import ResultsStore, config_hash
+
+    device = resolve_device(config.device)
+    import torch
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.bfloat16 if (config.bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()) else None
+    names = METHODS.names() if config.methods == "all" or config.methods == ["all"] else _split(config.methods)
+    overrides = _method_overrides(config)
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this run ({', '.join(names)})")
+    settings = _settings(config)
+    for setting in settings:  # fail fast on bad settings, before any work
+        setting.target_episode(config.seed, 0)
+    n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
+    store = ResultsStore(store_path or config.store)
+    run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
+    backbones = {}
+    units = [(s, m, i) for s in settings for m in names for i in range(n_episodes)]
+    mine = units[rank::world_size]
+    method_instances: Dict[tuple, object] = {}
+
+    def prepare(setting, name):
+        method = method_instances.get((setting, name))
+        if method is None:
+            method = methods_module.method_from_spec(name, overrides.get(name))
+            key = (method.attn_implementation, config.backbone)
+            if key not in backbones:
+                backbones[key] = load_backbone(config.backbone, device=device, attn_implementation=method.attn_implementation)
+            method.label = method_label(method.name, overrides.get(name, {}))
+            method.run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
+                                           "backbone": config.backbone, "source_task": setting.source_task})
+            method.done = store.done_indices(method.run_hash, method.label, config.backbone, setting.task, setting.label)
+            method_instances[(setting, name)] = method
+        backbone = backbones[(method.attn_implementation, config.backbone)]
+        source_episodes = ((lambda i, s=setting: s.source_episode(config.seed, i))
+                           if _source_available(setting) else None)
+        if method.protocol == "meta-trained" and not getattr(method, "meta_trained", False):
+            if source_episodes is None:
+                raise UserError(f"method '{name}' meta-trains on a source pool, but {setting.label} has none; "
+                                f"pass --source-task")
+            method.meta_train(methods_module.MetaContext(backbone, config.seed, source_episodes, autocast_dtype=autocast))
+            method.meta_trained = True
+        return method, backbone, source_episodes
+
+    if world_size > 1:
+        if rank == 0:
+            for setting, name in dict.fromkeys((s, m) for s, m, _ in units):
+                prepare(setting, name)
+        barrier()
+    bar = tqdm(total=len(mine), desc="episodes", unit="ep", dynamic_ncols=True, disable=None)
+    for setting, name, index in mine:
+        method, backbone, source_episodes = prepare(setting, name)
+        bar.set_postfix_str(f"{method.label} | {setting.label}", refresh=False)
+        if index in method.done:
+            bar.update(1)
+            continue
+        episode = setting.target_episode(config.seed, index)
+        record = methods_module.run_episode(method, episode, backbone, seed=episode_seed(config.seed, setting, index),
+                                            autocast_dtype=autocast, source_episodes=source_episodes)
+        record.pop("diverged", None)
+        store.write_episode({
+            **record, "run_id": run_id, "config_hash": method.run_hash, "method": method.label,
+            "protocol": method.protocol, "backbone": config.backbone, "task": setting.task, "setting": setting.label,
+            "n_way": episode.n_way, "k_shot": "-".join(map(str, setting.k_shot)) if isinstance(setting.k_shot, tuple) else str(setting.k_shot),
+            "q_query": setting.q_query, "fold": setting.fold, "seed": config.seed, "episode_index": index,
+            "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task},
+        })
+        if record["status"] != "ok":
+            log.warning("%s on %s episode %d: %s", method.label, setting.label, index, (record["error"] or "").splitlines()[0])
+        bar.update(1)
+    bar.close()
+    store.end_run(run_id)
+    return store.path
+
+
+def cli_run(args) -> int:
+    from .distributed import run_distributed_or_local
+
+    config = build_config(args)
+    store_path = run_distributed_or_local(config)
+    if store_path and config.out:
+        from .leaderboard import write_all
+
+        write_all(store_path, config.out)
+    return 0
