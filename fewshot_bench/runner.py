@@ -6,6 +6,7 @@ Under torchrun, units are split across ranks by index (see :mod:`fewshot_bench.d
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -47,7 +48,6 @@ class RunConfig:
     store: str = option("runs/results.sqlite", help="SQLite results store")
     out: str = option("leaderboard/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs")
-    demo_tasks: List[str] = option(factory=list, help="tasks used instead of `tasks` when no data dir is set")
     description: str = option("", help="what the suite is for")
 
 
@@ -68,18 +68,33 @@ def _split(value) -> list:
     return [v.strip() for v in str(value).split(",") if v.strip()] if isinstance(value, str) else list(value)
 
 
+def _with_demo(values: dict, tasks_given: bool) -> dict:
+    """Apply a ``demo`` block when no data dir is set (so the suite runs on the packaged demo task)."""
+    demo = values.pop("demo", None)
+    if demo and data_dir() is None and not tasks_given:
+        log.info("no data dir set: using the demo values %s", demo)
+        values.pop("settings", None)
+        values.update(demo)
+    return values
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read --config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"malformed YAML in {path}{f':{mark.line + 1}' if mark else ''}: "
+                        f"{getattr(exc, 'problem', exc)}") from None
+
+
 def build_config(args) -> RunConfig:
-    """Suite (default 'default') < --config YAML < flags."""
-    merged = load_suite(args.suite or "default")
+    """Suite (default 'default') < --config YAML < flags; a suite's ``demo`` block applies without a data dir."""
+    tasks_given = bool(_split(args.tasks))
+    merged = _with_demo(load_suite(args.suite or "default"), tasks_given)
     if args.config:
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise UserError(f"cannot read --config {args.config}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise UserError(f"malformed YAML in {args.config}{f':{mark.line + 1}' if mark else ''}: {getattr(exc, 'problem', exc)}") from None
-        merged.update(loaded)
+        merged.update(_with_demo(_read_yaml(args.config), tasks_given))
     flags = {"tasks": _split(args.tasks) or None, "methods": _split(args.methods) or None,
              "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
              "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "seed": args.seed,
@@ -87,7 +102,6 @@ def build_config(args) -> RunConfig:
              "source_task": args.source_task}
     if flags["tasks"]:
         merged.pop("settings", None)
-        merged.pop("demo_tasks", None)
     merged.update({k: v for k, v in flags.items() if v is not None})
     merged["method_config"] = list(merged.get("method_config", [])) + list(args.method_config)
     return from_mapping(RunConfig, merged, args.config or f"suite '{args.suite or 'default'}'")
@@ -95,9 +109,6 @@ def build_config(args) -> RunConfig:
 
 def _settings(config: RunConfig) -> List[Setting]:
     pairs = [(s["task"], s.get("source_task")) for s in config.settings] or [(t, config.source_task) for t in config.tasks]
-    if config.demo_tasks and data_dir() is None:
-        log.info("no data dir set: running the demo task(s) %s instead of %s", config.demo_tasks, config.tasks)
-        pairs = [(t, None) for t in config.demo_tasks]
     if not pairs:
         raise UserError("no tasks to run; pass --tasks NAME[,NAME] or --suite NAME")
     settings = []
@@ -161,8 +172,10 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     unknown = set(overrides) - set(names)
     if unknown:
         raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this run ({', '.join(names)})")
+    for name in names:  # fail fast on bad methods and settings, before anything is written
+        methods_module.method_from_spec(name, overrides.get(name))
     settings = _settings(config)
-    for setting in settings:  # fail fast on bad settings, before any work
+    for setting in settings:
         setting.target_episode(config.seed, 0)
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
     store = ResultsStore(store_path or config.store)
@@ -232,7 +245,7 @@ def cli_run(args) -> int:
     config = build_config(args)
     store_path = run_distributed_or_local(config)
     if store_path and config.out:
-        from .leaderboard import write_all
+        from .leaderboard import cli_leaderboard
 
-        write_all(store_path, config.out)
+        cli_leaderboard(argparse.Namespace(store=store_path, out=config.out, bootstrap=10000))
     return 0
