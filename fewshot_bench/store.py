@@ -1,0 +1,234 @@
+"""SQLite results store: one row per run (``runs``) and one row per evaluated episode (``episodes``).
+
+Crash and concurrency safety: WAL journal, a busy timeout so parallel writers wait instead of failing, and every
+episode is written in its own transaction with ``INSERT OR IGNORE`` on the UNIQUE key
+(config_hash, method, backbone, task, setting, episode_index). A process killed mid-run therefore leaves only
+complete rows, and re-running or merging shards never duplicates an episode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sqlite3
+import subprocess
+import time
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set
+
+import numpy as np
+
+from .errors import UserError
+
+RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
+               "started_at", "ended_at")
+KEY_COLUMNS = ("config_hash", "method", "backbone", "task", "setting", "episode_index")
+EPISODE_TYPES = {
+    "run_id": "TEXT NOT NULL", "config_hash": "TEXT NOT NULL", "method": "TEXT NOT NULL",
+    "protocol": "TEXT NOT NULL CHECK (protocol IN ('target-only', 'meta-trained'))",
+    "backbone": "TEXT NOT NULL", "task": "TEXT NOT NULL", "setting": "TEXT NOT NULL",
+    "n_way": "INTEGER NOT NULL", "k_shot": "TEXT NOT NULL", "q_query": "INTEGER NOT NULL", "fold": "INTEGER NOT NULL",
+    "seed": "INTEGER NOT NULL", "episode_index": "INTEGER NOT NULL", "fingerprint": "TEXT NOT NULL",
+    "status": "TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'diverged'))", "error": "TEXT",
+    "accuracy": "REAL", "macro_f1": "REAL", "final_loss": "REAL", "grad_norm_cv": "REAL",
+    "grad_dir_consistency": "REAL", "path_efficiency": "REAL", "source_alignment": "REAL",
+    "wall_seconds": "REAL", "peak_mem_mb": "REAL", "trainable_params": "INTEGER", "steps": "INTEGER",
+    "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
+}
+EPISODE_COLUMNS = tuple(EPISODE_TYPES)
+REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))
+STATUSES = ("ok", "failed", "diverged")
+PROTOCOLS = ("target-only", "meta-trained")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, config_hash TEXT, config_json TEXT, git_commit TEXT, "
+    "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT)",
+    f"CREATE TABLE IF NOT EXISTS episodes ({', '.join(f'{c} {t}' for c, t in EPISODE_TYPES.items())}, "
+    f"UNIQUE ({', '.join(KEY_COLUMNS)}))",
+)
+
+
+def now() -> str:
+    """Current time, ISO 8601 UTC."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a run config."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def package_version() -> Optional[str]:
+    return _version("fewshot-bench")
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> Optional[str]:
+    """``git rev-parse HEAD`` in this package's source folder, or None outside a checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and commit else None
+
+
+def _plain(value):
+    """numpy scalars -> Python scalars so sqlite3 can bind them."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch to WAL; retried because SQLite reports 'locked' without waiting when writers race on a new file."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
+class ResultsStore:
+    """A results store file; creates its folder and tables when absent. Usable as a context manager."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60)
+            _enable_wal(self.conn)
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            with self.conn:
+                for statement in _SCHEMA:
+                    self.conn.execute(statement)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path}: not a usable results store ({exc})") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # runs -------------------------------------------------------------------------------------------------------
+    def start_run(self, config: dict, device: str, seed: int) -> str:
+        """Record a run (config, project git commit, library versions) and return its new run_id."""
+        run_id = uuid.uuid4().hex
+        versions = {"python": platform.python_version(), "fewshot_bench": package_version(),
+                    **{name: _version(name) for name in ("torch", "transformers", "peft", "datasets")}}
+        row = (run_id, config_hash(config), json.dumps(config, sort_keys=True, default=str), _git_commit(),
+               json.dumps(versions), device, seed, now(), None)
+        with self.conn:
+            self.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
+        return run_id
+
+    def end_run(self, run_id: str) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET ended_at = ? WHERE run_id = ?", (now(), run_id))
+
+    def runs(self) -> List[dict]:
+        cursor = self.conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY started_at, run_id")
+        return [dict(zip(RUN_COLUMNS, row)) for row in cursor]
+
+    # episodes ---------------------------------------------------------------------------------------------------
+    def write_episode(self, record: Dict) -> bool:
+        """Insert one episode row in one transaction; returns False when that episode was already stored.
+
+        ``k_shot`` may be an int or a (min, max) pair; ``predictions`` a list of ints; ``extra`` a dict;
+        ``version`` and ``created_at`` default to the package version and now.
+        """
+        unknown = sorted(set(record) - set(EPISODE_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown episode field(s): {', '.join(unknown)} (known: {', '.join(EPISODE_COLUMNS)})")
+        missing = [c for c in REQUIRED if record.get(c) is None]
+        if missing:
+            raise ValueError(f"missing required episode field(s): {', '.join(missing)}")
+        row = {c: _plain(v) for c, v in record.items()}
+        if isinstance(row["k_shot"], (list, tuple)):
+            row["k_shot"] = "-".join(str(int(k)) for k in row["k_shot"])
+        row["k_shot"] = str(row["k_shot"])
+        if row.get("predictions") is not None:
+            row["predictions"] = json.dumps([int(p) for p in row["predictions"]])
+        if row.get("extra") is not None:
+            row["extra"] = json.dumps(row["extra"], sort_keys=True, default=str)
+        row.setdefault("version", package_version())
+        row.setdefault("created_at", now())
+        columns = list(row)
+        with self.conn:
+            cursor = self.conn.execute(
+                f"INSERT OR IGNORE INTO episodes ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [row[c] for c in columns])
+        return cursor.rowcount == 1
+
+    def done_indices(self, config_hash: str, method: str, backbone: str, task: str, setting: str) -> Set[int]:
+        """Episode indices already stored (any status) for this config x method x backbone x task x setting."""
+        cursor = self.conn.execute(
+            "SELECT episode_index FROM episodes WHERE config_hash = ? AND method = ? AND backbone = ? AND task = ? "
+            "AND setting = ?", (config_hash, method, backbone, task, setting))
+        return {row[0] for row in cursor}
+
+    def episodes(self, **filters) -> List[dict]:
+        """Episode rows (insertion order) whose columns equal ``filters``; predictions/extra JSON-decoded."""
+        unknown = sorted(set(filters) - set(EPISODE_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown episode filter(s): {', '.join(unknown)}")
+        where = " AND ".join(f"{c} = ?" for c in filters)
+        cursor = self.conn.execute(f"SELECT {', '.join(EPISODE_COLUMNS)} FROM episodes"
+                                   f"{' WHERE ' + where if where else ''} ORDER BY rowid", list(filters.values()))
+        rows = [dict(zip(EPISODE_COLUMNS, row)) for row in cursor]
+        for row in rows:
+            for column in ("predictions", "extra"):
+                if row[column] is not None:
+                    row[column] = json.loads(row[column])
+        return rows
+
+    def merge_from(self, paths: Iterable) -> int:
+        """Copy runs and episodes of the shard stores in ``paths`` (INSERT OR IGNORE); returns episode rows added."""
+        paths = [Path(p) for p in paths]
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"shard '{path}' does not exist")
+        added = 0
+        for path in paths:
+            try:
+                self.conn.execute("ATTACH DATABASE ? AS shard", (str(path),))
+            except sqlite3.DatabaseError as exc:
+                raise UserError(f"shard '{path}' cannot be opened ({exc})") from None
+            try:
+                with self.conn:
+                    self.conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) "
+                                      f"SELECT {', '.join(RUN_COLUMNS)} FROM shard.runs")
+                    before = self.conn.total_changes
+                    self.conn.execute(f"INSERT OR IGNORE INTO episodes ({', '.join(EPISODE_COLUMNS)}) "
+                                      f"SELECT {', '.join(EPISODE_COLUMNS)} FROM shard.episodes")
+                    added += self.conn.total_changes - before
+            except sqlite3.DatabaseError as exc:
+                raise UserError(f"shard '{path}' is not a results store ({exc})") from None
+            finally:
+                self.conn.execute("DETACH DATABASE shard")
+        return added
+
+
+def cli_merge(args) -> int:
+    """``fewshot-bench merge SHARD... --store STORE``."""
+    with ResultsStore(args.store) as store:
+        added = store.merge_from(args.shards)
+    print(f"merged {added} episode rows from {len(args.shards)} shards into {args.store}")
+    return 0

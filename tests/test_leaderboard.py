@@ -1,0 +1,112 @@
+"""Leaderboard: bootstrap CI, ranking on identical episode sets only, failed episodes, CSV safety, CLI."""
+import csv
+
+import pytest
+
+from fewshot_bench.cli import main
+from fewshot_bench.leaderboard import COLUMNS, aggregate, bootstrap_ci, overall, write_csv
+from fewshot_bench.store import ResultsStore
+from test_store import record
+
+SETTING = "demo/fold1/5way5shot15q"
+
+
+def build_store(path, episodes: int = 10) -> None:
+    """full_ft > protonet on one episode set (protonet: no gradients, one failed episode); lora on another seed;
+    maml meta-trained on the same set and anil meta-trained cross-dataset (source 'other') on it too; a
+    formula-named method with a negative gradient cosine."""
+    with ResultsStore(path) as store:
+        for i in range(episodes):
+            store.write_episode(record(method="full_ft", episode_index=i, accuracy=0.6 + 0.03 * i))
+            store.write_episode(record(
+                method="protonet", episode_index=i, accuracy=None if i == 0 else 0.5 + 0.01 * i,
+                status="failed" if i == 0 else "ok", grad_norm_cv=None, grad_dir_consistency=None,
+                path_efficiency=None, source_alignment=None, steps=0))
+            store.write_episode(record(method="lora", seed=1, episode_index=i, accuracy=0.9))
+            store.write_episode(record(method="maml", protocol="meta-trained", episode_index=i, accuracy=0.2))
+            store.write_episode(record(method="anil", protocol="meta-trained", setting="other->" + SETTING,
+                                       fingerprint=record(episode_index=i)["fingerprint"], episode_index=i,
+                                       accuracy=0.4))
+            store.write_episode(record(method='=HYPERLINK("http://evil")', episode_index=i, accuracy=0.1,
+                                       grad_dir_consistency=-0.25))
+            store.write_episode(record(method="-x", backbone="+bert", episode_index=i, accuracy=0.3))
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    path = tmp_path / "results.sqlite"
+    build_store(path)
+    return path
+
+
+def _by_method(rows):
+    return {row["method"]: row for row in rows}
+
+
+def test_ci_contains_mean_and_is_deterministic(store_path):
+    rows = aggregate(store_path, bootstrap=2000, seed=0)
+    assert rows == aggregate(store_path, bootstrap=2000, seed=0)
+    for row in rows:
+        assert list(row) == list(COLUMNS)
+        assert row["acc_ci95_low"] <= row["acc_mean"] <= row["acc_ci95_high"]
+    full_ft = _by_method(rows)["full_ft"]
+    assert full_ft["acc_ci95_low"] < full_ft["acc_mean"] < full_ft["acc_ci95_high"]
+    assert bootstrap_ci([0.7]) == (0.7, 0.7)
+
+
+def test_ranks_only_on_identical_episode_sets_and_protocols(store_path):
+    rows = _by_method(aggregate(store_path, bootstrap=200))
+    full_ft, protonet, lora, maml = (rows[m] for m in ("full_ft", "protonet", "lora", "maml"))
+    assert full_ft["episode_set_sha256"] == protonet["episode_set_sha256"] == maml["episode_set_sha256"]
+    assert (full_ft["rank"], protonet["rank"], rows['=HYPERLINK("http://evil")']["rank"]) == (1, 2, 3)
+    assert lora["episode_set_sha256"] != full_ft["episode_set_sha256"] and lora["rank"] == 1  # better, but not comparable
+    assert maml["rank"] == 1  # meta-trained is never ranked against target-only
+    anil = rows["anil"]  # same episodes, but another setting (cross-dataset): not ranked against maml
+    assert anil["episode_set_sha256"] == maml["episode_set_sha256"] and anil["rank"] == 1
+    assert (anil["task"], maml["task"]) == ("other->demo", "demo")
+    assert rows["-x"]["rank"] == 1  # other backbone
+
+
+def test_failed_episodes_and_missing_gradients(store_path):
+    protonet = _by_method(aggregate(store_path, bootstrap=200))["protonet"]
+    assert protonet["episodes"] == 10 and protonet["failed_episodes"] == 1
+    assert protonet["acc_mean"] == pytest.approx(0.55)  # mean of the 9 ok episodes
+    assert protonet["grad_dir_consistency"] is None and protonet["sec_per_episode"] == 1.5
+
+
+def test_csv_neutralises_formulas_keeps_numbers(store_path, tmp_path):
+    rows = aggregate(store_path, bootstrap=200)
+    out = tmp_path / "lb.csv"
+    write_csv(rows, out)
+    with open(out, newline="") as handle:
+        table = list(csv.reader(handle))
+    assert tuple(table[0]) == COLUMNS
+    cells = {line[1]: dict(zip(COLUMNS, line)) for line in table[1:]}
+    evil = cells['\'=HYPERLINK("http://evil")']
+    assert evil["grad_dir_consistency"] == "-0.25"
+    assert cells["'-x"]["backbone"] == "'+bert"
+    assert cells["protonet"]["grad_dir_consistency"] == ""
+    assert not any(cell.startswith(("=", "+", "@")) for line in table for cell in line)
+
+
+def test_overall(store_path):
+    summary = {r["method"]: r for r in overall(aggregate(store_path, bootstrap=200))}
+    assert summary["full_ft"]["acc_mean"] == pytest.approx(0.735) and summary["full_ft"]["mean_rank"] == 1
+    assert summary["protonet"]["task_settings"] == 1
+
+
+def test_cli_writes_all_outputs(store_path, tmp_path, capsys):
+    out = tmp_path / "board" / "leaderboard.csv"
+    assert main(["leaderboard", "--store", str(store_path), "--out", str(out), "--bootstrap", "500"]) == 0
+    for name in ("leaderboard.csv", "leaderboard.md", "leaderboard_overall.csv", "leaderboard.png"):
+        assert (out.parent / name).stat().st_size > 0
+    assert "How to read" in (out.parent / "leaderboard.md").read_text()
+    assert str(out) in capsys.readouterr().out
+
+
+def test_cli_missing_or_empty_store(tmp_path, capsys):
+    assert main(["leaderboard", "--store", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "none.sqlite" in capsys.readouterr().err
+    ResultsStore(tmp_path / "empty.sqlite").close()
+    assert main(["leaderboard", "--store", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "no episodes in" in capsys.readouterr().err

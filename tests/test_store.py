@@ -1,0 +1,126 @@
+"""Results store: round trip, concurrent writers, crash atomicity, shard merge."""
+import hashlib
+import multiprocessing
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fewshot_bench.cli import main
+from fewshot_bench.errors import UserError
+from fewshot_bench.store import EPISODE_COLUMNS, ResultsStore, config_hash
+
+
+def record(**overrides) -> dict:
+    """A complete synthetic episode record; the fingerprint depends on task/setting/seed/index only."""
+    row = dict(run_id="run0", config_hash="cfg0", method="full_ft", protocol="target-only", backbone="minilm",
+               task="demo", setting="demo/fold1/5way5shot15q", n_way=5, k_shot=5, q_query=15, fold=1, seed=0,
+               episode_index=0, status="ok", error="", accuracy=0.8, macro_f1=0.75, final_loss=0.3,
+               grad_norm_cv=0.5, grad_dir_consistency=0.2, path_efficiency=0.6, source_alignment=0.1,
+               wall_seconds=1.5, peak_mem_mb=100.0, trainable_params=1000, steps=10, predictions=[0, 1, 2],
+               extra={"note": "x"})
+    row.update(overrides)
+    row.setdefault("fingerprint", hashlib.sha256(
+        f"{row['task']}|{row['setting']}|{row['seed']}|{row['episode_index']}".encode()).hexdigest())
+    return row
+
+
+def _count(path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
+
+
+def test_round_trip_and_resume(tmp_path):
+    with ResultsStore(tmp_path / "sub" / "store.sqlite") as store:
+        run_id = store.start_run({"b": 1, "a": [1, 2]}, device="cpu", seed=0)
+        assert store.write_episode(record(run_id=run_id, k_shot=(1, 5)))
+        assert not store.write_episode(record(run_id=run_id, accuracy=0.1))  # same key: ignored
+        store.write_episode(record(episode_index=3, status="failed", accuracy=None, error="boom"))
+        store.end_run(run_id)
+        rows = store.episodes(method="full_ft")
+        assert [r["episode_index"] for r in rows] == [0, 3]
+        assert rows[0]["predictions"] == [0, 1, 2] and rows[0]["extra"] == {"note": "x"}
+        assert rows[0]["k_shot"] == "1-5" and rows[0]["accuracy"] == 0.8 and rows[0]["version"]
+        assert store.done_indices("cfg0", "full_ft", "minilm", "demo", "demo/fold1/5way5shot15q") == {0, 3}
+        run = store.runs()[0]
+        assert run["config_hash"] == config_hash({"a": [1, 2], "b": 1}) and run["ended_at"] and run["versions_json"]
+        with pytest.raises(ValueError, match="bogus"):
+            store.write_episode(record(bogus=1))
+        with pytest.raises(ValueError, match="fingerprint"):
+            store.write_episode(record(fingerprint=None))
+        with pytest.raises(ValueError, match="nope"):
+            store.episodes(nope=1)
+
+
+def _writer(path, worker):
+    with ResultsStore(path) as store:
+        for index in range(worker * 10, worker * 10 + 30):  # overlaps the next two workers
+            store.write_episode(record(episode_index=index, extra={"worker": worker}))
+
+
+def test_concurrent_writers_never_duplicate(tmp_path):
+    path = tmp_path / "store.sqlite"
+    procs = [multiprocessing.Process(target=_writer, args=(path, w)) for w in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0] * 4
+    with ResultsStore(path) as store:
+        indices = [r["episode_index"] for r in store.episodes()]
+    assert sorted(indices) == list(range(60))
+
+
+_KILLED_WRITER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_store import record
+from fewshot_bench.store import ResultsStore
+store = ResultsStore({path!r})
+for i in range(10**7):
+    store.write_episode(record(episode_index=i, predictions=list(range(200)), extra={{"pad": "x" * 2000}}))
+"""
+
+
+def test_killed_writer_leaves_only_complete_rows(tmp_path):
+    path = tmp_path / "store.sqlite"
+    code = _KILLED_WRITER.format(tests=str(Path(__file__).parent), path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 20
+    while time.time() < deadline and (not path.exists() or _count(path) < 50):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with ResultsStore(path) as store:
+        rows = store.episodes()
+    assert len(rows) >= 50
+    assert all(row[c] is not None for row in rows for c in EPISODE_COLUMNS)
+    assert all(len(row["predictions"]) == 200 for row in rows)
+    assert sorted(r["episode_index"] for r in rows) == list(range(len(rows)))
+
+
+def test_merge_shards(tmp_path, capsys):
+    shard_a, shard_b, target = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "merged.sqlite"
+    with ResultsStore(shard_a) as a, ResultsStore(shard_b) as b:
+        a.start_run({"shard": "a"}, "cpu", 0)
+        for i in range(5):
+            a.write_episode(record(episode_index=i))
+        for i in range(3, 8):
+            b.write_episode(record(episode_index=i))
+    with ResultsStore(target) as store:
+        assert store.merge_from([shard_a, shard_b]) == 8
+        assert store.merge_from([shard_a, shard_b]) == 0
+        assert sorted(r["episode_index"] for r in store.episodes()) == list(range(8))
+        assert len(store.runs()) == 1
+        with pytest.raises(UserError, match="missing.sqlite"):
+            store.merge_from([tmp_path / "missing.sqlite"])
+    assert main(["merge", str(shard_a), str(shard_b), "--store", str(tmp_path / "cli.sqlite")]) == 0
+    assert "merged 8 episode rows from 2 shards into" in capsys.readouterr().out
+    assert main(["merge", str(tmp_path / "missing.sqlite"), "--store", str(target)]) == 2
+    assert "missing.sqlite" in capsys.readouterr().err
