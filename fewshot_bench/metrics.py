@@ -10,7 +10,7 @@ Definitions (g_t: step gradient flattened over trainable parameters, θ_t: train
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +22,24 @@ def query_scores(labels: Sequence[int], predictions: Sequence[int]) -> Dict[str,
             "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
 
 
-def _flat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1).float() for t in tensors])
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    return float(sum((x.float() * y.float()).sum() for x, y in zip(a, b)))
+
+
+def _cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    denom = _norm(a) * _norm(b)
+    return _dot(a, b) / denom if denom > 0 else 0.0
 
 
 class GradientRecorder:
-    """Called once per optimisation step (after backward, before the optimizer step) by gradient-based methods."""
+    """Called once per optimisation step (after backward, before the optimizer step) by gradient-based methods.
+
+    Works tensor by tensor (no flattened copies): it keeps θ_0, θ_{t-1} and g_{t-1}.
+    """
 
     def __init__(self):
         self.params: Optional[List[torch.Tensor]] = None
@@ -39,38 +51,49 @@ class GradientRecorder:
         self.diverged = False
         self._theta0 = self._theta_prev = self._grad_prev = None
 
+    @torch.no_grad()
     def record(self, loss, params: Sequence[torch.Tensor], grads: Optional[Sequence[torch.Tensor]] = None,
                source_grads: Optional[Sequence[torch.Tensor]] = None) -> None:
-        """Record step t: ``loss``, the trainable ``params`` and their gradients (default: ``p.grad``)."""
-        params = [p for p in params]
+        """Record step t: ``loss``, the trainable ``params`` and their gradients (default: ``p.grad``).
+
+        ``source_grads`` (a source-task gradient) pairs with the first ``len(source_grads)`` parameters,
+        so a method can leave out parameters the source task does not share (e.g. a trailing head).
+        """
+        params = [p.detach() for p in params]
         if grads is None:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        grads = [g.detach() for g in grads]
         loss_value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-        theta = _flat(params)
-        grad = _flat(grads)
         if self._theta0 is None:
-            self.params, self._theta0 = params, theta
+            self.params = params
+            self._theta0 = [p.clone() for p in params]
+            self._theta_prev = [p.clone() for p in params]
         else:
-            self.path_length += float(torch.linalg.vector_norm(theta - self._theta_prev))
-        norm = float(torch.linalg.vector_norm(grad))
+            self.path_length += _norm([p - q for p, q in zip(params, self._theta_prev)])
+            for buffer, p in zip(self._theta_prev, params):
+                buffer.copy_(p)
+        norm = _norm(grads)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             self.diverged = True
-        if self._grad_prev is not None:
-            self.cosines.append(_cosine(self._grad_prev, grad))
+        if self._grad_prev is None:
+            self._grad_prev = [g.clone() for g in grads]
+        else:
+            self.cosines.append(_cosine(self._grad_prev, grads))
+            for buffer, g in zip(self._grad_prev, grads):
+                buffer.copy_(g)
         if source_grads is not None:
-            self.source_cosines.append(_cosine(grad, _flat(source_grads)))
+            self.source_cosines.append(_cosine(grads[: len(source_grads)], list(source_grads)))
         self.losses.append(loss_value)
         self.norms.append(norm)
-        self._theta_prev, self._grad_prev = theta, grad
 
     def summary(self) -> Dict[str, Optional[float]]:
         """Stability figures over the recorded trajectory (None where undefined, e.g. no steps)."""
         if not self.norms:
             return {"grad_norm_cv": None, "grad_dir_consistency": None, "path_efficiency": None,
                     "source_alignment": None, "final_loss": None, "steps": 0, "diverged": self.diverged}
-        theta_final = _flat(self.params)
-        self.path_length += float(torch.linalg.vector_norm(theta_final - self._theta_prev))
-        displacement = float(torch.linalg.vector_norm(theta_final - self._theta0))
+        final = [p.detach() for p in self.params]
+        self.path_length += _norm([p - q for p, q in zip(final, self._theta_prev)])
+        displacement = _norm([p - q for p, q in zip(final, self._theta0)])
         norms = np.asarray(self.norms)
         mean = norms.mean()
         return {
@@ -82,8 +105,3 @@ class GradientRecorder:
             "steps": len(self.norms),
             "diverged": self.diverged,
         }
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    denom = torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)
-    return float(a @ b / denom) if denom > 0 else 0.0
