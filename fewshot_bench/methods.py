@@ -80,8 +80,9 @@ class _Shared:
         return nn.Linear(self.backbone.hidden_size, n_way).to(self.device)
 
     def embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Pooled vectors [B, H] in float32 (the backbone runs under autocast when enabled)."""
         with self.autocast():
-            return self.backbone.embed(model, batch)
+            return self.backbone.embed(model, batch).float()
 
     def autocast(self):
         if self.autocast_dtype is None:
