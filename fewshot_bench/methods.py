@@ -196,5 +196,9 @@ for _name, _target in {
     "lora": "fewshot_bench.baselines.lora:LoRA",
     "protonet": "fewshot_bench.baselines.protonet:PrototypicalNetwork",
     "linear_probe": "fewshot_bench.baselines.linear_probe:LinearProbe",
+    "sgg": "fewshot_bench.sgg:SGG",
+    "sgg-no-dir": "fewshot_bench.sgg:SGGNoDir",
+    "sgg-no-mag": "fewshot_bench.sgg:SGGNoMag",
+    "sgg-no-align": "fewshot_bench.sgg:SGGNoAlign",
 }.items():
     register_method(_name, _target, overwrite=True)

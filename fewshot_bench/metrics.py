@@ -59,9 +59,9 @@ class GradientRecorder:
         ``source_grads`` (a source-task gradient) pairs with the first ``len(source_grads)`` parameters,
         so a method can leave out parameters the source task does not share (e.g. a trailing head).
         """
-        params = [p.detach() for p in params]
         if grads is None:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        params = [p.detach() for p in params]
         grads = [g.detach() for g in grads]
         loss_value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
         if self._theta0 is None:
