@@ -83,7 +83,7 @@ def test_bad_run_input_writes_nothing(tmp_path, capsys):
 def test_resume_after_sigkill_loses_nothing(tmp_path):
     store = tmp_path / "s.sqlite"
     cmd = [sys.executable, "-m", "fewshot_bench", "run", *TINY, "--methods", "full_ft", "--k-shot", "2",
-           "--episodes", "12", "--method-config", "full_ft.steps=30", "--store", str(store), "--out", ""]
+           "--episodes", "8", "--method-config", "full_ft.steps=15", "--store", str(store), "--out", ""]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _store_count(store) < 2 and time.time() < deadline and proc.poll() is None:
@@ -91,14 +91,14 @@ def test_resume_after_sigkill_loses_nothing(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = _store_count(store)
-    assert 2 <= done < 12, "the run must be killed mid-way"
+    assert 2 <= done < 8, "the run must be killed mid-way"
     with sqlite3.connect(store) as conn:
         before = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with sqlite3.connect(store) as conn:
         after = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
-        assert conn.execute("SELECT COUNT(*) FROM episodes WHERE status = 'ok'").fetchone()[0] == 12
-    assert sorted(after) == list(range(12))
+        assert conn.execute("SELECT COUNT(*) FROM episodes WHERE status = 'ok'").fetchone()[0] == 8
+    assert sorted(after) == list(range(8))
     assert all(after[i] == before[i] for i in before), "finished episodes must be skipped, not recomputed"
 
 
