@@ -1,21 +1,57 @@
-"""Full fine-tuning: every backbone parameter plus a linear head, AdamW, fixed steps, batch = support set."""
+"""Full fine-tuning: every backbone parameter plus a linear head, AdamW, fixed steps, batch = support set.
+
+:func:`train_on_support` is the loop itself, shared with ``lora`` (which trains adapters instead of the
+backbone). When the setting has a source task it also measures ``source_alignment`` (cos(g_t, g_src)
+over the backbone parameters, g_src as in SGG) without letting it change the update.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fewshot_bench.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
 
 
 @dataclass
-class FullFTConfig(MethodConfig):
-    steps: int = option(10, help="optimisation steps on the support set")
-    lr: float = option(5e-5, help="AdamW learning rate of the backbone")
+class SupportTrainingConfig(MethodConfig):
+    steps: int = option(10, help="optimisation steps on the support set (batch = whole support set)")
     head_lr: float = option(1e-2, help="AdamW learning rate of the linear head")
     weight_decay: float = option(0.01, help="AdamW weight decay")
+    source_every: int = option(2, help="with a source task: compute g_src (source-pool gradient) every this many "
+                                       "steps (0: never; full_ft/lora only measure it, SGG also uses it)")
+    source_shots: int = option(2, help="source examples per class in the g_src batch (0 = the whole source support)")
+
+
+@dataclass
+class FullFTConfig(SupportTrainingConfig):
+    lr: float = option(5e-5, help="AdamW learning rate of the backbone")
+
+
+def train_on_support(ctx: EpisodeContext, model: nn.Module, head: nn.Module, trained: Sequence[torch.Tensor],
+                     lr: float, cfg: SupportTrainingConfig) -> Predictor:
+    """AdamW on ``trained`` (lr) and the head (head_lr) for ``cfg.steps`` full-support steps, recording each."""
+    trained, head_params = list(trained), list(head.parameters())
+    params = trained + head_params
+    optimizer = torch.optim.AdamW([{"params": trained, "lr": lr}, {"params": head_params, "lr": cfg.head_lr}],
+                                  weight_decay=cfg.weight_decay)
+    measure_source = ctx.has_source and cfg.source_every > 0
+    src = None
+    for t in range(cfg.steps):
+        optimizer.zero_grad(set_to_none=True)
+        if measure_source and t % cfg.source_every == 0:
+            src = ctx.source_gradient(model, trained, t, shots=cfg.source_shots)
+        loss = F.cross_entropy(head(ctx.embed(model, ctx.support)), ctx.support.labels)
+        loss.backward()
+        ctx.recorder.record(loss, params, source_grads=src)
+        optimizer.step()
+    model.eval()
+    head.eval()
+    return Predictor(lambda batch: head(ctx.embed(model, batch)), sum(p.numel() for p in params))
 
 
 class FullFineTuning(Method):
@@ -23,17 +59,5 @@ class FullFineTuning(Method):
     config_class = FullFTConfig
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
-        cfg = self.config
         model, head = ctx.fresh_model(), ctx.new_head(ctx.n_way)
-        params = [p for p in model.parameters()] + [p for p in head.parameters()]
-        optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr": cfg.lr},
-                                       {"params": list(head.parameters()), "lr": cfg.head_lr}],
-                                      weight_decay=cfg.weight_decay)
-        for _ in range(cfg.steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(head(ctx.embed(model, ctx.support)).float(), ctx.support.labels)
-            loss.backward()
-            ctx.recorder.record(loss, params)
-            optimizer.step()
-        model.eval()
-        return Predictor(lambda batch: head(ctx.embed(model, batch)), sum(p.numel() for p in params))
+        return train_on_support(ctx, model, head, model.parameters(), self.config.lr, self.config)

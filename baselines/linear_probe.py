@@ -1,4 +1,8 @@
-"""Linear probe: scikit-learn logistic regression on frozen, cached embeddings (each text embedded once per run)."""
+"""Linear probe: scikit-learn logistic regression on frozen, cached embeddings (each text embedded once per run).
+
+The query batch is mapped back to the episode's texts as in ``protonet`` (see ``frozen_features``), so
+query vectors come from the same per-text cache. Logits are ``predict_log_proba`` as a float tensor.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,14 +10,15 @@ from dataclasses import dataclass
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from fewshot_bench.baselines.protonet import frozen_features
 from fewshot_bench.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
 
 
 @dataclass
 class LinearProbeConfig(MethodConfig):
-    C: float = option(1.0, help="inverse L2 regularisation strength")
-    max_iter: int = option(1000, help="solver iterations")
+    C: float = option(1.0, help="inverse L2 regularisation strength of the logistic regression")
+    max_iter: int = option(1000, help="solver (lbfgs) iterations")
 
 
 class LinearProbe(Method):
@@ -22,12 +27,14 @@ class LinearProbe(Method):
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         features = ctx.backbone.frozen_embeddings(ctx.support_texts).cpu().numpy()
-        classifier = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=ctx.seed % 2**31)
+        classifier = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter,
+                                        random_state=ctx.seed % 2**32)
         classifier.fit(features, ctx.support.labels.cpu().numpy())
-        query_texts = ctx.episode.query_texts
+        device = ctx.device
 
         def predict(batch):
-            query = ctx.backbone.frozen_embeddings(query_texts).cpu().numpy()
-            return torch.from_numpy(classifier.predict_log_proba(query)).float()
+            query = frozen_features(ctx, batch).cpu().numpy()
+            return torch.from_numpy(classifier.predict_log_proba(query)).float().to(device)
 
-        return Predictor(predict, classifier.coef_.size + classifier.intercept_.size)
+        # one weight vector and bias per class (sklearn stores a single row when n_way == 2)
+        return Predictor(predict, ctx.n_way * (ctx.backbone.hidden_size + 1))

@@ -175,7 +175,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "- **accuracy**: mean query accuracy over ok episodes; the 95% CI is a percentile bootstrap over episodes "
         f"({bootstrap:,} resamples, 2.5th/97.5th percentiles).",
         "- **rank** compares methods only on identical episode sets (same `episode set` hash), the same backbone "
-        "and the same protocol (target-only vs meta-trained are never ranked together); ties share a rank.",
+        "and the same protocol (target-only, source-guided and meta-trained are never ranked together); ties share a rank.",
         "- **failed** episodes (crashed or diverged) are excluded from accuracy and counted separately.",
         "- Gradient columns are empty for methods that take no gradient steps.",
         "- **overall**: mean over task-settings of accuracy and rank, per method x backbone x protocol.",

@@ -16,9 +16,10 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Iterator, Optional
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone, Batch
@@ -45,7 +46,7 @@ class Method:
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = MethodConfig
-    protocol: ClassVar[str] = "target-only"
+    protocol: ClassVar[str] = "target-only"  # or "source-guided" (uses source-pool data while adapting), "meta-trained"
     attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
 
     def __init__(self, config=None):
@@ -118,6 +119,45 @@ class EpisodeContext(_Shared):
     def has_source(self) -> bool:
         return self._source_episodes is not None
 
+    def source_gradient(self, model: nn.Module, params: Sequence[torch.Tensor], step: int, *,
+                        shots: int = 2) -> List[torch.Tensor]:
+        """g_src: gradient w.r.t. ``params`` of the prototype loss on a source-pool support batch.
+
+        The batch is the support set of source episode ``derived(seed) + step`` cut to ``shots`` examples
+        per class (0: all), so every method of one episode sees the same source batches. It runs under a
+        forked, seeded RNG: the caller's trajectory (dropout masks) does not change. Parameters the
+        source loss does not reach get zeros.
+        """
+        index = derived_seed(self.seed, "source") % 1_000_000 * 1000 + step
+        episode = self.source_episode(index)
+        batch = self.batch(episode, "support")
+        if shots > 0:
+            keep, seen = [], {}
+            for i, label in enumerate(episode.support_labels):
+                if seen.get(label, 0) < shots:
+                    keep.append(i)
+                    seen[label] = seen.get(label, 0) + 1
+            batch = batch.subset(torch.tensor(keep, device=batch.input_ids.device))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derived_seed(self.seed, "source", step))
+            loss = prototype_loss(self.embed(model, batch), batch.labels)
+            grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+        return [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+
+
+def derived_seed(*key) -> int:
+    """A 32-bit seed derived from ``key`` (stable across processes and platforms)."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:4], "little")
+
+
+def prototype_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of −‖e − p_c‖² logits, p_c the (detached) class means of the batch: a parameter-free head."""
+    emb = embeddings.float()
+    classes = torch.unique(labels)
+    protos = torch.stack([emb[labels == c].mean(0) for c in classes]).detach()
+    return F.cross_entropy(-torch.cdist(emb, protos).pow(2), torch.searchsorted(classes, labels))
+
 
 class MetaContext(_Shared):
     """What ``meta_train`` gets: the backbone and a function index -> source-pool episode."""
@@ -141,9 +181,23 @@ def method_from_spec(spec: str, overrides: Optional[Dict[str, object]] = None) -
         if not hasattr(config, key):
             fields = [f.name for f in dataclasses.fields(config)]
             raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(fields)})")
-        current = getattr(config, key)
-        setattr(config, key, type(current)(value) if current is not None and not isinstance(current, (list, dict)) else value)
+        setattr(config, key, _coerce(getattr(config, key), value, f"method '{cls.name}' config field '{key}'"))
     return cls(config)
+
+
+def _coerce(current, value, where: str):
+    """``value`` (often a command-line string) converted to the type of the field's current value."""
+    if current is None or isinstance(current, (list, dict)):
+        return value
+    if isinstance(current, bool) and isinstance(value, str):  # bool("false") is True
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise UserError(f"{where}: '{value}' is not a boolean; use true or false")
+        return lowered in ("true", "1", "yes")
+    try:
+        return type(current)(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: '{value}' is not a valid {type(current).__name__}") from None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -196,6 +250,8 @@ for _name, _target in {
     "lora": "fewshot_bench.baselines.lora:LoRA",
     "protonet": "fewshot_bench.baselines.protonet:PrototypicalNetwork",
     "linear_probe": "fewshot_bench.baselines.linear_probe:LinearProbe",
+    "maml": "fewshot_bench.baselines.maml:MAML",
+    "fomaml": "fewshot_bench.baselines.maml:FOMAML",
     "sgg": "fewshot_bench.sgg:SGG",
     "sgg-no-dir": "fewshot_bench.sgg:SGGNoDir",
     "sgg-no-mag": "fewshot_bench.sgg:SGGNoMag",

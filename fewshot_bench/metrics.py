@@ -64,8 +64,8 @@ class GradientRecorder:
         params = [p.detach() for p in params]
         grads = [g.detach() for g in grads]
         loss_value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+        self.params = params  # the latest tensors (live views when the optimizer updates in place)
         if self._theta0 is None:
-            self.params = params
             self._theta0 = [p.clone() for p in params]
             self._theta_prev = [p.clone() for p in params]
         else:
@@ -92,14 +92,14 @@ class GradientRecorder:
             return {"grad_norm_cv": None, "grad_dir_consistency": None, "path_efficiency": None,
                     "source_alignment": None, "final_loss": None, "steps": 0, "diverged": self.diverged}
         final = [p.detach() for p in self.params]
-        self.path_length += _norm([p - q for p, q in zip(final, self._theta_prev)])
+        path_length = self.path_length + _norm([p - q for p, q in zip(final, self._theta_prev)])
         displacement = _norm([p - q for p, q in zip(final, self._theta0)])
         norms = np.asarray(self.norms)
         mean = norms.mean()
         return {
             "grad_norm_cv": float(norms.std() / mean) if mean > 0 else None,
             "grad_dir_consistency": float(np.mean(self.cosines)) if self.cosines else None,
-            "path_efficiency": displacement / self.path_length if self.path_length > 0 else None,
+            "path_efficiency": displacement / path_length if path_length > 0 else None,
             "source_alignment": float(np.mean(self.source_cosines)) if self.source_cosines else None,
             "final_loss": self.losses[-1],
             "steps": len(self.norms),

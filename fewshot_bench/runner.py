@@ -226,7 +226,7 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         record.pop("diverged", None)
         store.write_episode({
             **record, "run_id": run_id, "config_hash": method.run_hash, "method": method.label,
-            "protocol": method.protocol, "backbone": config.backbone, "task": setting.task, "setting": setting.label,
+            "protocol": method.protocol if source_episodes is not None else "target-only", "backbone": config.backbone, "task": setting.task, "setting": setting.label,
             "n_way": episode.n_way, "k_shot": "-".join(map(str, setting.k_shot)) if isinstance(setting.k_shot, tuple) else str(setting.k_shot),
             "q_query": setting.q_query, "fold": setting.fold, "seed": config.seed, "episode_index": index,
             "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task},

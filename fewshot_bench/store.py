@@ -28,7 +28,7 @@ RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_j
 KEY_COLUMNS = ("config_hash", "method", "backbone", "task", "setting", "episode_index")
 EPISODE_TYPES = {
     "run_id": "TEXT NOT NULL", "config_hash": "TEXT NOT NULL", "method": "TEXT NOT NULL",
-    "protocol": "TEXT NOT NULL CHECK (protocol IN ('target-only', 'meta-trained'))",
+    "protocol": "TEXT NOT NULL CHECK (protocol IN ('target-only', 'source-guided', 'meta-trained'))",
     "backbone": "TEXT NOT NULL", "task": "TEXT NOT NULL", "setting": "TEXT NOT NULL",
     "n_way": "INTEGER NOT NULL", "k_shot": "TEXT NOT NULL", "q_query": "INTEGER NOT NULL", "fold": "INTEGER NOT NULL",
     "seed": "INTEGER NOT NULL", "episode_index": "INTEGER NOT NULL", "fingerprint": "TEXT NOT NULL",
@@ -41,7 +41,7 @@ EPISODE_TYPES = {
 EPISODE_COLUMNS = tuple(EPISODE_TYPES)
 REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))
 STATUSES = ("ok", "failed", "diverged")
-PROTOCOLS = ("target-only", "meta-trained")
+PROTOCOLS = ("target-only", "source-guided", "meta-trained")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = (

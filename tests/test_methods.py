@@ -1,136 +1,233 @@
-"""Method interface and baselines on the tiny backbone and the demo task."""
+"""The method interface and harness: the four baselines end to end, determinism, a plain-PyTorch
+reference for full_ft, failure handling, methods from a file, spec/config errors, LoRA targets, caching."""
 import copy
+import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from fewshot_bench.backbone import load_backbone
 from fewshot_bench.data import get_task_data
 from fewshot_bench.episodes import sample_episode
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, Predictor, method_from_spec, run_episode
 
 BASELINES = ["full_ft", "lora", "protonet", "linear_probe"]
+TIMING = ("wall_seconds", "peak_mem_mb")
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    return load_backbone("tiny-encoder", device="cpu")
+def _run(spec, episode, backbone, seed=7, **overrides):
+    return run_episode(method_from_spec(spec, overrides), episode, backbone, seed=seed)
 
 
-@pytest.fixture(scope="module")
-def episode():
-    return sample_episode(get_task_data("demo_intents"), n_way=3, k_shot=2, q_query=2, seed=0, index=0)
+def _without_timing(record):
+    return {k: v for k, v in record.items() if k not in TIMING}
 
 
 @pytest.mark.parametrize("name", BASELINES)
-def test_baseline_runs_and_is_deterministic(name, backbone, episode):
-    first = run_episode(method_from_spec(name), episode, backbone, seed=5)
-    second = run_episode(method_from_spec(name), episode, backbone, seed=5)
+def test_baseline_runs_and_is_deterministic(name, tiny_backbone, demo_episode):
+    first = _run(name, demo_episode, tiny_backbone)
     assert first["status"] == "ok", first["error"]
-    assert 0.0 <= first["accuracy"] <= 1.0 and len(first["predictions"]) == len(episode.query_ids)
-    volatile = {"wall_seconds", "peak_mem_mb"}
-    assert {k: v for k, v in first.items() if k not in volatile} == {k: v for k, v in second.items() if k not in volatile}
-    if name in ("full_ft", "lora"):
-        assert first["steps"] == 10 and first["grad_norm_cv"] is not None
-    else:
-        assert first["steps"] == 0 and first["grad_norm_cv"] is None
+    assert 0.0 <= first["accuracy"] <= 1.0 and 0.0 <= first["macro_f1"] <= 1.0
+    assert len(first["predictions"]) == len(demo_episode.query_labels) == 6
+    assert all(0 <= p < demo_episode.n_way for p in first["predictions"])
+    assert first["wall_seconds"] > 0 and first["peak_mem_mb"] > 0
+    second = _run(name, demo_episode, tiny_backbone)
+    assert _without_timing(second) == _without_timing(first)
+    gradient_based = name in ("full_ft", "lora")
+    assert (first["steps"] == 10) if gradient_based else (first["steps"] == 0 and first["grad_norm_cv"] is None)
 
 
-def test_full_ft_equals_a_hand_written_loop(backbone, episode):
-    seed = 11
+def test_trainable_parameter_counts(tiny_backbone, demo_episode):
+    counts = {name: _run(name, demo_episode, tiny_backbone, steps=1)["trainable_params"] for name in ("full_ft", "lora")}
+    counts.update({name: _run(name, demo_episode, tiny_backbone)["trainable_params"]
+                   for name in ("protonet", "linear_probe")})
+    hidden, n_way = tiny_backbone.hidden_size, demo_episode.n_way
+    assert counts["full_ft"] == sum(p.numel() for p in tiny_backbone.pristine.parameters()) + n_way * (hidden + 1)
+    # rank 8 on query and value of 2 layers: 2 * 2 * (32*8 + 8*32), plus the head
+    assert counts["lora"] == 2 * 2 * (2 * 32 * 8) + n_way * (hidden + 1)
+    assert 0 < counts["lora"] < counts["full_ft"]
+    assert counts["protonet"] == 0 and counts["linear_probe"] == n_way * (hidden + 1)
+
+
+def test_full_ft_matches_a_plain_pytorch_loop(tiny_backbone, demo_episode):
+    seed, steps, lr, head_lr, wd = 11, 4, 5e-5, 1e-2, 0.01
+    tokenizer, episode = tiny_backbone.tokenizer, demo_episode
+
+    def tokens(texts):
+        return tokenizer(list(texts), padding=True, truncation=True, max_length=64, return_tensors="pt")
+
     torch.manual_seed(seed)
-    ctx = EpisodeContext(backbone, episode, seed)
-    predictor = method_from_spec("full_ft").adapt(ctx)
-    with torch.no_grad():
-        framework = predictor.predict(ctx.batch(episode, "query"))
-
-    torch.manual_seed(seed)
-    model = copy.deepcopy(backbone.pristine).train()
+    model = copy.deepcopy(tiny_backbone.pristine).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    head = torch.nn.Linear(backbone.hidden_size, episode.n_way)
-    optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr": 5e-5},
-                                   {"params": list(head.parameters()), "lr": 1e-2}], weight_decay=0.01)
-    support = backbone.tokenizer(list(episode.support_texts), padding=True, truncation=True, max_length=64, return_tensors="pt")
-    labels = torch.tensor(episode.support_labels)
-    for _ in range(10):
+    head = nn.Linear(32, episode.n_way)
+    optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr": lr},
+                                   {"params": list(head.parameters()), "lr": head_lr}], weight_decay=wd)
+    support, labels = tokens(episode.support_texts), torch.tensor(episode.support_labels)
+    for _ in range(steps):
         optimizer.zero_grad()
-        loss = F.cross_entropy(head(model(**support).last_hidden_state[:, 0]), labels)
-        loss.backward()
+        cls = model(input_ids=support["input_ids"], attention_mask=support["attention_mask"]).last_hidden_state[:, 0]
+        F.cross_entropy(head(cls), labels).backward()
         optimizer.step()
     model.eval()
-    query = backbone.tokenizer(list(episode.query_texts), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    query = tokens(episode.query_texts)
     with torch.no_grad():
-        plain = head(model(**query).last_hidden_state[:, 0])
-    torch.testing.assert_close(framework, plain, atol=1e-6, rtol=0)
+        expected = head(model(input_ids=query["input_ids"], attention_mask=query["attention_mask"]).last_hidden_state[:, 0])
+
+    method = method_from_spec("full_ft", {"steps": steps, "lr": lr, "head_lr": head_lr, "weight_decay": wd})
+    torch.manual_seed(seed)  # what run_episode does first
+    ctx = EpisodeContext(tiny_backbone, episode, seed)
+    predictor = method.adapt(ctx)
+    with torch.no_grad():
+        logits = predictor.predict(ctx.batch(episode, "query"))
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
+    record = run_episode(method, episode, tiny_backbone, seed=seed)
+    assert record["predictions"] == expected.argmax(-1).tolist()
 
 
-class Raises(Method):
-    name = "raises"
-
+class _Raises(Method):
     def adapt(self, ctx):
-        raise RuntimeError("boom in adapt")
+        raise ValueError("support set too small for this method")
 
 
-class ReturnsNaN(Method):
-    name = "returns_nan"
-
+class _NaNLogits(Method):
     def adapt(self, ctx):
         return Predictor(lambda batch: torch.full((len(batch), ctx.n_way), float("nan")))
 
 
-def test_failed_and_diverged_episodes_are_recorded(backbone, episode):
-    failed = run_episode(Raises(), episode, backbone, seed=0)
-    assert failed["status"] == "failed" and "boom in adapt" in failed["error"] and "accuracy" not in failed
-    diverged = run_episode(ReturnsNaN(), episode, backbone, seed=0)
-    assert diverged["status"] == "diverged" and "non-finite" in diverged["error"]
-    assert diverged.get("predictions") is None and "accuracy" not in diverged
+class _NaNLoss(Method):
+    def adapt(self, ctx):
+        head = ctx.new_head(ctx.n_way)
+        ctx.recorder.record(torch.tensor(float("nan")), list(head.parameters()))
+        return Predictor(lambda batch: head(ctx.embed(ctx.backbone.pristine, batch)), 0)
 
 
-def test_method_from_a_file(tmp_path, backbone, episode):
-    path = tmp_path / "plugin.py"
-    path.write_text(
-        "import torch\n"
-        "from fewshot_bench.methods import Method, Predictor\n"
-        "class FirstClass(Method):\n"
-        "    def adapt(self, ctx):\n"
-        "        return Predictor(lambda batch: torch.nn.functional.one_hot(torch.zeros(len(batch), dtype=torch.long), ctx.n_way).float())\n")
-    method = method_from_spec(f"{path}:FirstClass")
-    record = run_episode(method, episode, backbone, seed=0)
-    assert method.name == "FirstClass" and record["status"] == "ok"
-    assert record["accuracy"] == pytest.approx(1 / episode.n_way)
+def test_failures_are_recorded_not_raised(tiny_backbone, demo_episode):
+    failed = run_episode(_Raises(), demo_episode, tiny_backbone, seed=0)
+    assert failed["status"] == "failed" and failed["predictions"] is None and "accuracy" not in failed
+    assert "ValueError: support set too small for this method" in failed["error"]
+    diverged = run_episode(_NaNLogits(), demo_episode, tiny_backbone, seed=0)
+    assert diverged["status"] == "diverged" and "non-finite logits" in diverged["error"]
+    assert diverged["predictions"] is None and "accuracy" not in diverged
+    nan_loss = run_episode(_NaNLoss(), demo_episode, tiny_backbone, seed=0)
+    assert nan_loss["status"] == "diverged" and "non-finite loss" in nan_loss["error"]
 
 
-def test_unknown_method_and_config_field():
-    with pytest.raises(UserError, match="did you mean 'full_ft'"):
-        method_from_spec("fullft")
+def test_method_from_a_python_file(tmp_path, tiny_backbone, demo_episode):
+    path = tmp_path / "my_method.py"
+    path.write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        import torch, torch.nn.functional as F
+        from fewshot_bench.config import option
+        from fewshot_bench.methods import Method, MethodConfig, Predictor
+
+        @dataclass
+        class HeadOnlyConfig(MethodConfig):
+            steps: int = option(3, help="steps")
+            lr: float = option(0.1, help="learning rate")
+
+        class HeadOnly(Method):
+            config_class = HeadOnlyConfig
+
+            def adapt(self, ctx):
+                features = ctx.backbone.frozen_embeddings(ctx.support_texts)
+                head = ctx.new_head(ctx.n_way)
+                optimizer = torch.optim.SGD(head.parameters(), lr=self.config.lr)
+                for _ in range(self.config.steps):
+                    optimizer.zero_grad()
+                    loss = F.cross_entropy(head(features), ctx.support.labels)
+                    loss.backward()
+                    ctx.recorder.record(loss, list(head.parameters()))
+                    optimizer.step()
+                return Predictor(lambda batch: head(ctx.embed(ctx.backbone.pristine, batch)),
+                                 sum(p.numel() for p in head.parameters()))
+    '''))
+    method = method_from_spec(f"{path}:HeadOnly", {"steps": "5"})
+    assert method.name == "HeadOnly" and method.config.steps == 5
+    record = run_episode(method, demo_episode, tiny_backbone, seed=0)
+    assert record["status"] == "ok", record["error"]
+    assert record["steps"] == 5 and record["trainable_params"] == 3 * 33 and len(record["predictions"]) == 6
+    with pytest.raises(UserError, match="has no 'Nope'"):
+        method_from_spec(f"{path}:Nope")
+
+
+def test_spec_and_config_errors():
+    with pytest.raises(UserError, match="did you mean 'protonet'"):
+        method_from_spec("protonett")
     with pytest.raises(UserError, match="no config field 'stepz'"):
         method_from_spec("full_ft", {"stepz": 3})
-    assert method_from_spec("full_ft", {"steps": "3"}).config.steps == 3
+    with pytest.raises(UserError, match="not a valid int"):
+        method_from_spec("full_ft", {"steps": "many"})
+    method = method_from_spec("lora", {"rank": "4", "lr": "1e-3", "target_modules": "query,key"})
+    assert (method.config.rank, method.config.lr) == (4, 1e-3)
+    assert method_from_spec("lora").config.rank == 8  # overrides do not leak into later instances
 
 
-def test_lora_trains_fewer_parameters_also_on_a_decoder(backbone, episode):
-    lora = run_episode(method_from_spec("lora"), episode, backbone, seed=0)
-    full = run_episode(method_from_spec("full_ft"), episode, backbone, seed=0)
-    assert 0 < lora["trainable_params"] < full["trainable_params"]
+def test_lora_target_modules_per_architecture(tiny_backbone, demo_episode):
+    from fewshot_bench.backbone import load_backbone
+    from fewshot_bench.baselines.lora import apply_lora, lora_target_modules
+
     decoder = load_backbone("tiny-decoder", device="cpu")
-    assert run_episode(method_from_spec("lora"), episode, decoder, seed=0)["status"] == "ok"
+    assert lora_target_modules(tiny_backbone.pristine) == ["query", "value"]
+    assert lora_target_modules(decoder.pristine) == ["c_attn"]
+    assert lora_target_modules(decoder.pristine, "c_attn, c_proj") == ["c_attn", "c_proj"]
+    wrapped = apply_lora(decoder.fresh_model(), 4, 8)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and "c_attn" in n for n in trainable)
+    record = _run("lora", demo_episode, decoder, steps=3)
+    assert record["status"] == "ok", record["error"]
+    # c_attn is 32 -> 96: rank 8 gives 32*8 + 8*96 per layer, 2 layers, plus the head
+    assert record["trainable_params"] == 2 * (32 * 8 + 8 * 96) + 3 * 33
+    assert record["grad_norm_cv"] is not None and record["path_efficiency"] is not None
+    with pytest.raises(UserError, match="target_modules"):
+        lora_target_modules(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(UserError, match="lora"):
+        apply_lora(tiny_backbone.fresh_model(), 4, 8, target_modules=["no_such_module"])
 
 
-def test_frozen_embeddings_are_computed_once_per_text(episode):
-    fresh = load_backbone("tiny-encoder", device="cpu")
-    run_episode(method_from_spec("protonet"), episode, fresh, seed=0)
-    cached = dict(fresh._embedding_cache)
-    assert set(cached) == set(episode.support_texts) | set(episode.query_texts)
-    run_episode(method_from_spec("linear_probe"), episode, fresh, seed=0)
-    assert all(fresh._embedding_cache[t] is cached[t] for t in cached)
+def test_lora_leaves_the_backbone_untouched_and_dropout_is_reproducible(tiny_backbone, demo_episode):
+    before = {k: v.clone() for k, v in tiny_backbone.pristine.state_dict().items()}
+    runs = [_run("lora", demo_episode, tiny_backbone, steps=3, dropout=0.3) for _ in range(2)]
+    assert runs[0]["status"] == "ok" and _without_timing(runs[0]) == _without_timing(runs[1])
+    assert all(torch.equal(v, before[k]) for k, v in tiny_backbone.pristine.state_dict().items())
+    assert not any(p.requires_grad for p in tiny_backbone.pristine.parameters())
 
 
-def test_fresh_model_is_an_independent_copy(backbone):
-    model = backbone.fresh_model()
-    with torch.no_grad():
-        next(model.parameters()).add_(1.0)
-    assert not torch.equal(next(model.parameters()), next(backbone.pristine.parameters()))
-    assert all(not p.requires_grad for p in backbone.pristine.parameters())
+@pytest.mark.parametrize("name", ["protonet", "linear_probe"])
+def test_frozen_methods_embed_each_text_once_per_run(name, tiny_backbone, monkeypatch):
+    monkeypatch.setattr(tiny_backbone, "_embedding_cache", {})
+    embedded = []
+    original = tiny_backbone.embed
+
+    def counting_embed(model, batch):
+        embedded.append(len(batch))
+        return original(model, batch)
+
+    monkeypatch.setattr(tiny_backbone, "embed", counting_embed)
+    data = get_task_data("demo_intents")
+    episodes = [sample_episode(data, n_way=3, k_shot=2, q_query=2, seed=0, index=i) for i in (0, 1, 0)]
+    texts = {t for e in episodes for t in e.support_texts + e.query_texts}
+    assert len(texts) < sum(len(e.support_texts + e.query_texts) for e in episodes)  # they share texts
+    records = [_run(name, e, tiny_backbone) for e in episodes]
+    assert all(r["status"] == "ok" for r in records)
+    assert _without_timing(records[0]) == _without_timing(records[2])  # cached vectors give the same answers
+    assert sum(embedded) == len(texts) == len(tiny_backbone._embedding_cache)
+
+
+def test_protonet_predictor_handles_any_batch(tiny_backbone, demo_episode):
+    """The query batch is served from the per-text cache; any other batch is embedded directly."""
+    method = method_from_spec("protonet")
+    torch.manual_seed(0)
+    ctx = EpisodeContext(tiny_backbone, demo_episode, 0)
+    predictor = method.adapt(ctx)
+    query = ctx.batch(demo_episode, "query")
+    from_cache = predictor.predict(query)
+    other = predictor.predict(query.subset(slice(0, 4)))  # not an episode batch: embedded directly
+    assert from_cache.shape == (6, 3) and other.shape == (4, 3)
+    torch.testing.assert_close(other, from_cache[:4], atol=1e-5, rtol=1e-5)
+    # the support batch is the same as the training points: each is closest to its own class on average
+    support_logits = predictor.predict(ctx.support)
+    own = support_logits.gather(1, ctx.support.labels[:, None]).mean()
+    assert own >= support_logits.mean()

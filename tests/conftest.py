@@ -1,0 +1,29 @@
+"""Shared fixtures: the tiny random encoder (loaded once per session), the demo episode, offline hub."""
+import os
+
+import pytest
+
+# Set before any test module imports transformers / huggingface_hub (they read it at import time).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hf_hub_offline():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from fewshot_bench.backbone import load_backbone
+
+    return load_backbone("tiny-encoder", device="cpu")
+
+
+@pytest.fixture
+def demo_episode():
+    from fewshot_bench.data import get_task_data
+    from fewshot_bench.episodes import sample_episode
+
+    return sample_episode(get_task_data("demo_intents"), n_way=3, k_shot=2, q_query=2, seed=0, index=0)

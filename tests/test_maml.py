@@ -1,0 +1,311 @@
+"""MAML / FOMAML (fewshot_bench/baselines/maml.py): meta-gradients against hand-unrolled autograd and finite
+differences (float64), the un-adapted limit, meta-training on a synthetic task family, the on-disk cache."""
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from fewshot_bench.backbone import load_backbone
+from fewshot_bench.data import get_task_data
+from fewshot_bench.episodes import Episode, fingerprint, sample_episode
+from fewshot_bench.errors import UserError
+from fewshot_bench.methods import EpisodeContext, MetaContext, method_from_spec, run_episode
+from fewshot_bench.baselines.maml import (FOMAML, HEAD_B, HEAD_W, MAML, MAMLConfig, adapted_names)
+
+MAML_SPEC = "fewshot_bench.baselines.maml:MAML"
+FOMAML_SPEC = "fewshot_bench.baselines.maml:FOMAML"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Hidden-32 models: one thread is much faster than contended intra-op parallelism."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("tiny-encoder", device="cpu", attn_implementation="eager")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    data = get_task_data("demo_intents")
+
+    def source(i, k=5, q=5):
+        return sample_episode(data, pool="source", n_way=5, k_shot=k, q_query=q, seed=0, index=i)
+
+    target = sample_episode(data, pool="target", n_way=5, k_shot=5, q_query=5, seed=0, index=0)
+    return target, source
+
+
+# ------------------------------------------------------------------------------------------- reference implementation
+def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order):
+    """Hand-unrolled MAML with torch.autograd.grad(create_graph=True), no torch.func transforms.
+
+    Returns (query loss, {meta name: grad}, {lr name: grad}). The head is initialised from prototypes of a
+    separate step-0 forward; each step's gradient is taken w.r.t. per-step aliases of the adapted tensors
+    and of the head, i.e. partial derivatives with the head held fixed — the definition in maml.py.
+    """
+    leaves = {n: p.detach().clone().requires_grad_(n in meta) for n, p in model.named_parameters()}
+    log_lrs = {n: torch.tensor(math.log(v), dtype=torch.float64, requires_grad=True) for n, v in lrs.items()}
+    support = backbone.tokenize(episode.support_texts, episode.support_labels)
+    query = backbone.tokenize(episode.query_texts, episode.query_labels)
+
+    def embed(params, batch):
+        out = functional_call(model, params, (), {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+        return out.last_hidden_state[:, 0]  # tiny-encoder pools the CLS vector
+
+    fast = {n: leaves[n] for n in adapt}
+    e0 = embed(leaves, support)
+    onehot = F.one_hot(support.labels, episode.n_way).double()
+    protos = onehot.T @ e0 / onehot.sum(0).unsqueeze(1)
+    weight, bias = 2 * protos, -(protos ** 2).sum(1)
+    for _ in range(steps):
+        alias = {n: fast[n].view_as(fast[n]) for n in adapt}
+        w_alias, b_alias = weight.view_as(weight), bias.view_as(bias)
+        e = embed({**leaves, **alias}, support)
+        loss = F.cross_entropy(e @ w_alias.T + b_alias, support.labels)
+        grads = torch.autograd.grad(loss, [alias[n] for n in adapt] + [w_alias, b_alias], create_graph=not first_order)
+        if first_order:
+            grads = [g.detach() for g in grads]
+        for n, g in zip(adapt, grads):
+            fast[n] = fast[n] - log_lrs[n].exp() * g
+        weight = weight - log_lrs[HEAD_W].exp() * grads[-2]
+        bias = bias - log_lrs[HEAD_B].exp() * grads[-1]
+    q_loss = F.cross_entropy(embed({**leaves, **fast}, query) @ weight.T + bias, query.labels)
+    meta_list = [leaves[n] for n in meta]
+    lr_list = list(log_lrs.values())
+    grads = torch.autograd.grad(q_loss, meta_list + lr_list)
+    return q_loss.detach(), dict(zip(meta, grads[: len(meta)])), dict(zip(log_lrs, grads[len(meta):]))
+
+
+def _double_model(backbone):
+    model = backbone.fresh_model().double().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _ours(method, backbone, model, episode, *, learn_lr=True):
+    loop = method.inner_loop(backbone, model)
+    names = method.meta_param_names(model, loop)
+    support = backbone.tokenize(episode.support_texts, episode.support_labels)
+    query = backbone.tokenize(episode.query_texts, episode.query_labels)
+    log_lrs = ({n: torch.tensor(math.log(method.config.inner_lr), dtype=torch.float64) for n in loop.lr_names()}
+               if learn_lr else None)
+    loss, grads, lr_grads = method.meta_gradient(loop, dict(model.named_parameters()), names, support, query,
+                                                 episode.n_way, log_lrs)
+    return loop, names, loss, grads, lr_grads
+
+
+def _close(a, b, rtol=1e-7):
+    scale = max(max(float(v.abs().max()) for v in b.values()), 1e-30)
+    return all(float((a[n] - b[n]).abs().max()) <= rtol * scale for n in b)
+
+
+CFG = dict(inner_steps=2, inner_lr=0.5, adapt_params="top-k", top_k=1, meta_params="all")
+
+
+@pytest.mark.parametrize("adapt_params", ["top-k", "all"])
+def test_maml_meta_gradient_matches_unrolled_and_finite_differences(backbone, demo, adapt_params):
+    episode = demo[1](0, k=2, q=2)
+    model = _double_model(backbone)
+    method = MAML(MAMLConfig(**{**CFG, "adapt_params": adapt_params}))
+    loop, names, loss, grads, lr_grads = _ours(method, backbone, model, episode)
+    lrs = {n: method.config.inner_lr for n in loop.lr_names()}
+    ref_loss, ref_grads, ref_lr = unrolled(backbone, model, episode, adapt=loop.adapt, meta=names, steps=2, lrs=lrs,
+                                           first_order=False)
+    assert set(grads) == set(names) and loop.adapt  # adapted subset non-empty, meta-gradient over the whole backbone
+    assert torch.allclose(loss, ref_loss, rtol=1e-10, atol=0)
+    assert _close(grads, ref_grads) and _close(lr_grads, ref_lr)
+
+    # finite differences along a random direction over a few tensors (adapted and outer-only) and the log lrs
+    gen = torch.Generator().manual_seed(0)
+    picked = [loop.adapt[0], loop.adapt[-1], "embeddings.LayerNorm.weight", "encoder.layer.0.output.dense.weight"]
+    direction = {n: torch.randn(model.get_parameter(n).shape, generator=gen, dtype=torch.float64) for n in picked}
+    lr_dir = {n: float(torch.randn((), generator=gen)) for n in loop.lr_names()}
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def meta_loss(eps):
+        moved = {n: t + eps * direction[n] if n in direction else t for n, t in params.items()}
+        step_lrs = {n: math.exp(math.log(lrs[n]) + eps * lr_dir[n]) for n in lrs}
+        with torch.no_grad():
+            sup = backbone.tokenize(episode.support_texts, episode.support_labels)
+            qry = backbone.tokenize(episode.query_texts, episode.query_labels)
+            return float(loop.episode_loss(moved, step_lrs, sup, qry, episode.n_way, 2, first_order=False))
+
+    eps = 1e-5  # float64: truncation error ~eps^2, round-off ~1e-16/eps
+    fd = (meta_loss(eps) - meta_loss(-eps)) / (2 * eps)
+    analytic = sum(float((grads[n] * direction[n]).sum()) for n in picked) + sum(
+        float(lr_grads[n]) * lr_dir[n] for n in lr_dir)
+    assert fd == pytest.approx(analytic, rel=1e-6, abs=1e-12)
+
+    # second-order terms are really there: first order differs along the same direction
+    fo = FOMAML(MAMLConfig(**{**CFG, "adapt_params": adapt_params}))
+    _, _, _, fo_grads, fo_lr = _ours(fo, backbone, model, episode)
+    fo_analytic = sum(float((fo_grads[n] * direction[n]).sum()) for n in picked) + sum(
+        float(fo_lr[n]) * lr_dir[n] for n in lr_dir)
+    assert abs(fo_analytic - fd) > 1e-3 * abs(fd)
+
+
+@pytest.mark.parametrize("adapt_params", ["top-k", "head"])
+def test_fomaml_equals_unrolled_with_detached_inner_gradients(backbone, demo, adapt_params):
+    episode = demo[1](1, k=2, q=2)
+    model = _double_model(backbone)
+    method = FOMAML(MAMLConfig(**{**CFG, "inner_steps": 3, "adapt_params": adapt_params}))
+    loop, names, loss, grads, lr_grads = _ours(method, backbone, model, episode)
+    lrs = {n: method.config.inner_lr for n in loop.lr_names()}
+    ref_loss, ref_grads, ref_lr = unrolled(backbone, model, episode, adapt=loop.adapt, meta=names, steps=3, lrs=lrs,
+                                           first_order=True)
+    assert torch.allclose(loss, ref_loss, rtol=1e-10, atol=0)
+    assert _close(grads, ref_grads) and _close(lr_grads, ref_lr)
+    so_ref = unrolled(backbone, model, episode, adapt=loop.adapt, meta=names, steps=3, lrs=lrs, first_order=False)[1]
+    assert not _close(grads, so_ref, rtol=1e-3)
+
+
+def test_zero_inner_steps_is_the_prototype_head_on_pristine_weights(backbone, demo):
+    episode = demo[0]
+    ctx = EpisodeContext(backbone, episode, 0)
+    predictor = method_from_spec(MAML_SPEC, {"inner_steps": 0}).adapt(ctx)
+    query = ctx.batch(episode, "query")
+    with torch.no_grad():
+        logits = predictor.predict(query)
+        e_s = backbone.embed(backbone.pristine, ctx.support)
+        e_q = backbone.embed(backbone.pristine, query)
+    onehot = F.one_hot(ctx.support.labels, episode.n_way).float()
+    protos = onehot.T @ e_s / onehot.sum(0).unsqueeze(1)
+    expected = -torch.cdist(e_q, protos) ** 2 + (e_q ** 2).sum(1, keepdim=True)  # = 2 e.c - |c|^2
+    assert torch.allclose(logits, expected, atol=1e-4, rtol=1e-5)
+    assert ctx.recorder.summary()["steps"] == 0
+
+
+def test_adapt_without_meta_training_records_each_inner_step(backbone, demo):
+    episode = demo[0]
+    for spec in (MAML_SPEC, FOMAML_SPEC):
+        method = method_from_spec(spec, {"inner_steps": 3, "inner_lr": 0.1})
+        record = run_episode(method, episode, backbone, seed=0)
+        assert record["status"] == "ok", record["error"]
+        assert record["steps"] == 3 and record["path_efficiency"] is not None
+        assert record["trainable_params"] == 8544 + 5 * 33  # last block of hidden-32 BERT + 5-way head
+    assert MAML.attn_implementation == "eager" and FOMAML.attn_implementation == "sdpa"
+    assert MAML.protocol == FOMAML.protocol == "meta-trained"
+
+
+def test_parameter_selection_and_config_errors(backbone):
+    names = [n for n, _ in backbone.pristine.named_parameters()]
+    top = adapted_names(names, "top-k", 1)
+    assert top and all(n.startswith("encoder.layer.1.") for n in top)
+    assert adapted_names(names, "head", 1) == [] and adapted_names(names, "all", 1) == names
+    decoder = load_backbone("tiny-decoder", device="cpu")
+    dnames = [n for n, _ in decoder.pristine.named_parameters()]
+    assert set(adapted_names(dnames, "top-k", 1)) == {n for n in dnames if n.startswith(("h.1.", "ln_f."))}
+    with pytest.raises(UserError, match="adapt_params"):
+        method_from_spec(MAML_SPEC, {"adapt_params": "some"}).adapt(EpisodeContext(
+            backbone, sample_episode(get_task_data("demo_intents"), seed=0), 0))
+
+
+# ------------------------------------------------------------------------------------------- synthetic task family
+def _synthetic_family(tokenizer, *, n_classes=12, n_distractors=300, length=6, k=3, q=4, n_way=5):
+    """Class = a keyword token placed at a random position among random distractor tokens.
+
+    With a random encoder the CLS vector mixes all tokens about equally, so prototypes are noisy; a
+    meta-learned encoder can learn to weigh the keywords, which is what every episode of the family needs.
+    """
+    vocab = [t for t in tokenizer.convert_ids_to_tokens(range(2000, 8000)) if t.isalpha() and len(t) > 3]
+    rng = np.random.default_rng(0)
+    words = list(rng.choice(vocab, size=n_classes + n_distractors, replace=False))
+    keywords, distractors = words[:n_classes], words[n_classes:]
+
+    def text(keyword, r):
+        tokens = list(r.choice(distractors, size=length))
+        tokens.insert(int(r.integers(0, length + 1)), keyword)
+        return " ".join(tokens)
+
+    def episode(index, pool="source"):
+        r = np.random.default_rng([index, 0 if pool == "source" else 1])
+        classes = [keywords[i] for i in r.choice(n_classes, size=n_way, replace=False)]
+        support = [(text(c, r), y) for y, c in enumerate(classes) for _ in range(k)]
+        query = [(text(c, r), y) for y, c in enumerate(classes) for _ in range(q)]
+        support = [support[i] for i in r.permutation(len(support))]
+        s_ids = tuple(f"{pool}{index}s{i}" for i in range(len(support)))
+        q_ids = tuple(f"{pool}{index}q{i}" for i in range(len(query)))
+        s_labels, q_labels = tuple(y for _, y in support), tuple(y for _, y in query)
+        return Episode(task="synthetic", version=1, fold=1, pool=pool, n_way=n_way, k_shot=k, q_query=q, seed=0,
+                       index=index, classes=tuple(classes), support_ids=s_ids,
+                       support_texts=tuple(t for t, _ in support), support_labels=s_labels, query_ids=q_ids,
+                       query_texts=tuple(t for t, _ in query), query_labels=q_labels,
+                       fingerprint=fingerprint(classes, s_ids, s_labels, q_ids, q_labels))
+
+    return episode
+
+
+def _post_adaptation_loss(method, backbone, episodes):
+    losses = []
+    for episode in episodes:
+        ctx = EpisodeContext(backbone, episode, 0)
+        predictor = method.adapt(ctx)
+        with torch.no_grad():
+            logits = predictor.predict(ctx.batch(episode, "query"))
+        losses.append(float(F.cross_entropy(logits, torch.tensor(episode.query_labels))))
+    return float(np.mean(losses))
+
+
+def test_meta_training_lowers_post_adaptation_query_loss(backbone, tmp_path):
+    family = _synthetic_family(backbone.tokenizer)
+    held_out = [family(i, pool="target") for i in range(8)]
+    config = dict(inner_steps=2, inner_lr=0.1, meta_steps=40, meta_batch=2, outer_lr=3e-3)
+    plain = MAML(MAMLConfig(**config))
+    before = _post_adaptation_loss(plain, backbone, held_out)
+    trained = MAML(MAMLConfig(**config))
+    trained.meta_train(MetaContext(backbone, 0, family, cache_dir=str(tmp_path)))
+    after = _post_adaptation_loss(trained, backbone, held_out)
+    assert np.mean(trained.meta_losses[-10:]) < np.mean(trained.meta_losses[:10])
+    print("synthetic family: post-adaptation query loss", before, "->", after)
+    assert after < 0.8 * before, (before, after)
+
+
+# ------------------------------------------------------------------------------------------- cache
+def test_meta_train_cache_reuses_identical_weights(backbone, demo, tmp_path, caplog):
+    source = demo[1]
+    calls = []
+
+    def counted(i):
+        calls.append(i)
+        return source(i)
+
+    overrides = {"meta_steps": 3, "meta_batch": 2, "learn_inner_lr": True, "inner_steps": 1}
+    first = method_from_spec(FOMAML_SPEC, overrides)
+    with caplog.at_level(logging.INFO, logger="fewshot_bench.baselines.maml"):
+        first.meta_train(MetaContext(backbone, 0, counted, cache_dir=str(tmp_path)))
+        assert first.cache_path.is_file() and first.cache_path.parent == tmp_path / "maml"
+        assert len(calls) == 6 and "loaded meta-trained" not in caplog.text
+        calls.clear()
+        second = method_from_spec(FOMAML_SPEC, overrides)
+        second.meta_train(MetaContext(backbone, 0, counted, cache_dir=str(tmp_path)))
+    assert f"loaded meta-trained weights from {first.cache_path}" in caplog.text
+    assert calls == [0, 1]  # only the episodes that identify the source pool
+    assert second.cache_path == first.cache_path
+    assert second.meta_state.keys() == first.meta_state.keys()
+    assert all(torch.equal(second.meta_state[n], first.meta_state[n]) for n in first.meta_state)
+    assert second.inner_lrs == pytest.approx(first.inner_lrs) and set(first.inner_lrs) >= {HEAD_W, HEAD_B}
+    changed = [n for n, t in first.meta_state.items() if not torch.equal(t, backbone.pristine.get_parameter(n))]
+    assert changed  # meta-training moved the weights
+
+    # another seed, another first-order flag, another config: other keys
+    third = method_from_spec(FOMAML_SPEC, overrides)
+    third.meta_train(MetaContext(backbone, 1, counted, cache_dir=str(tmp_path)))
+    maml = method_from_spec(MAML_SPEC, {**overrides, "meta_steps": 0})
+    maml.meta_train(MetaContext(backbone, 0, counted, cache_dir=str(tmp_path)))
+    assert len({first.cache_path, third.cache_path, maml.cache_path}) == 3
+
+    # adapt starts from the meta-learned weights: same predictions from both instances
+    target = demo[0]
+    a, b = run_episode(first, target, backbone, seed=0), run_episode(second, target, backbone, seed=0)
+    assert a["status"] == "ok" and a["predictions"] == b["predictions"]
