@@ -132,18 +132,24 @@ class EpisodeContext(_Shared):
         episode = self.source_episode(index)
         batch = self.batch(episode, "support")
         if shots > 0:
-            keep, seen = [], {}
-            for i, label in enumerate(episode.support_labels):
-                if seen.get(label, 0) < shots:
-                    keep.append(i)
-                    seen[label] = seen.get(label, 0) + 1
-            batch = batch.subset(torch.tensor(keep, device=batch.input_ids.device))
+            batch = batch.subset(torch.tensor(first_per_class(episode.support_labels, shots),
+                                              device=batch.input_ids.device))
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derived_seed(self.seed, "source", step))
             loss = prototype_loss(self.embed(model, batch), batch.labels)
             grads = torch.autograd.grad(loss, list(params), allow_unused=True)
         return [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+
+
+def first_per_class(labels: Sequence[int], limit: int) -> List[int]:
+    """Positions of the first ``limit`` examples of each class in ``labels``."""
+    keep, seen = [], {}
+    for i, label in enumerate(labels):
+        if seen.get(label, 0) < limit:
+            keep.append(i)
+            seen[label] = seen.get(label, 0) + 1
+    return keep
 
 
 def derived_seed(*key) -> int:
