@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", type=int, help="queries per class")
     p.add_argument("--episodes", type=int, help="episodes per task x setting")
     p.add_argument("--fold", type=int, help="class-split fold (1-based)")
+    p.add_argument("--pool", choices=["target", "validation"],
+                   help="evaluate on target-pool episodes (default) or validation-pool ones (hyperparameter choice)")
     p.add_argument("--seed", type=int, help="episode and training seed")
     p.add_argument("--backbone", help="backbone name, Hugging Face id or local path (default: minilm)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")

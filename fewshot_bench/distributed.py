@@ -7,9 +7,10 @@ gloo on CPU, nccl on GPU; ``LOCAL_RANK`` picks the GPU.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
-from pathlib import Path
-from typing import Optional
+import re
+from typing import List, Optional
 
 
 def world() -> tuple:
@@ -20,18 +21,27 @@ def shard_path(store: str, rank: int) -> str:
     return f"{store}.rank{rank}"
 
 
+def existing_shards(store: str) -> List[str]:
+    """Shard stores of ``store`` on disk (``<store>.rank<r>``; not their -wal/-shm companions)."""
+    return sorted(path for path in glob.glob(glob.escape(store) + ".rank*") if re.search(r"\.rank\d+$", path))
+
+
 def run_distributed_or_local(config) -> Optional[str]:
     """Run locally, or as one rank of a torchrun job; returns the merged store path on rank 0, else None."""
     from .runner import run
 
+    from .store import ResultsStore
+
     rank, world_size = world()
     if world_size == 1:
+        shards = existing_shards(config.store)
+        if shards:  # a sharded job was killed: keep its episodes, run only what is missing
+            ResultsStore(config.store).merge_from(shards)
         return run(config)
     import torch
     import torch.distributed as dist
 
     from .backbone import resolve_device
-    from .store import ResultsStore
 
     device = resolve_device(config.device)
     if device.startswith("cuda"):
@@ -40,13 +50,12 @@ def run_distributed_or_local(config) -> Optional[str]:
         config = dataclasses.replace(config, device=f"cuda:{local_rank}")
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
-        shard = shard_path(config.store, rank)
-        Path(shard).unlink(missing_ok=True)
-        run(config, rank=rank, world_size=world_size, store_path=shard, barrier=dist.barrier)
+        # a shard left by a killed job is kept: its episodes count as done and are merged at the end
+        run(config, rank=rank, world_size=world_size, store_path=shard_path(config.store, rank), barrier=dist.barrier)
         dist.barrier()
         if rank != 0:
             return None
-        ResultsStore(config.store).merge_from([shard_path(config.store, r) for r in range(world_size)])
+        ResultsStore(config.store).merge_from(existing_shards(config.store))
         return config.store
     finally:
         dist.destroy_process_group()

@@ -119,15 +119,18 @@ class Setting:
     q_query: int = 15
     fold: int = 1
     source_task: Optional[str] = None
+    pool: str = "target"  # "validation" to choose hyperparameters without touching target classes
 
     @property
     def label(self) -> str:
         shot = f"{self.k_shot[0]}-{self.k_shot[1]}" if isinstance(self.k_shot, tuple) else self.k_shot
         cross = f"{self.source_task}->" if self.source_task and self.source_task != self.task else ""
-        return f"{cross}{self.task}/fold{self.fold}/{self.n_way}way{shot}shot{self.q_query}q"
+        pool = "" if self.pool == "target" else f"/{self.pool}"
+        return f"{cross}{self.task}/fold{self.fold}{pool}/{self.n_way}way{shot}shot{self.q_query}q"
 
     def target_episode(self, seed: int, index: int) -> Episode:
-        return sample_episode(get_task_data(self.task, self.fold), pool="target", n_way=self.n_way,
+        """Evaluated episode ``index`` (from the target pool, or the validation pool when ``pool`` says so)."""
+        return sample_episode(get_task_data(self.task, self.fold), pool=self.pool, n_way=self.n_way,
                               k_shot=self.k_shot, q_query=self.q_query, seed=seed, index=index)
 
     def source_episode(self, seed: int, index: int, pool: str = "source") -> Episode:

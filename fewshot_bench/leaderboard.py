@@ -67,9 +67,11 @@ def _mean(values, digits: int) -> Optional[float]:
 
 
 def _task_label(task: str, setting: str) -> str:
-    """``SOURCE->TASK`` for a cross-dataset setting labelled ``SOURCE->TASK/...``, else ``TASK``."""
+    """``SOURCE->TASK`` for a cross-dataset setting labelled ``SOURCE->TASK/...``, else ``TASK``; a
+    validation-pool setting (``.../validation/...``, hyperparameter choice) gets `` [validation]``."""
     head = setting.split("/", 1)[0]
-    return head if head.endswith("->" + task) else task
+    label = head if head.endswith("->" + task) else task
+    return label + " [validation]" if "/validation/" in setting else label
 
 
 def _summarise(key: tuple, episodes: List[dict], bootstrap: int, seed: int) -> dict:

@@ -41,6 +41,8 @@ class RunConfig:
     episodes: int = option(20, help="episodes per task x setting")
     limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting")
     fold: int = option(1, help="class-split fold (1-based)")
+    pool: str = option("target", help="pool of the evaluated episodes: target, or validation to choose "
+                                      "hyperparameters without seeing target classes")
     seed: int = option(0, help="episode and training seed")
     backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N")
@@ -97,7 +99,7 @@ def build_config(args) -> RunConfig:
         merged.update(_with_demo(_read_yaml(args.config), tasks_given))
     flags = {"tasks": _split(args.tasks) or None, "methods": _split(args.methods) or None,
              "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
-             "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "seed": args.seed,
+             "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
              "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
              "source_task": args.source_task}
     if flags["tasks"]:
@@ -118,7 +120,8 @@ def _settings(config: RunConfig) -> List[Setting]:
         for n_way in config.n_way:
             n_way = n_way if n_way == "all" else int(n_way)
             for k_shot in config.k_shot:
-                settings.append(Setting(task, n_way, parse_shot(k_shot), int(config.query), fold, source))
+                settings.append(Setting(task, n_way, parse_shot(k_shot), int(config.query), fold, source,
+                                        config.pool))
     return settings
 
 
@@ -154,11 +157,13 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         barrier=None) -> str:
     """Execute the run; returns the store path written (a shard path when ``world_size > 1``).
 
-    With several ranks, rank 0 meta-trains every meta-trained method first (their weights are cached on
-    disk), then ``barrier()`` releases the other ranks, which load them instead of training again.
+    With several ranks, the meta-trainings (meta-trained method x setting) are shared out round-robin and
+    cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node jobs); after
+    ``barrier()`` every rank loads them instead of training again.
     """
     from . import methods as methods_module
     from .backbone import load_backbone, resolve_device
+    from .distributed import existing_shards
     from .store import ResultsStore, config_hash
 
     device = resolve_device(config.device)
@@ -179,6 +184,9 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         setting.target_episode(config.seed, 0)
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
     store = ResultsStore(store_path or config.store)
+    # resume: episodes finished in the run's store or in any shard of an earlier (killed) torchrun job
+    finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
+                          if Path(path) != store.path and Path(path).is_file()]
     run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
     backbones = {}
     units = [(s, m, i) for s in settings for m in names for i in range(n_episodes)]
@@ -195,7 +203,8 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
             method.label = method_label(method.name, overrides.get(name, {}))
             method.run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
                                            "backbone": config.backbone, "source_task": setting.source_task})
-            method.done = store.done_indices(method.run_hash, method.label, config.backbone, setting.task, setting.label)
+            method.done = set().union(*(other.done_indices(method.run_hash, method.label, config.backbone, setting.task,
+                                                           setting.label) for other in [store, *finished_elsewhere]))
             method_instances[(setting, name)] = method
         backbone = backbones[(method.attn_implementation, config.backbone)]
         source_episodes = ((lambda i, s=setting: s.source_episode(config.seed, i))
@@ -208,10 +217,11 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
             method.meta_trained = True
         return method, backbone, source_episodes
 
-    if world_size > 1:
-        if rank == 0:
-            for setting, name in dict.fromkeys((s, m) for s, m, _ in units):
-                prepare(setting, name)
+    if world_size > 1:  # meta-training is shared out round-robin, cached on disk, then loaded by every rank
+        pairs = [(s, m) for s, m in dict.fromkeys((s, m) for s, m, _ in units)
+                 if methods_module.method_from_spec(m, overrides.get(m)).protocol == "meta-trained"]
+        for setting, name in pairs[rank::world_size]:
+            prepare(setting, name)
         barrier()
     bar = tqdm(total=len(mine), desc="episodes", unit="ep", dynamic_ncols=True, disable=None)
     for setting, name, index in mine:

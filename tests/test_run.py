@@ -131,3 +131,20 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path):
     shards = [str(sharded / f"s.sqlite.rank{r}") for r in range(2)]
     assert main(["merge", *shards, "--store", str(tmp_path / "by_hand.sqlite")]) == 0
     assert _store_count(tmp_path / "by_hand.sqlite") == 3 * 2 * 3
+
+
+def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
+    from fewshot_bench.cli import build_parser
+    from fewshot_bench.runner import build_config, run
+
+    store = tmp_path / "s.sqlite"
+    argv = ["run", *TINY, "--methods", "protonet", "--k-shot", "2", "--episodes", "4", "--store", str(store), "--out", ""]
+    config = build_config(build_parser().parse_args(argv))
+    run(config, rank=1, world_size=2, store_path=f"{store}.rank1", barrier=lambda: None)  # rank 0 never finished
+    assert not store.exists() and _store_count(f"{store}.rank1") == 2
+    with sqlite3.connect(f"{store}.rank1") as conn:
+        before = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
+    assert main(argv) == 0  # single process: merges the shard, runs the two missing episodes
+    with sqlite3.connect(store) as conn:
+        after = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
+    assert sorted(after) == [0, 1, 2, 3] and all(after[i] == before[i] for i in before)
