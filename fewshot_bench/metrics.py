@@ -23,11 +23,15 @@ def query_scores(labels: Sequence[int], predictions: Sequence[int]) -> Dict[str,
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+    """‖concat(tensors)‖ without concatenating (one fused pass per tensor list)."""
+    norms = torch._foreach_norm([t.float() for t in tensors]) if tensors else []
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((x.float() * y.float()).sum() for x, y in zip(a, b)))
+    """<concat(a), concat(b)> without temporaries the size of the model."""
+    dots = [torch.dot(x.reshape(-1).float(), y.reshape(-1).float()) for x, y in zip(a, b)]
+    return float(torch.stack(dots).sum()) if dots else 0.0
 
 
 def _cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -69,9 +73,9 @@ class GradientRecorder:
             self._theta0 = [p.clone() for p in params]
             self._theta_prev = [p.clone() for p in params]
         else:
-            self.path_length += _norm([p - q for p, q in zip(params, self._theta_prev)])
-            for buffer, p in zip(self._theta_prev, params):
-                buffer.copy_(p)
+            torch._foreach_sub_(self._theta_prev, params)  # in place: θ_{t-1} − θ_t, no model-sized temporaries
+            self.path_length += _norm(self._theta_prev)
+            torch._foreach_copy_(self._theta_prev, params)
         norm = _norm(grads)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             self.diverged = True
@@ -79,8 +83,7 @@ class GradientRecorder:
             self._grad_prev = [g.clone() for g in grads]
         else:
             self.cosines.append(_cosine(self._grad_prev, grads))
-            for buffer, g in zip(self._grad_prev, grads):
-                buffer.copy_(g)
+            torch._foreach_copy_(self._grad_prev, grads)
         if source_grads is not None:
             self.source_cosines.append(_cosine(grads[: len(source_grads)], list(source_grads)))
         self.losses.append(loss_value)
