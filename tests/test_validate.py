@@ -110,3 +110,11 @@ def test_missing_or_unreadable_file(tmp_path, capsys):
     junk.write_text("not a database")
     assert main(["validate", str(junk)]) == 1
     assert "cannot be read as SQLite" in capsys.readouterr().out
+
+
+def test_committed_leaderboard_and_store_are_valid(capsys):
+    """`fewshot-bench validate` passes on the leaderboard committed in leaderboard/ and on its store."""
+    from helpers import REPO
+
+    assert main(["validate", str(REPO / "leaderboard" / "leaderboard.csv")]) == 0, capsys.readouterr().out
+    assert main(["validate", str(REPO / "leaderboard" / "results.sqlite")]) == 0, capsys.readouterr().out
