@@ -93,10 +93,6 @@ class SGGConfig(FullFTConfig):
     align_kappa: float = option(5.0, help="κ, sharpness of the sigmoid alignment schedule")
     ref_init: str = option("support", help="r_0: support = gradient of the full support set at θ_0 (so R_dir(0) = 0); "
                                            "half = gradient of a class-stratified half of the support")
-    source_every: int = option(2, help="recompute g_src on a fresh source episode every this many steps (2: cost; "
-                                       "same banking77-validation accuracy as 1, see docs/sgg.md)")
-    source_shots: int = option(2, help="source examples per class used for g_src (0 = the whole source support; "
-                                       "2 keeps first_order within ~1.5x full_ft's step time)")
     record_grad: str = option("task", help="gradient given to the stability recorder: task = g_t = ∇L_task (the "
                                            "quantity the regularisers act on; same meaning as full_ft's), step = "
                                            "the gradient actually applied (guided)")

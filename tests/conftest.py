@@ -27,3 +27,25 @@ def demo_episode():
     from fewshot_bench.episodes import sample_episode
 
     return sample_episode(get_task_data("demo_intents"), n_way=3, k_shot=2, q_query=2, seed=0, index=0)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The tiny random encoder with eager attention (double backward: SGG exact mode, MAML)."""
+    from fewshot_bench.backbone import load_backbone
+
+    return load_backbone("tiny-encoder", device="cpu", attn_implementation="eager")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """(demo target episode 5-way 5-shot 5-query, source(i, k=5, q=5) -> source-pool episode i)."""
+    from fewshot_bench.data import get_task_data
+    from fewshot_bench.episodes import sample_episode
+
+    data = get_task_data("demo_intents")
+
+    def source(i, k=5, q=5):
+        return sample_episode(data, pool="source", n_way=5, k_shot=k, q_query=q, seed=0, index=i)
+
+    return sample_episode(data, pool="target", n_way=5, k_shot=5, q_query=5, seed=0, index=0), source

@@ -29,22 +29,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    return load_backbone("tiny-encoder", device="cpu", attn_implementation="eager")
-
-
-@pytest.fixture(scope="module")
-def demo():
-    data = get_task_data("demo_intents")
-
-    def source(i, k=5, q=5):
-        return sample_episode(data, pool="source", n_way=5, k_shot=k, q_query=q, seed=0, index=i)
-
-    target = sample_episode(data, pool="target", n_way=5, k_shot=5, q_query=5, seed=0, index=0)
-    return target, source
-
-
 # ------------------------------------------------------------------------------------------- reference implementation
 def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order):
     """Hand-unrolled MAML with torch.autograd.grad(create_graph=True), no torch.func transforms.

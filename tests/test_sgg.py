@@ -6,32 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_bench.backbone import load_backbone
 from fewshot_bench.baselines.full_ft import FullFineTuning
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import sample_episode
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, method_from_spec, run_episode
 from fewshot_bench.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, _cos, _dot, _norm,
                                exact_guided_gradient, first_order_guided_gradient, regularisers)
 
 SEED = 3
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return load_backbone("tiny-encoder", device="cpu", attn_implementation="eager")
-
-
-@pytest.fixture(scope="module")
-def demo():
-    data = get_task_data("demo_intents")
-    target = sample_episode(data, pool="target", n_way=5, k_shot=5, q_query=5, seed=0, index=0)
-
-    def source(i):
-        return sample_episode(data, pool="source", n_way=5, k_shot=5, q_query=5, seed=0, index=i)
-
-    return target, source
 
 
 def _adapt(method, backbone, episode, source=None, seed=SEED):
