@@ -22,10 +22,19 @@ def query_scores(labels: Sequence[int], predictions: Sequence[int]) -> Dict[str,
             "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
 
 
+def _tensor_norms(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Per-tensor 2-norms (one fused pass)."""
+    return torch._foreach_norm([t.float() for t in tensors]) if tensors else []
+
+
+def _combine(norms: Sequence[torch.Tensor]) -> float:
+    """‖concat(tensors)‖ from their per-tensor norms."""
+    return float(torch.linalg.vector_norm(torch.stack(list(norms)))) if norms else 0.0
+
+
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    """‖concat(tensors)‖ without concatenating (one fused pass per tensor list)."""
-    norms = torch._foreach_norm([t.float() for t in tensors]) if tensors else []
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    """‖concat(tensors)‖ without concatenating."""
+    return _combine(_tensor_norms(tensors))
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -34,9 +43,9 @@ def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     return float(torch.stack(dots).sum()) if dots else 0.0
 
 
-def _cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    denom = _norm(a) * _norm(b)
-    return _dot(a, b) / denom if denom > 0 else 0.0
+def _cosine(dot: float, norm_a: float, norm_b: float) -> float:
+    denom = norm_a * norm_b
+    return dot / denom if denom > 0 else 0.0
 
 
 class GradientRecorder:
@@ -76,16 +85,19 @@ class GradientRecorder:
             torch._foreach_sub_(self._theta_prev, params)  # in place: θ_{t-1} − θ_t, no model-sized temporaries
             self.path_length += _norm(self._theta_prev)
             torch._foreach_copy_(self._theta_prev, params)
-        norm = _norm(grads)
+        tensor_norms = _tensor_norms(grads)
+        norm = _combine(tensor_norms)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             self.diverged = True
         if self._grad_prev is None:
             self._grad_prev = [g.clone() for g in grads]
-        else:
-            self.cosines.append(_cosine(self._grad_prev, grads))
+        else:  # ‖g_{t-1}‖ is the norm recorded last step: only the dot product is a new pass
+            self.cosines.append(_cosine(_dot(self._grad_prev, grads), self.norms[-1], norm))
             torch._foreach_copy_(self._grad_prev, grads)
         if source_grads is not None:
-            self.source_cosines.append(_cosine(grads[: len(source_grads)], list(source_grads)))
+            shared = len(source_grads)
+            self.source_cosines.append(_cosine(_dot(grads[:shared], source_grads), _combine(tensor_norms[:shared]),
+                                               _norm(source_grads)))
         self.losses.append(loss_value)
         self.norms.append(norm)
 
