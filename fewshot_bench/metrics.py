@@ -63,6 +63,7 @@ class GradientRecorder:
         self.path_length = 0.0
         self.diverged = False
         self._theta0 = self._theta_prev = self._grad_prev = None
+        self._summary: Optional[Dict[str, Optional[float]]] = None
 
     @torch.no_grad()
     def record(self, loss, params: Sequence[torch.Tensor], grads: Optional[Sequence[torch.Tensor]] = None,
@@ -72,6 +73,8 @@ class GradientRecorder:
         ``source_grads`` (a source-task gradient) pairs with the first ``len(source_grads)`` parameters,
         so a method can leave out parameters the source task does not share (e.g. a trailing head).
         """
+        if self._summary is not None:
+            raise RuntimeError("GradientRecorder.summary() has ended the trajectory; use a new recorder")
         if grads is None:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         params = [p.detach() for p in params]
@@ -102,16 +105,24 @@ class GradientRecorder:
         self.norms.append(norm)
 
     def summary(self) -> Dict[str, Optional[float]]:
-        """Stability figures over the recorded trajectory (None where undefined, e.g. no steps)."""
+        """Stability figures over the recorded trajectory (None where undefined, e.g. no steps).
+
+        The first call ends the trajectory: it computes the last deltas in the recorder's own buffers (no
+        model-sized temporaries), frees them and keeps the figures, which later calls return."""
+        if self._summary is not None:
+            return dict(self._summary)
         if not self.norms:
             return {"grad_norm_cv": None, "grad_dir_consistency": None, "path_efficiency": None,
                     "source_alignment": None, "final_loss": None, "steps": 0, "diverged": self.diverged}
         final = [p.detach() for p in self.params]
-        path_length = self.path_length + _norm([p - q for p, q in zip(final, self._theta_prev)])
-        displacement = _norm([p - q for p, q in zip(final, self._theta0)])
+        torch._foreach_sub_(self._theta_prev, final)
+        torch._foreach_sub_(self._theta0, final)
+        path_length = self.path_length + _norm(self._theta_prev)
+        displacement = _norm(self._theta0)
+        self._theta0 = self._theta_prev = self._grad_prev = None
         norms = np.asarray(self.norms)
         mean = norms.mean()
-        return {
+        self._summary = {
             "grad_norm_cv": float(norms.std() / mean) if mean > 0 else None,
             "grad_dir_consistency": float(np.mean(self.cosines)) if self.cosines else None,
             "path_efficiency": displacement / path_length if path_length > 0 else None,
@@ -120,3 +131,4 @@ class GradientRecorder:
             "steps": len(self.norms),
             "diverged": self.diverged,
         }
+        return dict(self._summary)

@@ -58,6 +58,8 @@ def test_back_and_forth_path_efficiency_is_exact():
 def test_summary_is_idempotent():
     recorder, first = _replay([[2.0, 0.0], [-1.0, 0.0]])
     assert recorder.summary() == first and first["path_efficiency"] == pytest.approx(1.0 / 3.0)
+    with pytest.raises(RuntimeError, match="ended the trajectory"):  # its buffers are released
+        recorder.record(0.0, recorder.params)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
