@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=3, help="measured episodes per method (after one warm-up)")
     p.add_argument("--steps", type=int, default=10, help="optimisation steps (methods with a 'steps' field, plain loop)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated method names or file.py:Class specs")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated method names or file.py:Class specs, each optionally with config "
+                        "overrides as on the leaderboard: sgg(mode=exact) or lora(r=4,alpha=8)")
     p.add_argument("--no-plain", action="store_true", help="skip the hand-written PyTorch reference loop")
     p.add_argument("--paired", default="full_ft",
                    help="methods (comma-separated, '' for none) also timed alternately with the plain loop in one "
@@ -56,6 +59,23 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+def split_methods(text: str) -> list:
+    """``"full_ft,sgg(mode=exact,steps=5)"`` -> ``["full_ft", "sgg(mode=exact,steps=5)"]``."""
+    return [m.strip() for m in re.findall(r"[^,(]+(?:\([^)]*\))?", text) if m.strip()]
+
+
+def build_method(entry: str, steps: int):
+    """The method of a ``--methods`` entry: ``name`` or ``name(field=value,...)``; ``steps`` applies when the
+    config has that field and the entry does not set it."""
+    from fewshot_bench.methods import method_from_spec
+
+    spec, _, rest = entry.partition("(")
+    overrides = dict(item.split("=", 1) for item in rest.rstrip(")").split(",") if item) if rest else {}
+    if hasattr(method_from_spec(spec).config, "steps"):
+        overrides.setdefault("steps", steps)
+    return method_from_spec(spec, overrides), overrides
+
 
 def _setup(args):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,12 +131,10 @@ def bench_method(spec: str, args) -> dict:
     """One framework method through run_episode: warm-up episode, measured episodes, warm-cache pass."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.methods import MetaContext, method_from_spec, run_episode
+    from fewshot_bench.methods import MetaContext, run_episode
     from fewshot_bench.runner import _source_available
 
-    probe = method_from_spec(spec)
-    overrides = {"steps": args.steps} if hasattr(probe.config, "steps") else {}
-    method = method_from_spec(spec, overrides)
+    method, overrides = build_method(spec, args.steps)
     backbone = load_backbone(args.backbone, device=device, attn_implementation=method.attn_implementation)
     device = backbone.device
     loaded_mb = _memory_mb(torch, device)
@@ -148,7 +166,7 @@ def bench_method(spec: str, args) -> dict:
     seconds = [r["wall_seconds"] for r in records]
     steps = [r.get("steps") or 0 for r in records]
     return {
-        "method": method.name, "spec": spec, "overrides": overrides, "protocol": method.protocol,
+        "method": spec, "spec": spec, "overrides": overrides, "protocol": method.protocol,
         "episodes": len(records), "statuses": [r["status"] for r in records],
         "errors": [r["error"].splitlines()[0] for r in records if r["error"]],
         "sec_per_episode": _mean(seconds), "sec_per_episode_each": seconds,
@@ -241,9 +259,9 @@ def bench_paired(spec: str, args) -> dict:
     episode), so that load on the machine hits both alike: the paired time ratio."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.methods import method_from_spec, run_episode
+    from fewshot_bench.methods import run_episode
 
-    method = method_from_spec(spec, {"steps": args.steps} if hasattr(method_from_spec(spec).config, "steps") else {})
+    method, _ = build_method(spec, args.steps)
     backbone = load_backbone(args.backbone, device=device, attn_implementation=method.attn_implementation)
     device = backbone.device
     pretrained, tokenizer = _load_plain(args, torch, device)
@@ -311,7 +329,7 @@ def main(argv=None) -> int:
     if args.worker:
         print(RESULT_PREFIX + json.dumps(run_worker(args.worker, args)), flush=True)
         return 0
-    names = [m.strip() for m in args.methods.split(",") if m.strip()] + ([] if args.no_plain else [PLAIN])
+    names = split_methods(args.methods) + ([] if args.no_plain else [PLAIN])
     results = []
     for name in names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -320,7 +338,7 @@ def main(argv=None) -> int:
         results.append(result)
     paired = []
     if not args.no_plain:
-        for name in [m.strip() for m in args.paired.split(",") if m.strip()]:
+        for name in split_methods(args.paired):
             print(f"[bench] paired {name} / {PLAIN} ...", file=sys.stderr, flush=True)
             pair = run_worker(f"paired:{name}", args) if args.in_process else _in_subprocess(f"paired:{name}", argv)
             print(f"[bench] paired {name}: ratio {pair.get('ratio')}", file=sys.stderr, flush=True)
