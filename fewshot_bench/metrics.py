@@ -22,36 +22,38 @@ def query_scores(labels: Sequence[int], predictions: Sequence[int]) -> Dict[str,
             "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
 
 
-def _tensor_norms(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """Per-tensor 2-norms (one fused pass)."""
-    return torch._foreach_norm([t.float() for t in tensors]) if tensors else []
-
-
-def _combine(norms: Sequence[torch.Tensor]) -> float:
-    """‖concat(tensors)‖ from their per-tensor norms."""
-    return float(torch.linalg.vector_norm(torch.stack(list(norms)))) if norms else 0.0
-
-
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    """‖concat(tensors)‖ without concatenating."""
-    return _combine(_tensor_norms(tensors))
+    """‖concat(tensors)‖ without concatenating (one fused pass)."""
+    norms = torch._foreach_norm([t.float() for t in tensors]) if tensors else []
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    """<concat(a), concat(b)> without temporaries the size of the model."""
-    dots = [torch.dot(x.reshape(-1).float(), y.reshape(-1).float()) for x, y in zip(a, b)]
-    return float(torch.stack(dots).sum()) if dots else 0.0
-
-
-def _cosine(dot: float, norm_a: float, norm_b: float) -> float:
-    denom = norm_a * norm_b
+def _cosine(dot: float, sq_a: float, sq_b: float) -> float:
+    denom = math.sqrt(sq_a * sq_b)
     return dot / denom if denom > 0 else 0.0
+
+
+# Elements per slice in the recorder's passes: a few slices fit in a core's cache, so each pass reads every
+# model-sized tensor from memory once and does the rest (products, copies) on cached data.
+SLICE = 1 << 18
+
+
+def _slices(*tensors: torch.Tensor):
+    """Aligned cache-sized slices of equally shaped tensors (flat views; each tensor read once in order)."""
+    flat = [t.reshape(-1) for t in tensors]
+    for start in range(0, flat[0].numel(), SLICE):
+        yield [f[start:start + SLICE] for f in flat]
+
+
+def _total(parts: List[torch.Tensor]) -> float:
+    return float(torch.stack(parts).double().sum()) if parts else 0.0
 
 
 class GradientRecorder:
     """Called once per optimisation step (after backward, before the optimizer step) by gradient-based methods.
 
-    Works tensor by tensor (no flattened copies): it keeps θ_0, θ_{t-1} and g_{t-1}.
+    Works tensor by tensor (no flattened copies): it keeps θ_0, θ_{t-1} and g_{t-1} and updates the last two in
+    one cache-blocked pass each per step.
     """
 
     def __init__(self):
@@ -78,31 +80,57 @@ class GradientRecorder:
         if grads is None:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         params = [p.detach() for p in params]
-        grads = [g.detach() for g in grads]
+        grads = [g.detach().float() for g in grads]
         loss_value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
         self.params = params  # the latest tensors (live views when the optimizer updates in place)
         if self._theta0 is None:
-            self._theta0 = [p.clone() for p in params]
-            self._theta_prev = [p.clone() for p in params]
+            self._theta0 = [p.detach().clone() for p in params]
+            self._theta_prev = [p.detach().clone() for p in params]
         else:
-            torch._foreach_sub_(self._theta_prev, params)  # in place: θ_{t-1} − θ_t, no model-sized temporaries
-            self.path_length += _norm(self._theta_prev)
-            torch._foreach_copy_(self._theta_prev, params)
-        tensor_norms = _tensor_norms(grads)
-        norm = _combine(tensor_norms)
+            self.path_length += math.sqrt(self._step_sq_and_advance(params))
+        first = self._grad_prev is None
+        if first:
+            self._grad_prev = [torch.empty_like(g) for g in grads]
+        sq, sq_shared, dot_prev, dot_src, sq_src = self._gradient_pass(grads, source_grads, first)
+        norm = math.sqrt(sq)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             self.diverged = True
-        if self._grad_prev is None:
-            self._grad_prev = [g.clone() for g in grads]
-        else:  # ‖g_{t-1}‖ is the norm recorded last step: only the dot product is a new pass
-            self.cosines.append(_cosine(_dot(self._grad_prev, grads), self.norms[-1], norm))
-            torch._foreach_copy_(self._grad_prev, grads)
+        if not first:
+            self.cosines.append(_cosine(dot_prev, self.norms[-1] ** 2, sq))
         if source_grads is not None:
-            shared = len(source_grads)
-            self.source_cosines.append(_cosine(_dot(grads[:shared], source_grads), _combine(tensor_norms[:shared]),
-                                               _norm(source_grads)))
+            self.source_cosines.append(_cosine(dot_src, sq_shared, sq_src))
         self.losses.append(loss_value)
         self.norms.append(norm)
+
+    def _step_sq_and_advance(self, params: List[torch.Tensor]) -> float:
+        """‖θ_t − θ_{t-1}‖², and θ_{t-1} ← θ_t."""
+        parts, scratch = [], torch.empty(0)
+        for prev, current in zip(self._theta_prev, params):
+            for prev_s, cur_s in _slices(prev, current):
+                if scratch.numel() < prev_s.numel() or scratch.dtype != prev_s.dtype or scratch.device != prev_s.device:
+                    scratch = torch.empty(SLICE, dtype=prev_s.dtype, device=prev_s.device)
+                delta = torch.sub(cur_s, prev_s, out=scratch[: prev_s.numel()]).float()
+                parts.append(torch.dot(delta, delta))
+                prev_s.copy_(cur_s)
+        return _total(parts)
+
+    def _gradient_pass(self, grads: List[torch.Tensor], source: Optional[Sequence[torch.Tensor]], first: bool):
+        """(‖g‖², ‖g_shared‖², g·g_{t-1}, g_shared·g_src, ‖g_src‖²), then g_{t-1} ← g; one read of each tensor."""
+        sq, sq_shared, dot_prev, dot_src, sq_src = [], [], [], [], []
+        shared = len(source) if source is not None else 0
+        for i, (g, prev) in enumerate(zip(grads, self._grad_prev)):
+            tensors = (g, prev) + ((source[i].detach().float(),) if i < shared else ())
+            for sl in _slices(*tensors):
+                g_s, prev_s = sl[0], sl[1]
+                if not first:
+                    dot_prev.append(torch.dot(prev_s, g_s))
+                sq.append(torch.dot(g_s, g_s))
+                if i < shared:
+                    sq_shared.append(sq[-1])
+                    dot_src.append(torch.dot(g_s, sl[2]))
+                    sq_src.append(torch.dot(sl[2], sl[2]))
+                prev_s.copy_(g_s)
+        return _total(sq), _total(sq_shared), _total(dot_prev), _total(dot_src), _total(sq_src)
 
     def summary(self) -> Dict[str, Optional[float]]:
         """Stability figures over the recorded trajectory (None where undefined, e.g. no steps).
