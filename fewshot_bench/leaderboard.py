@@ -111,7 +111,8 @@ def aggregate(store_path, bootstrap: int = 10000, seed: int = 0) -> List[Dict]:
         groups.setdefault(key, {})[record["fingerprint"]] = record
     keyed = []
     for key, episodes in groups.items():
-        episodes = list(episodes.values())
+        # episode order, not write order (ranks, resumes): the bootstrap CI is a function of the episode set
+        episodes = sorted(episodes.values(), key=lambda e: (e["episode_index"], e["fingerprint"]))
         if len({e["config_hash"] for e in episodes}) > 1:
             log.warning("%s: episodes from several run configs are pooled (latest row per episode)", "/".join(key))
         keyed.append((key, _summarise(key, episodes, bootstrap, seed)))

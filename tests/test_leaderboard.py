@@ -54,6 +54,17 @@ def test_ci_contains_mean_and_is_deterministic(store_path):
     assert bootstrap_ci([0.7]) == (0.7, 0.7)
 
 
+def test_ci_does_not_depend_on_the_order_episodes_were_written(tmp_path):
+    accuracies = [0.5, 0.9, 0.7, 0.6, 1.0, 0.8]
+    rows = []
+    for name, order in (("forward", range(6)), ("shuffled", [3, 0, 5, 1, 4, 2])):  # e.g. two torchrun ranks
+        with ResultsStore(tmp_path / f"{name}.sqlite") as store:
+            for i in order:
+                store.write_episode(record(episode_index=i, accuracy=accuracies[i]))
+        rows.append(aggregate(tmp_path / f"{name}.sqlite", bootstrap=500, seed=0))
+    assert rows[0] == rows[1]
+
+
 def test_ranks_only_on_identical_episode_sets_and_protocols(store_path):
     rows = _by_method(aggregate(store_path, bootstrap=200))
     full_ft, protonet, lora, maml = (rows[m] for m in ("full_ft", "protonet", "lora", "maml"))
