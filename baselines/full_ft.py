@@ -25,6 +25,9 @@ class SupportTrainingConfig(MethodConfig):
     source_every: int = option(2, help="with a source task: compute g_src (source-pool gradient) every this many "
                                        "steps (0: never; full_ft/lora only measure it, SGG also uses it)")
     source_shots: int = option(2, help="source examples per class in the g_src batch (0 = the whole source support)")
+    fused_optimizer: bool = option(True, help="AdamW with PyTorch's fused kernel on CPU/CUDA (one pass per tensor, several "
+                                              "times faster on CPU; same update rule, last-bit rounding may differ); "
+                                              "false: torch's default implementation")
 
 
 @dataclass
@@ -32,13 +35,19 @@ class FullFTConfig(SupportTrainingConfig):
     lr: float = option(5e-5, help="AdamW learning rate of the backbone")
 
 
+def adamw(groups: Sequence[dict], cfg: SupportTrainingConfig) -> torch.optim.AdamW:
+    """AdamW over parameter ``groups`` (with their lrs), fused where ``cfg`` asks for it and the parameters allow."""
+    params = [p for group in groups for p in group["params"]]
+    fused = cfg.fused_optimizer and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 def train_on_support(ctx: EpisodeContext, model: nn.Module, head: nn.Module, trained: Sequence[torch.Tensor],
                      lr: float, cfg: SupportTrainingConfig) -> Predictor:
     """AdamW on ``trained`` (lr) and the head (head_lr) for ``cfg.steps`` full-support steps, recording each."""
     trained, head_params = list(trained), list(head.parameters())
     params = trained + head_params
-    optimizer = torch.optim.AdamW([{"params": trained, "lr": lr}, {"params": head_params, "lr": cfg.head_lr}],
-                                  weight_decay=cfg.weight_decay)
+    optimizer = adamw([{"params": trained, "lr": lr}, {"params": head_params, "lr": cfg.head_lr}], cfg)
     measure_source = ctx.has_source and cfg.source_every > 0
     src = None
     for t in range(cfg.steps):

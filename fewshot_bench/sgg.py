@@ -46,7 +46,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from fewshot_bench.baselines.full_ft import FullFTConfig
+from fewshot_bench.baselines.full_ft import FullFTConfig, adamw
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
 from fewshot_bench.baselines.lora import apply_lora
@@ -396,8 +396,7 @@ class SGG(Method):
         head_params = list(head.parameters())
         params = shared + head_params  # shared first: its gradient is a prefix of the flat gradient
         n_shared, k = len(shared), sum(p.numel() for p in shared)
-        optimizer = torch.optim.AdamW([{"params": shared, "lr": backbone_lr},
-                                       {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+        optimizer = adamw([{"params": shared, "lr": backbone_lr}, {"params": head_params, "lr": cfg.head_lr}], cfg)
         state = GuidanceState(cfg, k)
         weights = {"dir": cfg.lambda_dir, "mag": cfg.lambda_mag, "align": cfg.lambda_align}
         guided = any(w > 0 for w in weights.values())
