@@ -193,43 +193,50 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     mine = units[rank::world_size]
     method_instances: Dict[tuple, object] = {}
 
-    def prepare(setting, name):
+    def instance(setting, name):
+        """The method of (setting, name), created once: label, run hash and the episodes already stored."""
         method = method_instances.get((setting, name))
         if method is None:
             method = methods_module.method_from_spec(name, overrides.get(name))
-            key = (method.attn_implementation, config.backbone)
-            if key not in backbones:
-                backbones[key] = load_backbone(config.backbone, device=device, attn_implementation=method.attn_implementation)
             method.label = method_label(method.name, overrides.get(name, {}))
             method.run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
                                            "backbone": config.backbone, "source_task": setting.source_task})
             method.done = set().union(*(other.done_indices(method.run_hash, method.label, config.backbone, setting.task,
                                                            setting.label) for other in [store, *finished_elsewhere]))
             method_instances[(setting, name)] = method
-        backbone = backbones[(method.attn_implementation, config.backbone)]
+        return method
+
+    def prepare(setting, name):
+        """(method, backbone, source episodes) ready to evaluate: backbone loaded, meta-trained if it must be."""
+        method = instance(setting, name)
+        key = (method.attn_implementation, config.backbone)
+        if key not in backbones:
+            backbones[key] = load_backbone(config.backbone, device=device, attn_implementation=method.attn_implementation)
         source_episodes = ((lambda i, s=setting: s.source_episode(config.seed, i))
                            if _source_available(setting) else None)
         if method.protocol == "meta-trained" and not getattr(method, "meta_trained", False):
             if source_episodes is None:
                 raise UserError(f"method '{name}' meta-trains on a source pool, but {setting.label} has none; "
                                 f"pass --source-task")
-            method.meta_train(methods_module.MetaContext(backbone, config.seed, source_episodes, autocast_dtype=autocast))
+            method.meta_train(methods_module.MetaContext(backbones[key], config.seed, source_episodes,
+                                                         autocast_dtype=autocast))
             method.meta_trained = True
-        return method, backbone, source_episodes
+        return method, backbones[key], source_episodes
 
     if world_size > 1:  # meta-training is shared out round-robin, cached on disk, then loaded by every rank
+        # only (setting, method) pairs with episodes left to evaluate: a finished cell is never meta-trained again
         pairs = [(s, m) for s, m in dict.fromkeys((s, m) for s, m, _ in units)
-                 if methods_module.method_from_spec(m, overrides.get(m)).protocol == "meta-trained"]
+                 if instance(s, m).protocol == "meta-trained" and set(range(n_episodes)) - instance(s, m).done]
         for setting, name in pairs[rank::world_size]:
             prepare(setting, name)
         barrier()
     bar = tqdm(total=len(mine), desc="episodes", unit="ep", dynamic_ncols=True, disable=None)
     for setting, name, index in mine:
-        method, backbone, source_episodes = prepare(setting, name)
-        bar.set_postfix_str(f"{method.label} | {setting.label}", refresh=False)
-        if index in method.done:
+        if index in instance(setting, name).done:  # resume: stored in this store or a shard of a killed job
             bar.update(1)
             continue
+        method, backbone, source_episodes = prepare(setting, name)
+        bar.set_postfix_str(f"{method.label} | {setting.label}", refresh=False)
         episode = setting.target_episode(config.seed, index)
         record = methods_module.run_episode(method, episode, backbone, seed=episode_seed(config.seed, setting, index),
                                             autocast_dtype=autocast, source_episodes=source_episodes)

@@ -148,3 +148,38 @@ def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
     with sqlite3.connect(store) as conn:
         after = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
     assert sorted(after) == [0, 1, 2, 3] and all(after[i] == before[i] for i in before)
+
+
+COUNTING_METHOD = '''
+from fewshot_bench.baselines.protonet import PrototypicalNetwork
+
+
+class CountingMetaTrained(PrototypicalNetwork):
+    """protonet evaluation; meta_train only appends a line to LOG, so a test can count the calls."""
+    name = "counting_meta"
+    protocol = "meta-trained"
+
+    def meta_train(self, ctx):
+        with open(LOG, "a") as f:
+            f.write("meta_train\\n")
+'''
+
+
+def test_resumed_run_does_not_meta_train_finished_cells(tmp_path):
+    """Meta-training happens only for (setting, method) cells with episodes left, in one process or sharded."""
+    from fewshot_bench.cli import build_parser
+    from fewshot_bench.runner import build_config, run
+
+    log = tmp_path / "calls.log"
+    method_file = tmp_path / "counting.py"
+    method_file.write_text(f"LOG = {str(log)!r}\n" + COUNTING_METHOD)
+    argv = ["run", *TINY, "--methods", f"{method_file}:CountingMetaTrained", "--k-shot", "1,2", "--episodes", "2",
+            "--store", str(tmp_path / "s.sqlite"), "--out", ""]
+    assert main(argv) == 0
+    assert log.read_text().count("meta_train") == 2  # one per setting
+    assert main(argv) == 0  # everything stored: nothing to evaluate, nothing to meta-train
+    config = build_config(build_parser().parse_args(argv))
+    run(config, rank=0, world_size=2, store_path=str(tmp_path / "s.sqlite.rank0"), barrier=lambda: None)
+    assert log.read_text().count("meta_train") == 2
+    assert main([*argv[:-4], "--episodes", "3", *argv[-4:]]) == 0  # one more episode per setting: meta-trains again
+    assert log.read_text().count("meta_train") == 4
