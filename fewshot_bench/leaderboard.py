@@ -191,9 +191,11 @@ def _shot_key(k_shot: str) -> tuple:
     return tuple(int(part) for part in k_shot.split("-"))
 
 
-def write_figure(rows: List[Dict], path) -> None:
-    """PNG: accuracy vs K-shot per method (95% CI bars) and accuracy vs gradient direction consistency."""
+def leaderboard_figure(rows: List[Dict]):
+    """Matplotlib figure: one panel per task and N-way (accuracy vs K-shot per method, 95% CI bars), then accuracy vs gradient
+    direction consistency over every row (colour: method, marker: task)."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     rows = [r for r in rows if r["acc_mean"] is not None]
     single_backbone = len({r["backbone"] for r in rows}) == 1
@@ -201,31 +203,40 @@ def write_figure(rows: List[Dict], path) -> None:
     labels = sorted(set(label.values()))
     colors = {name: f"C{i % 10}" for i, name in enumerate(labels)}
     shots = sorted({r["k_shot"] for r in rows}, key=_shot_key)
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
-    by_shot, by_grad = fig.subplots(1, 2)
+    panels = sorted({(r["task"], r["n_way"]) for r in rows}, key=str)
+    markers = {task: "osD^vP*Xh<>p"[i % 12] for i, task in enumerate(sorted({r["task"] for r in rows}))}
+    columns = min(3, len(panels) + 2)
+    fig = Figure(figsize=(4.3 * columns, 3.6 * -(-(len(panels) + 2) // columns)), layout="constrained")
+    axes = list(fig.subplots(-(-(len(panels) + 2) // columns), columns, squeeze=False).ravel())
 
-    def errorbar(axis, series, x):
-        axis.errorbar(x, [r["acc_mean"] for r in series],
-                      yerr=[[r["acc_mean"] - r["acc_ci95_low"] for r in series],
-                            [r["acc_ci95_high"] - r["acc_mean"] for r in series]],
-                      fmt="o", color=colors[label[id(series[0])]], alpha=0.6, capsize=3)
+    def yerr(series):
+        return [[r["acc_mean"] - r["acc_ci95_low"] for r in series], [r["acc_ci95_high"] - r["acc_mean"] for r in series]]
 
-    for j, name in enumerate(labels):
-        series = [r for r in rows if label[id(r)] == name]
-        offset = (j - (len(labels) - 1) / 2) * 0.08
-        errorbar(by_shot, series, [shots.index(r["k_shot"]) + offset for r in series])
-        means = [(i + offset, np.mean([r["acc_mean"] for r in series if r["k_shot"] == k])) for i, k in enumerate(shots)
-                 if any(r["k_shot"] == k for r in series)]
-        by_shot.plot(*zip(*means), "-", color=colors[name], label=name)
-        with_grad = [r for r in series if r["grad_dir_consistency"] is not None]
-        if with_grad:
-            errorbar(by_grad, with_grad, [r["grad_dir_consistency"] for r in with_grad])
-    by_shot.set(xticks=range(len(shots)), xticklabels=shots, xlabel="K-shot", ylabel="query accuracy",
-                title="Accuracy vs K-shot (bars: 95% CI; line: mean)")
-    by_shot.legend(fontsize="small")
-    by_grad.set(xlabel="gradient direction consistency (mean cos of successive steps)", ylabel="query accuracy",
-                title="Accuracy vs gradient direction consistency")
-    fig.savefig(path, dpi=120)
+    for axis, (task, n_way) in zip(axes, panels):
+        for j, name in enumerate(labels):
+            series = sorted((r for r in rows if (r["task"], r["n_way"]) == (task, n_way) and label[id(r)] == name),
+                            key=lambda r: _shot_key(r["k_shot"]))
+            if series:
+                offset = (j - (len(labels) - 1) / 2) * 0.03  # side by side, so CI bars do not hide each other
+                axis.errorbar([shots.index(r["k_shot"]) + offset for r in series], [r["acc_mean"] for r in series],
+                              yerr=yerr(series), fmt="o-", color=colors[name], markersize=3, capsize=2, alpha=0.8)
+        axis.set(title=f"{task}, {n_way}-way", xticks=range(len(shots)), xticklabels=shots, xlabel="K-shot",
+                 ylabel="query accuracy (95% CI)")
+    scatter = axes[len(panels)]
+    for r in rows:
+        if r["grad_dir_consistency"] is not None:
+            scatter.errorbar([r["grad_dir_consistency"]], [r["acc_mean"]], yerr=yerr([r]), fmt=markers[r["task"]],
+                             color=colors[label[id(r)]], markersize=4, capsize=2, alpha=0.7)
+    scatter.set(title="accuracy vs gradient direction consistency", ylabel="query accuracy (95% CI)",
+                xlabel="mean cos of successive step gradients")
+    legend = axes[len(panels) + 1]
+    legend.axis("off")
+    for extra in axes[len(panels) + 2:]:
+        extra.remove()
+    handles = [Line2D([], [], color=colors[name], marker="o", label=name) for name in labels]
+    handles += [Line2D([], [], color="grey", marker=marker, linestyle="", label=task) for task, marker in markers.items()]
+    legend.legend(handles=handles, loc="center", fontsize="small", ncols=2, frameon=False)
+    return fig
 
 
 def cli_leaderboard(args) -> int:
@@ -240,7 +251,7 @@ def cli_leaderboard(args) -> int:
     write_csv(rows, out)
     write_csv(overall_rows, overall_csv, OVERALL_COLUMNS)
     write_markdown(rows, overall_rows, md, args.bootstrap)
-    write_figure(rows, png)
+    leaderboard_figure(rows).savefig(png, dpi=110)
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {png}")
     print("overall (mean accuracy over task-settings, mean rank):")
     for r in overall_rows[:10]:

@@ -4,7 +4,7 @@ import csv
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.leaderboard import COLUMNS, aggregate, bootstrap_ci, overall, write_csv
+from fewshot_bench.leaderboard import COLUMNS, aggregate, bootstrap_ci, leaderboard_figure, overall, write_csv
 from fewshot_bench.store import ResultsStore
 from test_store import record
 
@@ -113,6 +113,19 @@ def test_cli_writes_all_outputs(store_path, tmp_path, capsys):
         assert (out.parent / name).stat().st_size > 0
     assert "How to read" in (out.parent / "leaderboard.md").read_text()
     assert str(out) in capsys.readouterr().out
+
+
+def test_figure_has_a_panel_per_task_and_the_consistency_scatter(store_path):
+    rows = aggregate(store_path, bootstrap=200)
+    rows += [{**r, "task": "other", "k_shot": "1"} for r in rows]
+    tasks = sorted({r["task"] for r in rows})
+    fig = leaderboard_figure(rows)
+    titles = [axis.get_title() for axis in fig.axes]
+    assert titles[:len(tasks) + 1] == [f"{t}, 5-way" for t in tasks] + ["accuracy vs gradient direction consistency"]
+    with_accuracy = [r for r in rows if r["task"] == tasks[0] and r["acc_mean"] is not None]
+    assert len(fig.axes[0].lines) >= len(with_accuracy)  # one errorbar series per method of the task
+    legend = {t.get_text() for t in fig.axes[len(tasks) + 1].get_legend().get_texts()}
+    assert set(tasks) <= legend and "full_ft/minilm" in legend  # several backbones: method/backbone
 
 
 def test_cli_missing_or_empty_store(tmp_path, capsys):
