@@ -39,8 +39,12 @@ def parse_args(argv=None):
                         "overrides as on the leaderboard: sgg(mode=exact) or lora(r=4,alpha=8)")
     p.add_argument("--no-plain", action="store_true", help="skip the hand-written PyTorch reference loop")
     p.add_argument("--paired", default="full_ft",
-                   help="methods (comma-separated, '' for none) also timed alternately with the plain loop in one "
-                        "process, for a load-robust framework/plain ratio")
+                   help="methods (comma-separated, '' for none) also timed alternately with --paired-against in one "
+                        "process, for a load-robust time ratio")
+    p.add_argument("--paired-against", default=PLAIN,
+                   help=f"reference of --paired: {PLAIN} (the hand-written loop; no source pool, so both do the same "
+                        "work) or a method, e.g. full_ft (both then run with the task's source pool, as on the "
+                        "leaderboard)")
     p.add_argument("--data-dir", default=os.environ.get("FEWSHOT_BENCH_DATA") or str(REPO.parent / "shared" / "data"))
     p.add_argument("--task", default="banking77")
     p.add_argument("--fold", type=int, default=1)
@@ -255,33 +259,45 @@ def bench_plain(args) -> dict:
 
 
 def bench_paired(spec: str, args) -> dict:
-    """Framework method and plain loop alternated episode by episode in one process (order swapped every
-    episode), so that load on the machine hits both alike: the paired time ratio."""
+    """Method ``spec`` and the reference (``--paired-against``: the plain loop or another method) alternated
+    episode by episode in one process (order swapped every episode), so that load on the machine hits both
+    alike: the paired time ratio."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
     from fewshot_bench.methods import run_episode
+    from fewshot_bench.runner import _source_available
 
-    method, _ = build_method(spec, args.steps)
-    backbone = load_backbone(args.backbone, device=device, attn_implementation=method.attn_implementation)
-    device = backbone.device
-    pretrained, tokenizer = _load_plain(args, torch, device)
+    backbones = {}
 
-    def framework(i):
-        return run_episode(method, episodes[i], backbone, seed=seeds[i])["wall_seconds"]
+    def runner_of(method, source):
+        if method.attn_implementation not in backbones:
+            backbones[method.attn_implementation] = load_backbone(args.backbone, device=device,
+                                                                  attn_implementation=method.attn_implementation)
+        backbone = backbones[method.attn_implementation]
+        return lambda i: run_episode(method, episodes[i], backbone, seed=seeds[i], source_episodes=source)["wall_seconds"]
 
-    def plain(i):
-        return plain_episode(torch, pretrained, tokenizer, episodes[i], seeds[i], args.steps, device)[0]
+    if args.paired_against == PLAIN:
+        framework = runner_of(build_method(spec, args.steps)[0], None)
+        plain_device = torch.device(device)
+        pretrained, tokenizer = _load_plain(args, torch, plain_device)
 
-    framework(0), plain(0)  # warm-up
+        def reference(i):
+            return plain_episode(torch, pretrained, tokenizer, episodes[i], seeds[i], args.steps, plain_device)[0]
+    else:
+        source = (lambda i: setting.source_episode(args.seed, i)) if _source_available(setting) else None
+        framework = runner_of(build_method(spec, args.steps)[0], source)
+        reference = runner_of(build_method(args.paired_against, args.steps)[0], source)
+
+    framework(0), reference(0)  # warm-up
     pairs = []
     for i in range(1, len(episodes)):
         if i % 2:
-            pairs.append((framework(i), plain(i)))
+            pairs.append((framework(i), reference(i)))
         else:
-            p = plain(i)
-            pairs.append((framework(i), p))
-    return {"method": spec, "framework_seconds": [a for a, _ in pairs], "plain_seconds": [b for _, b in pairs],
-            "ratio": sum(a for a, _ in pairs) / sum(b for _, b in pairs),
+            r = reference(i)
+            pairs.append((framework(i), r))
+    return {"method": spec, "reference": args.paired_against, "seconds": [a for a, _ in pairs],
+            "reference_seconds": [b for _, b in pairs], "ratio": sum(a for a, _ in pairs) / sum(b for _, b in pairs),
             "fingerprints": [e.fingerprint for e in episodes[1:]]}
 
 
@@ -337,9 +353,9 @@ def main(argv=None) -> int:
         print(f"[bench] {name}: {result.get('sec_per_episode')} s/episode", file=sys.stderr, flush=True)
         results.append(result)
     paired = []
-    if not args.no_plain:
+    if args.paired_against != PLAIN or not args.no_plain:
         for name in split_methods(args.paired):
-            print(f"[bench] paired {name} / {PLAIN} ...", file=sys.stderr, flush=True)
+            print(f"[bench] paired {name} / {args.paired_against} ...", file=sys.stderr, flush=True)
             pair = run_worker(f"paired:{name}", args) if args.in_process else _in_subprocess(f"paired:{name}", argv)
             print(f"[bench] paired {name}: ratio {pair.get('ratio')}", file=sys.stderr, flush=True)
             paired.append(pair)
@@ -352,7 +368,7 @@ def main(argv=None) -> int:
     import torch
 
     full_ft = next((r for r in results if r["method"] == "full_ft" and "error" not in r), None)
-    full_ft_pair = next((p for p in paired if p["method"] == "full_ft" and "error" not in p), None)
+    full_ft_pair = next((p for p in paired if p["method"] == "full_ft" and p.get("reference") == PLAIN), None)
     protonet = next((r for r in results if r["method"] == "protonet" and "error" not in r), None)
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("worker", "json")},
@@ -372,11 +388,11 @@ def main(argv=None) -> int:
     print(markdown(result))
     for pair in paired:
         if "error" in pair:
-            print(f"\npaired {pair['method']} / {PLAIN}: {pair['error']}")
+            print(f"\npaired {pair['method']} / {args.paired_against}: {pair['error']}")
             continue
-        each = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(pair["framework_seconds"], pair["plain_seconds"]))
-        print(f"\npaired {pair['method']} / {PLAIN} time ratio (alternating episodes, one process): "
-              f"{pair['ratio']:.2f}  (s per episode, framework/plain: {each})")
+        each = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(pair["seconds"], pair["reference_seconds"]))
+        print(f"\npaired {pair['method']} / {pair['reference']} time ratio (alternating episodes, one process): "
+              f"{pair['ratio']:.2f}  (s per episode, {pair['method']}/{pair['reference']}: {each})")
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     return 0 if all("error" not in r for r in results + paired) else 1
