@@ -35,10 +35,21 @@ class FullFTConfig(SupportTrainingConfig):
     lr: float = option(5e-5, help="AdamW learning rate of the backbone")
 
 
+def fused_adamw_devices() -> set:
+    """Device types this torch build has a fused AdamW kernel for (CPU only from torch 2.4 on), as torch checks it."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper: CUDA is the one device every fused-capable release supports
+        return {"cuda"}
+    return set(_get_fused_kernels_supported_devices())
+
+
 def adamw(groups: Sequence[dict], cfg: SupportTrainingConfig) -> torch.optim.AdamW:
-    """AdamW over parameter ``groups`` (with their lrs), fused where ``cfg`` asks for it and the parameters allow."""
+    """AdamW over parameter ``groups`` (with their lrs), fused where ``cfg`` asks for it and this torch build has
+    the kernel for the parameters (else torch's default implementation)."""
     params = [p for group in groups for p in group["params"]]
-    fused = cfg.fused_optimizer and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    devices = fused_adamw_devices() if cfg.fused_optimizer else set()
+    fused = all(p.is_floating_point() and p.device.type in devices for p in params)
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused or None)
 
 

@@ -87,6 +87,23 @@ def test_full_ft_matches_a_plain_pytorch_loop(tiny_backbone, demo_episode):
     assert record["predictions"] == expected.argmax(-1).tolist()
 
 
+def test_adamw_is_fused_only_where_this_torch_has_the_kernel(monkeypatch):
+    from fewshot_bench.baselines import full_ft
+    from fewshot_bench.baselines.full_ft import FullFTConfig, adamw
+
+    def groups():
+        return [{"params": [nn.Parameter(torch.zeros(3))], "lr": 0.1}]
+
+    monkeypatch.setattr(full_ft, "fused_adamw_devices", lambda: {"cpu", "cuda"})
+    assert adamw(groups(), FullFTConfig()).defaults["fused"] is True
+    assert not adamw(groups(), FullFTConfig(fused_optimizer=False)).defaults["fused"]
+    monkeypatch.setattr(full_ft, "fused_adamw_devices", lambda: {"cuda"})  # e.g. torch < 2.4 on a CPU
+    optimizer = adamw(groups(), FullFTConfig())
+    assert not optimizer.defaults["fused"]
+    optimizer.param_groups[0]["params"][0].grad = torch.ones(3)
+    optimizer.step()  # the default implementation runs where no fused kernel exists
+
+
 class _Raises(Method):
     def adapt(self, ctx):
         raise ValueError("support set too small for this method")
