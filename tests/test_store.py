@@ -86,12 +86,20 @@ for i in range(10**7):
 """
 
 
+def _rows_so_far(path) -> int:
+    """Rows a writer has committed, 0 until its store file and schema exist (it creates them after starting)."""
+    try:
+        return _count(path) if path.exists() else 0
+    except sqlite3.OperationalError:  # file created, tables not yet
+        return 0
+
+
 def test_killed_writer_leaves_only_complete_rows(tmp_path):
     path = tmp_path / "store.sqlite"
     code = _KILLED_WRITER.format(tests=str(Path(__file__).parent), path=str(path))
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 20
-    while time.time() < deadline and (not path.exists() or _count(path) < 50):
+    while time.time() < deadline and _rows_so_far(path) < 50:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
