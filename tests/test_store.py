@@ -90,7 +90,7 @@ def _rows_so_far(path) -> int:
     """Rows a writer has committed, 0 until its store file and schema exist (it creates them after starting)."""
     try:
         return _count(path) if path.exists() else 0
-    except sqlite3.OperationalError:  # file created, tables not yet
+    except sqlite3.DatabaseError:  # file created, schema not written yet
         return 0
 
 
