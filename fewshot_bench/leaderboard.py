@@ -205,9 +205,11 @@ def leaderboard_figure(rows: List[Dict]):
     shots = sorted({r["k_shot"] for r in rows}, key=_shot_key)
     panels = sorted({(r["task"], r["n_way"]) for r in rows}, key=str)
     markers = {task: "osD^vP*Xh<>p"[i % 12] for i, task in enumerate(sorted({r["task"] for r in rows}))}
-    columns = min(3, len(panels) + 2)
-    fig = Figure(figsize=(4.3 * columns, 3.6 * -(-(len(panels) + 2) // columns)), layout="constrained")
-    axes = list(fig.subplots(-(-(len(panels) + 2) // columns), columns, squeeze=False).ravel())
+    cells = len(panels) + 2  # the per-task panels, the consistency scatter, the legend
+    columns = min(3, cells)
+    grid_rows = -(-cells // columns)
+    fig = Figure(figsize=(4.3 * columns, 3.6 * grid_rows), layout="constrained")
+    axes = list(fig.subplots(grid_rows, columns, squeeze=False).ravel())
 
     def yerr(series):
         return [[r["acc_mean"] - r["acc_ci95_low"] for r in series], [r["acc_ci95_high"] - r["acc_mean"] for r in series]]

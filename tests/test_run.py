@@ -13,7 +13,7 @@ import pytest
 
 from fewshot_bench.cli import main
 
-from helpers import REPO
+from helpers import REPO, committed_rows
 
 TINY = ["--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0"]
 TIMING = {"sec_per_episode", "peak_mem_mb", "version"}
@@ -31,16 +31,6 @@ def _rows(path):
 
 def _comparable(rows):
     return sorted(tuple((k, v) for k, v in r.items() if k not in TIMING) for r in rows)
-
-
-def _store_count(path):
-    if not os.path.exists(path):
-        return 0
-    try:
-        with sqlite3.connect(path, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def test_run_then_leaderboard_then_validate(tmp_path, capsys):
@@ -86,11 +76,11 @@ def test_resume_after_sigkill_loses_nothing(tmp_path):
            "--episodes", "8", "--method-config", "full_ft.steps=15", "--store", str(store), "--out", ""]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while _store_count(store) < 2 and time.time() < deadline and proc.poll() is None:
+    while committed_rows(store) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = _store_count(store)
+    done = committed_rows(store)
     assert 2 <= done < 8, "the run must be killed mid-way"
     with sqlite3.connect(store) as conn:
         before = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
@@ -127,10 +117,10 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path):
     subprocess.run([*torchrun, "-m", "fewshot_bench", "run", *args, "--store", str(sharded / "s.sqlite"),
                     "--out", str(sharded / "lb.csv")], check=True, env=env)
     assert _comparable(_rows(sharded / "lb.csv")) == _comparable(_rows(single / "lb.csv"))
-    assert _store_count(sharded / "s.sqlite") == 3 * 2 * 3
+    assert committed_rows(sharded / "s.sqlite") == 3 * 2 * 3
     shards = [str(sharded / f"s.sqlite.rank{r}") for r in range(2)]
     assert main(["merge", *shards, "--store", str(tmp_path / "by_hand.sqlite")]) == 0
-    assert _store_count(tmp_path / "by_hand.sqlite") == 3 * 2 * 3
+    assert committed_rows(tmp_path / "by_hand.sqlite") == 3 * 2 * 3
 
 
 def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
@@ -141,7 +131,7 @@ def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
     argv = ["run", *TINY, "--methods", "protonet", "--k-shot", "2", "--episodes", "4", "--store", str(store), "--out", ""]
     config = build_config(build_parser().parse_args(argv))
     run(config, rank=1, world_size=2, store_path=f"{store}.rank1", barrier=lambda: None)  # rank 0 never finished
-    assert not store.exists() and _store_count(f"{store}.rank1") == 2
+    assert not store.exists() and committed_rows(f"{store}.rank1") == 2
     with sqlite3.connect(f"{store}.rank1") as conn:
         before = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
     assert main(argv) == 0  # single process: merges the shard, runs the two missing episodes

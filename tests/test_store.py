@@ -14,6 +14,8 @@ from fewshot_bench.cli import main
 from fewshot_bench.errors import UserError
 from fewshot_bench.store import EPISODE_COLUMNS, ResultsStore, config_hash
 
+from helpers import committed_rows
+
 
 def record(**overrides) -> dict:
     """A complete synthetic episode record; the fingerprint depends on task/setting/seed/index only."""
@@ -27,11 +29,6 @@ def record(**overrides) -> dict:
     row.setdefault("fingerprint", hashlib.sha256(
         f"{row['task']}|{row['setting']}|{row['seed']}|{row['episode_index']}".encode()).hexdigest())
     return row
-
-
-def _count(path) -> int:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
 
 
 def test_round_trip_and_resume(tmp_path):
@@ -86,20 +83,12 @@ for i in range(10**7):
 """
 
 
-def _rows_so_far(path) -> int:
-    """Rows a writer has committed, 0 until its store file and schema exist (it creates them after starting)."""
-    try:
-        return _count(path) if path.exists() else 0
-    except sqlite3.DatabaseError:  # file created, schema not written yet
-        return 0
-
-
 def test_killed_writer_leaves_only_complete_rows(tmp_path):
     path = tmp_path / "store.sqlite"
     code = _KILLED_WRITER.format(tests=str(Path(__file__).parent), path=str(path))
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 20
-    while time.time() < deadline and _rows_so_far(path) < 50:
+    while time.time() < deadline and committed_rows(path) < 50:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
