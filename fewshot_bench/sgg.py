@@ -8,8 +8,9 @@ Fine-tuning on the support set (same loop, optimizer, parameter groups and head 
     R_mag   = relu(‖g_t‖ − τ_t)²           τ_t: tau_mult × EMA of earlier ‖g‖ (or a fixed value)
     R_align = 1 − cos(g_t^bb, g_src^bb)    over the backbone (shared) trainable parameters only
 
-* ``mode: exact`` differentiates through the regularisers (double backward: the step gradient is
-  ``g_t + ∇θ Σ λ R(g_t(θ))``, a Hessian-vector product); needs eager attention, so an SGG instance in
+* ``mode: exact`` differentiates through the regularisers: the step gradient is
+  ``g_t + ∇θ Σ λ R(g_t(θ)) = g_t + H·v``, v = ∂(Σ λ R)/∂g in closed form (it lies in span{g, r, g_src}) and
+  H·v, a Hessian-vector product, by one double backward; needs eager attention, so an SGG instance in
   exact mode reports ``attn_implementation == "eager"`` and the runner loads the backbone that way.
 * ``mode: first_order`` applies the same ideas as a transformation of g_t, with no second-order terms:
   (1) rotate g_t toward r_t: ``g ← ‖g‖ · unit((1−α)ĝ + α r̂)``, α = λ_dir / (1 + λ_dir);
@@ -41,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -161,51 +162,21 @@ def _shared_numel(grads, n_shared: int) -> int:
     return sum(g.numel() for g in list(grads)[:n_shared])
 
 
-def _regularisers_flat(g: torch.Tensor, k: int, *, ref, tau: float, src) -> Dict[str, torch.Tensor]:
+def regularisers(grads: Sequence[torch.Tensor], n_shared: int, *, ref=None, tau: float = math.inf,
+                 src=None) -> Dict[str, torch.Tensor]:
+    """R_dir, R_mag, R_align of the gradient list ``grads``, differentiable in it: the definition (the method
+    evaluates them, and their gradient, in closed form from :func:`gradient_dots`). A term whose reference is
+    missing (no r_t, τ = ∞, no g_src) is left out. ``grads[:n_shared]`` are the backbone (shared) entries;
+    ``ref`` / ``src`` are lists or flat vectors (src over the shared entries only)."""
+    g, k = flatten(grads), _shared_numel(grads, n_shared)
     terms = {}
     if ref is not None:
-        terms["dir"] = 1.0 - _vcos(g, ref)
+        terms["dir"] = 1.0 - _vcos(g, flatten(ref))
     if math.isfinite(tau):
         terms["mag"] = torch.relu(_vnorm(g) - tau) ** 2
     if src is not None:
-        terms["align"] = 1.0 - _vcos(g[:k], src)
+        terms["align"] = 1.0 - _vcos(g[:k], flatten(src))
     return terms
-
-
-def regularisers(grads: Sequence[torch.Tensor], n_shared: int, *, ref=None, tau: float = math.inf,
-                 src=None) -> Dict[str, torch.Tensor]:
-    """R_dir, R_mag, R_align of the gradient list ``grads`` (differentiable in it); a term whose reference is
-    missing (no r_t, τ = ∞, no g_src) is left out. ``grads[:n_shared]`` are the backbone (shared) entries;
-    ``ref`` / ``src`` are lists or flat vectors (src over the shared entries only)."""
-    return _regularisers_flat(flatten(grads), _shared_numel(grads, n_shared), ref=None if ref is None else flatten(ref),
-                              tau=tau, src=None if src is None else flatten(src))
-
-
-def exact_guided_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor], n_shared: int, *,
-                          weights: Dict[str, float], ref=None, tau: float = math.inf,
-                          src=None) -> Tuple[Grads, Grads, List[bool], Dict[str, float]]:
-    """Gradient of ``loss + Σ weights[k] · R_k(∇loss)`` w.r.t. ``params`` by double backward.
-
-    r_t, τ and g_src are constants (detached). ``ref`` may be a callable of the flat detached task gradient
-    (used for r_0 = g_0). Returns (step gradient, task gradient (detached), which params the loss reaches,
-    regulariser values)."""
-    params = list(params)
-    raw = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    used = [g is not None for g in raw]
-    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(raw, params)]
-    flat = flatten(grads)
-    task = [g.detach() for g in grads]
-    ref = ref(flat.detach()) if callable(ref) else ref
-    terms = _regularisers_flat(flat, _shared_numel(params, n_shared), ref=None if ref is None else flatten(ref),
-                               tau=tau, src=None if src is None else flatten(src))
-    active = [weights.get(k, 0.0) * v for k, v in terms.items() if weights.get(k, 0.0) != 0.0]
-    step = task
-    if active:
-        total = sum(active)
-        if total.requires_grad:
-            extra = torch.autograd.grad(total, params, allow_unused=True)
-            step = [t + e.detach() if e is not None else t for t, e in zip(task, extra)]
-    return step, task, used, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Optional[torch.Tensor],
@@ -225,6 +196,104 @@ def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Opt
 
 def _safe_cos(num: float, sq_a: float, sq_b: float) -> float:
     return num / math.sqrt(max(sq_a, _EPS) * max(sq_b, _EPS))
+
+
+def regulariser_values(d: Dict[str, float], tau: float) -> Dict[str, float]:
+    """R_dir, R_mag, R_align (as :func:`regularisers`) from the inner products of :func:`gradient_dots`."""
+    terms = {}
+    if "gr" in d:
+        terms["dir"] = 1.0 - _safe_cos(d["gr"], d["gg"], d["rr"])
+    if math.isfinite(tau):
+        terms["mag"] = max(0.0, math.sqrt(max(d["gg"], _EPS)) - tau) ** 2
+    if "gs" in d:
+        terms["align"] = 1.0 - _safe_cos(d["gs"], d["gg"] - d["hgg"], d["ss"])
+    return terms
+
+
+def regulariser_gradient_coefficients(d: Dict[str, float], tau: float,
+                                      weights: Dict[str, float]) -> Tuple[float, float, float, float]:
+    """∂/∂g of Σ weights[k] · R_k(g), which lies in span{g, r_t, g_bb, g_src}: the coefficients
+    (c_g, c_r, c_bb, c_src) of ``c_g·g + c_r·r + [c_bb·g_bb + c_src·g_src; 0]``, from the inner products alone.
+
+    With n(x) = sqrt(max(x·x, ε)) as in :func:`regularisers` (constant below ε):
+    ∂R_dir/∂g = −r/(n_g n_r) + (g·r) g/(n_g³ n_r); ∂R_mag/∂g = 2 relu(n_g − τ) g/n_g;
+    ∂R_align/∂g_bb = −g_src/(n_bb n_src) + (g_bb·g_src) g_bb/(n_bb³ n_src) (zero on the head)."""
+    c_g = c_r = c_bb = c_src = 0.0
+    gg = d["gg"]
+    n_g = math.sqrt(max(gg, _EPS))
+    w = weights.get("dir", 0.0)
+    if w and "gr" in d:
+        n_r = math.sqrt(max(d["rr"], _EPS))
+        c_r -= w / (n_g * n_r)
+        if gg > _EPS:
+            c_g += w * d["gr"] / (n_g ** 3 * n_r)
+    w = weights.get("mag", 0.0)
+    if w and gg > _EPS and n_g > tau:
+        c_g += w * 2.0 * (n_g - tau) / n_g
+    w = weights.get("align", 0.0)
+    if w and "gs" in d:
+        bb = gg - d["hgg"]
+        n_bb, n_src = math.sqrt(max(bb, _EPS)), math.sqrt(max(d["ss"], _EPS))
+        c_src -= w / (n_bb * n_src)
+        if bb > _EPS:
+            c_bb += w * d["gs"] / (n_bb ** 3 * n_src)
+    return c_g, c_r, c_bb, c_src
+
+
+class ExactStep(NamedTuple):
+    step: torch.Tensor          # flat ∇L_task + H·v (the gradient to apply)
+    task: torch.Tensor          # flat ∇L_task (detached)
+    used: List[bool]            # which params the loss reaches
+    dots: Dict[str, float]      # gradient_dots of the task gradient
+    values: Dict[str, float]    # regulariser values
+
+
+def _new_vector(like: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.empty(sum(p.numel() for p in like), dtype=like[0].dtype, device=like[0].device)
+
+
+def exact_guided_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor], n_shared: int, *,
+                          weights: Dict[str, float], ref=None, tau: float = math.inf, src=None,
+                          src_sq: Optional[float] = None, task_out: Optional[torch.Tensor] = None,
+                          step_out: Optional[torch.Tensor] = None) -> ExactStep:
+    """Gradient of ``loss + Σ weights[k] · R_k(∇loss)`` w.r.t. ``params`` (r_t, τ, g_src constants).
+
+    That is ∇loss + H·v with v = ∂(Σ w R)/∂g at g = ∇loss (closed form,
+    :func:`regulariser_gradient_coefficients`) and H the Hessian of the loss: one ``create_graph`` backward,
+    then one backward of that gradient against v (a Hessian-vector product by double backward; exact, no
+    approximation). Differentiating the regularisers by autograd instead gives the same vector but costs
+    several model-sized passes more. ``ref`` may be a callable of the flat task gradient (r_0 = g_0);
+    ``src_sq`` is g_src·g_src when known; ``task_out`` / ``step_out`` are reusable flat buffers. Weights and
+    their terms' inputs may be left out (zero weight: the term is only evaluated)."""
+    params = list(params)
+    raw = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    used = [g is not None for g in raw]
+    task = flatten_into(_new_vector(params) if task_out is None else task_out,
+                        [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(raw, params)])
+    k = _shared_numel(params, n_shared)
+    ref = ref(task) if callable(ref) else (None if ref is None else flatten(ref))
+    src = None if src is None else flatten(src)
+    dots = gradient_dots(task, k, ref, src, src_sq)
+    c_g, c_r, c_bb, c_src = regulariser_gradient_coefficients(dots, tau, weights)
+    step = _new_vector(params) if step_out is None else step_out
+    if (c_g, c_r, c_bb, c_src) == (0.0, 0.0, 0.0, 0.0):
+        step.copy_(task)
+    else:
+        v = torch.mul(task, c_g, out=step)  # v lives in the step buffer until H·v is out
+        if c_r:
+            v.add_(ref, alpha=c_r)
+        if c_bb:
+            v[:k].add_(task[:k], alpha=c_bb)
+        if c_src:
+            v[:k].add_(src, alpha=c_src)
+        pairs = [(g, vg) for g, vg in zip(raw, unflatten(v, params)) if g is not None and g.requires_grad]
+        hv = torch.autograd.grad([g for g, _ in pairs], params, grad_outputs=[vg for _, vg in pairs],
+                                 allow_unused=True)
+        del pairs, raw
+        step.copy_(task)
+        reached = [(s, h) for s, h in zip(unflatten(step, params), hv) if h is not None]
+        torch._foreach_add_([s for s, _ in reached], [h for _, h in reached])
+    return ExactStep(step, task, used, dots, regulariser_values(dots, tau))
 
 
 def first_order_coefficients(d: Dict[str, float], *, lambda_dir: float, lambda_mag: float, align_weight: float,
@@ -421,31 +490,25 @@ class SGG(Method):
 
         # the flat task gradient, step gradient and g_src live in buffers reused every step
         # (allocating a model-sized vector costs ~4x an in-place pass over it on CPU)
-        def new_vector(n: int) -> torch.Tensor:
-            return torch.empty(n, dtype=params[0].dtype, device=params[0].device)
-
-        task_buf, step_buf = new_vector(sum(p.numel() for p in params)), None
-        src_buf = new_vector(k) if ctx.has_source else None
+        task_buf, step_buf = _new_vector(params), None
+        src_buf = _new_vector(shared) if ctx.has_source else None
         src, src_sq = None, None
         for t in range(cfg.steps):
             optimizer.zero_grad(set_to_none=True)
             if ctx.has_source and t % cfg.source_every == 0:
                 src = flatten_into(src_buf, ctx.source_gradient(model, shared, t, shots=cfg.source_shots))
                 src_sq = None
-            src_for_reg = src if cfg.lambda_align > 0 else None
-            lam_align = state.lambda_align if src_for_reg is not None else 0.0
+            lam_align = state.lambda_align if src is not None and cfg.lambda_align > 0 else 0.0
             tau = state.tau
             loss = task_loss(ctx.support)
             if guided and cfg.mode == "exact":
-                step_list, task_list, used, terms = exact_guided_gradient(
+                step_buf = _new_vector(params) if step_buf is None else step_buf
+                step, task, used, dots, terms = exact_guided_gradient(
                     loss, params, n_shared, weights={**weights, "align": lam_align}, ref=state.set_ref_if_missing,
-                    tau=tau if cfg.lambda_mag > 0 else math.inf, src=src_for_reg)
-                task, step = flatten(task_list), flatten(step_list)
-                for p, g, u in zip(params, step_list, used):
+                    tau=tau, src=src, src_sq=src_sq, task_out=task_buf, step_out=step_buf)
+                for p, g, u in zip(params, unflatten(step, params), used):
                     p.grad = g if u else None
-                del step_list
-                dots = gradient_dots(task, k, state.ref, src, src_sq)
-                sd = gradient_dots(step, k, state.ref, src, src_sq)
+                sd = gradient_dots(step, k, state.ref, src, dots.get("ss"))
                 info = {"step_norm": math.sqrt(sd["gg"])}
                 if "gr" in sd:
                     info["cos_ref_step"] = _safe_cos(sd["gr"], sd["gg"], sd["rr"])
@@ -462,17 +525,11 @@ class SGG(Method):
                                                          lambda_mag=cfg.lambda_mag if guided else 0.0,
                                                          align_weight=lam_align if guided else 0.0, tau=tau)
                 if (a, b, c) != (1.0, 0.0, 0.0):
-                    step_buf = new_vector(task.numel()) if step_buf is None else step_buf
+                    step_buf = _new_vector(params) if step_buf is None else step_buf
                     step = apply_coefficients(task, k, a, b, c, ref, src, out=step_buf)
                     for p, g, u in zip(params, unflatten(step, params), used):
                         p.grad = g if u else None
-                terms = {}
-                if "gr" in dots:
-                    terms["dir"] = 1.0 - _safe_cos(dots["gr"], dots["gg"], dots["rr"])
-                if math.isfinite(tau):
-                    terms["mag"] = max(0.0, math.sqrt(dots["gg"]) - tau) ** 2
-                if "gs" in dots:
-                    terms["align"] = 1.0 - _safe_cos(dots["gs"], dots["gg"] - dots["hgg"], dots["ss"])
+                terms = regulariser_values(dots, tau)
             if src is not None:
                 src_sq = dots["ss"]
             recorded = task if cfg.record_grad == "task" else step
@@ -495,7 +552,7 @@ class SGG(Method):
                       trace["loss"][-1], task_norm, info["step_norm"], tau, lam_align, cos_src)
             state.update(task, task_norm, cos_src)
             optimizer.step()
-            del step, task, task_list, loss, recorded
+            del step, task, loss, recorded
         model.eval()
         self.last_trace = trace
         self.traces.append(trace)

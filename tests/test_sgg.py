@@ -10,7 +10,7 @@ from fewshot_bench.baselines.full_ft import FullFineTuning
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, method_from_spec, run_episode
 from fewshot_bench.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, _cos, _dot, _norm,
-                               exact_guided_gradient, first_order_guided_gradient, regularisers)
+                               exact_guided_gradient, first_order_guided_gradient, regularisers, unflatten)
 
 SEED = 3
 
@@ -78,8 +78,10 @@ def test_exact_gradient_matches_finite_differences(backbone, demo, term):
             "tau": 0.3 * float(_norm(g0)),  # R_mag active
             "src": [torch.randn(params[0].shape, generator=gen, dtype=torch.float64)]}
     weight = 0.7
-    step, task, used, values = exact_guided_gradient(loss_fn(), params, 1, weights={term: weight}, **refs)
-    assert all(used) and values[term] > 0
+    out = exact_guided_gradient(loss_fn(), params, 1, weights={term: weight}, **refs)
+    step, task = unflatten(out.step, params), unflatten(out.task, params)
+    assert all(out.used) and out.values[term] > 0
+    assert out.values[term] == pytest.approx(float(regularisers(g0, 1, **refs)[term]), rel=1e-9)
     assert all(torch.allclose(a, b) for a, b in zip(task, g0))
     assert any(not torch.allclose(s, t) for s, t in zip(step, task))  # the regulariser contributes
     eps = 1e-6
@@ -142,7 +144,8 @@ def test_alignment_term_raises_cos_on_constructed_conflict(backbone, demo):
                 p.copy_(s)
         cosines = []
         for _ in range(8):
-            step, task, _, _ = exact_guided_gradient(loss_fn(), params, 1, weights={"align": weight}, src=src)
+            out = exact_guided_gradient(loss_fn(), params, 1, weights={"align": weight}, src=src)
+            step, task = unflatten(out.step, params), unflatten(out.task, params)
             cosines.append(float(_cos(task[:1], src)))
             with torch.no_grad():
                 for p, g in zip(params, step):
