@@ -1,7 +1,8 @@
 """Sharding with torchrun: ``torchrun --nproc-per-node N -m fewshot_bench run ...``.
 
 Each rank runs every ``world_size``-th work unit into its own store shard (``<store>.rank<r>``);
-rank 0 merges the shards into the run's store at the end (``fewshot-bench merge`` does it by hand).
+rank 0 merges the shards into the run's store at the end and deletes each shard whose episodes are all in
+it (``fewshot-bench merge`` does it by hand, for shards on other machines).
 gloo on CPU, nccl on GPU; ``LOCAL_RANK`` picks the GPU.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ def run_distributed_or_local(config) -> Optional[str]:
     if world_size == 1:
         shards = existing_shards(config.store)
         if shards:  # a sharded job was killed: keep its episodes, run only what is missing
-            ResultsStore(config.store).merge_from(shards)
+            with ResultsStore(config.store) as store:
+                store.merge_from(shards, remove_merged=True)
         return run(config)
     import torch
     import torch.distributed as dist
@@ -55,7 +57,8 @@ def run_distributed_or_local(config) -> Optional[str]:
         dist.barrier()
         if rank != 0:
             return None
-        ResultsStore(config.store).merge_from(existing_shards(config.store))
+        with ResultsStore(config.store) as store:
+            store.merge_from(existing_shards(config.store), remove_merged=True)
         return config.store
     finally:
         dist.destroy_process_group()

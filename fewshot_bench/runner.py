@@ -253,6 +253,8 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         bar.update(1)
     bar.close()
     store.end_run(run_id)
+    for opened in (store, *finished_elsewhere):
+        opened.close()
     return store.path
 
 

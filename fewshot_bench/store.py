@@ -199,13 +199,17 @@ class ResultsStore:
                     row[column] = json.loads(row[column])
         return rows
 
-    def merge_from(self, paths: Iterable) -> int:
-        """Copy runs and episodes of the shard stores in ``paths`` (INSERT OR IGNORE); returns episode rows added."""
+    def merge_from(self, paths: Iterable, *, remove_merged: bool = False) -> int:
+        """Copy runs and episodes of the shard stores in ``paths`` (INSERT OR IGNORE); returns episode rows added.
+
+        ``remove_merged``: delete each shard (and its -wal/-shm files) once every one of its episodes is
+        verified to be in this store (a shard that is not is kept)."""
         paths = [Path(p) for p in paths]
         for path in paths:
             if not path.is_file():
                 raise UserError(f"shard '{path}' does not exist")
         added = 0
+        key_match = " AND ".join(f"m.{c} = s.{c}" for c in KEY_COLUMNS)
         for path in paths:
             try:
                 self.conn.execute("ATTACH DATABASE ? AS shard", (str(path),))
@@ -219,10 +223,15 @@ class ResultsStore:
                     self.conn.execute(f"INSERT OR IGNORE INTO episodes ({', '.join(EPISODE_COLUMNS)}) "
                                       f"SELECT {', '.join(EPISODE_COLUMNS)} FROM shard.episodes")
                     added += self.conn.total_changes - before
+                missing = self.conn.execute(f"SELECT COUNT(*) FROM shard.episodes s WHERE NOT EXISTS "
+                                            f"(SELECT 1 FROM main.episodes m WHERE {key_match})").fetchone()[0]
             except sqlite3.DatabaseError as exc:
                 raise UserError(f"shard '{path}' is not a results store ({exc})") from None
             finally:
                 self.conn.execute("DETACH DATABASE shard")
+            if remove_merged and missing == 0:
+                for companion in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{path}{companion}").unlink(missing_ok=True)
         return added
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from fewshot_bench.cli import main
+from fewshot_bench.distributed import existing_shards
 
 from helpers import REPO, committed_rows
 
@@ -118,9 +119,7 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path):
                     "--out", str(sharded / "lb.csv")], check=True, env=env)
     assert _comparable(_rows(sharded / "lb.csv")) == _comparable(_rows(single / "lb.csv"))
     assert committed_rows(sharded / "s.sqlite") == 3 * 2 * 3
-    shards = [str(sharded / f"s.sqlite.rank{r}") for r in range(2)]
-    assert main(["merge", *shards, "--store", str(tmp_path / "by_hand.sqlite")]) == 0
-    assert committed_rows(tmp_path / "by_hand.sqlite") == 3 * 2 * 3
+    assert list(sharded.glob("s.sqlite.rank*")) == []  # merged shards are removed, -wal/-shm included
 
 
 def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
@@ -138,6 +137,7 @@ def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
     with sqlite3.connect(store) as conn:
         after = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
     assert sorted(after) == [0, 1, 2, 3] and all(after[i] == before[i] for i in before)
+    assert not existing_shards(str(store))  # merged, verified, removed
 
 
 COUNTING_METHOD = '''

@@ -121,3 +121,16 @@ def test_merge_shards(tmp_path, capsys):
     assert "merged 8 episode rows from 2 shards into" in capsys.readouterr().out
     assert main(["merge", str(tmp_path / "missing.sqlite"), "--store", str(target)]) == 2
     assert "missing.sqlite" in capsys.readouterr().err
+
+
+def test_merge_can_remove_verified_shards(tmp_path):
+    shard, target = tmp_path / "s.sqlite.rank0", tmp_path / "s.sqlite"
+    with ResultsStore(shard) as writer:
+        for i in range(3):
+            writer.write_episode(record(episode_index=i))
+    with ResultsStore(target) as store:
+        assert store.merge_from([shard]) == 3  # by hand: the shard stays
+        assert shard.is_file()
+        assert store.merge_from([shard], remove_merged=True) == 0
+    assert not list(tmp_path.glob("s.sqlite.rank0*"))  # with its -wal/-shm files
+    assert committed_rows(target) == 3
