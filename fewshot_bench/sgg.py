@@ -70,7 +70,7 @@ Grads = List[torch.Tensor]
 class SGGConfig(FullFTConfig):
     """SGG settings; steps / lr / head_lr / weight_decay are full_ft's (same defaults, same optimizer).
 
-    Defaults were checked on banking77 *validation-pool* episodes with MiniLM (docs/sgg.md), never on target
+    Defaults were checked on clinc150 *validation-pool* episodes with MiniLM (docs/sgg.md), never on target
     classes: there every setting tried tied with full_ft (accuracy at the ceiling), so the λs are the
     design values and the source-gradient settings are the cheapest that did not change the result.
     """
