@@ -198,15 +198,22 @@ def _safe_cos(num: float, sq_a: float, sq_b: float) -> float:
     return num / math.sqrt(max(sq_a, _EPS) * max(sq_b, _EPS))
 
 
+def dot_cosines(d: Dict[str, float]) -> Tuple[Optional[float], Optional[float]]:
+    """cos(g, r_t) and cos(g_bb, g_src) from the inner products of :func:`gradient_dots` (None: no reference)."""
+    return (_safe_cos(d["gr"], d["gg"], d["rr"]) if "gr" in d else None,
+            _safe_cos(d["gs"], d["gg"] - d["hgg"], d["ss"]) if "gs" in d else None)
+
+
 def regulariser_values(d: Dict[str, float], tau: float) -> Dict[str, float]:
     """R_dir, R_mag, R_align (as :func:`regularisers`) from the inner products of :func:`gradient_dots`."""
+    cos_ref, cos_src = dot_cosines(d)
     terms = {}
-    if "gr" in d:
-        terms["dir"] = 1.0 - _safe_cos(d["gr"], d["gg"], d["rr"])
+    if cos_ref is not None:
+        terms["dir"] = 1.0 - cos_ref
     if math.isfinite(tau):
         terms["mag"] = max(0.0, math.sqrt(max(d["gg"], _EPS)) - tau) ** 2
-    if "gs" in d:
-        terms["align"] = 1.0 - _safe_cos(d["gs"], d["gg"] - d["hgg"], d["ss"])
+    if cos_src is not None:
+        terms["align"] = 1.0 - cos_src
     return terms
 
 
@@ -509,11 +516,7 @@ class SGG(Method):
                 for p, g, u in zip(params, unflatten(step, params), used):
                     p.grad = g if u else None
                 sd = gradient_dots(step, k, state.ref, src, dots.get("ss"))
-                info = {"step_norm": math.sqrt(sd["gg"])}
-                if "gr" in sd:
-                    info["cos_ref_step"] = _safe_cos(sd["gr"], sd["gg"], sd["rr"])
-                if "gs" in sd:
-                    info["cos_src_step"] = _safe_cos(sd["gs"], sd["gg"] - sd["hgg"], sd["ss"])
+                info = dict(zip(("cos_ref_step", "cos_src_step"), dot_cosines(sd)), step_norm=math.sqrt(sd["gg"]))
             else:
                 loss.backward()
                 used = [p.grad is not None for p in params]
@@ -536,13 +539,13 @@ class SGG(Method):
             ctx.recorder.record(loss, params, grads=unflatten(recorded, params),
                                 source_grads=None if src is None else unflatten(src, shared))  # leading params
             task_norm = math.sqrt(dots["gg"])
-            cos_src = _safe_cos(dots["gs"], dots["gg"] - dots["hgg"], dots["ss"]) if "gs" in dots else None
+            cos_ref, cos_src = dot_cosines(dots)
             trace["loss"].append(float(loss.detach()))
             trace["task_grad_norm"].append(task_norm)
             trace["step_grad_norm"].append(info["step_norm"])
             trace["tau"].append(tau)
             trace["lambda_align"].append(lam_align)
-            trace["cos_ref"].append(_safe_cos(dots["gr"], dots["gg"], dots["rr"]) if "gr" in dots else None)
+            trace["cos_ref"].append(cos_ref)
             trace["cos_ref_step"].append(info.get("cos_ref_step"))
             trace["cos_src"].append(cos_src)
             trace["cos_src_step"].append(info.get("cos_src_step"))
