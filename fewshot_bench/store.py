@@ -211,6 +211,7 @@ class ResultsStore:
         added = 0
         key_match = " AND ".join(f"m.{c} = s.{c}" for c in KEY_COLUMNS)
         for path in paths:
+            verified = False
             try:
                 self.conn.execute("ATTACH DATABASE ? AS shard", (str(path),))
             except sqlite3.DatabaseError as exc:
@@ -223,13 +224,14 @@ class ResultsStore:
                     self.conn.execute(f"INSERT OR IGNORE INTO episodes ({', '.join(EPISODE_COLUMNS)}) "
                                       f"SELECT {', '.join(EPISODE_COLUMNS)} FROM shard.episodes")
                     added += self.conn.total_changes - before
-                missing = self.conn.execute(f"SELECT COUNT(*) FROM shard.episodes s WHERE NOT EXISTS "
-                                            f"(SELECT 1 FROM main.episodes m WHERE {key_match})").fetchone()[0]
+                if remove_merged:  # every shard episode's key is in this store now
+                    verified = not self.conn.execute(f"SELECT COUNT(*) FROM shard.episodes s WHERE NOT EXISTS "
+                                                     f"(SELECT 1 FROM main.episodes m WHERE {key_match})").fetchone()[0]
             except sqlite3.DatabaseError as exc:
                 raise UserError(f"shard '{path}' is not a results store ({exc})") from None
             finally:
                 self.conn.execute("DETACH DATABASE shard")
-            if remove_merged and missing == 0:
+            if verified:
                 for companion in ("", "-wal", "-shm", "-journal"):
                     Path(f"{path}{companion}").unlink(missing_ok=True)
         return added
