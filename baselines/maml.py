@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
@@ -60,12 +61,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vjp
-from tqdm.auto import tqdm
 
 from fewshot_bench.backbone import Backbone, Batch
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, MetaContext, Method, MethodConfig, Predictor, first_per_class
+from fewshot_bench.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -327,10 +328,14 @@ def _save(path: Path, tensors: Tensors, metadata: Dict[str, str]) -> None:
     os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
 
 
-def _load(path: Path) -> Tensors:
+def _load(path: Path) -> Tuple[Tensors, Dict[str, str]]:
+    """The tensors of a cache file and its string metadata."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return load_file(str(path)), metadata
 
 
 # --------------------------------------------------------------------------------------------- the methods
@@ -419,12 +424,16 @@ class MAML(Method):
         self.cache_path = path
         if path.is_file():
             try:
-                self._set_state(_load(path))
+                state, metadata = _load(path)
+                self._set_state(state)
+                if "meta_train_seconds" in metadata:  # wall time of the training that wrote the file
+                    self.meta_train_seconds = float(metadata["meta_train_seconds"])
                 log.info("loaded meta-trained weights from %s", path)
                 return
             except Exception as exc:  # a corrupt or foreign file: train again and overwrite it
                 log.warning("could not read cached meta-trained weights %s (%s); meta-training again", path, exc)
 
+        started = time.perf_counter()
         model = ctx.fresh_model().eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -439,22 +448,24 @@ class MAML(Method):
             groups.append({"params": list(log_lrs.values()), "lr": cfg.inner_lr_lr})
         optimizer = torch.optim.Adam(groups)
         self.meta_losses = []
-        bar = tqdm(range(cfg.meta_steps), desc=f"meta-train {'fomaml' if self.first_order else 'maml'}",
-                   unit="step", dynamic_ncols=True, disable=None)
-        for step in bar:
+        bar = Progress(cfg.meta_steps, f"meta-train {'fomaml' if self.first_order else 'maml'}", unit="step")
+        for step in range(cfg.meta_steps):
             batches = first if step == 0 else [ctx.source_episode(step * cfg.meta_batch + j) for j in range(cfg.meta_batch)]
             loss = self.meta_step(loop, named, meta_names, optimizer,
                                   [(ctx.batch(ep, "support"), self._meta_query(ctx, ep), ep.n_way) for ep in batches],
                                   log_lrs)
             self.meta_losses.append(loss)
-            bar.set_postfix(query_loss=f"{loss:.4f}", refresh=False)
+            bar.set_current(f"query_loss={loss:.4f}")
+            bar.update(1)
         bar.close()
         state = {n: named[n].detach().to("cpu").clone() for n in meta_names}
         if log_lrs is not None:
             state.update({_LR_PREFIX + n: v.detach().to("cpu").clone() for n, v in log_lrs.items()})
         self._set_state(state)
         try:
-            _save(path, state, {"payload": json.dumps(payload, sort_keys=True, default=str)})
+            self.meta_train_seconds = time.perf_counter() - started
+            _save(path, state, {"payload": json.dumps(payload, sort_keys=True, default=str),
+                                "meta_train_seconds": repr(self.meta_train_seconds)})
             log.info("saved meta-trained weights to %s", path)
         except OSError as exc:
             log.warning("could not cache meta-trained weights at %s: %s", path, exc)

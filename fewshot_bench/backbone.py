@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -51,6 +52,7 @@ class Backbone:
         self.hidden_size = model.config.hidden_size
         self._token_cache: Dict[str, List[int]] = {}
         self._embedding_cache: Dict[str, torch.Tensor] = {}
+        self.embedding_cache_seconds = 0.0  # wall time spent embedding texts into the cache so far
 
     @property
     def attn_implementation(self) -> str:
@@ -95,12 +97,21 @@ class Backbone:
 
     @torch.no_grad()
     def frozen_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Embeddings of the pretrained (unadapted) model, cached per text across episodes."""
+        """Embeddings of the pretrained (unadapted) model, cached per text across episodes.
+
+        The time spent embedding texts not yet cached accumulates in ``embedding_cache_seconds`` (a one-off
+        cost of the run, which the runner keeps out of the episode's ``wall_seconds``).
+        """
         missing = [t for t in dict.fromkeys(texts) if t not in self._embedding_cache]
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            vectors = self.embed(self.pristine, self.tokenize(chunk)).float()
-            self._embedding_cache.update(zip(chunk, vectors))
+        if missing:
+            started = time.perf_counter()
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start : start + batch_size]
+                vectors = self.embed(self.pristine, self.tokenize(chunk)).float()
+                self._embedding_cache.update(zip(chunk, vectors))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.embedding_cache_seconds += time.perf_counter() - started
         return torch.stack([self._embedding_cache[t] for t in texts])
 
 

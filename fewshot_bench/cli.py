@@ -1,4 +1,4 @@
-"""Command line: ``fewshot-bench {list,episodes,run,leaderboard,validate,merge}``.
+"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,leaderboard,validate,merge}``.
 
 Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
@@ -42,6 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--fold", type=int, default=1)
     p.set_defaults(handler="fewshot_bench.cli:cmd_episodes")
+
+    p = sub.add_parser("new-task", parents=[common], help="write a commented task-card skeleton listing every field")
+    p.add_argument("name", help="registry name of the new task")
+    p.add_argument("--local-dir", help="its dataset folder under the data dir (default: NAME); split names and "
+                                       "fields found there are pre-filled")
+    p.add_argument("--out", help="card file to write (default: NAME.yaml); never overwritten")
+    p.set_defaults(handler="fewshot_bench.cardskeleton:cmd_new_task")
+
+    p = sub.add_parser("check-task", parents=[common],
+                       help="report a task's pools, class sizes, duplicate texts and the episodes it can make")
+    p.add_argument("task")
+    p.add_argument("--n-way", default=None, help="classes per episode, or 'all' (default: the card's)")
+    p.add_argument("--k-shot", default=None, help="shots per class, or MIN-MAX (default: the card's)")
+    p.add_argument("--query", type=int, default=None, help="queries per class (default: the card's)")
+    p.add_argument("--fold", type=int, default=1)
+    p.add_argument("--strict", action="store_true", help="exit 1 when the report has findings")
+    p.set_defaults(handler="fewshot_bench.taskcheck:cmd_check_task")
 
     p = sub.add_parser("run", parents=[common], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
@@ -136,16 +153,20 @@ def cmd_episodes(args) -> int:
     from .episodes import sample_episode
     from .task import get_task_config
 
-    config = get_task_config(args.task)
+    n_way, k_shot, q_query = episode_shape(args, get_task_config(args.task))
+    episode = sample_episode(get_task_data(args.task, args.fold), pool=args.pool, n_way=n_way, k_shot=k_shot,
+                             q_query=q_query, seed=args.seed, index=args.index)
+    print(json.dumps(episode.to_dict(), indent=1, ensure_ascii=False))
+    return 0
+
+
+def episode_shape(args, config) -> tuple:
+    """(n_way, k_shot, q_query) from --n-way/--k-shot/--query, each defaulting to the card's ``episodes``."""
     defaults = config.episodes
     n_way = args.n_way if args.n_way is not None else defaults.n_way
     n_way = n_way if n_way == "all" else _positive_int(n_way, "--n-way")
-    episode = sample_episode(
-        get_task_data(args.task, args.fold), pool=args.pool, n_way=n_way,
-        k_shot=args.k_shot if args.k_shot is not None else defaults.k_shot,
-        q_query=args.query if args.query is not None else defaults.q_query, seed=args.seed, index=args.index)
-    print(json.dumps(episode.to_dict(), indent=1, ensure_ascii=False))
-    return 0
+    k_shot = args.k_shot if args.k_shot is not None else defaults.k_shot
+    return n_way, k_shot, args.query if args.query is not None else defaults.q_query
 
 
 def _positive_int(value, flag: str) -> int:

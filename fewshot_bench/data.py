@@ -109,6 +109,11 @@ def _load_split(config: TaskConfig, split: str):
             return datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # datasets wraps parser errors in several types
             raise UserError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    if folder is not None and folder.is_dir():  # a local copy exists: the split name is what is wrong
+        files = sorted(p.name for p in folder.iterdir() if p.suffix in FILE_FORMATS and p.is_file())
+        raise UserError(f"task '{config.name}': split '{split}' in the card's splits has no file {split}.jsonl|.json|"
+                        f".csv|.parquet in {folder} (files there: {', '.join(files) or 'none'}); name the splits "
+                        f"after these files, without the extension")
     tried = [str(folder / f"{split}{s}") for s in FILE_FORMATS] if folder else []
     hub = config.source.hub_id
     if hub and hub_allowed():

@@ -76,17 +76,24 @@ def sample_episode(data: TaskData, *, pool: str = "target", n_way: Union[int, st
     rows_of = {c: chosen_pool.rows[labels == c] for c in chosen_pool.classes}
     eligible = [c for c in chosen_pool.classes if len(rows_of[c]) >= k_max + q_query]
     where = f"task '{data.name}' (fold {data.fold}, {pool} pool)"
+    sizes = sorted((len(r) for r in rows_of.values()), reverse=True)
     if n_way == "all":
         if len(eligible) < len(chosen_pool.classes):
             raise UserError(f"{where}: n_way='all' needs every one of its {len(chosen_pool.classes)} classes to have "
-                            f">= K+Q = {k_max + q_query} examples, but only {len(eligible)} do; lower --k-shot/--query")
+                            f">= K+Q = {k_max + q_query} examples, but only {len(eligible)} do; the largest K+Q "
+                            f"this pool allows with n_way='all' is {sizes[-1]}: lower --k-shot/--query")
         n_way = len(eligible)
     n_way = int(n_way)
     if n_way < 2:
         raise UserError(f"n_way must be >= 2, got {n_way}")
+    if n_way > len(sizes):
+        raise UserError(f"{where}: n_way={n_way} but the pool has only {len(sizes)} class(es); "
+                        f"lower --n-way to <= {len(sizes)}")
     if n_way > len(eligible):
-        raise UserError(f"{where}: n_way={n_way} but only {len(eligible)} class(es) have >= K+Q = {k_max + q_query} "
-                        f"examples; lower --n-way to <= {len(eligible)} or lower --k-shot/--query")
+        fewer = f", or lower --n-way to <= {len(eligible)}" if len(eligible) >= 2 else ""
+        raise UserError(f"{where}: n_way={n_way} needs {n_way} classes with >= K+Q = {k_max + q_query} examples, "
+                        f"but only {len(eligible)} class(es) have that many; the largest K+Q this pool allows "
+                        f"with n_way={n_way} is {sizes[n_way - 1]}: lower --k-shot/--query{fewer}")
     rng = _rng(data.name, data.config.version, data.fold, pool, n_way, k_shot, q_query, seed, index)
     classes = [eligible[i] for i in rng.choice(len(eligible), size=n_way, replace=False)]
     support, query = [], []

@@ -11,17 +11,18 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import yaml
-from tqdm.auto import tqdm
 
 from .config import from_mapping, option
 from .data import data_dir, get_task_data
 from .episodes import Setting, parse_shot
 from .errors import UserError
+from .progress import Progress
 from .registry import METHODS
 from .task import BUILTIN_TASKS_DIR, get_task_config
 
@@ -51,6 +52,10 @@ class RunConfig:
     out: str = option("leaderboard/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs")
     description: str = option("", help="what the suite is for")
+    progress_every: int = option(0, help="output that is not a terminal: a progress line every N episodes "
+                                         "(0: every 5% of the run); a terminal gets a bar")
+    progress_seconds: float = option(60.0, help="output that is not a terminal: a progress line at least "
+                                                "every this many seconds")
 
 
 def load_suite(name: str) -> dict:
@@ -218,8 +223,13 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
             if source_episodes is None:
                 raise UserError(f"method '{name}' meta-trains on a source pool, but {setting.label} has none; "
                                 f"pass --source-task")
+            log.info("meta-training %s for %s", method.label, setting.label)
+            started = time.perf_counter()
             method.meta_train(methods_module.MetaContext(backbones[key], config.seed, source_episodes,
                                                          autocast_dtype=autocast))
+            # a method that loaded cached weights reports the wall time of the training that produced them
+            method.meta_train_seconds = getattr(method, "meta_train_seconds", None) or time.perf_counter() - started
+            log.info("meta-trained %s for %s: %.1f s", method.label, setting.label, method.meta_train_seconds)
             method.meta_trained = True
         return method, backbones[key], source_episodes
 
@@ -230,17 +240,22 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         for setting, name in pairs[rank::world_size]:
             prepare(setting, name)
         barrier()
-    bar = tqdm(total=len(mine), desc="episodes", unit="ep", dynamic_ncols=True, disable=None)
+    bar = Progress(len(mine), "episodes", every=config.progress_every, interval=config.progress_seconds)
     for setting, name, index in mine:
         if index in instance(setting, name).done:  # resume: stored in this store or a shard of a killed job
-            bar.update(1)
+            bar.skip(1)
             continue
         method, backbone, source_episodes = prepare(setting, name)
-        bar.set_postfix_str(f"{method.label} | {setting.label}", refresh=False)
+        bar.set_current(f"{method.label} | {setting.label}")
         episode = setting.target_episode(config.seed, index)
+        cache_before = backbone.embedding_cache_seconds
         record = methods_module.run_episode(method, episode, backbone, seed=episode_seed(config.seed, setting, index),
                                             autocast_dtype=autocast, source_episodes=source_episodes)
         record.pop("diverged", None)
+        # one-off cost: embedding texts the run's frozen-embedding cache did not hold yet, kept out of wall_seconds
+        record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
+        record["wall_seconds"] -= record["embedding_cache_seconds"]
+        record["meta_train_seconds"] = getattr(method, "meta_train_seconds", None)
         store.write_episode({
             **record, "run_id": run_id, "config_hash": method.run_hash, "method": method.label,
             "protocol": method.protocol if source_episodes is not None else "target-only", "backbone": config.backbone, "task": setting.task, "setting": setting.label,

@@ -37,6 +37,9 @@ EPISODE_TYPES = {
     "grad_dir_consistency": "REAL", "path_efficiency": "REAL", "source_alignment": "REAL",
     "wall_seconds": "REAL", "peak_mem_mb": "REAL", "trainable_params": "INTEGER", "steps": "INTEGER",
     "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
+    # timings beside wall_seconds: the frozen-embedding cache fill this episode triggered (a one-off cost,
+    # not in wall_seconds), and the wall time of the meta-training the episode's method used (NULL: none)
+    "embedding_cache_seconds": "REAL", "meta_train_seconds": "REAL",
 }
 EPISODE_COLUMNS = tuple(EPISODE_TYPES)
 REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))
@@ -102,6 +105,14 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.05)
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version up to the current schema (new columns are nullable)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(episodes)")}
+    for column, sql_type in EPISODE_TYPES.items():
+        if column not in present:
+            conn.execute(f"ALTER TABLE episodes ADD COLUMN {column} {sql_type}")
+
+
 class ResultsStore:
     """A results store file; creates its folder and tables when absent. Usable as a context manager."""
 
@@ -115,6 +126,7 @@ class ResultsStore:
             with self.conn:
                 for statement in _SCHEMA:
                     self.conn.execute(statement)
+                _add_missing_columns(self.conn)
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable results store ({exc})") from None
 

@@ -15,6 +15,7 @@ from .registry import TASKS
 
 BUILTIN_TASKS_DIR = Path(str(importlib.resources.files("fewshot_bench.tasks")))
 POOLS = ("source", "validation", "target")
+PLACEHOLDER = "FILL IN"  # what `fewshot-bench new-task` writes where the user must decide a value
 
 
 @dataclass
@@ -91,9 +92,20 @@ def load_card(path: Union[str, Path]) -> TaskConfig:
         raise UserError(f"malformed YAML in task card {where}: {problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"task card {path}: expected a mapping of fields at the top level")
+    _refuse_placeholders(data, path)
     config = from_mapping(TaskConfig, data, str(path))
     _check(config, path)
     return config
+
+
+def _refuse_placeholders(data: dict, path, prefix: str = "") -> None:
+    """A skeleton card (``fewshot-bench new-task``) is refused until every placeholder is replaced."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _refuse_placeholders(value, path, f"{prefix}{key}.")
+        elif isinstance(value, str) and value.startswith(PLACEHOLDER):
+            raise UserError(f"task card {path}: field '{prefix}{key}' still holds the skeleton placeholder "
+                            f"'{value}'; replace it with a value")
 
 
 def _check(config: TaskConfig, path) -> None:
@@ -129,7 +141,20 @@ def register_builtin_cards() -> None:
     register_cards(BUILTIN_TASKS_DIR, overwrite=True)
 
 
+def _unknown_task_hint(name: str) -> str:
+    """Where the card of an unregistered task may be: a --tasks-dir the user forgot."""
+    found = sorted(str(p) for pattern in (f"{name}.yaml", f"*/{name}.yaml") for p in Path().glob(pattern))
+    if found:
+        return f"; a card {found[0]} exists: pass --tasks-dir {Path(found[0]).parent}"
+    return "; is its card in a --tasks-dir you forgot? (--tasks-dir DIR registers every DIR/*.yaml)"
+
+
 def get_task_config(name: str) -> TaskConfig:
+    if name not in TASKS:
+        try:
+            TASKS.get(name)
+        except UserError as exc:
+            raise UserError(f"{exc}{_unknown_task_hint(name)}") from None
     obj = TASKS.get(name)
     if isinstance(obj, TaskConfig):
         return obj
