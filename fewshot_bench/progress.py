@@ -73,7 +73,7 @@ class Progress:
         worked = self.done - self.skipped
         remaining = max(self.total - self.done, 0)
         if remaining == 0:
-            eta = "0:00"
+            eta = tqdm.format_interval(0)
         elif worked > 0:
             eta = tqdm.format_interval(elapsed / worked * remaining)
         else:
