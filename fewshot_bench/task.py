@@ -125,14 +125,18 @@ def _check(config: TaskConfig, path) -> None:
 
 
 def register_cards(directory: Union[str, Path], *, overwrite: bool = False) -> List[str]:
-    """Register every ``*.yaml`` card in ``directory``; returns the task names."""
+    """Register every ``*.yaml`` card in ``directory``; returns the task names.
+
+    Registering a card again with the same content is a no-op; another card under a taken name is an error.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"tasks dir {directory} does not exist; pass a folder of *.yaml task cards")
     names = []
     for card_path in sorted(directory.glob("*.yaml")):
         config = load_card(card_path)
-        TASKS.register(config.name, config, overwrite=overwrite)
+        same_card = config.name in TASKS and TASKS.get(config.name) == config
+        TASKS.register(config.name, config, overwrite=overwrite or same_card)
         names.append(config.name)
     return names
 

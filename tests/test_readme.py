@@ -1,15 +1,20 @@
 """Every command in the README's bash blocks parses, and the user-facing ones run (scaled down where costly).
 
+The "Add a task" walk-through writes a skeleton card with `new-task`; the test then replaces it with the
+README's filled-in card (the ```yaml block headed `# my_cards/<name>.yaml`), as the reader would edit it.
 Heavier commands are run elsewhere too: the main command in test_run (default suite on the demo task),
 torchrun and merge in test_run's sharding tests, the `pip install` line in test_tasks' wheel test.
 """
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
+from fewshot_bench import TASKS
 from fewshot_bench.cli import build_parser, main
+from fewshot_bench.task import PLACEHOLDER
 
 from helpers import REPO, shared_data_dir
 
@@ -28,6 +33,22 @@ def readme_commands():
             for part in line.split("&&"):
                 commands.append(shlex.split(part))
     return commands
+
+
+def readme_cards():
+    """{path: text} of the README's ```yaml blocks whose first line is a `# path/to/card.yaml` comment."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n# (\S+\.yaml)\n(.*?)```", readme, re.S)
+    return {path: text for path, text in blocks}
+
+
+def fill_in_skeleton(path):
+    """Replace the skeleton `new-task` wrote at ``path`` by the README's filled-in card (same top-level fields)."""
+    skeleton, filled = path.read_text(), readme_cards()[path.as_posix()]
+    assert PLACEHOLDER in skeleton
+    top_level = lambda text: set(re.findall(r"^(\w+):", text, re.M))  # noqa: E731
+    assert top_level(filled) <= top_level(skeleton)
+    path.write_text(filled)
 
 
 def fewshot_argv(words):
@@ -55,7 +76,7 @@ def test_readme_task_and_run_commands_work(tmp_path, capsys, monkeypatch):
     data = shared_data_dir()
     monkeypatch.setenv("FEWSHOT_BENCH_DATA", str(data))
     monkeypatch.chdir(tmp_path)  # runs/ and leaderboard/ paths of the README land in tmp_path
-    ran = set()
+    ran, registered = set(), set(TASKS.names())
     for words in readme_commands():
         argv = fewshot_argv(words)
         if words[0] != "fewshot-bench" or argv == ["run"] or argv[0] == "merge":
@@ -67,9 +88,15 @@ def test_readme_task_and_run_commands_work(tmp_path, capsys, monkeypatch):
         assert main(argv) == 0, " ".join(argv)
         ran.add(argv[0] if argv[0] != "list" else "list " + argv[1])
         out = capsys.readouterr().out
+        if argv[0] == "new-task":
+            fill_in_skeleton(Path(argv[argv.index("--out") + 1]))
+        if argv[0] == "check-task":
+            assert "duplicate texts" in out and "episodes: yes" in out
         if argv[0] == "episodes":
             assert len(json.loads(out)["fingerprint"]) == 64
         if argv[:2] == ["list", "tasks"]:
             assert "banking77" in out and "huffpost" in out
-    assert ran >= {"list tasks", "episodes", "run", "leaderboard", "validate"}
+    for name in set(TASKS.names()) - registered:  # the walk-through's card
+        TASKS.unregister(name)
+    assert ran >= {"list tasks", "episodes", "run", "leaderboard", "validate", "new-task", "check-task"}
     assert (tmp_path / "leaderboard" / "leaderboard.csv").is_file()
