@@ -10,7 +10,8 @@ word characters are compared) of the rendered model input, reported by kind:
 * across splits: the same text in two split files (a leak between files meant to be disjoint);
 * within a pool: twice in one pool, so one episode can hold it as a support and as a query example.
 
-Rows are named ``split:row`` (0-based row of the split file, as in episode ids).
+Rows are named ``split:row`` (0-based row of the split file, as in episode ids); a text whose rows carry
+different labels is marked ``[labels differ]``.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class Duplicate:
 
     def describe(self) -> str:
         places = ", ".join(f"{row_id} ({pool}, {label})" for row_id, pool, label in self.rows)
-        return f"'{self.text[:60]}': {places}"
+        conflict = " [labels differ]" if len({label for _, _, label in self.rows}) > 1 else ""
+        return f"'{self.text[:60]}': {places}{conflict}"
 
 
 @dataclass

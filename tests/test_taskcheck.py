@@ -107,8 +107,8 @@ def test_check_task_finds_planted_duplicates_and_small_class(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "target: 3 class(es), 13 examples; examples per class min 3 / median 4 / max 6" in out
     assert "1 class(es) too small for K+Q: e (3)" in out
-    assert "across pools: 1 text(s):" in out and "'what is a leak': train:19 (source, a), test:0 (target, c)" in out
-    assert "across splits: 2 text(s):" in out and "train:8 (target, c), test:1 (target, c)" in out
+    assert "across pools: 1 text(s):" in out and "'what is a leak': train:19 (source, a), test:0 (target, c) [labels differ]" in out
+    assert "across splits: 2 text(s):" in out and "train:8 (target, c), test:1 (target, c)\n" in out
     assert "within a pool: 1 text(s):" in out
     assert "episodes: yes: 2-way episodes from 2 class(es) with >= K+Q examples (1 class combination(s))" in out
     TASKS.unregister("planted")  # the next command registers the card again, as a new process would
