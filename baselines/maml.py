@@ -65,7 +65,8 @@ from torch.func import functional_call, grad_and_value, vjp
 from fewshot_bench.backbone import Backbone, Batch
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
-from fewshot_bench.methods import EpisodeContext, MetaContext, Method, MethodConfig, Predictor, first_per_class
+from fewshot_bench.methods import EpisodeContext, MetaContext, Method, MethodConfig, Predictor
+from fewshot_bench.training import first_per_class
 from fewshot_bench.progress import Progress
 
 log = logging.getLogger(__name__)

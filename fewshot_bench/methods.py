@@ -119,51 +119,6 @@ class EpisodeContext(_Shared):
     def has_source(self) -> bool:
         return self._source_episodes is not None
 
-    def source_gradient(self, model: nn.Module, params: Sequence[torch.Tensor], step: int, *,
-                        shots: int = 2) -> List[torch.Tensor]:
-        """g_src: gradient w.r.t. ``params`` of the prototype loss on a source-pool support batch.
-
-        The batch is the support set of source episode ``derived(seed) + step`` cut to ``shots`` examples
-        per class (0: all), so every method of one episode sees the same source batches. It runs under a
-        forked, seeded RNG: the caller's trajectory (dropout masks) does not change. Parameters the
-        source loss does not reach get zeros.
-        """
-        index = derived_seed(self.seed, "source") % 1_000_000 * 1000 + step
-        episode = self.source_episode(index)
-        batch = self.batch(episode, "support")
-        if shots > 0:
-            batch = batch.subset(torch.tensor(first_per_class(episode.support_labels, shots),
-                                              device=batch.input_ids.device))
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derived_seed(self.seed, "source", step))
-            loss = prototype_loss(self.embed(model, batch), batch.labels)
-            grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-        return [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-
-
-def first_per_class(labels: Sequence[int], limit: int) -> List[int]:
-    """Positions of the first ``limit`` examples of each class in ``labels``."""
-    keep, seen = [], {}
-    for i, label in enumerate(labels):
-        if seen.get(label, 0) < limit:
-            keep.append(i)
-            seen[label] = seen.get(label, 0) + 1
-    return keep
-
-
-def derived_seed(*key) -> int:
-    """A 32-bit seed derived from ``key`` (stable across processes and platforms)."""
-    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:4], "little")
-
-
-def prototype_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of −‖e − p_c‖² logits, p_c the (detached) class means of the batch: a parameter-free head."""
-    emb = embeddings.float()
-    classes = torch.unique(labels)
-    protos = torch.stack([emb[labels == c].mean(0) for c in classes]).detach()
-    return F.cross_entropy(-torch.cdist(emb, protos).pow(2), torch.searchsorted(classes, labels))
-
 
 class MetaContext(_Shared):
     """What ``meta_train`` gets: the backbone and a function index -> source-pool episode."""

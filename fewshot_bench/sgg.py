@@ -19,7 +19,7 @@ Fine-tuning on the support set (same loop, optimizer, parameter groups and head 
   (3) if λ_mag > 0, rescale g so that ``‖g‖ ≤ τ_t`` (the constraint form of R_mag).
   Applied in that order, so the norm bound and the PCGrad sign guarantee hold for the final gradient.
 
-Source gradient: ``ctx.source_gradient`` (shared with full_ft/lora, which only measure it): the support set
+Source gradient: ``fewshot_bench.training.source_gradient`` (shared with full_ft/lora, which only measure it): the support set
 of a fresh source episode every ``source_every`` steps, loss = cross-entropy of the squared-Euclidean logits to the batch's own class prototypes
 (detached, i.e. a ProtoNet head, parameter-free: a random fresh head would give a random direction),
 differentiated w.r.t. the backbone trainable parameters only (the target head has other classes). It
@@ -47,11 +47,12 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from fewshot_bench.baselines.full_ft import FullFTConfig, adamw
+from fewshot_bench.adapters import apply_lora
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
-from fewshot_bench.baselines.lora import apply_lora
-from fewshot_bench.methods import EpisodeContext, Method, Predictor, derived_seed
+from fewshot_bench.methods import EpisodeContext, Method, Predictor
+from fewshot_bench.seeding import derived_seed
+from fewshot_bench.training import FullFTConfig, adamw, positions_per_class, source_gradient
 
 log = logging.getLogger(__name__)
 
@@ -414,11 +415,7 @@ class GuidanceState:
 # ----------------------------------------------------------------------------------------------- helpers
 def _half_support(ctx: EpisodeContext):
     """A class-stratified half of the support set (every other example of each class, first one included)."""
-    keep, seen = [], {}
-    for i, label in enumerate(ctx.episode.support_labels):
-        if seen.get(label, 0) % 2 == 0:
-            keep.append(i)
-        seen[label] = seen.get(label, 0) + 1
+    keep = positions_per_class(ctx.episode.support_labels, lambda rank: rank % 2 == 0)
     return ctx.support.subset(torch.tensor(keep, device=ctx.support.input_ids.device))
 
 
@@ -503,7 +500,7 @@ class SGG(Method):
         for t in range(cfg.steps):
             optimizer.zero_grad(set_to_none=True)
             if ctx.has_source and t % cfg.source_every == 0:
-                src = flatten_into(src_buf, ctx.source_gradient(model, shared, t, shots=cfg.source_shots))
+                src = flatten_into(src_buf, source_gradient(ctx, model, shared, t, shots=cfg.source_shots))
                 src_sq = None
             lam_align = state.lambda_align if src is not None and cfg.lambda_align > 0 else 0.0
             tau = state.tau

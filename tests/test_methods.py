@@ -88,16 +88,16 @@ def test_full_ft_matches_a_plain_pytorch_loop(tiny_backbone, demo_episode):
 
 
 def test_adamw_is_fused_only_where_this_torch_has_the_kernel(monkeypatch):
-    from fewshot_bench.baselines import full_ft
-    from fewshot_bench.baselines.full_ft import FullFTConfig, adamw
+    from fewshot_bench import training
+    from fewshot_bench.training import FullFTConfig, adamw
 
     def groups():
         return [{"params": [nn.Parameter(torch.zeros(3))], "lr": 0.1}]
 
-    monkeypatch.setattr(full_ft, "fused_adamw_devices", lambda: {"cpu", "cuda"})
+    monkeypatch.setattr(training, "fused_adamw_devices", lambda: {"cpu", "cuda"})
     assert adamw(groups(), FullFTConfig()).defaults["fused"] is True
     assert not adamw(groups(), FullFTConfig(fused_optimizer=False)).defaults["fused"]
-    monkeypatch.setattr(full_ft, "fused_adamw_devices", lambda: {"cuda"})  # e.g. torch < 2.4 on a CPU
+    monkeypatch.setattr(training, "fused_adamw_devices", lambda: {"cuda"})  # e.g. torch < 2.4 on a CPU
     optimizer = adamw(groups(), FullFTConfig())
     assert not optimizer.defaults["fused"]
     optimizer.param_groups[0]["params"][0].grad = torch.ones(3)
@@ -184,7 +184,7 @@ def test_spec_and_config_errors():
 
 def test_lora_target_modules_per_architecture(tiny_backbone, demo_episode):
     from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.baselines.lora import apply_lora, lora_target_modules
+    from fewshot_bench.adapters import apply_lora, lora_target_modules
 
     decoder = load_backbone("tiny-decoder", device="cpu")
     assert lora_target_modules(tiny_backbone.pristine) == ["query", "value"]

@@ -1,0 +1,122 @@
+"""Training pieces shared by SGG and the baselines: the support-set training loop, its AdamW, the
+source-pool gradient g_src, and per-class example selection.
+
+``train_on_support`` is the whole loop of ``full_ft`` (backbone) and ``lora`` (adapters). When the setting
+has a source task it also measures ``source_alignment`` (cos(g_t, g_src) over the trained backbone
+parameters) without letting g_src change the update.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import option
+from .methods import EpisodeContext, MethodConfig, Predictor
+from .seeding import derived_seed
+
+
+@dataclass
+class SupportTrainingConfig(MethodConfig):
+    steps: int = option(10, help="optimisation steps on the support set (batch = whole support set)")
+    head_lr: float = option(1e-2, help="AdamW learning rate of the linear head")
+    weight_decay: float = option(0.01, help="AdamW weight decay")
+    source_every: int = option(2, help="with a source task: compute g_src (source-pool gradient) every this many "
+                                       "steps (0: never; full_ft/lora only measure it, SGG also uses it)")
+    source_shots: int = option(2, help="source examples per class in the g_src batch (0 = the whole source support)")
+    fused_optimizer: bool = option(True, help="AdamW with PyTorch's fused kernel on CPU/CUDA (one pass per tensor, several "
+                                              "times faster on CPU; same update rule, last-bit rounding may differ); "
+                                              "false: torch's default implementation")
+
+
+@dataclass
+class FullFTConfig(SupportTrainingConfig):
+    lr: float = option(5e-5, help="AdamW learning rate of the backbone")
+
+
+def fused_adamw_devices() -> set:
+    """Device types this torch build has a fused AdamW kernel for (CPU only from torch 2.4 on), as torch checks it."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper: CUDA is the one device every fused-capable release supports
+        return {"cuda"}
+    return set(_get_fused_kernels_supported_devices())
+
+
+def adamw(groups: Sequence[dict], cfg: SupportTrainingConfig) -> torch.optim.AdamW:
+    """AdamW over parameter ``groups`` (with their lrs), fused where ``cfg`` asks for it and this torch build has
+    the kernel for the parameters (else torch's default implementation)."""
+    params = [p for group in groups for p in group["params"]]
+    devices = fused_adamw_devices() if cfg.fused_optimizer else set()
+    fused = all(p.is_floating_point() and p.device.type in devices for p in params)
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def train_on_support(ctx: EpisodeContext, model: nn.Module, head: nn.Module, trained: Sequence[torch.Tensor],
+                     lr: float, cfg: SupportTrainingConfig) -> Predictor:
+    """AdamW on ``trained`` (lr) and the head (head_lr) for ``cfg.steps`` full-support steps, recording each."""
+    trained, head_params = list(trained), list(head.parameters())
+    params = trained + head_params
+    optimizer = adamw([{"params": trained, "lr": lr}, {"params": head_params, "lr": cfg.head_lr}], cfg)
+    measure_source = ctx.has_source and cfg.source_every > 0
+    src = None
+    for t in range(cfg.steps):
+        optimizer.zero_grad(set_to_none=True)
+        if measure_source and t % cfg.source_every == 0:
+            src = source_gradient(ctx, model, trained, t, shots=cfg.source_shots)
+        loss = F.cross_entropy(head(ctx.embed(model, ctx.support)), ctx.support.labels)
+        loss.backward()
+        ctx.recorder.record(loss, params, source_grads=src)
+        optimizer.step()
+    model.eval()
+    head.eval()
+    return Predictor(lambda batch: head(ctx.embed(model, batch)), sum(p.numel() for p in params))
+
+
+def source_gradient(ctx: EpisodeContext, model: nn.Module, params: Sequence[torch.Tensor], step: int, *,
+                    shots: int = 2) -> List[torch.Tensor]:
+    """g_src: gradient w.r.t. ``params`` of the prototype loss on a source-pool support batch.
+
+    The batch is the support set of source episode ``derived(seed) + step`` cut to ``shots`` examples
+    per class (0: all), so every method of one episode sees the same source batches. It runs under a
+    forked, seeded RNG: the caller's trajectory (dropout masks) does not change. Parameters the
+    source loss does not reach get zeros.
+    """
+    index = derived_seed(ctx.seed, "source") % 1_000_000 * 1000 + step
+    episode = ctx.source_episode(index)
+    batch = ctx.batch(episode, "support")
+    if shots > 0:
+        batch = batch.subset(torch.tensor(first_per_class(episode.support_labels, shots),
+                                          device=batch.input_ids.device))
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derived_seed(ctx.seed, "source", step))
+        loss = prototype_loss(ctx.embed(model, batch), batch.labels)
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+
+
+def prototype_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of −‖e − p_c‖² logits, p_c the (detached) class means of the batch: a parameter-free head."""
+    emb = embeddings.float()
+    classes = torch.unique(labels)
+    protos = torch.stack([emb[labels == c].mean(0) for c in classes]).detach()
+    return F.cross_entropy(-torch.cdist(emb, protos).pow(2), torch.searchsorted(classes, labels))
+
+
+def positions_per_class(labels: Sequence[int], keep: Callable[[int], bool]) -> List[int]:
+    """Positions i of ``labels`` whose rank j among the earlier examples of the same class satisfies ``keep(j)``."""
+    positions, seen = [], {}
+    for i, label in enumerate(labels):
+        if keep(seen.get(label, 0)):
+            positions.append(i)
+        seen[label] = seen.get(label, 0) + 1
+    return positions
+
+
+def first_per_class(labels: Sequence[int], limit: int) -> List[int]:
+    """Positions of the first ``limit`` examples of each class in ``labels``."""
+    return positions_per_class(labels, lambda rank: rank < limit)
