@@ -16,10 +16,9 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence
+from typing import Callable, ClassVar, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone, Batch

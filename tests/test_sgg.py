@@ -1,4 +1,4 @@
-"""Structured Gradient Guidance (fewshot_bench/sgg.py): tiny backbone, demo task, CPU, a few seconds."""
+"""Structured Gradient Guidance (fewshot_bench/sgg/): tiny backbone, demo task, CPU, a few seconds."""
 import math
 
 import pytest
@@ -9,10 +9,22 @@ from torch import nn
 from fewshot_bench.baselines.full_ft import FullFineTuning
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, method_from_spec, run_episode
-from fewshot_bench.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, _cos, _dot, _norm,
-                               exact_guided_gradient, first_order_guided_gradient, regularisers, unflatten)
+from fewshot_bench.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, exact_guided_gradient,
+                               first_order_guided_gradient, flatten, regularisers, unflatten)
 
 SEED = 3
+
+
+def _dot(a, b):
+    return torch.dot(flatten(a), flatten(b))
+
+
+def _norm(a):
+    return torch.linalg.vector_norm(flatten(a))
+
+
+def _cos(a, b):
+    return F.cosine_similarity(flatten(a), flatten(b), dim=0)
 
 
 def _adapt(method, backbone, episode, source=None, seed=SEED):
