@@ -17,7 +17,6 @@ import copy
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -64,18 +63,12 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def split_methods(text: str) -> list:
-    """``"full_ft,sgg(mode=exact,steps=5)"`` -> ``["full_ft", "sgg(mode=exact,steps=5)"]``."""
-    return [m.strip() for m in re.findall(r"[^,(]+(?:\([^)]*\))?", text) if m.strip()]
-
-
 def build_method(entry: str, steps: int):
-    """The method of a ``--methods`` entry: ``name`` or ``name(field=value,...)``; ``steps`` applies when the
-    config has that field and the entry does not set it."""
-    from fewshot_bench.methods import method_from_spec
+    """The method of a ``--methods`` entry (a method spec: ``name`` or ``name(field=value,...)``); ``steps``
+    applies when the config has that field and the entry does not set it."""
+    from fewshot_bench.spec import method_from_spec, parse_spec
 
-    spec, _, rest = entry.partition("(")
-    overrides = dict(item.split("=", 1) for item in rest.rstrip(")").split(",") if item) if rest else {}
+    spec, overrides = parse_spec(entry)
     if hasattr(method_from_spec(spec).config, "steps"):
         overrides.setdefault("steps", steps)
     return method_from_spec(spec, overrides), overrides
@@ -135,14 +128,14 @@ def bench_method(spec: str, args) -> dict:
     """One framework method through run_episode: warm-up episode, measured episodes, warm-cache pass."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.methods import MetaContext, run_episode
-    from fewshot_bench.runner import _source_available
+    from fewshot_bench.harness import run_episode
+    from fewshot_bench.methods import MetaContext
 
     method, overrides = build_method(spec, args.steps)
     backbone = load_backbone(args.backbone, device=device, attn_implementation=method.attn_implementation)
     device = backbone.device
     loaded_mb = _memory_mb(torch, device)
-    source = (lambda i: setting.source_episode(args.seed, i)) if _source_available(setting) else None
+    source = setting.source_episodes(args.seed)
     meta_seconds = None
     if method.protocol == "meta-trained":
         start = time.perf_counter()
@@ -154,8 +147,7 @@ def bench_method(spec: str, args) -> dict:
         return run_episode(method, episodes[i], backbone, seed=seeds[i], source_episodes=source)
 
     warm_up = episode(0)
-    backbone._token_cache.clear()       # measured episodes start like a fresh run: cold caches
-    backbone._embedding_cache.clear()
+    backbone.clear_caches()  # measured episodes start like a fresh run: cold caches
     records = [episode(i) for i in range(1, len(episodes))]
     peak_mb = max(r["peak_mem_mb"] for r in records + [warm_up])
     trains = any(r.get("steps") for r in records)
@@ -264,8 +256,7 @@ def bench_paired(spec: str, args) -> dict:
     alike: the paired time ratio."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.methods import run_episode
-    from fewshot_bench.runner import _source_available
+    from fewshot_bench.harness import run_episode
 
     backbones = {}
 
@@ -284,7 +275,7 @@ def bench_paired(spec: str, args) -> dict:
         def reference(i):
             return plain_episode(torch, pretrained, tokenizer, episodes[i], seeds[i], args.steps, plain_device)[0]
     else:
-        source = (lambda i: setting.source_episode(args.seed, i)) if _source_available(setting) else None
+        source = setting.source_episodes(args.seed)
         framework = runner_of(build_method(spec, args.steps)[0], source)
         reference = runner_of(build_method(args.paired_against, args.steps)[0], source)
 
@@ -345,7 +336,9 @@ def main(argv=None) -> int:
     if args.worker:
         print(RESULT_PREFIX + json.dumps(run_worker(args.worker, args)), flush=True)
         return 0
-    names = split_methods(args.methods) + ([] if args.no_plain else [PLAIN])
+    from fewshot_bench.spec import split_specs
+
+    names = split_specs(args.methods) + ([] if args.no_plain else [PLAIN])
     results = []
     for name in names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -354,7 +347,7 @@ def main(argv=None) -> int:
         results.append(result)
     paired = []
     if args.paired_against != PLAIN or not args.no_plain:
-        for name in split_methods(args.paired):
+        for name in split_specs(args.paired):
             print(f"[bench] paired {name} / {args.paired_against} ...", file=sys.stderr, flush=True)
             pair = run_worker(f"paired:{name}", args) if args.in_process else _in_subprocess(f"paired:{name}", argv)
             print(f"[bench] paired {name}: ratio {pair.get('ratio')}", file=sys.stderr, flush=True)

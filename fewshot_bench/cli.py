@@ -115,11 +115,9 @@ def cmd_list(args) -> int:
     from .registry import BACKBONES, METHODS, TASKS
 
     if args.what == "methods":
-        from . import methods  # noqa: F401  (registers the built-in methods)
         print("\n".join(METHODS.names()))
         return 0
     if args.what == "backbones":
-        from . import backbone  # noqa: F401
         print("\n".join(BACKBONES.names()))
         return 0
     from .data import data_dir, get_task_data

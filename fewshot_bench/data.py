@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .errors import UserError
+from .hashing import hash_seed
 from .task import BUILTIN_TASKS_DIR, POOLS, TaskConfig, get_task_config
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,7 @@ def load_task_data(name: str, fold: int, data_root: str) -> TaskData:
 
 
 def _seeded_split(items: list, fractions: Dict[str, float], key: str) -> Dict[str, list]:
-    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-    order = np.random.default_rng(seed).permutation(len(items))
+    order = np.random.default_rng(hash_seed(key, 8)).permutation(len(items))
     out, start = {}, 0
     cumulative = 0.0
     for pool in POOLS:

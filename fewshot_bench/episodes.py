@@ -4,12 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .data import TaskData, get_task_data
 from .errors import UserError
+from .hashing import hash_seed
 
 Shot = Union[int, Sequence[int]]
 
@@ -40,8 +41,7 @@ class Episode:
 
 
 def _rng(*key) -> np.random.Generator:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+    return np.random.default_rng(hash_seed(json.dumps(key, sort_keys=True), 16))
 
 
 def fingerprint(classes, support_ids, support_labels, query_ids, query_labels) -> str:
@@ -146,6 +146,17 @@ class Setting:
         fold = self.fold if source == self.task else 1
         return sample_episode(get_task_data(source, fold), pool=pool, n_way=self.n_way, k_shot=self.k_shot,
                               q_query=self.q_query, seed=seed, index=index)
+
+    @property
+    def has_source_pool(self) -> bool:
+        """Whether the source pool (of ``source_task``, default the task itself) holds any example."""
+        source = self.source_task or self.task
+        data = get_task_data(source, self.fold if source == self.task else 1)
+        return len(data.pools["source"].rows) > 0
+
+    def source_episodes(self, seed: int) -> Optional[Callable[[int], Episode]]:
+        """index -> source-pool episode, or None when the setting has no source pool."""
+        return (lambda index: self.source_episode(seed, index)) if self.has_source_pool else None
 
 
 def episode_set_sha256(fingerprints: List[str]) -> str:

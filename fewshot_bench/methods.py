@@ -1,4 +1,5 @@
-"""The method (adapter) interface every method runs through, and the per-episode harness.
+"""The public method (adapter) API: :class:`Method`, :class:`MethodConfig`, :class:`Predictor` and the
+contexts a method is given (:class:`EpisodeContext` while adapting, :class:`MetaContext` while meta-training).
 
 A method subclasses :class:`Method`, sets ``config_class`` (a dataclass with defaults and help text)
 and implements ``adapt(ctx) -> Predictor``. Methods that learn from source-pool episodes also implement
@@ -9,14 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
-import resource
-import sys
-import time
-import traceback
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -24,8 +19,8 @@ from torch import nn
 from .backbone import Backbone, Batch
 from .episodes import Episode
 from .errors import UserError
-from .metrics import GradientRecorder, query_scores
-from .registry import METHODS, import_object, register_method
+from .hashing import config_hash
+from .metrics import GradientRecorder
 
 
 @dataclass
@@ -61,8 +56,8 @@ class Method:
         return dataclasses.asdict(self.config)
 
     def config_hash(self) -> str:
-        payload = json.dumps({"method": self.name, "config": self.config_dict()}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """Hash of the method name and its config (what distinguishes two configurations of a method)."""
+        return config_hash({"method": self.name, "config": self.config_dict()})
 
 
 class _Shared:
@@ -127,94 +122,3 @@ class MetaContext(_Shared):
         super().__init__(backbone, seed, autocast_dtype)
         self.source_episode = source_episodes
         self.cache_dir = cache_dir
-
-
-def method_from_spec(spec: str, overrides: Optional[Dict[str, object]] = None) -> Method:
-    """A method instance from a registered name or ``path/to/file.py:Class``, with config overrides."""
-    cls = import_object(spec) if ":" in spec else METHODS.get(spec)
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise UserError(f"method '{spec}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
-    if not cls.name:
-        cls.name = spec.rpartition(":")[2] if ":" in spec else spec
-    config = cls.config_class()
-    for key, value in (overrides or {}).items():
-        if not hasattr(config, key):
-            fields = [f.name for f in dataclasses.fields(config)]
-            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(fields)})")
-        setattr(config, key, _coerce(getattr(config, key), value, f"method '{cls.name}' config field '{key}'"))
-    return cls(config)
-
-
-def _coerce(current, value, where: str):
-    """``value`` (often a command-line string) converted to the type of the field's current value."""
-    if current is None or isinstance(current, (list, dict)):
-        return value
-    if isinstance(current, bool) and isinstance(value, str):  # bool("false") is True
-        lowered = value.strip().lower()
-        if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise UserError(f"{where}: '{value}' is not a boolean; use true or false")
-        return lowered in ("true", "1", "yes")
-    try:
-        return type(current)(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: '{value}' is not a valid {type(current).__name__}") from None
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
-
-
-def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast_dtype=None,
-                source_episodes: Optional[Callable[[int], Episode]] = None) -> dict:
-    """Adapt ``method`` on the support set, predict the query set, return the per-episode record.
-
-    A method that raises or yields non-finite logits gets status 'failed' / 'diverged' with the error text;
-    the run goes on.
-    """
-    torch.manual_seed(seed)
-    if backbone.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(backbone.device)
-    start = time.perf_counter()
-    ctx = EpisodeContext(backbone, episode, seed, autocast_dtype=autocast_dtype, source_episodes=source_episodes)
-    record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None}
-    try:
-        predictor = method.adapt(ctx)
-        record["trainable_params"] = int(predictor.trainable_params)
-        with torch.no_grad():
-            logits = predictor.predict(ctx.batch(episode, "query")).float()
-        if logits.shape != (len(episode.query_labels), episode.n_way):
-            raise RuntimeError(f"predictor returned logits of shape {tuple(logits.shape)}, "
-                               f"expected ({len(episode.query_labels)}, {episode.n_way})")
-        if not torch.isfinite(logits).all():
-            record.update(status="diverged", error="non-finite logits on the query set")
-        else:
-            predictions = logits.argmax(-1).tolist()
-            record["predictions"] = predictions
-            record.update(query_scores(episode.query_labels, predictions))
-    except Exception as exc:  # one bad episode must not end the run
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
-    stability = ctx.recorder.summary()
-    if stability.pop("diverged") and record["status"] == "ok":
-        record.update(status="diverged", error="non-finite loss or gradient during adaptation")
-    record.update(stability)
-    record["wall_seconds"] = time.perf_counter() - start
-    record["peak_mem_mb"] = peak_memory_mb(backbone.device)
-    return record
-
-
-for _name, _target in {
-    "full_ft": "fewshot_bench.baselines.full_ft:FullFineTuning",
-    "lora": "fewshot_bench.baselines.lora:LoRA",
-    "protonet": "fewshot_bench.baselines.protonet:PrototypicalNetwork",
-    "linear_probe": "fewshot_bench.baselines.linear_probe:LinearProbe",
-    "maml": "fewshot_bench.baselines.maml:MAML",
-    "fomaml": "fewshot_bench.baselines.maml:FOMAML",
-    "sgg": "fewshot_bench.sgg:SGG",
-    "sgg-no-dir": "fewshot_bench.sgg:SGGNoDir",
-    "sgg-no-mag": "fewshot_bench.sgg:SGGNoMag",
-    "sgg-no-align": "fewshot_bench.sgg:SGGNoAlign",
-}.items():
-    register_method(_name, _target, overwrite=True)

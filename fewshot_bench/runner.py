@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -19,11 +18,13 @@ from typing import Dict, List, Optional
 import yaml
 
 from .config import from_mapping, option
-from .data import data_dir, get_task_data
+from .data import data_dir
 from .episodes import Setting, parse_shot
 from .errors import UserError
+from .hashing import hash_seed
 from .progress import Progress
 from .registry import METHODS
+from .spec import method_label, parse_method_config
 from .task import BUILTIN_TASKS_DIR, get_task_config
 
 log = logging.getLogger(__name__)
@@ -130,32 +131,9 @@ def _settings(config: RunConfig) -> List[Setting]:
     return settings
 
 
-def _method_overrides(config: RunConfig) -> Dict[str, Dict[str, str]]:
-    overrides: Dict[str, Dict[str, str]] = {}
-    for item in config.method_config:
-        key, sep, value = item.partition("=")
-        method, dot, field = key.partition(".")
-        if not (sep and dot and method and field):
-            raise UserError(f"--method-config '{item}' must look like METHOD.FIELD=VALUE, e.g. full_ft.steps=5")
-        overrides.setdefault(method, {})[field] = value
-    return overrides
-
-
-def method_label(name: str, overrides: Dict[str, str]) -> str:
-    """Leaderboard name: the method, plus its non-default settings so different configs never share a row."""
-    return name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + ")" if overrides else "")
-
-
-def _source_available(setting: Setting) -> bool:
-    source = setting.source_task or setting.task
-    data = get_task_data(source, setting.fold if source == setting.task else 1)
-    return len(data.pools["source"].rows) > 0
-
-
 def episode_seed(seed: int, setting: Setting, index: int) -> int:
     """Training seed of one episode: the same for every method, so head inits match."""
-    digest = hashlib.sha256(json.dumps([seed, setting.label, index]).encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    return hash_seed(json.dumps([seed, setting.label, index]))
 
 
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
@@ -166,7 +144,9 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node jobs); after
     ``barrier()`` every rank loads them instead of training again.
     """
-    from . import methods as methods_module
+    from .harness import run_episode
+    from .methods import MetaContext
+    from .spec import method_from_spec
     from .backbone import load_backbone, resolve_device
     from .distributed import existing_shards
     from .store import ResultsStore, config_hash
@@ -178,12 +158,12 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         torch.backends.cudnn.allow_tf32 = True
     autocast = torch.bfloat16 if (config.bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()) else None
     names = METHODS.names() if config.methods == "all" or config.methods == ["all"] else _split(config.methods)
-    overrides = _method_overrides(config)
+    overrides = parse_method_config(config.method_config)
     unknown = set(overrides) - set(names)
     if unknown:
         raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this run ({', '.join(names)})")
     for name in names:  # fail fast on bad methods and settings, before anything is written
-        methods_module.method_from_spec(name, overrides.get(name))
+        method_from_spec(name, overrides.get(name))
     settings = _settings(config)
     for setting in settings:
         setting.target_episode(config.seed, 0)
@@ -202,7 +182,7 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         """The method of (setting, name), created once: label, run hash and the episodes already stored."""
         method = method_instances.get((setting, name))
         if method is None:
-            method = methods_module.method_from_spec(name, overrides.get(name))
+            method = method_from_spec(name, overrides.get(name))
             method.label = method_label(method.name, overrides.get(name, {}))
             method.run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
                                            "backbone": config.backbone, "source_task": setting.source_task})
@@ -217,15 +197,14 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         key = (method.attn_implementation, config.backbone)
         if key not in backbones:
             backbones[key] = load_backbone(config.backbone, device=device, attn_implementation=method.attn_implementation)
-        source_episodes = ((lambda i, s=setting: s.source_episode(config.seed, i))
-                           if _source_available(setting) else None)
+        source_episodes = setting.source_episodes(config.seed)
         if method.protocol == "meta-trained" and not getattr(method, "meta_trained", False):
             if source_episodes is None:
                 raise UserError(f"method '{name}' meta-trains on a source pool, but {setting.label} has none; "
                                 f"pass --source-task")
             log.info("meta-training %s for %s", method.label, setting.label)
             started = time.perf_counter()
-            method.meta_train(methods_module.MetaContext(backbones[key], config.seed, source_episodes,
+            method.meta_train(MetaContext(backbones[key], config.seed, source_episodes,
                                                          autocast_dtype=autocast))
             # a method that loaded cached weights reports the wall time of the training that produced them
             method.meta_train_seconds = getattr(method, "meta_train_seconds", None) or time.perf_counter() - started
@@ -249,7 +228,7 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         bar.set_current(f"{method.label} | {setting.label}")
         episode = setting.target_episode(config.seed, index)
         cache_before = backbone.embedding_cache_seconds
-        record = methods_module.run_episode(method, episode, backbone, seed=episode_seed(config.seed, setting, index),
+        record = run_episode(method, episode, backbone, seed=episode_seed(config.seed, setting, index),
                                             autocast_dtype=autocast, source_episodes=source_episodes)
         record.pop("diverged", None)
         # one-off cost: embedding texts the run's frozen-embedding cache did not hold yet, kept out of wall_seconds

@@ -7,7 +7,6 @@ complete rows, and re-running or merging shards never duplicates an episode.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import sqlite3
@@ -22,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Set
 import numpy as np
 
 from .errors import UserError
+from .hashing import config_hash
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
                "started_at", "ended_at")
@@ -58,12 +58,6 @@ _SCHEMA = (
 def now() -> str:
     """Current time, ISO 8601 UTC."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces) of a run config."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def package_version() -> Optional[str]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import option
 from .methods import EpisodeContext, MethodConfig, Predictor
-from .seeding import derived_seed
+from .hashing import derived_seed
 
 
 @dataclass

@@ -13,7 +13,9 @@ from fewshot_bench.backbone import load_backbone
 from fewshot_bench.data import get_task_data
 from fewshot_bench.episodes import Episode, fingerprint, sample_episode
 from fewshot_bench.errors import UserError
-from fewshot_bench.methods import EpisodeContext, MetaContext, method_from_spec, run_episode
+from fewshot_bench.harness import run_episode
+from fewshot_bench.methods import EpisodeContext, MetaContext
+from fewshot_bench.spec import method_from_spec
 from fewshot_bench.baselines.maml import (FOMAML, HEAD_B, HEAD_W, MAML, MAMLConfig, adapted_names)
 
 MAML_SPEC = "fewshot_bench.baselines.maml:MAML"

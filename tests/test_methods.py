@@ -11,7 +11,9 @@ from torch import nn
 from fewshot_bench.data import get_task_data
 from fewshot_bench.episodes import sample_episode
 from fewshot_bench.errors import UserError
-from fewshot_bench.methods import EpisodeContext, Method, Predictor, method_from_spec, run_episode
+from fewshot_bench.harness import run_episode
+from fewshot_bench.methods import EpisodeContext, Method, Predictor
+from fewshot_bench.spec import method_from_spec
 
 BASELINES = ["full_ft", "lora", "protonet", "linear_probe"]
 TIMING = ("wall_seconds", "peak_mem_mb")

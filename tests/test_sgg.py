@@ -8,7 +8,9 @@ from torch import nn
 
 from fewshot_bench.baselines.full_ft import FullFineTuning
 from fewshot_bench.errors import UserError
-from fewshot_bench.methods import EpisodeContext, method_from_spec, run_episode
+from fewshot_bench.harness import run_episode
+from fewshot_bench.methods import EpisodeContext
+from fewshot_bench.spec import method_from_spec
 from fewshot_bench.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, exact_guided_gradient,
                                first_order_guided_gradient, flatten, regularisers, unflatten)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fewshot_bench.adapters import apply_lora
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
-from fewshot_bench.seeding import derived_seed
+from fewshot_bench.hashing import derived_seed
 from fewshot_bench.training import adamw, positions_per_class, source_gradient
 
 from .config import (ALIGN_SCHEDULES, MODES, PARAM_SETS, RECORD_GRADS, REF_INITS, TAU_RULES, SGGConfig,

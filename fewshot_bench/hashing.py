@@ -1,7 +1,15 @@
-"""Seeds derived from keys: one sha256-based derivation, stable across processes and platforms."""
+"""sha256-derived keys: the config hash of stored runs and seeds derived from keys (stable across processes
+and platforms)."""
 from __future__ import annotations
 
 import hashlib
+import json
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a run config."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def hash_seed(text: str, n_bytes: int = 4) -> int:

@@ -1,0 +1,34 @@
+"""The built-in methods and backbones, registered (as lazy import strings) when ``fewshot_bench`` is imported.
+
+The baselines are plugins of the core: they are named here only as import strings and loaded on first use.
+"""
+from __future__ import annotations
+
+from .registry import register_backbone, register_method
+
+BUILTIN_METHODS = {
+    "full_ft": "fewshot_bench.baselines.full_ft:FullFineTuning",
+    "lora": "fewshot_bench.baselines.lora:LoRA",
+    "protonet": "fewshot_bench.baselines.protonet:PrototypicalNetwork",
+    "linear_probe": "fewshot_bench.baselines.linear_probe:LinearProbe",
+    "maml": "fewshot_bench.baselines.maml:MAML",
+    "fomaml": "fewshot_bench.baselines.maml:FOMAML",
+    "sgg": "fewshot_bench.sgg:SGG",
+    "sgg-no-dir": "fewshot_bench.sgg:SGGNoDir",
+    "sgg-no-mag": "fewshot_bench.sgg:SGGNoMag",
+    "sgg-no-align": "fewshot_bench.sgg:SGGNoAlign",
+}
+
+BUILTIN_BACKBONES = {
+    "minilm": "fewshot_bench.backbone:minilm",
+    "tiny-encoder": "fewshot_bench.backbone:tiny_encoder",
+    "tiny-decoder": "fewshot_bench.backbone:tiny_decoder",
+}
+
+
+def register_builtins() -> None:
+    """Register every built-in method and backbone (idempotent)."""
+    for name, target in BUILTIN_METHODS.items():
+        register_method(name, target, overwrite=True)
+    for name, target in BUILTIN_BACKBONES.items():
+        register_backbone(name, target, overwrite=True)

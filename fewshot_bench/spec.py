@@ -1,0 +1,92 @@
+"""Method specs: the one syntax that names a method and its config overrides, for the CLI, bench and the
+leaderboard's method labels alike.
+
+A spec is ``NAME`` or ``NAME(field=value,...)``, NAME a registered method or ``path/to/file.py:Class``;
+``--methods full_ft,sgg(mode=exact,steps=5)`` lists several. ``--method-config METHOD.FIELD=VALUE`` is
+another spelling of the same overrides. A method's label on the leaderboard is its spec with the overrides
+in sorted order, so different configurations never share a row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from .errors import UserError
+from .methods import Method
+from .registry import METHODS, import_object
+
+Overrides = Dict[str, object]
+_SPEC = re.compile(r"^\s*([^()\s]+)\s*(?:\((.*)\))?\s*$")
+
+
+def split_specs(text: str) -> List[str]:
+    """``"full_ft,sgg(mode=exact,steps=5)"`` -> ``["full_ft", "sgg(mode=exact,steps=5)"]``."""
+    return [m.strip() for m in re.findall(r"[^,(]+(?:\([^)]*\))?", text) if m.strip()]
+
+
+def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
+    """``"NAME(field=value,...)"`` -> (NAME, {field: value}); a bare NAME has no overrides."""
+    match = _SPEC.match(spec)
+    if not match:
+        raise UserError(f"method '{spec}' must look like NAME or NAME(field=value,...), e.g. sgg(mode=exact)")
+    name, body = match.group(1), match.group(2)
+    overrides = {}
+    for item in (body or "").split(","):
+        if not item.strip():
+            continue
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise UserError(f"method '{spec}': '{item}' must look like field=value, e.g. sgg(mode=exact)")
+        overrides[field.strip()] = value.strip()
+    return name, overrides
+
+
+def parse_method_config(items: Iterable[str]) -> Dict[str, Dict[str, str]]:
+    """``["METHOD.FIELD=VALUE", ...]`` -> {METHOD: {FIELD: VALUE}} (the ``--method-config`` spelling)."""
+    overrides: Dict[str, Dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, field = key.partition(".")
+        if not (sep and dot and method and field):
+            raise UserError(f"--method-config '{item}' must look like METHOD.FIELD=VALUE, e.g. full_ft.steps=5")
+        overrides.setdefault(method, {})[field] = value
+    return overrides
+
+
+def method_label(name: str, overrides: Overrides) -> str:
+    """Leaderboard name: the spec of ``name`` with its non-default settings in sorted order."""
+    return name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + ")" if overrides else "")
+
+
+def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method:
+    """A method instance from a spec (registered name or ``path/to/file.py:Class``, optionally with
+    ``(field=value,...)``), with further config ``overrides`` on top."""
+    name, from_spec = parse_spec(spec) if "(" in spec else (spec, {})
+    cls = import_object(name) if ":" in name else METHODS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"method '{name}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
+    if not cls.name:
+        cls.name = name.rpartition(":")[2] if ":" in name else name
+    config = cls.config_class()
+    for key, value in {**from_spec, **(overrides or {})}.items():
+        if not hasattr(config, key):
+            fields = [f.name for f in dataclasses.fields(config)]
+            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(fields)})")
+        setattr(config, key, _coerce(getattr(config, key), value, f"method '{cls.name}' config field '{key}'"))
+    return cls(config)
+
+
+def _coerce(current, value, where: str):
+    """``value`` (often a command-line string) converted to the type of the field's current value."""
+    if current is None or isinstance(current, (list, dict)):
+        return value
+    if isinstance(current, bool) and isinstance(value, str):  # bool("false") is True
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise UserError(f"{where}: '{value}' is not a boolean; use true or false")
+        return lowered in ("true", "1", "yes")
+    try:
+        return type(current)(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: '{value}' is not a valid {type(current).__name__}") from None
