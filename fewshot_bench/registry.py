@@ -5,6 +5,7 @@ from an entry-point group. Unknown names get a "did you mean" error, duplicate n
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.metadata
@@ -29,7 +30,7 @@ def import_object(spec: str) -> Any:
         return getattr(module, attr)
     except AttributeError:
         names = [n for n in vars(module) if not n.startswith("_")]
-        raise UserError(f"'{module_name}' has no '{attr}'{_did_you_mean(attr, names)}") from None
+        raise UserError(f"'{module_name}' has no '{attr}'{did_you_mean(attr, names)}") from None
 
 
 def _import_file(path: str):
@@ -51,7 +52,8 @@ def _import_file(path: str):
     return module
 
 
-def _did_you_mean(name: str, choices) -> str:
+def did_you_mean(name: str, choices) -> str:
+    """"; did you mean 'x'?" for the close matches of ``name`` among ``choices`` ("" when none is close)."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
@@ -88,7 +90,7 @@ class Registry:
     def get(self, name: str) -> Any:
         self._load_entry_points()
         if name not in self._entries:
-            raise UserError(f"unknown {self.kind} '{name}'{_did_you_mean(name, self._entries)}"
+            raise UserError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}"
                             f" (known: {', '.join(sorted(self._entries)) or 'none'})")
         obj = self._entries[name]
         if isinstance(obj, str):
@@ -109,6 +111,17 @@ class Registry:
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator["Registry"]:
+        """Within the block, entries may be added or replaced; at its end (also on error) the registry is as before."""
+        before, entry_points_loaded = dict(self._entries), self._entry_points_loaded
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(before)
+            self._entry_points_loaded = entry_points_loaded
 
 
 TASKS = Registry("task", "fewshot_bench.tasks")

@@ -1,4 +1,6 @@
-"""Shared fixtures: the tiny random encoder (loaded once per session), the demo episode, offline hub."""
+"""Shared fixtures: offline hub, a temporary cache for the whole session, registries restored after each
+test, the tiny random encoder (loaded once per session), the demo episode."""
+import contextlib
 import os
 
 import pytest
@@ -8,9 +10,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def hf_hub_offline():
+def hermetic_environment(tmp_path_factory):
+    """Offline hub; $FEWSHOT_BENCH_CACHE in a temporary folder (this process and its subprocesses), so
+    no test reads or writes the user's cache."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path_factory.mktemp("fewshot_bench_cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def restored_registries():
+    """Tasks, methods and backbones registered by a test are removed when it ends, even when it fails."""
+    from fewshot_bench.registry import BACKBONES, METHODS, TASKS
+
+    with contextlib.ExitStack() as stack:
+        for registry in (TASKS, METHODS, BACKBONES):
+            stack.enter_context(registry.scoped())
         yield
 
 

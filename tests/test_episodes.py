@@ -11,7 +11,7 @@ from fewshot_bench.data import get_task_data, set_data_dir
 from fewshot_bench.episodes import Setting, sample_episode
 from fewshot_bench.errors import UserError
 
-from helpers import shared_data_dir
+from helpers import HERE, shared_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def data_dir():
 
 
 def _episode_json(args, env):
-    out = subprocess.run([sys.executable, "-m", "fewshot_bench", "episodes", *args], env=env,
+    out = subprocess.run([sys.executable, "-m", "fewshot_bench", "episodes", *args], env=env, cwd=HERE,
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 

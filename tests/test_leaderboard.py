@@ -6,30 +6,8 @@ import pytest
 from fewshot_bench.cli import main
 from fewshot_bench.leaderboard import COLUMNS, aggregate, bootstrap_ci, leaderboard_figure, overall, write_csv
 from fewshot_bench.store import ResultsStore
-from test_store import record
 
-SETTING = "demo/fold1/5way5shot15q"
-
-
-def build_store(path, episodes: int = 10) -> None:
-    """full_ft > protonet on one episode set (protonet: no gradients, one failed episode); lora on another seed;
-    maml meta-trained on the same set and anil meta-trained cross-dataset (source 'other') on it too; a
-    formula-named method with a negative gradient cosine."""
-    with ResultsStore(path) as store:
-        for i in range(episodes):
-            store.write_episode(record(method="full_ft", episode_index=i, accuracy=0.6 + 0.03 * i))
-            store.write_episode(record(
-                method="protonet", episode_index=i, accuracy=None if i == 0 else 0.5 + 0.01 * i,
-                status="failed" if i == 0 else "ok", grad_norm_cv=None, grad_dir_consistency=None,
-                path_efficiency=None, source_alignment=None, steps=0))
-            store.write_episode(record(method="lora", seed=1, episode_index=i, accuracy=0.9))
-            store.write_episode(record(method="maml", protocol="meta-trained", episode_index=i, accuracy=0.2))
-            store.write_episode(record(method="anil", protocol="meta-trained", setting="other->" + SETTING,
-                                       fingerprint=record(episode_index=i)["fingerprint"], episode_index=i,
-                                       accuracy=0.4))
-            store.write_episode(record(method='=HYPERLINK("http://evil")', episode_index=i, accuracy=0.1,
-                                       grad_dir_consistency=-0.25))
-            store.write_episode(record(method="-x", backbone="+bert", episode_index=i, accuracy=0.3))
+from helpers import build_store, record
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """Results store: round trip, concurrent writers, crash atomicity, shard merge."""
-import hashlib
 import multiprocessing
 import signal
 import sqlite3
@@ -14,21 +13,7 @@ from fewshot_bench.cli import main
 from fewshot_bench.errors import UserError
 from fewshot_bench.store import EPISODE_COLUMNS, ResultsStore, config_hash
 
-from helpers import committed_rows
-
-
-def record(**overrides) -> dict:
-    """A complete synthetic episode record; the fingerprint depends on task/setting/seed/index only."""
-    row = dict(run_id="run0", config_hash="cfg0", method="full_ft", protocol="target-only", backbone="minilm",
-               task="demo", setting="demo/fold1/5way5shot15q", n_way=5, k_shot=5, q_query=15, fold=1, seed=0,
-               episode_index=0, status="ok", error="", accuracy=0.8, macro_f1=0.75, final_loss=0.3,
-               grad_norm_cv=0.5, grad_dir_consistency=0.2, path_efficiency=0.6, source_alignment=0.1,
-               wall_seconds=1.5, peak_mem_mb=100.0, trainable_params=1000, steps=10, predictions=[0, 1, 2],
-               extra={"note": "x"}, embedding_cache_seconds=0.0, meta_train_seconds=12.5)
-    row.update(overrides)
-    row.setdefault("fingerprint", hashlib.sha256(
-        f"{row['task']}|{row['setting']}|{row['seed']}|{row['episode_index']}".encode()).hexdigest())
-    return row
+from helpers import committed_rows, record
 
 
 def test_round_trip_and_resume(tmp_path):
@@ -75,7 +60,7 @@ def test_concurrent_writers_never_duplicate(tmp_path):
 _KILLED_WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_store import record
+from helpers import record
 from fewshot_bench.store import ResultsStore
 store = ResultsStore({path!r})
 for i in range(10**7):

@@ -7,8 +7,8 @@ from fewshot_bench.cli import main
 from fewshot_bench.leaderboard import COLUMNS, aggregate, write_csv
 from fewshot_bench.store import ResultsStore
 from fewshot_bench.validate import validate_csv, validate_store
-from test_leaderboard import build_store
-from test_store import record
+
+from helpers import build_store, record
 
 
 @pytest.fixture
