@@ -31,11 +31,10 @@ Inner loop: ``inner_steps`` plain SGD steps with ``inner_lr`` on the whole suppo
 ``meta_batch`` source episodes per step, for ``meta_steps`` steps. The backbone runs in eval mode
 (no dropout) in both loops, so meta-gradients are deterministic.
 
-Meta-training runs once per (method config, backbone, source pool, seed): the meta-learned weights
-(and inner rates) are cached as safetensors in ``<cache>/maml/<key>.safetensors``, cache =
-``MetaContext.cache_dir``, else ``$FEWSHOT_BENCH_CACHE``, else ``~/.cache/fewshot_bench``; the key
-hashes the config, first-order flag, backbone name, seed, autocast dtype and the fingerprints of the
-first ``meta_batch`` source episodes. ``adapt`` starts from ``ctx.fresh_model()``, loads the
+Meta-training produces :meth:`MAML.state_dict` (the meta-learned weights and inner rates), which the
+runner caches on disk per run (:mod:`fewshot_bench.meta_cache`) and loads with :meth:`MAML.load_state_dict`.
+The functional inner loop is :mod:`baselines.maml_inner`; the architecture helpers (which parameters are
+in the top blocks, length buckets, the token-embedding matrix) are in :mod:`fewshot_bench.architecture`. ``adapt`` starts from ``ctx.fresh_model()``, loads the
 meta-learned weights (if any: without meta-training it is plain fine-tuning of the adapted
 parameters from the pretrained weights), runs the inner loop on the support set — recording every
 step — and predicts with the adapted backbone and head.
@@ -45,42 +44,28 @@ runner for eager attention; ``FOMAML`` keeps SDPA.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import logging
 import math
-import os
-import re
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vjp
+from torch.func import grad_and_value
 
+from fewshot_bench.architecture import adapted_names
 from fewshot_bench.backbone import Backbone, Batch
-from fewshot_bench.config import option
+from fewshot_bench.baselines.maml_inner import HEAD_B, HEAD_W, InnerLoop, Tensors, init_head
+from fewshot_bench.config import check_choices, option
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, MetaContext, Method, MethodConfig, Predictor
-from fewshot_bench.training import first_per_class
 from fewshot_bench.progress import Progress
+from fewshot_bench.training import first_per_class
 
-log = logging.getLogger(__name__)
 
 ADAPT_PARAMS = ("top-k", "all", "head")
 META_PARAMS = ("all", "adapted")
 HEAD_INITS = ("proto", "zero")
-HEAD_W, HEAD_B = "head.weight", "head.bias"
-CACHE_ENV = "FEWSHOT_BENCH_CACHE"
-CACHE_FORMAT = 1
 _LR_PREFIX = "inner_log_lr/"
-BUCKET_OVERHEAD = 32  # tokens: what one extra forward group costs on CPU, in padded-token units
-
-Tensors = Dict[str, torch.Tensor]
 
 
 @dataclass
@@ -95,251 +80,13 @@ class MAMLConfig(MethodConfig):
     top_k: int = option(1, help="transformer blocks adapted with adapt_params=top-k (the last ones)")
     meta_params: str = option("all", help="parameters the outer loop meta-learns: all (backbone) or adapted")
     head_init: str = option("proto", help="episode head: proto (W=2c_k, b=-|c_k|^2 from support prototypes) or zero")
-    meta_steps: int = option(25, help="outer-loop (Adam) steps of meta-training (25: about a minute per setting "
-                                      "for fomaml and 1.5 for maml on a 2-core CPU with MiniLM)")
+    meta_steps: int = option(25, help="outer-loop (Adam) steps of meta-training")
     meta_batch: int = option(2, help="source episodes per outer step")
     outer_lr: float = option(3e-5, help="outer-loop Adam learning rate")
     meta_query: int = option(5, help="query examples per class of each meta-training episode (0: the setting's "
                                      "q_query); 5 keeps a meta-step affordable on CPU")
 
 
-# --------------------------------------------------------------------------------------------- functional core
-class _Embedder(nn.Module):
-    """Wraps a backbone model so that ``functional_call`` returns pooled vectors [B, H]."""
-
-    def __init__(self, backbone: Backbone, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self._backbone = backbone
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self._backbone.embed(self.model, Batch(input_ids, attention_mask))
-        return out if out.dtype in (torch.float32, torch.float64) else out.float()
-
-
-def _head_loss(e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(e @ weight.T + bias, labels)
-
-
-def init_head(e: torch.Tensor, labels: torch.Tensor, n_way: int, kind: str = "proto") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Episode head from support embeddings ``e`` (differentiable): proto W_k = 2c_k, b_k = -|c_k|^2, or zeros."""
-    if kind == "zero":
-        return e.new_zeros(n_way, e.shape[1]), e.new_zeros(n_way)
-    onehot = F.one_hot(labels, n_way).to(e.dtype)  # [B, N]
-    protos = (onehot.T @ e) / onehot.sum(0).clamp_min(1.0).unsqueeze(1)
-    return 2.0 * protos, -(protos * protos).sum(1)
-
-
-def block_index(names: Sequence[str]) -> Tuple[Dict[str, int], int]:
-    """{param name: transformer block index} for names inside the numbered block list, and the block count.
-
-    The block list is the ``<prefix>.<i>.`` module list with the most distinct indices (``encoder.layer``
-    for BERT-likes, ``h`` for GPT-2, ``layers`` for Llama-likes).
-    """
-    found: Dict[str, set] = {}
-    for name in names:
-        m = re.match(r"^(.*?)\.(\d+)\.", name)
-        if m:
-            found.setdefault(m.group(1), set()).add(int(m.group(2)))
-    if not found:
-        return {}, 0
-    prefix = max(found, key=lambda p: len(found[p]))
-    where = {}
-    for name in names:
-        m = re.match(rf"^{re.escape(prefix)}\.(\d+)\.", name)
-        if m:
-            where[name] = int(m.group(1))
-    return where, max(found[prefix]) + 1
-
-
-def adapted_names(names: Sequence[str], adapt_params: str, top_k: int) -> List[str]:
-    """Backbone parameter names adapted in the inner loop (``names`` in registration order)."""
-    names = [n for n in names if n.split(".", 1)[0] != "pooler"]  # unused: pooling reads the last hidden state
-    if adapt_params == "all":
-        return list(names)
-    if adapt_params == "head" or top_k <= 0:
-        return []
-    where, count = block_index(names)
-    if count == 0:
-        raise UserError("maml: adapt_params=top-k found no numbered transformer blocks in this backbone; "
-                        "use adapt_params=all or head")
-    last_block = max(i for i, n in enumerate(names) if n in where)
-    return [n for i, n in enumerate(names) if where.get(n, -1) >= count - top_k or (n not in where and i > last_block)]
-
-
-def input_embedding_name(model: nn.Module) -> Optional[str]:
-    """Name of the token-embedding weight when it can be cut to used rows (nn.Embedding, padding_idx None or 0)."""
-    get = getattr(model, "get_input_embeddings", None)
-    emb = get() if callable(get) else None
-    if not isinstance(emb, nn.Embedding) or emb.padding_idx not in (None, 0) or emb.max_norm is not None:
-        return None
-    return next((n for n, p in model.named_parameters() if p is emb.weight), None)
-
-
-def length_buckets(batch: Batch, overhead: int = BUCKET_OVERHEAD) -> List[Tuple[List[int], int]]:
-    """Split rows into groups of similar length: [(row indices, group width)], minimising padded tokens.
-
-    Exact dynamic programme over rows sorted by length, cost = Σ rows·width + overhead per group (the
-    per-forward cost of a group, in tokens). Pooled vectors do not depend on padding (right-padded,
-    masked), so running the groups separately changes results only by float rounding — and saves most
-    of the matmul work on short texts padded to a long one (banking77: ~60% of the tokens are padding).
-    """
-    lengths = batch.attention_mask.sum(1).tolist()
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    n = len(order)
-    best = [0.0] + [math.inf] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        width = lengths[order[j - 1]]
-        for i in range(j):
-            cost = best[i] + (j - i) * width + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups = []
-    j = n
-    while j > 0:
-        i = cut[j]
-        groups.append((order[i:j], max(1, int(lengths[order[j - 1]]))))
-        j = i
-    return groups[::-1]
-
-
-class InnerLoop:
-    """The functional MAML inner loop and episode loss for one backbone model (the template).
-
-    ``params`` dicts map every backbone parameter name to a tensor; the template module's own
-    parameters are never read by the forward passes, only its structure.
-    """
-
-    def __init__(self, backbone: Backbone, model: nn.Module, adapt: Sequence[str], head_init: str = "proto",
-                 autocast: Optional[Callable] = None, bucket: Optional[bool] = None, sparse_rows: bool = True):
-        self.backbone = backbone
-        self.bucket = bucket  # None: length buckets on CPU only
-        self.embedder = _Embedder(backbone, model)
-        self.adapt = list(adapt)
-        self.head_init = head_init
-        self.autocast = autocast
-        self.emb_name = input_embedding_name(model) if sparse_rows else None
-
-    def used_rows(self, params: Tensors, *batches: Batch):
-        """(params with the token-embedding matrix cut to the rows the batches use, remapped batches, rows).
-
-        Exact: rows of tokens absent from the episode get no inner gradient and do not enter any forward,
-        so adapting / differentiating the [R, H] row block (one gather, one scatter in the outer backward)
-        equals doing it on the [V, H] matrix — without a dense V×H gradient at every forward. With
-        padding_idx 0 the pad row stays row 0 (the smallest id), so F.embedding still leaves it untrained.
-        """
-        if self.emb_name is None or self.emb_name not in params:
-            return params, batches, None
-        ids = [b.input_ids.reshape(-1) for b in batches]
-        rows = torch.unique(torch.cat(ids + [ids[0].new_zeros(1)]))  # sorted; includes the pad id 0
-        remapped = tuple(Batch(torch.searchsorted(rows, b.input_ids), b.attention_mask, b.labels) for b in batches)
-        return {**params, self.emb_name: params[self.emb_name][rows]}, remapped, rows
-
-    def lr_names(self) -> List[str]:
-        return self.adapt + [HEAD_W, HEAD_B]
-
-    def embed(self, params: Tensors, batch: Batch) -> torch.Tensor:
-        """Pooled vectors [B, H] of ``batch`` under ``params``; on CPU, rows run in length buckets."""
-        full = {"model." + n: t for n, t in params.items()}
-        with self.autocast() if self.autocast is not None else contextlib.nullcontext():
-            bucket = batch.input_ids.device.type == "cpu" if self.bucket is None else self.bucket
-            groups = length_buckets(batch) if bucket else None
-            if not groups or len(groups) == 1:
-                width = int(batch.attention_mask.sum(1).max()) if groups else batch.input_ids.shape[1]
-                return functional_call(self.embedder, full, (batch.input_ids[:, :width], batch.attention_mask[:, :width]))
-            outs, order = [], []
-            for rows, width in groups:
-                index = torch.tensor(rows, device=batch.input_ids.device)
-                outs.append(functional_call(self.embedder, full, (batch.input_ids[index, :width],
-                                                                  batch.attention_mask[index, :width])))
-                order += rows
-            inverse = torch.empty(len(order), dtype=torch.long, device=batch.input_ids.device)
-            inverse[torch.tensor(order, device=inverse.device)] = torch.arange(len(order), device=inverse.device)
-            return torch.cat(outs)[inverse]
-
-    def step(self, params: Tensors, head: Optional[Tuple[torch.Tensor, torch.Tensor]], support: Batch, n_way: int,
-             cached: Optional[torch.Tensor] = None):
-        """One inner-step gradient: (loss, {name: grad}, (gW, gb), head, embeddings).
-
-        The gradients are partial derivatives of the support loss w.r.t. the adapted tensors and the head
-        (head held fixed for the backbone part). ``head`` None: initialise it from this step's embeddings.
-        ``cached``: the support embeddings when nothing in the backbone adapts (they do not change).
-        """
-        fast = {n: params[n] for n in self.adapt}
-        pull = None
-        if cached is not None:
-            e = cached
-        elif fast:
-            e, pull = vjp(lambda f: self.embed({**params, **f}, support), fast)
-        else:
-            e = self.embed(params, support)
-        if head is None:
-            head = init_head(e, support.labels, n_way, self.head_init)
-        (g_e, g_w, g_b), loss = grad_and_value(_head_loss, argnums=(0, 1, 2))(e, head[0], head[1], support.labels)
-        grads = pull(g_e)[0] if pull is not None else {}
-        return loss, grads, (g_w, g_b), head, e
-
-    def episode_loss(self, params: Tensors, lrs: Dict[str, torch.Tensor], support: Batch, query: Batch, n_way: int,
-                     steps: int, first_order: bool) -> torch.Tensor:
-        """Query loss after ``steps`` inner SGD steps from ``params`` (differentiable w.r.t. params and lrs).
-
-        first_order: inner gradients are constants (detached); forward passes after step 0 run on detached
-        copies (they only feed those constants), so the outer graph holds step 0 (the head init) and the query.
-        """
-        params, (support, query), _ = self.used_rows(dict(params), support, query)
-        head = None
-        cached = None
-        for t in range(steps):
-            plain = first_order and t > 0
-            if plain:
-                use_params = {n: v.detach() for n, v in params.items()}
-                use_head = (head[0].detach(), head[1].detach())
-                use_cached = None if cached is None else cached.detach()
-            else:
-                use_params, use_head, use_cached = params, head, cached
-            _, grads, (g_w, g_b), new_head, e = self.step(use_params, use_head, support, n_way, use_cached)
-            if head is None:
-                head = new_head
-            if not self.adapt:
-                cached = e if cached is None else cached
-            if first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
-                g_w, g_b = g_w.detach(), g_b.detach()
-            for n in self.adapt:
-                params[n] = params[n] - lrs[n] * grads[n]
-            head = (head[0] - lrs[HEAD_W] * g_w, head[1] - lrs[HEAD_B] * g_b)
-        if head is None:
-            head = init_head(self.embed(params, support), support.labels, n_way, self.head_init)
-        return _head_loss(self.embed(params, query), head[0], head[1], query.labels)
-
-
-# --------------------------------------------------------------------------------------------- cache helpers
-def cache_root(cache_dir: Optional[str] = None) -> Path:
-    root = cache_dir or os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "fewshot_bench")
-    return Path(root)
-
-
-def _save(path: Path, tensors: Tensors, metadata: Dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
-
-
-def _load(path: Path) -> Tuple[Tensors, Dict[str, str]]:
-    """The tensors of a cache file and its string metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return load_file(str(path)), metadata
-
-
-# --------------------------------------------------------------------------------------------- the methods
 class MAML(Method):
     """Second-order MAML (Proto-MAML head by default); see the module docstring."""
 
@@ -351,19 +98,16 @@ class MAML(Method):
 
     def __init__(self, config=None):
         super().__init__(config)
+        self._state: Optional[Tensors] = None         # what meta-training produced (state_dict)
         self.meta_state: Optional[Tensors] = None     # meta-learned backbone tensors (name -> tensor, on CPU)
         self.inner_lrs: Optional[Dict[str, float]] = None  # learned inner rates (learn_inner_lr)
-        self.cache_path: Optional[Path] = None
         self.meta_losses: List[float] = []
 
     # ------------------------------------------------------------------ config
     def _check(self) -> None:
         cfg = self.config
-        for field, value, allowed in (("adapt_params", cfg.adapt_params, ADAPT_PARAMS),
-                                      ("meta_params", cfg.meta_params, META_PARAMS),
-                                      ("head_init", cfg.head_init, HEAD_INITS)):
-            if value not in allowed:
-                raise UserError(f"{self.name or 'maml'}: {field} must be one of {', '.join(allowed)}, got {value!r}")
+        check_choices(self.name or "maml", cfg, {"adapt_params": ADAPT_PARAMS, "meta_params": META_PARAMS,
+                                                 "head_init": HEAD_INITS})
         if cfg.inner_steps < 0 or cfg.meta_steps < 0 or cfg.meta_batch < 1 or cfg.top_k < 0:
             raise UserError(f"{self.name or 'maml'}: need inner_steps >= 0, meta_steps >= 0, meta_batch >= 1, top_k >= 0")
 
@@ -408,33 +152,11 @@ class MAML(Method):
         return loss.detach(), grads, lr_grads
 
     # ------------------------------------------------------------------ meta-training
-    def cache_key(self, ctx: MetaContext, first_episodes) -> Tuple[str, dict]:
-        payload = {"format": CACHE_FORMAT, "method": "fomaml" if self.first_order else "maml",
-                   "config": self.config_dict(), "backbone": ctx.backbone.name, "seed": ctx.seed,
-                   "autocast": str(ctx.autocast_dtype), "source": [ep.fingerprint for ep in first_episodes]}
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:24], payload
-
     def meta_train(self, ctx: MetaContext) -> None:
-        """Meta-train on ctx.source_episode(0, 1, ...), or load the cached result of an identical run."""
+        """Meta-train on ctx.source_episode(0, 1, ...); the result is :meth:`state_dict`."""
         self._check()
         cfg = self.config
         first = [ctx.source_episode(i) for i in range(cfg.meta_batch)]
-        key, payload = self.cache_key(ctx, first)
-        path = cache_root(ctx.cache_dir) / "maml" / f"{key}.safetensors"
-        self.cache_path = path
-        if path.is_file():
-            try:
-                state, metadata = _load(path)
-                self._set_state(state)
-                if "meta_train_seconds" in metadata:  # wall time of the training that wrote the file
-                    self.meta_train_seconds = float(metadata["meta_train_seconds"])
-                log.info("loaded meta-trained weights from %s", path)
-                return
-            except Exception as exc:  # a corrupt or foreign file: train again and overwrite it
-                log.warning("could not read cached meta-trained weights %s (%s); meta-training again", path, exc)
-
-        started = time.perf_counter()
         model = ctx.fresh_model().eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -462,14 +184,7 @@ class MAML(Method):
         state = {n: named[n].detach().to("cpu").clone() for n in meta_names}
         if log_lrs is not None:
             state.update({_LR_PREFIX + n: v.detach().to("cpu").clone() for n, v in log_lrs.items()})
-        self._set_state(state)
-        try:
-            self.meta_train_seconds = time.perf_counter() - started
-            _save(path, state, {"payload": json.dumps(payload, sort_keys=True, default=str),
-                                "meta_train_seconds": repr(self.meta_train_seconds)})
-            log.info("saved meta-trained weights to %s", path)
-        except OSError as exc:
-            log.warning("could not cache meta-trained weights at %s: %s", path, exc)
+        self.load_state_dict(state)
 
     def _meta_query(self, ctx: MetaContext, episode) -> Batch:
         query = ctx.batch(episode, "query")
@@ -502,7 +217,13 @@ class MAML(Method):
         optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _set_state(self, state: Tensors) -> None:
+    def state_dict(self) -> Optional[Tensors]:
+        """The meta-learned backbone tensors and (``learn_inner_lr``) log inner rates, on CPU; None before
+        meta-training."""
+        return self._state
+
+    def load_state_dict(self, state: Tensors) -> None:
+        self._state = dict(state)
         self.meta_state = {n: t for n, t in state.items() if not n.startswith(_LR_PREFIX)}
         lrs = {n[len(_LR_PREFIX):]: float(t.exp()) for n, t in state.items() if n.startswith(_LR_PREFIX)}
         self.inner_lrs = lrs or None

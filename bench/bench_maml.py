@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_bench.backbone import load_backbone
-from fewshot_bench.baselines.maml import FOMAML, MAML, MAMLConfig, adapted_names, init_head
+from fewshot_bench.architecture import adapted_names
+from fewshot_bench.baselines.maml import FOMAML, MAML, MAMLConfig
+from fewshot_bench.baselines.maml_inner import init_head
 from fewshot_bench.data import get_task_data, set_data_dir
 from fewshot_bench.episodes import sample_episode
 

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="named suite (smoke, default, cross-domain) choosing task x setting combinations")
     p.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
-    p.add_argument("--methods", help="comma-separated method names or path/to/file.py:Class")
+    p.add_argument("--methods", help="comma-separated method specs: NAME or path/to/file.py:Class, optionally with "
+                                     "config overrides, e.g. full_ft,sgg(mode=exact,steps=5)")
     p.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
     p.add_argument("--k-shot", help="shots per class, comma-separated (e.g. 1,5); MIN-MAX for variable shot")
     p.add_argument("--query", type=int, help="queries per class")
@@ -80,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="leaderboard CSV written at the end (default: leaderboard/leaderboard.csv)")
     p.add_argument("--limit", type=int, help="smoke runs: at most this many episodes per task x setting")
     p.add_argument("--method-config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
-                   help="override a method config field (repeatable), e.g. full_ft.steps=5")
-    p.set_defaults(handler="fewshot_bench.runner:cli_run")
+                   help="override a method config field (repeatable), e.g. full_ft.steps=5 (the same as "
+                        "--methods 'full_ft(steps=5)')")
+    p.set_defaults(handler="fewshot_bench.cli:cmd_run")
 
     p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
     p.add_argument("--store", default="runs/results.sqlite")
@@ -143,6 +145,19 @@ def cmd_list(args) -> int:
         print(f"\n{len(missing)} task(s) not loadable (data dir: {where}; set --data-dir DIR or FEWSHOT_BENCH_DATA=DIR):")
         for line in missing:
             print(f"  {line}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .distributed import run_distributed_or_local
+    from .run_config import build_config
+
+    config = build_config(args)
+    store_path = run_distributed_or_local(config)
+    if store_path and config.out:
+        from .leaderboard import cli_leaderboard
+
+        cli_leaderboard(argparse.Namespace(store=store_path, out=config.out, bootstrap=10000))
     return 0
 
 

@@ -1,12 +1,16 @@
-"""Dataclass helpers: fields with help text, and strict construction from YAML/dict (unknown fields are errors)."""
+"""Dataclass helpers: fields with help text, strict construction from YAML/dict (unknown fields are errors),
+YAML files read with one-line errors, and choice validation."""
 from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import yaml
 
 from .errors import UserError
-from .registry import _did_you_mean
+from .registry import did_you_mean
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):
@@ -25,7 +29,7 @@ def from_mapping(cls, data: Mapping[str, Any], where: str):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise UserError(f"{where}: unknown field '{key}'{_did_you_mean(str(key), fields)} "
+            raise UserError(f"{where}: unknown field '{key}'{did_you_mean(str(key), fields)} "
                             f"(allowed: {', '.join(fields)})")
         sub = _dataclass_in(hints[key])
         kwargs[key] = from_mapping(sub, value, f"{where}.{key}") if sub and value is not None else value
@@ -49,3 +53,29 @@ def _dataclass_in(hint):
 def field_help(cls) -> dict:
     """{field name: help text} for a config dataclass."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def read_yaml(path: Union[str, Path], what: str):
+    """The parsed YAML file ``path``; ``what`` names it in errors (e.g. "task card", "--config")."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"malformed YAML in {what} {where}: {problem}") from None
+
+
+def check_choices(where: str, config, allowed: Mapping[str, tuple]) -> None:
+    """Raise a one-line error when a field of ``config`` named in ``allowed`` holds a value not listed there."""
+    for field, choices in allowed.items():
+        value = getattr(config, field)
+        if value not in choices:
+            raise UserError(f"{where}: {field} is {value!r}; use one of {', '.join(choices)}")

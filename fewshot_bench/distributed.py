@@ -1,38 +1,24 @@
 """Sharding with torchrun: ``torchrun --nproc-per-node N -m fewshot_bench run ...``.
 
-Each rank runs every ``world_size``-th work unit into its own store shard (``<store>.rank<r>``);
-rank 0 merges the shards into the run's store at the end and deletes each shard whose episodes are all in
-it (``fewshot-bench merge`` does it by hand, for shards on other machines).
+Each rank runs every ``world_size``-th work unit into its own store shard (``<store>.rank<r>``,
+:mod:`fewshot_bench.shards`); rank 0 merges the shards into the run's store at the end and deletes each
+shard whose episodes are all in it (``fewshot-bench merge`` does it by hand, for shards on other machines).
 gloo on CPU, nccl on GPU; ``LOCAL_RANK`` picks the GPU.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
-import re
-from typing import List, Optional
+from typing import Optional
+
+from .run_config import RunConfig
+from .runner import run
+from .shards import existing_shards, shard_path, world
+from .store import ResultsStore
 
 
-def world() -> tuple:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def shard_path(store: str, rank: int) -> str:
-    return f"{store}.rank{rank}"
-
-
-def existing_shards(store: str) -> List[str]:
-    """Shard stores of ``store`` on disk (``<store>.rank<r>``; not their -wal/-shm companions)."""
-    return sorted(path for path in glob.glob(glob.escape(store) + ".rank*") if re.search(r"\.rank\d+$", path))
-
-
-def run_distributed_or_local(config) -> Optional[str]:
+def run_distributed_or_local(config: RunConfig) -> Optional[str]:
     """Run locally, or as one rank of a torchrun job; returns the merged store path on rank 0, else None."""
-    from .runner import run
-
-    from .store import ResultsStore
-
     rank, world_size = world()
     if world_size == 1:
         shards = existing_shards(config.store)

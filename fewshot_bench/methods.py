@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional
+from typing import Callable, ClassVar, Dict, Optional
 
 import torch
 from torch import nn
@@ -48,6 +48,16 @@ class Method:
 
     def meta_train(self, ctx: "MetaContext") -> None:
         """Learn from source-pool episodes before evaluation (optional)."""
+
+    def state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
+        """What ``meta_train`` learned, as named tensors: the runner caches it on disk (keyed by the run hash)
+        and gives it to ``load_state_dict`` in later runs and other ranks instead of meta-training again.
+        None (the default): nothing to cache; the method is meta-trained in every process that evaluates it."""
+        return None
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned after ``meta_train``."""
+        raise NotImplementedError(f"{type(self).__name__} returns a state_dict but cannot load one")
 
     def adapt(self, ctx: "EpisodeContext") -> Predictor:
         raise NotImplementedError
@@ -117,8 +127,6 @@ class EpisodeContext(_Shared):
 class MetaContext(_Shared):
     """What ``meta_train`` gets: the backbone and a function index -> source-pool episode."""
 
-    def __init__(self, backbone: Backbone, seed: int, source_episodes: Callable[[int], Episode], *, autocast_dtype=None,
-                 cache_dir: Optional[str] = None):
+    def __init__(self, backbone: Backbone, seed: int, source_episodes: Callable[[int], Episode], *, autocast_dtype=None):
         super().__init__(backbone, seed, autocast_dtype)
         self.source_episode = source_episodes
-        self.cache_dir = cache_dir

@@ -1,134 +1,35 @@
-"""``fewshot-bench run``: methods x tasks x settings x episodes into a results store, resumable.
+"""``fewshot-bench run`` execution: methods x settings x episodes into a results store, resumable.
 
-Work units are (setting, method, episode index). A unit already in the store (same config hash) is
-skipped, so re-running a command resumes it; each finished episode is one committed transaction.
-Under torchrun, units are split across ranks by index (see :mod:`fewshot_bench.distributed`).
+Work units are (setting, method spec, episode index). A unit already in the store (same run hash) is
+skipped, so re-running a command resumes it; each finished episode is one committed transaction. Under
+torchrun each rank runs every ``world_size``-th unit into its own shard (:mod:`fewshot_bench.distributed`).
+Meta-trained state is cached on disk by the framework (:mod:`fewshot_bench.meta_cache`), keyed by the run hash.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
-import yaml
 
-from .config import from_mapping, option
-from .data import data_dir
-from .episodes import Setting, parse_shot
+from .backbone import Backbone, load_backbone, resolve_device
+from .episodes import Episode, Setting
 from .errors import UserError
-from .hashing import hash_seed
+from .harness import run_episode
+from .hashing import config_hash, hash_seed
+from .meta_cache import load_meta_state, meta_state_path, save_meta_state
+from .methods import MetaContext, Method
 from .progress import Progress
-from .registry import METHODS
-from .spec import method_label, parse_method_config
-from .task import BUILTIN_TASKS_DIR, get_task_config
+from .run_config import RunConfig, method_specs, settings_of
+from .shards import existing_shards
+from .spec import method_from_spec, method_label, parse_spec
+from .store import ResultsStore
 
 log = logging.getLogger(__name__)
-SUITES_DIR = BUILTIN_TASKS_DIR / "suites"
-
-
-@dataclass
-class RunConfig:
-    tasks: List[str] = option(factory=list, help="task names (target tasks)")
-    settings: List[dict] = option(factory=list, help="explicit {task, source_task} pairs (cross-dataset suites)")
-    source_task: Optional[str] = option(None, help="draw source-pool data from this task for every target task")
-    methods: object = option("all", help="method names or 'all' (every registered method)")
-    n_way: List = option(factory=lambda: [5], help="classes per episode (list), or 'all'")
-    k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list); 'MIN-MAX' for variable shot")
-    query: int = option(15, help="queries per class")
-    episodes: int = option(20, help="episodes per task x setting")
-    limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting")
-    fold: int = option(1, help="class-split fold (1-based)")
-    pool: str = option("target", help="pool of the evaluated episodes: target, or validation to choose "
-                                      "hyperparameters without seeing target classes")
-    seed: int = option(0, help="episode and training seed")
-    backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
-    device: str = option("auto", help="auto, cpu, cuda, cuda:N")
-    bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
-    store: str = option("runs/results.sqlite", help="SQLite results store")
-    out: str = option("leaderboard/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
-    method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs")
-    description: str = option("", help="what the suite is for")
-    progress_every: int = option(0, help="output that is not a terminal: a progress line every N episodes "
-                                         "(0: every 5% of the run); a terminal gets a bar")
-    progress_seconds: float = option(60.0, help="output that is not a terminal: a progress line at least "
-                                                "every this many seconds")
-
-
-def load_suite(name: str) -> dict:
-    path = SUITES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
-        import difflib
-        close = difflib.get_close_matches(name, known, n=1)
-        raise UserError(f"unknown suite '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                        + f" (known: {', '.join(known)})")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _split(value) -> list:
-    if value is None:
-        return []
-    return [v.strip() for v in str(value).split(",") if v.strip()] if isinstance(value, str) else list(value)
-
-
-def _with_demo(values: dict, tasks_given: bool) -> dict:
-    """Apply a ``demo`` block when no data dir is set (so the suite runs on the packaged demo task)."""
-    demo = values.pop("demo", None)
-    if demo and data_dir() is None and not tasks_given:
-        log.info("no data dir set: using the demo values %s", demo)
-        values.pop("settings", None)
-        values.update(demo)
-    return values
-
-
-def _read_yaml(path: str) -> dict:
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise UserError(f"cannot read --config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"malformed YAML in {path}{f':{mark.line + 1}' if mark else ''}: "
-                        f"{getattr(exc, 'problem', exc)}") from None
-
-
-def build_config(args) -> RunConfig:
-    """Suite (default 'default') < --config YAML < flags; a suite's ``demo`` block applies without a data dir."""
-    tasks_given = bool(_split(args.tasks))
-    merged = _with_demo(load_suite(args.suite or "default"), tasks_given)
-    if args.config:
-        merged.update(_with_demo(_read_yaml(args.config), tasks_given))
-    flags = {"tasks": _split(args.tasks) or None, "methods": _split(args.methods) or None,
-             "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
-             "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
-             "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
-             "source_task": args.source_task}
-    if flags["tasks"]:
-        merged.pop("settings", None)
-    merged.update({k: v for k, v in flags.items() if v is not None})
-    merged["method_config"] = list(merged.get("method_config", [])) + list(args.method_config)
-    return from_mapping(RunConfig, merged, args.config or f"suite '{args.suite or 'default'}'")
-
-
-def _settings(config: RunConfig) -> List[Setting]:
-    pairs = [(s["task"], s.get("source_task")) for s in config.settings] or [(t, config.source_task) for t in config.tasks]
-    if not pairs:
-        raise UserError("no tasks to run; pass --tasks NAME[,NAME] or --suite NAME")
-    settings = []
-    for task, source in pairs:
-        task_config = get_task_config(task)
-        fold = min(config.fold, task_config.pools.folds)
-        for n_way in config.n_way:
-            n_way = n_way if n_way == "all" else int(n_way)
-            for k_shot in config.k_shot:
-                settings.append(Setting(task, n_way, parse_shot(k_shot), int(config.query), fold, source,
-                                        config.pool))
-    return settings
 
 
 def episode_seed(seed: int, setting: Setting, index: int) -> int:
@@ -136,35 +37,132 @@ def episode_seed(seed: int, setting: Setting, index: int) -> int:
     return hash_seed(json.dumps([seed, setting.label, index]))
 
 
+@dataclass
+class Cell:
+    """One (setting, method spec) of a run: the method instance and the runner's bookkeeping for it."""
+    setting: Setting
+    method: Method
+    label: str                      # leaderboard name: the spec with its overrides
+    run_hash: str                   # identity of (method, config, seed, backbone, source task) in the store
+    done: Set[int] = field(default_factory=set)   # episode indices already stored (resume)
+    source_episodes: Optional[Callable[[int], Episode]] = None
+    meta_trained: bool = False
+    meta_train_seconds: Optional[float] = None  # wall time of the meta-training (also when its state was cached)
+
+
+class Run:
+    """The execution state of one ``run()``: device, backbones loaded so far, the cells, the stores."""
+
+    def __init__(self, config: RunConfig, device: str, store: ResultsStore, finished_elsewhere: List[ResultsStore]):
+        import torch
+
+        self.config = config
+        self.device = device
+        if device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.autocast = (torch.bfloat16 if config.bf16 and device.startswith("cuda")
+                         and torch.cuda.is_bf16_supported() else None)
+        self.store = store
+        self.run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
+        self.finished_elsewhere = finished_elsewhere
+        self.specs = method_specs(config)
+        self.backbones: Dict[Tuple[str, str], Backbone] = {}
+        self.cells: Dict[Tuple[Setting, str], Cell] = {}
+
+    def cell(self, setting: Setting, spec: str) -> Cell:
+        """The cell of (setting, spec), created once with the episodes already stored anywhere."""
+        key = (setting, spec)
+        if key not in self.cells:
+            config, overrides = self.config, self.specs[spec]
+            method = method_from_spec(parse_spec(spec)[0], overrides)
+            label = method_label(method.name, overrides)
+            run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
+                                    "backbone": config.backbone, "source_task": setting.source_task})
+            done = set().union(*(store.done_indices(run_hash, label, config.backbone, setting.task, setting.label)
+                                 for store in [self.store, *self.finished_elsewhere]))
+            self.cells[key] = Cell(setting, method, label, run_hash, done, setting.source_episodes(config.seed))
+        return self.cells[key]
+
+    def backbone_for(self, method: Method) -> Backbone:
+        key = (method.attn_implementation, self.config.backbone)
+        if key not in self.backbones:
+            self.backbones[key] = load_backbone(self.config.backbone, device=self.device,
+                                                attn_implementation=method.attn_implementation)
+        return self.backbones[key]
+
+    def prepare(self, cell: Cell) -> Backbone:
+        """The cell's backbone, loaded; a meta-trained method meta-trained (or its cached state loaded) once."""
+        backbone = self.backbone_for(cell.method)
+        if cell.method.protocol == "meta-trained" and not cell.meta_trained:
+            if cell.source_episodes is None:
+                raise UserError(f"method '{cell.label}' meta-trains on a source pool, but {cell.setting.label} has "
+                                f"none; pass --source-task")
+            self.meta_train(cell, backbone)
+            cell.meta_trained = True
+        return backbone
+
+    def meta_train(self, cell: Cell, backbone: Backbone) -> None:
+        """Load the cell's meta-trained state from the cache, or meta-train and cache it."""
+        seed = self.config.seed
+        key = config_hash({"run": cell.run_hash, "setting": cell.setting.label, "autocast": str(self.autocast),
+                           "source": cell.source_episodes(0).fingerprint})
+        path = meta_state_path(key)
+        cached = load_meta_state(path)
+        if cached is not None:
+            state, metadata = cached
+            cell.method.load_state_dict(state)
+            seconds = metadata.get("meta_train_seconds")  # wall time of the training that wrote the file
+            cell.meta_train_seconds = float(seconds) if seconds else None
+            log.info("%s: loaded meta-trained state from %s", cell.label, path)
+            return
+        log.info("meta-training %s for %s", cell.label, cell.setting.label)
+        started = time.perf_counter()
+        cell.method.meta_train(MetaContext(backbone, seed, cell.source_episodes, autocast_dtype=self.autocast))
+        cell.meta_train_seconds = time.perf_counter() - started
+        log.info("meta-trained %s for %s: %.1f s", cell.label, cell.setting.label, cell.meta_train_seconds)
+        state = cell.method.state_dict()
+        if state is not None:
+            save_meta_state(path, state, {"label": cell.label, "setting": cell.setting.label,
+                                          "meta_train_seconds": repr(cell.meta_train_seconds)})
+
+    def evaluate(self, cell: Cell, index: int) -> None:
+        """Run episode ``index`` of the cell and write its record to the store."""
+        config, setting = self.config, cell.setting
+        backbone = self.prepare(cell)
+        episode = setting.target_episode(config.seed, index)
+        cache_before = backbone.embedding_cache_seconds
+        record = run_episode(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index),
+                             autocast_dtype=self.autocast, source_episodes=cell.source_episodes)
+        record.pop("diverged", None)
+        # one-off cost: embedding texts the run's frozen-embedding cache did not hold yet, kept out of wall_seconds
+        record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
+        record["wall_seconds"] -= record["embedding_cache_seconds"]
+        record["meta_train_seconds"] = cell.meta_train_seconds
+        k_shot = "-".join(map(str, setting.k_shot)) if isinstance(setting.k_shot, tuple) else str(setting.k_shot)
+        self.store.write_episode({
+            **record, "run_id": self.run_id, "config_hash": cell.run_hash, "method": cell.label,
+            "protocol": cell.method.protocol if cell.source_episodes is not None else "target-only",
+            "backbone": config.backbone, "task": setting.task, "setting": setting.label, "n_way": episode.n_way,
+            "k_shot": k_shot, "q_query": setting.q_query, "fold": setting.fold, "seed": config.seed,
+            "episode_index": index, "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task},
+        })
+        if record["status"] != "ok":
+            log.warning("%s on %s episode %d: %s", cell.label, setting.label, index,
+                        (record["error"] or "").splitlines()[0])
+
+
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
         barrier=None) -> str:
     """Execute the run; returns the store path written (a shard path when ``world_size > 1``).
 
-    With several ranks, the meta-trainings (meta-trained method x setting) are shared out round-robin and
-    cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node jobs); after
-    ``barrier()`` every rank loads them instead of training again.
+    With several ranks, the meta-trainings (meta-trained method x setting with episodes left) are shared
+    out round-robin and cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node
+    jobs); after ``barrier()`` every rank loads them instead of training again.
     """
-    from .harness import run_episode
-    from .methods import MetaContext
-    from .spec import method_from_spec
-    from .backbone import load_backbone, resolve_device
-    from .distributed import existing_shards
-    from .store import ResultsStore, config_hash
-
-    device = resolve_device(config.device)
-    import torch
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.bfloat16 if (config.bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()) else None
-    names = METHODS.names() if config.methods == "all" or config.methods == ["all"] else _split(config.methods)
-    overrides = parse_method_config(config.method_config)
-    unknown = set(overrides) - set(names)
-    if unknown:
-        raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this run ({', '.join(names)})")
-    for name in names:  # fail fast on bad methods and settings, before anything is written
-        method_from_spec(name, overrides.get(name))
-    settings = _settings(config)
+    for spec, overrides in method_specs(config).items():  # fail fast on bad methods and settings, before writing
+        method_from_spec(parse_spec(spec)[0], overrides)
+    settings = settings_of(config)
     for setting in settings:
         setting.target_episode(config.seed, 0)
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
@@ -172,93 +170,26 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     # resume: episodes finished in the run's store or in any shard of an earlier (killed) torchrun job
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
-    run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
-    backbones = {}
-    units = [(s, m, i) for s in settings for m in names for i in range(n_episodes)]
-    mine = units[rank::world_size]
-    method_instances: Dict[tuple, object] = {}
-
-    def instance(setting, name):
-        """The method of (setting, name), created once: label, run hash and the episodes already stored."""
-        method = method_instances.get((setting, name))
-        if method is None:
-            method = method_from_spec(name, overrides.get(name))
-            method.label = method_label(method.name, overrides.get(name, {}))
-            method.run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
-                                           "backbone": config.backbone, "source_task": setting.source_task})
-            method.done = set().union(*(other.done_indices(method.run_hash, method.label, config.backbone, setting.task,
-                                                           setting.label) for other in [store, *finished_elsewhere]))
-            method_instances[(setting, name)] = method
-        return method
-
-    def prepare(setting, name):
-        """(method, backbone, source episodes) ready to evaluate: backbone loaded, meta-trained if it must be."""
-        method = instance(setting, name)
-        key = (method.attn_implementation, config.backbone)
-        if key not in backbones:
-            backbones[key] = load_backbone(config.backbone, device=device, attn_implementation=method.attn_implementation)
-        source_episodes = setting.source_episodes(config.seed)
-        if method.protocol == "meta-trained" and not getattr(method, "meta_trained", False):
-            if source_episodes is None:
-                raise UserError(f"method '{name}' meta-trains on a source pool, but {setting.label} has none; "
-                                f"pass --source-task")
-            log.info("meta-training %s for %s", method.label, setting.label)
-            started = time.perf_counter()
-            method.meta_train(MetaContext(backbones[key], config.seed, source_episodes,
-                                                         autocast_dtype=autocast))
-            # a method that loaded cached weights reports the wall time of the training that produced them
-            method.meta_train_seconds = getattr(method, "meta_train_seconds", None) or time.perf_counter() - started
-            log.info("meta-trained %s for %s: %.1f s", method.label, setting.label, method.meta_train_seconds)
-            method.meta_trained = True
-        return method, backbones[key], source_episodes
-
-    if world_size > 1:  # meta-training is shared out round-robin, cached on disk, then loaded by every rank
-        # only (setting, method) pairs with episodes left to evaluate: a finished cell is never meta-trained again
-        pairs = [(s, m) for s, m in dict.fromkeys((s, m) for s, m, _ in units)
-                 if instance(s, m).protocol == "meta-trained" and set(range(n_episodes)) - instance(s, m).done]
-        for setting, name in pairs[rank::world_size]:
-            prepare(setting, name)
+    execution = Run(config, resolve_device(config.device), store, finished_elsewhere)
+    units = [(s, m, i) for s in settings for m in execution.specs for i in range(n_episodes)]
+    if world_size > 1:  # meta-training shared out round-robin, cached on disk, then loaded by every rank
+        cells = [execution.cell(s, m) for s, m in dict.fromkeys((s, m) for s, m, _ in units)]
+        pending = [c for c in cells if c.method.protocol == "meta-trained" and set(range(n_episodes)) - c.done]
+        for cell in pending[rank::world_size]:
+            execution.prepare(cell)
         barrier()
+    mine = units[rank::world_size]
     bar = Progress(len(mine), "episodes", every=config.progress_every, interval=config.progress_seconds)
-    for setting, name, index in mine:
-        if index in instance(setting, name).done:  # resume: stored in this store or a shard of a killed job
+    for setting, spec, index in mine:
+        cell = execution.cell(setting, spec)
+        if index in cell.done:  # resume: stored in this store or a shard of a killed job
             bar.skip(1)
             continue
-        method, backbone, source_episodes = prepare(setting, name)
-        bar.set_current(f"{method.label} | {setting.label}")
-        episode = setting.target_episode(config.seed, index)
-        cache_before = backbone.embedding_cache_seconds
-        record = run_episode(method, episode, backbone, seed=episode_seed(config.seed, setting, index),
-                                            autocast_dtype=autocast, source_episodes=source_episodes)
-        record.pop("diverged", None)
-        # one-off cost: embedding texts the run's frozen-embedding cache did not hold yet, kept out of wall_seconds
-        record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
-        record["wall_seconds"] -= record["embedding_cache_seconds"]
-        record["meta_train_seconds"] = getattr(method, "meta_train_seconds", None)
-        store.write_episode({
-            **record, "run_id": run_id, "config_hash": method.run_hash, "method": method.label,
-            "protocol": method.protocol if source_episodes is not None else "target-only", "backbone": config.backbone, "task": setting.task, "setting": setting.label,
-            "n_way": episode.n_way, "k_shot": "-".join(map(str, setting.k_shot)) if isinstance(setting.k_shot, tuple) else str(setting.k_shot),
-            "q_query": setting.q_query, "fold": setting.fold, "seed": config.seed, "episode_index": index,
-            "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task},
-        })
-        if record["status"] != "ok":
-            log.warning("%s on %s episode %d: %s", method.label, setting.label, index, (record["error"] or "").splitlines()[0])
+        bar.set_current(f"{cell.label} | {setting.label}")
+        execution.evaluate(cell, index)
         bar.update(1)
     bar.close()
-    store.end_run(run_id)
+    store.end_run(execution.run_id)
     for opened in (store, *finished_elsewhere):
         opened.close()
     return store.path
-
-
-def cli_run(args) -> int:
-    from .distributed import run_distributed_or_local
-
-    config = build_config(args)
-    store_path = run_distributed_or_local(config)
-    if store_path and config.out:
-        from .leaderboard import cli_leaderboard
-
-        cli_leaderboard(argparse.Namespace(store=store_path, out=config.out, bootstrap=10000))
-    return 0

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-import yaml
 
-from .config import from_mapping, option
+from .config import from_mapping, option, read_yaml
 from .errors import UserError
 from .registry import TASKS
 
@@ -77,19 +76,7 @@ class TaskConfig:
 def load_card(path: Union[str, Path]) -> TaskConfig:
     """Parse and validate one YAML task card."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read task card {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"task card {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"malformed YAML in task card {where}: {problem}") from None
+    data = read_yaml(path, "task card")
     if not isinstance(data, dict):
         raise UserError(f"task card {path}: expected a mapping of fields at the top level")
     _refuse_placeholders(data, path)

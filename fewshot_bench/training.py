@@ -27,9 +27,9 @@ class SupportTrainingConfig(MethodConfig):
     source_every: int = option(2, help="with a source task: compute g_src (source-pool gradient) every this many "
                                        "steps (0: never; full_ft/lora only measure it, SGG also uses it)")
     source_shots: int = option(2, help="source examples per class in the g_src batch (0 = the whole source support)")
-    fused_optimizer: bool = option(True, help="AdamW with PyTorch's fused kernel on CPU/CUDA (one pass per tensor, several "
-                                              "times faster on CPU; same update rule, last-bit rounding may differ); "
-                                              "false: torch's default implementation")
+    fused_optimizer: bool = option(True, help="AdamW with PyTorch's fused kernel on CPU/CUDA (one pass per tensor; same "
+                                              "update rule, last-bit rounding may differ); false: torch's default "
+                                              "implementation")
 
 
 @dataclass

@@ -15,6 +15,8 @@ from fewshot_bench.harness import run_episode
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
 from fewshot_bench.spec import method_from_spec
 
+from helpers import HERE
+
 BASELINES = ["full_ft", "lora", "protonet", "linear_probe"]
 TIMING = ("wall_seconds", "peak_mem_mb")
 
@@ -182,6 +184,35 @@ def test_spec_and_config_errors():
     method = method_from_spec("lora", {"rank": "4", "lr": "1e-3", "target_modules": "query,key"})
     assert (method.config.rank, method.config.lr) == (4, 1e-3)
     assert method_from_spec("lora").config.rank == 8  # overrides do not leak into later instances
+
+
+def test_one_spec_syntax_for_cli_bench_and_labels():
+    from fewshot_bench.spec import method_label, parse_method_config, parse_spec, split_specs
+
+    assert split_specs("full_ft,sgg(mode=exact,steps=5), protonet") == ["full_ft", "sgg(mode=exact,steps=5)", "protonet"]
+    assert parse_spec("sgg( mode=exact, steps=5 )") == ("sgg", {"mode": "exact", "steps": "5"})
+    assert parse_spec("protonet") == ("protonet", {})
+    label = method_label("sgg", {"steps": "5", "mode": "exact"})
+    assert label == "sgg(mode=exact,steps=5)" and parse_spec(label) == ("sgg", {"mode": "exact", "steps": "5"})
+    assert parse_method_config(["sgg.mode=exact", "sgg.steps=5"]) == {"sgg": parse_spec(label)[1]}
+    method = method_from_spec("full_ft(steps=3,lr=0.1)", {"head_lr": "0.5"})
+    assert (method.config.steps, method.config.lr, method.config.head_lr) == (3, 0.1, 0.5)
+    for bad in ("sgg(mode)", "sgg(=exact)", "a b"):
+        with pytest.raises(UserError, match="must look like"):
+            parse_spec(bad)
+
+
+def test_import_registers_every_builtin_and_adds_no_package_path():
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, fewshot_bench as f; print(','.join(f.METHODS.names())); "
+            "print(','.join(f.BACKBONES.names())); print(importlib.util.find_spec('fewshot_bench.bench'))")
+    methods, backbones, bench = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               cwd=HERE, check=True).stdout.split()
+    assert set(methods.split(",")) == {"full_ft", "lora", "protonet", "linear_probe", "maml", "fomaml", "sgg",
+                                       "sgg-no-dir", "sgg-no-mag", "sgg-no-align"}
+    assert set(backbones.split(",")) >= {"minilm", "tiny-encoder", "tiny-decoder"} and bench == "None"
 
 
 def test_lora_target_modules_per_architecture(tiny_backbone, demo_episode):

@@ -9,7 +9,7 @@ from fewshot_bench.cli import main
 from fewshot_bench.progress import Progress
 from fewshot_bench.store import EPISODE_TYPES, ResultsStore
 
-from test_store import record
+from helpers import record
 
 TINY = ["--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0", "--k-shot", "1",
         "--out", ""]

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.distributed import existing_shards
+from fewshot_bench.errors import UserError
+from fewshot_bench.shards import existing_shards
 
 from helpers import REPO, committed_rows
 
@@ -75,7 +76,7 @@ def test_resume_after_sigkill_loses_nothing(tmp_path):
     store = tmp_path / "s.sqlite"
     cmd = [sys.executable, "-m", "fewshot_bench", "run", *TINY, "--methods", "full_ft", "--k-shot", "2",
            "--episodes", "8", "--method-config", "full_ft.steps=15", "--store", str(store), "--out", ""]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while committed_rows(store) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -85,7 +86,7 @@ def test_resume_after_sigkill_loses_nothing(tmp_path):
     assert 2 <= done < 8, "the run must be killed mid-way"
     with sqlite3.connect(store) as conn:
         before = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with sqlite3.connect(store) as conn:
         after = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
         assert conn.execute("SELECT COUNT(*) FROM episodes WHERE status = 'ok'").fetchone()[0] == 8
@@ -113,18 +114,28 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same float reduction order in both runs
     subprocess.run([sys.executable, "-m", "fewshot_bench", "run", *args, "--store", str(single / "s.sqlite"),
-                    "--out", str(single / "lb.csv")], check=True, env=env)
+                    "--out", str(single / "lb.csv")], cwd=tmp_path, check=True, env=env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     subprocess.run([*torchrun, "-m", "fewshot_bench", "run", *args, "--store", str(sharded / "s.sqlite"),
-                    "--out", str(sharded / "lb.csv")], check=True, env=env)
+                    "--out", str(sharded / "lb.csv")], cwd=tmp_path, check=True, env=env)
     assert _comparable(_rows(sharded / "lb.csv")) == _comparable(_rows(single / "lb.csv"))
     assert committed_rows(sharded / "s.sqlite") == 3 * 2 * 3
     assert list(sharded.glob("s.sqlite.rank*")) == []  # merged shards are removed, -wal/-shm included
 
 
+def test_method_specs_merge_spec_overrides_and_method_config():
+    from fewshot_bench.run_config import RunConfig, method_specs
+
+    config = RunConfig(methods="full_ft(steps=2),protonet", method_config=["full_ft.lr=0.1"])
+    assert method_specs(config) == {"full_ft(steps=2)": {"steps": "2", "lr": "0.1"}, "protonet": {}}
+    with pytest.raises(UserError, match="not in this run"):
+        method_specs(RunConfig(methods=["protonet"], method_config=["full_ft.lr=0.1"]))
+
+
 def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
     from fewshot_bench.cli import build_parser
-    from fewshot_bench.runner import build_config, run
+    from fewshot_bench.run_config import build_config
+    from fewshot_bench.runner import run
 
     store = tmp_path / "s.sqlite"
     argv = ["run", *TINY, "--methods", "protonet", "--k-shot", "2", "--episodes", "4", "--store", str(store), "--out", ""]
@@ -158,7 +169,8 @@ class CountingMetaTrained(PrototypicalNetwork):
 def test_resumed_run_does_not_meta_train_finished_cells(tmp_path):
     """Meta-training happens only for (setting, method) cells with episodes left, in one process or sharded."""
     from fewshot_bench.cli import build_parser
-    from fewshot_bench.runner import build_config, run
+    from fewshot_bench.run_config import build_config
+    from fewshot_bench.runner import run
 
     log = tmp_path / "calls.log"
     method_file = tmp_path / "counting.py"
@@ -172,4 +184,41 @@ def test_resumed_run_does_not_meta_train_finished_cells(tmp_path):
     run(config, rank=0, world_size=2, store_path=str(tmp_path / "s.sqlite.rank0"), barrier=lambda: None)
     assert log.read_text().count("meta_train") == 2
     assert main([*argv[:-4], "--episodes", "3", *argv[-4:]]) == 0  # one more episode per setting: meta-trains again
+    assert log.read_text().count("meta_train") == 4
+
+
+CACHED_METHOD = COUNTING_METHOD + '''
+
+class CachedMetaTrained(CountingMetaTrained):
+    """CountingMetaTrained with a state_dict: the runner caches it and loads it instead of meta-training."""
+    name = "cached_meta"
+
+    def meta_train(self, ctx):
+        super().meta_train(ctx)
+        self.state = {"weight": torch.full((2,), float(ctx.seed) + 1.0)}
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        with open(LOG, "a") as f:
+            f.write(f"load {state['weight'].tolist()}\\n")
+'''
+
+
+def test_meta_trained_state_is_cached_by_the_runner(tmp_path, monkeypatch):
+    """A method's state_dict is saved once per cell (run hash, setting) and loaded by later runs."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(cache))
+    log = tmp_path / "calls.log"
+    method_file = tmp_path / "cached.py"
+    method_file.write_text(f"import torch\nLOG = {str(log)!r}\n" + CACHED_METHOD)
+    argv = ["run", *TINY, "--methods", f"{method_file}:CachedMetaTrained", "--k-shot", "1,2", "--episodes", "1",
+            "--out", ""]
+    assert main([*argv, "--store", str(tmp_path / "a.sqlite")]) == 0
+    assert log.read_text().count("meta_train") == 2 and "load" not in log.read_text()
+    assert len(list((cache / "meta").glob("*.safetensors"))) == 2  # one per setting
+    assert main([*argv, "--store", str(tmp_path / "b.sqlite")]) == 0  # a new store: cells to evaluate again
+    assert log.read_text().count("meta_train") == 2 and log.read_text().count("load [1.0, 1.0]") == 2
+    assert main([*argv, "--seed", "1", "--store", str(tmp_path / "c.sqlite")]) == 0  # another run hash
     assert log.read_text().count("meta_train") == 4

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_bench.adapters import apply_lora
+from fewshot_bench.config import check_choices
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
 from fewshot_bench.hashing import derived_seed
@@ -53,13 +54,9 @@ class SGG(Method):
 
     def _validate(self) -> None:
         cfg = self.config
-        for field, value, allowed in (("mode", cfg.mode, MODES), ("params", cfg.params, PARAM_SETS),
-                                      ("tau_rule", cfg.tau_rule, TAU_RULES),
-                                      ("align_schedule", cfg.align_schedule, ALIGN_SCHEDULES),
-                                      ("ref_init", cfg.ref_init, REF_INITS),
-                                      ("record_grad", cfg.record_grad, RECORD_GRADS)):
-            if value not in allowed:
-                raise UserError(f"{self.name}: {field} is '{value}'; use one of {', '.join(allowed)}")
+        check_choices(self.name, cfg, {"mode": MODES, "params": PARAM_SETS, "tau_rule": TAU_RULES,
+                                       "align_schedule": ALIGN_SCHEDULES, "ref_init": REF_INITS,
+                                       "record_grad": RECORD_GRADS})
         if not 0.0 <= cfg.ema < 1.0:
             raise UserError(f"{self.name}: ema must be in [0, 1), got {cfg.ema}")
         if min(cfg.lambda_dir, cfg.lambda_mag, cfg.lambda_align) < 0:
@@ -102,8 +99,8 @@ class SGG(Method):
                 raw = torch.autograd.grad(task_loss(_half_support(ctx)), params, allow_unused=True)
             state.ref = flatten([g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(raw, params)])
 
-        # the flat task gradient, step gradient and g_src live in buffers reused every step
-        # (allocating a model-sized vector costs ~4x an in-place pass over it on CPU)
+        # the flat task gradient, step gradient and g_src live in buffers reused every step (no model-sized
+        # allocation per step)
         task_buf, step_buf = new_vector(params), None
         src_buf = new_vector(shared) if ctx.has_source else None
         src, src_sq = None, None
