@@ -24,7 +24,8 @@ class RunConfig:
     tasks: List[str] = option(factory=list, help="task names (target tasks)")
     settings: List[dict] = option(factory=list, help="explicit {task, source_task} pairs (cross-dataset suites)")
     source_task: Optional[str] = option(None, help="draw source-pool data from this task for every target task")
-    methods: object = option("all", help="method specs (NAME or NAME(field=value,...)) or 'all' (every registered method)")
+    methods: object = option("all", help="method specs (NAME or NAME(field=value,...)) or 'all' (every registered "
+                                         "method)")
     n_way: List = option(factory=lambda: [5], help="classes per episode (list), or 'all'")
     k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list); 'MIN-MAX' for variable shot")
     query: int = option(15, help="queries per class")
@@ -110,7 +111,7 @@ def settings_of(config: RunConfig) -> List[Setting]:
 
 def method_specs(config: RunConfig) -> Dict[str, Dict[str, str]]:
     """{method spec: config overrides} of the run: each spec's own ``(field=value)`` plus ``method_config``."""
-    specs = [s for s in (METHODS.names() if config.methods in ("all", ["all"]) else _methods_list(config.methods))]
+    specs = METHODS.names() if config.methods in ("all", ["all"]) else _methods_list(config.methods)
     extra = parse_method_config(config.method_config)
     names = {spec: parse_spec(spec)[0] for spec in specs}
     unknown = set(extra) - set(names.values())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
+import torch
 
 from .backbone import Backbone, load_backbone, resolve_device
 from .episodes import Episode, Setting
@@ -54,8 +55,6 @@ class Run:
     """The execution state of one ``run()``: device, backbones loaded so far, the cells, the stores."""
 
     def __init__(self, config: RunConfig, device: str, store: ResultsStore, finished_elsewhere: List[ResultsStore]):
-        import torch
-
         self.config = config
         self.device = device
         if device.startswith("cuda"):
