@@ -1,4 +1,4 @@
-"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,leaderboard,validate,merge}``.
+"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,leaderboard,power,validate,merge}``.
 
 Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
@@ -87,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="runs/results.sqlite")
     p.add_argument("--out", default="leaderboard/leaderboard.csv")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft)")
     p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
+
+    p = sub.add_parser("power", parents=[common], help="episodes needed to tell adjacent methods apart, per cell")
+    p.add_argument("--store", default="runs/results.sqlite")
+    p.add_argument("--delta", default="0.01,0.02", help="accuracy differences to detect, comma-separated")
+    p.add_argument("--power", type=float, default=0.8, help="probability of detecting each difference")
+    p.set_defaults(handler="fewshot_bench.power:cli_power")
 
     p = sub.add_parser("validate", parents=[common], help="check a leaderboard CSV or a results store")
     p.add_argument("file")

@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Set
 
 import numpy as np
 
+from .columns import METRICS
 from .errors import UserError
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
@@ -33,9 +34,7 @@ EPISODE_TYPES = {
     "n_way": "INTEGER NOT NULL", "k_shot": "TEXT NOT NULL", "q_query": "INTEGER NOT NULL", "fold": "INTEGER NOT NULL",
     "seed": "INTEGER NOT NULL", "episode_index": "INTEGER NOT NULL", "fingerprint": "TEXT NOT NULL",
     "status": "TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'diverged'))", "error": "TEXT",
-    "accuracy": "REAL", "macro_f1": "REAL", "final_loss": "REAL", "grad_norm_cv": "REAL",
-    "grad_dir_consistency": "REAL", "path_efficiency": "REAL", "source_alignment": "REAL",
-    "wall_seconds": "REAL", "peak_mem_mb": "REAL", "trainable_params": "INTEGER", "steps": "INTEGER",
+    **{metric.name: metric.sql for metric in METRICS},  # the metric columns are declared in columns.py
     "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
     # timings beside wall_seconds: the frozen-embedding cache fill this episode triggered (a one-off cost,
     # not in wall_seconds), and the wall time of the meta-training the episode's method used (NULL: none)
