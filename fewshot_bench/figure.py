@@ -21,6 +21,7 @@ def leaderboard_figure(rows: List[Dict], reference: str = "full_ft"):
     cells: Dict[tuple, List[Dict]] = {}
     for row in rows:
         cells.setdefault(cell_key(row), []).append(row)
+    one_backbone = len({r["backbone"] for r in rows}) == 1
     columns = min(3, len(cells) + 1)
     grid_rows = -(-(len(cells) + 1) // columns)
     height = max(len(m) for m in cells.values()) * 0.28 + 1.2
@@ -29,14 +30,14 @@ def leaderboard_figure(rows: List[Dict], reference: str = "full_ft"):
     for axis, ((task, n_way, k_shot, _, backbone), members) in zip(axes, cells.items()):
         ref = next((r for r in members if r["method"] == reference), None)
         counts = "/".join(str(c) for c in sorted({r["episodes"] for r in members}))
-        title = f"{task} {n_way}-way {k_shot}-shot, {counts} ep.\nchance {1 / n_way:.2f}"
+        title = f"{task} {n_way}-way {k_shot}-shot{'' if one_backbone else ', ' + backbone}, {counts} ep.\n" \
+                f"chance {1 / n_way:.2f}"
         title += f", {reference} {ref['acc_mean']:.3f}" if ref and ref["acc_mean"] is not None else ""
         saturated = any("saturated" in (r["flags"] or "") for r in members)
         axis.set_title(title + (" (saturated)" if saturated else ""), fontsize="small")
         if saturated:
             axis.set_facecolor(SATURATED_FACE)
-        labels = [r["method"] if len({r["backbone"] for r in rows}) == 1 else f"{r['method']}/{backbone}" for r in members]
-        axis.set_yticks(range(len(members)), labels, fontsize="x-small")
+        axis.set_yticks(range(len(members)), [r["method"] for r in members], fontsize="x-small")
         axis.invert_yaxis()
         axis.axvline(0, color="black", linewidth=0.8)
         if ref is None:
