@@ -68,6 +68,12 @@ def _share(name: str, help: str, optional: bool = True) -> Column:
     return Column(name, "float", help, 0, 1, optional)
 
 
+def _accuracy(mean_help: str, ci_help: str) -> Tuple[Column, ...]:
+    """acc_mean, acc_ci95_low, acc_ci95_high."""
+    return (_share("acc_mean", mean_help), _share("acc_ci95_low", ci_help + ", low end"),
+            _share("acc_ci95_high", ci_help + ", high end"))
+
+
 def _delta(name: str, help: str) -> Column:
     return Column(name, "float", help, -1, 1, True)
 
@@ -82,9 +88,7 @@ LEADERBOARD: Tuple[Column, ...] = (
     Column("k_shot", "text", "shots per class (MIN-MAX: variable)"),
     Column("q_query", "int", "queries per class", 1),
     Column("episodes", "int", "distinct episodes stored (ok + failed + diverged)", 1),
-    _share("acc_mean", "mean query accuracy over ok episodes"),
-    _share("acc_ci95_low", "percentile bootstrap 95% CI of acc_mean, low end"),
-    _share("acc_ci95_high", "percentile bootstrap 95% CI of acc_mean, high end"),
+    *_accuracy("mean query accuracy over ok episodes", "percentile bootstrap 95% CI of acc_mean"),
     mean_of("macro_f1", "macro_f1_mean"),
     mean_of("grad_norm_cv"),
     mean_of("grad_dir_consistency"),
@@ -120,9 +124,8 @@ OVERALL: Tuple[Column, ...] = (
     Column("protocol", "text", "protocol(s) of its rows"),
     Column("cells", "int", "cells (task x setting x backbone) with a row of this method", 1),
     Column("cells_total", "int", "cells of the leaderboard on this backbone", 1),
-    _share("acc_mean", "mean over its cells of the cell mean accuracy"),
-    _share("acc_ci95_low", "95% CI of acc_mean, low end (per-cell bootstrap CIs combined, cells independent)"),
-    _share("acc_ci95_high", "95% CI of acc_mean, high end"),
+    *_accuracy("mean over its cells of the cell mean accuracy",
+               "95% CI of acc_mean (per-cell bootstrap CIs combined, cells independent)"),
     Column("wins", "int", "cells where it beats the reference significantly (Holm)", 0, optional=True),
     Column("ties", "int", "cells where it and the reference cannot be told apart", 0, optional=True),
     Column("losses", "int", "cells where the reference beats it significantly (Holm)", 0, optional=True),

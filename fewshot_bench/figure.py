@@ -37,7 +37,8 @@ def leaderboard_figure(rows: List[Dict], reference: str = "full_ft"):
         axis.set_title(title + (" (saturated)" if saturated else ""), fontsize="small")
         if saturated:
             axis.set_facecolor(SATURATED_FACE)
-        axis.set_yticks(range(len(members)), [r["method"] for r in members], fontsize="x-small")
+        axis.set_yticks(range(len(members)), [r["method"] + (" (reference)" if r is ref else "") for r in members],
+                        fontsize="x-small")
         axis.invert_yaxis()
         axis.axvline(0, color="black", linewidth=0.8)
         if ref is None:

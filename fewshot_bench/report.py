@@ -29,6 +29,12 @@ def _flags(row: Dict, cell_level: bool) -> List[str]:
     return [f for f in flags if (f in CELL_FLAGS) == cell_level]
 
 
+def _row_flags(row: Dict) -> str:
+    """The row's own flags, its identical-prediction partners written as ``≈ OTHER SHARE``."""
+    own = [f for f in _flags(row, False) if not f.startswith("indistinguishable:")]
+    return ", ".join(own + [f"≈ {other} {share}" for other, share in _identical(row)])
+
+
 def _cells(rows: List[Dict]) -> Dict[tuple, List[Dict]]:
     cells: Dict[tuple, List[Dict]] = {}
     for row in rows:
@@ -41,16 +47,35 @@ def _title(key: tuple) -> str:
     return f"{task}, {n_way}-way {k_shot}-shot, {q_query} queries/class, {backbone}"
 
 
-def _findings(cells: Dict[tuple, List[Dict]]) -> List[str]:
+def _identical(row: Dict) -> List[tuple]:
+    """(other method, share text) of the row's ``indistinguishable:OTHER(SHARE)`` flags."""
+    return [tuple(f.split(":", 1)[1][:-1].rsplit("(", 1)) for f in _flags(row, False) if f.startswith("indistinguishable:")]
+
+
+def _groups(pairs: List[tuple]) -> List[List[str]]:
+    """Connected groups of methods from (a, b) pairs."""
+    groups: List[set] = []
+    for a, b in pairs:
+        joined = [g for g in groups if a in g or b in g]
+        groups = [g for g in groups if g not in joined] + [set().union({a, b}, *joined)]
+    return sorted(sorted(g) for g in groups)
+
+
+def _findings(cells: Dict[tuple, List[Dict]], reference: str) -> List[str]:
     lines = ["## What the data can decide", ""]
     for key, members in cells.items():
         beaten = [f"{r['method']} < {r['beaten_by'].replace(';', ', ')}" for r in members if r["beaten_by"]]
-        pairs = sorted({" = ".join(sorted((r["method"], f.split(":", 1)[1].rsplit("(", 1)[0]))) + " (" +
-                        f.rsplit("(", 1)[1] for r in members for f in _flags(r, False)
-                        if f.startswith("indistinguishable:")})
-        lines.append(f"- **{_title(key)}**" + (" — *saturated*" if "saturated" in _flags(members[0], True) else "")
-                     + f": significant after Holm: {'; '.join(beaten) if beaten else 'none'}"
-                     + (f"; identical predictions: {', '.join(pairs)}" if pairs else ""))
+        nominal = [f"{r['method']} {r['delta_vs_ref']:+.4f} (p {r['p_value']})" for r in members
+                   if r["p_value"] is not None and r["p_value"] < ALPHA]
+        pairs = {tuple(sorted((r["method"], other))): share for r in members for other, share in _identical(r)}
+        total = len(members) * (len(members) - 1) // 2
+        same = _groups([pair for pair, share in pairs.items() if share == "100.0%"])
+        text = f"- **{_title(key)}**" + (" (*saturated*)" if "saturated" in _flags(members[0], True) else "")
+        text += f": significant after Holm: {'; '.join(beaten) if beaten else 'none'}"
+        text += f"; nominal p < {ALPHA} vs {reference}: {', '.join(nominal) if nominal else 'none'}"
+        text += f"; identical predictions on >= {IDENTICAL_SHARE:.0%} of queries: {len(pairs)} of {total} pairs"
+        text += f" (100.0%: {'; '.join(' = '.join(g) for g in same)})" if same else ""
+        lines.append(text)
     return lines + [""]
 
 
@@ -58,7 +83,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
                    reference: str = "full_ft") -> None:
     """leaderboard.md: findings, one table per cell, the overall table and how to read them."""
     cells = _cells(rows)
-    text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells)
+    text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells, reference)
     for key, members in cells.items():
         first = members[0]
         counts = sorted({r["episodes"] for r in members})
@@ -68,12 +93,12 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         facts += [f"**{flag}**" for flag in _flags(first, True)]
         text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
             ("rank group", "method", "protocol", "episodes", "accuracy [95% CI]", f"Δ vs {reference} [95% CI]",
-             "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode"),
+             "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode"),
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True), r["p_holm"],
-              (r["beaten_by"] or "").replace(";", ", "), ", ".join(_flags(r, False)), r["macro_f1_mean"],
+              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True), r["p_value"], r["p_holm"],
+              (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
               r["grad_dir_consistency"], r["sec_per_episode"]) for r in members]) + [""]
     text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
     text += [
