@@ -108,14 +108,15 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "- **accuracy**: mean query accuracy over ok episodes; 95% CI: percentile bootstrap over episodes "
         f"({bootstrap:,} resamples).",
         f"- **Δ vs {reference}**: mean per-episode accuracy difference on the common episodes, paired percentile "
-        "bootstrap 95% CI; **p (Holm)**: two-sided paired sign-flip test (exact up to 30 non-zero differences), "
-        "Holm-corrected over every pairwise comparison of this leaderboard.",
+        "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact up to 30 non-zero differences); "
+        "**p (Holm)**: p after Holm's correction over every pairwise comparison of this leaderboard.",
         f"- **rank group** = 1 + the number of methods of the cell that beat the method significantly (Holm p < "
         f"{ALPHA}); methods that cannot be told apart share a group. **beaten by** names them.",
         f"- **saturated**: every method >= {SATURATED_ACCURACY} accuracy, or best minus worst below the median CI "
-        f"half-width. **indistinguishable:M(share)**: identical query predictions on >= {IDENTICAL_SHARE:.0%} of "
-        "the queries. **unfinished(done/planned)**, **mixed-episodes**: the cell's episode sets differ; methods "
-        "are then compared on their common episodes where the sets nest.",
+        f"half-width. **≈ M share** (CSV flag `indistinguishable:M(share)`): identical query predictions on >= "
+        f"{IDENTICAL_SHARE:.0%} of the queries of the common episodes. **unfinished(done/planned)**, "
+        "**mixed-episodes**: the cell's episode sets differ; methods are then compared on their common episodes "
+        "where the sets nest.",
         f"- **detectable difference**: the true accuracy difference a paired test on this many episodes finds with "
         f"{POWER:.0%} power at alpha {ALPHA} (normal approximation, median SD of adjacent methods' per-episode "
         "differences, no multiplicity correction); `fewshot-bench power` gives the episodes needed per difference.",

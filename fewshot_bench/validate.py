@@ -14,8 +14,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import numpy as np
+
 from .columns import COLUMNS, LEADERBOARD, METRICS, RANGE_TOLERANCE, cell_key
-from .compare import ALPHA
+from .compare import ALPHA, SATURATED_ACCURACY
 from .errors import UserError
 from .leaderboard import FORMULA_PREFIXES
 from .store import EPISODE_COLUMNS, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES
@@ -141,6 +143,11 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
         methods.setdefault(values["method"], where)
     by_method = {values["method"]: values for _, values in members}
     counts = {v["episodes"] for _, v in members if v.get("episodes") is not None}
+    scored = [v for _, v in members if v.get("acc_mean") is not None]
+    half_widths = sorted((v["acc_ci95_high"] - v["acc_ci95_low"]) / 2 for v in scored)
+    means = [v["acc_mean"] for v in scored]
+    saturated = bool(scored) and (min(means) >= SATURATED_ACCURACY or
+                                  max(means) - min(means) < float(np.median(half_widths)))
     for where, values in members:
         same_set = [v["episodes"] for _, v in members if v["episode_set_sha256"] == values["episode_set_sha256"]
                     and v.get("episodes") is not None]
@@ -149,9 +156,15 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
             problems.append(f"{where}: episodes: {values['episodes']} (expected {usual} like the other rows of "
                             "its episode set: an identical episode set has equal counts)")
         flags = values["flags"].split(";") if values["flags"] else []
-        if (len(counts) > 1) != ("mixed-episodes" in flags):
-            problems.append(f"{where}: flags: 'mixed-episodes' {'missing' if len(counts) > 1 else 'set'} (expected it "
-                            "exactly when the cell's episode counts differ)")
+        for flag, expected, when in (
+                ("mixed-episodes", len(counts) > 1, "the cell's episode counts differ"),
+                ("saturated", saturated, f"every acc_mean >= {SATURATED_ACCURACY} or best minus worst < the median "
+                                         "CI half-width"),
+                ("unfinished", values["episodes_planned"] is not None and values["episodes"] < values["episodes_planned"],
+                 "episodes < episodes_planned")):
+            if expected != any(f.split("(")[0] == flag for f in flags):
+                problems.append(f"{where}: flags: '{flag}' {'missing' if expected else 'set'} (expected it exactly "
+                                f"when {when})")
         unknown = [m for m in values["beaten_by"] if m not in by_method]
         if unknown:
             problems.append(f"{where}: beaten_by: {', '.join(unknown)} not in this cell (expected methods of the cell)")

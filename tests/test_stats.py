@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.leaderboard import aggregate
+from fewshot_bench.leaderboard import aggregate, write_csv
 from fewshot_bench.stats import detectable_difference, episodes_needed, holm, sign_flip_p
 from fewshot_bench.store import ResultsStore
+from fewshot_bench.validate import validate_csv
 from test_store import record
 
 
@@ -25,7 +26,11 @@ def _store(path, methods, planned=None):
 
 
 def _rows(path, **kwargs):
-    return {r["method"]: r for r in aggregate(path, bootstrap=1000, **kwargs)}
+    """Leaderboard rows by method; their CSV must pass validate (its rules agree with the statistics)."""
+    rows = aggregate(path, bootstrap=1000, **kwargs)
+    write_csv(rows, path.with_suffix(".csv"))
+    assert validate_csv(path.with_suffix(".csv")) == []
+    return {r["method"]: r for r in rows}
 
 
 def test_sign_flip_is_exact_on_small_samples():

@@ -92,6 +92,14 @@ def _beaten_by_a_stranger(rows):
     _row(rows, "maml").update(rank="4", rank_group="4", beaten_by="full_ft;nobody;protonet")
 
 
+def _saturated_claimed(rows):
+    _row(rows, "protonet")["flags"] = "saturated"
+
+
+def _unfinished_hidden(rows):
+    _row(rows, "protonet").update(episodes_planned="20")
+
+
 @pytest.mark.parametrize("corrupt, expected", [
     (_full_ft_ci_excludes_mean, "acc_mean: CI [0.6"),
     (_accuracy_above_one, "acc_mean: 1.5 out of range"),
@@ -105,6 +113,8 @@ def _beaten_by_a_stranger(rows):
     (_holm_below_raw_p, "p_holm: 0.001 < p_value 0.003906"),
     (_duplicated_row, "method: 'maml' duplicates the row"),
     (_beaten_by_a_stranger, "beaten_by: nobody not in this cell"),
+    (_saturated_claimed, "flags: 'saturated' set (expected it exactly when every acc_mean >= 0.97"),
+    (_unfinished_hidden, "flags: 'unfinished' missing (expected it exactly when episodes < episodes_planned)"),
 ])
 def test_bad_csv_is_named(good, tmp_path, capsys, corrupt, expected):
     _, _, rows = good
