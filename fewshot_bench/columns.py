@@ -3,7 +3,7 @@
 Derived from here: the store's metric columns (``store.EPISODE_TYPES``), the leaderboard CSV and overall CSV
 columns and their order, the per-row means over ok episodes, and every range/type check of ``validate``.
 Adding a metric is one ``Metric`` line (stored and range-checked), plus one ``mean_of`` line to show its mean
-on the leaderboard.
+(or sum) on the leaderboard.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Metric:
 @dataclass(frozen=True)
 class Column:
     """A leaderboard CSV column: its kind ("int", "float", "text"), range, whether it may be empty, and for a
-    mean over ok episodes the metric it averages (``source``) and its decimals."""
+    aggregate of a metric over ok episodes, the metric (``source``), ``aggregate`` ("mean" or "sum") and decimals."""
     name: str
     kind: str
     help: str
@@ -37,6 +37,7 @@ class Column:
     high: float = INF
     optional: bool = False
     source: Optional[str] = None
+    aggregate: str = "mean"
     decimals: int = 4
     higher_is_better: Optional[bool] = None
 
@@ -53,15 +54,20 @@ METRICS: Tuple[Metric, ...] = (
     Metric("peak_mem_mb", "REAL", 0, INF, "peak memory (CUDA allocated or process RSS)", False),
     Metric("trainable_params", "INTEGER", 0, INF, "parameters the method trains"),
     Metric("steps", "INTEGER", 0, INF, "optimisation steps taken"),
+    # timings beside wall_seconds: the frozen-embedding cache fill this episode triggered (a one-off cost, not in
+    # wall_seconds), and the wall time of the meta-training the episode's method used (NULL: none)
+    Metric("embedding_cache_seconds", "REAL", 0, INF, "embedding-cache fill this episode triggered", False),
+    Metric("meta_train_seconds", "REAL", 0, INF, "wall time of the meta-training the method used", False),
 )
 METRIC = {m.name: m for m in METRICS}
 
 
-def mean_of(metric: str, name: Optional[str] = None, decimals: int = 4) -> Column:
-    """Leaderboard column = mean of ``metric`` over a row's ok episodes (range and direction from the metric)."""
+def mean_of(metric: str, name: Optional[str] = None, decimals: int = 4, aggregate: str = "mean") -> Column:
+    """Leaderboard column = mean (or sum) of ``metric`` over a row's ok episodes (range and direction from the
+    metric)."""
     m = METRIC[metric]
-    return Column(name or metric, "int" if m.sql == "INTEGER" else "float", f"mean {m.help} over ok episodes",
-                  m.low, m.high, True, metric, decimals, m.higher_is_better)
+    return Column(name or metric, "int" if m.sql == "INTEGER" else "float", f"{aggregate} of {m.help} over ok episodes",
+                  m.low, m.high, True, metric, aggregate, decimals, m.higher_is_better)
 
 
 def _share(name: str, help: str, optional: bool = True) -> Column:
@@ -112,11 +118,13 @@ LEADERBOARD: Tuple[Column, ...] = (
     Column("beaten_by", "text", "methods of the cell that beat this one significantly (Holm), ';'-separated"),
     _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired)"),
     Column("flags", "text", "saturated, unfinished, mixed-episodes, no-reference, indistinguishable:METHOD(SHARE)"),
+    mean_of("embedding_cache_seconds", "embedding_cache_seconds_total", 3, aggregate="sum"),
+    mean_of("meta_train_seconds", decimals=3),
     Column("schema_version", "int", "leaderboard schema version", LEADERBOARD_SCHEMA_VERSION,
            LEADERBOARD_SCHEMA_VERSION),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
-MEANS = tuple(c for c in LEADERBOARD if c.source)
+AGGREGATES = tuple(c for c in LEADERBOARD if c.source)
 
 OVERALL: Tuple[Column, ...] = (
     Column("method", "text", "method label"),

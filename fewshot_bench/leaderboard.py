@@ -6,8 +6,8 @@ One row per (method, protocol, backbone, task, setting); columns are declared in
     its fingerprint; if it was evaluated more than once (e.g. under another run config) the latest row counts.
     ``episodes_planned``: the largest episode count (``min(episodes, limit)``) of the run configs that wrote it.
   * Failed and diverged episodes are EXCLUDED from the accuracy statistics and counted in ``failed_episodes``.
-    All other metric columns are means over ok episodes, empty when no ok episode has a value (e.g. prototypical
-    networks have no gradients).
+    All other metric columns are means (``embedding_cache_seconds_total``: the sum) over ok episodes, empty when
+    no ok episode has a value (e.g. prototypical networks have no gradients).
   * 95% CI of the mean accuracy: percentile bootstrap over episodes in episode order (default 10,000 resamples)
     from a numpy Generator seeded with ``seed``, so it is deterministic.
   * Comparisons, ``rank``/``rank_group``, flags and power: ``compare.py`` (paired, per cell, Holm-corrected).
@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import compare
-from .columns import COLUMNS, LEADERBOARD_SCHEMA_VERSION, MEANS, OVERALL_COLUMNS, cell_key
+from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .episodes import episode_set_sha256
 from .errors import UserError
 from .figure import leaderboard_figure
@@ -80,8 +80,10 @@ def _summarise(key: tuple, episodes: List[dict], planned: Optional[int], bootstr
         low, high = bootstrap_ci(accuracy, bootstrap, seed)
         row.update(acc_mean=round(float(np.mean(accuracy)), 4), acc_ci95_low=round(low, 4),
                    acc_ci95_high=round(high, 4))
-    for column in MEANS:
-        row[column.name] = _mean([e[column.source] for e in ok], column.decimals)
+    for column in AGGREGATES:
+        values = [e[column.source] for e in ok if e[column.source] is not None]
+        reduce = np.sum if column.aggregate == "sum" else np.mean
+        row[column.name] = round(float(reduce(values)), column.decimals) if values else None
     if row["trainable_params"] is not None:
         row["trainable_params"] = int(row["trainable_params"])
     return row

@@ -36,9 +36,6 @@ EPISODE_TYPES = {
     "status": "TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'diverged'))", "error": "TEXT",
     **{metric.name: metric.sql for metric in METRICS},  # the metric columns are declared in columns.py
     "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
-    # timings beside wall_seconds: the frozen-embedding cache fill this episode triggered (a one-off cost,
-    # not in wall_seconds), and the wall time of the meta-training the episode's method used (NULL: none)
-    "embedding_cache_seconds": "REAL", "meta_train_seconds": "REAL",
 }
 EPISODE_COLUMNS = tuple(EPISODE_TYPES)
 REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))
