@@ -15,6 +15,7 @@ from torch import nn
 
 from fewshot_bench.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
+from fewshot_bench.search_space import Choice, Range, SearchSpace
 
 
 @dataclass
@@ -33,6 +34,11 @@ class SupportTrainingConfig(MethodConfig):
 @dataclass
 class FullFTConfig(SupportTrainingConfig):
     lr: float = option(5e-5, help="AdamW learning rate of the backbone")
+
+
+# steps x learning rates; shared by lora and SGG (which add their own fields)
+SUPPORT_TRAINING_SPACE = SearchSpace({"steps": Choice((10, 20, 40)), "lr": Range(1e-5, 1e-3, log=True),
+                                      "head_lr": Range(1e-3, 1e-1, log=True)}, cost=("steps",))
 
 
 def fused_adamw_devices() -> set:
@@ -77,6 +83,7 @@ def train_on_support(ctx: EpisodeContext, model: nn.Module, head: nn.Module, tra
 class FullFineTuning(Method):
     name = "full_ft"
     config_class = FullFTConfig
+    search_space = SUPPORT_TRAINING_SPACE
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         model, head = ctx.fresh_model(), ctx.new_head(ctx.n_way)

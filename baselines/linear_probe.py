@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from fewshot_bench.baselines.protonet import frozen_features
 from fewshot_bench.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
+from fewshot_bench.search_space import Range, SearchSpace
 
 
 @dataclass
@@ -24,6 +25,7 @@ class LinearProbeConfig(MethodConfig):
 class LinearProbe(Method):
     name = "linear_probe"
     config_class = LinearProbeConfig
+    search_space = SearchSpace({"C": Range(1e-2, 1e2, log=True)})
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         features = ctx.backbone.frozen_embeddings(ctx.support_texts).cpu().numpy()

@@ -14,10 +14,11 @@ from typing import List, Optional, Sequence, Union
 
 from torch import nn
 
-from fewshot_bench.baselines.full_ft import SupportTrainingConfig, train_on_support
+from fewshot_bench.baselines.full_ft import SUPPORT_TRAINING_SPACE, SupportTrainingConfig, train_on_support
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
+from fewshot_bench.search_space import Choice, Range, SearchSpace
 
 # (module-name suffixes that identify the architecture, targets to adapt), checked in order
 TARGETS_BY_MODULE_NAMES = ((("query", "value"), ["query", "value"]),       # BERT / MiniLM / RoBERTa
@@ -70,6 +71,10 @@ class LoRAConfig(SupportTrainingConfig):
 class LoRA(Method):
     name = "lora"
     config_class = LoRAConfig
+    # adapters need larger rates than full fine-tuning; target_modules None = query,value (per architecture)
+    search_space = SearchSpace({**SUPPORT_TRAINING_SPACE.fields, "lr": Range(1e-4, 1e-2, log=True),
+                                "rank": Choice((4, 8, 16)), "target_modules": Choice((None, "query,key,value,dense"))},
+                               cost=("steps",))
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         cfg = self.config

@@ -15,6 +15,10 @@ differentiable graph, so the outer loss also differentiates through the initiali
 too: it is a first-order path). In the inner loop (W, b) are ordinary adapted variables: their
 gradient, and the backbone's, are the partial derivatives of the support loss with the head held
 fixed (plain fine-tuning from that initialisation). ``head_init: zero`` starts from W = 0, b = 0.
+``head_scale`` s multiplies the initial (W, b): with s = 1 and one shot the support loss is already ~0
+(each support vector *is* its prototype), so the inner loop has no gradient to follow and MAML equals
+ProtoNet; s < 1 softens the logits so the inner loop changes predictions (s is in the search space,
+chosen on validation episodes like the other fields).
 
 Parameters:
 * ``adapt_params`` (adapted in the inner loop, and at evaluation): ``top-k`` (default, k = ``top_k``
@@ -35,7 +39,11 @@ Meta-training runs once per (method config, backbone, source pool, seed): the me
 (and inner rates) are cached as safetensors in ``<cache>/maml/<key>.safetensors``, cache =
 ``MetaContext.cache_dir``, else ``$FEWSHOT_BENCH_CACHE``, else ``~/.cache/fewshot_bench``; the key
 hashes the config, first-order flag, backbone name, seed, autocast dtype and the fingerprints of the
-first ``meta_batch`` source episodes. ``adapt`` starts from ``ctx.fresh_model()``, loads the
+first ``meta_batch`` source episodes. Early stopping (``val_every`` > 0 and a validation pool): every
+``val_every`` meta-steps the current meta-state adapts to ``val_episodes`` validation-pool episodes
+(indices from ``VALIDATION_OFFSET``, disjoint from those ``tune`` scores trials on) and its mean query
+accuracy is measured; the best meta-state is kept, and meta-training stops after ``patience`` checks
+without improvement. ``adapt`` starts from ``ctx.fresh_model()``, loads the
 meta-learned weights (if any: without meta-training it is plain fine-tuning of the adapted
 parameters from the pretrained weights), runs the inner loop on the support set — recording every
 step — and predicts with the adapted backbone and head.
@@ -65,8 +73,10 @@ from torch.func import functional_call, grad_and_value, vjp
 from fewshot_bench.backbone import Backbone, Batch
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
-from fewshot_bench.methods import EpisodeContext, MetaContext, Method, MethodConfig, Predictor, first_per_class
+from fewshot_bench.methods import (EpisodeContext, MetaContext, Method, MethodConfig, Predictor, derived_seed,
+                                   first_per_class)
 from fewshot_bench.progress import Progress
+from fewshot_bench.search_space import Choice, Range, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +87,7 @@ HEAD_W, HEAD_B = "head.weight", "head.bias"
 CACHE_ENV = "FEWSHOT_BENCH_CACHE"
 CACHE_FORMAT = 1
 _LR_PREFIX = "inner_log_lr/"
+VALIDATION_OFFSET = 100_000  # early-stopping episodes: validation-pool indices from here (tune scores 0, 1, ...)
 BUCKET_OVERHEAD = 32  # tokens: what one extra forward group costs on CPU, in padded-token units
 
 Tensors = Dict[str, torch.Tensor]
@@ -94,12 +105,25 @@ class MAMLConfig(MethodConfig):
     top_k: int = option(1, help="transformer blocks adapted with adapt_params=top-k (the last ones)")
     meta_params: str = option("all", help="parameters the outer loop meta-learns: all (backbone) or adapted")
     head_init: str = option("proto", help="episode head: proto (W=2c_k, b=-|c_k|^2 from support prototypes) or zero")
+    head_scale: float = option(1.0, help="multiplies the initial head (W, b): < 1 softens the prototype logits so a "
+                                         "1-shot support loss is not ~0 before the inner loop (chosen by tune)")
     meta_steps: int = option(25, help="outer-loop (Adam) steps of meta-training (25: about a minute per setting "
                                       "for fomaml and 1.5 for maml on a 2-core CPU with MiniLM)")
     meta_batch: int = option(2, help="source episodes per outer step")
     outer_lr: float = option(3e-5, help="outer-loop Adam learning rate")
     meta_query: int = option(5, help="query examples per class of each meta-training episode (0: the setting's "
                                      "q_query); 5 keeps a meta-step affordable on CPU")
+    val_every: int = option(0, help="early stopping: check mean validation-pool accuracy every this many meta-steps, "
+                                    "keep the best meta-state (0: off; meta_steps then is the exact length)")
+    val_episodes: int = option(4, help="validation-pool episodes per early-stopping check")
+    patience: int = option(3, help="early stopping: checks without improvement before meta-training stops")
+
+
+# the meta-training budget is part of the space: on a GPU widen meta_steps (hundreds to thousands) with val_every
+MAML_SPACE = SearchSpace({"head_scale": Range(1e-3, 1.0, log=True), "inner_lr": Range(1e-3, 1e-1, log=True),
+                          "inner_steps": Choice((1, 3, 5)), "learn_inner_lr": Choice((False, True)),
+                          "meta_steps": Choice((0, 25, 50)), "outer_lr": Range(1e-5, 1e-4, log=True)},
+                         cost=("meta_steps", "inner_steps"))
 
 
 # --------------------------------------------------------------------------------------------- functional core
@@ -120,13 +144,14 @@ def _head_loss(e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels
     return F.cross_entropy(e @ weight.T + bias, labels)
 
 
-def init_head(e: torch.Tensor, labels: torch.Tensor, n_way: int, kind: str = "proto") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Episode head from support embeddings ``e`` (differentiable): proto W_k = 2c_k, b_k = -|c_k|^2, or zeros."""
+def init_head(e: torch.Tensor, labels: torch.Tensor, n_way: int, kind: str = "proto",
+              scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Episode head from support embeddings ``e`` (differentiable): proto W_k = 2s·c_k, b_k = -s·|c_k|^2, or zeros."""
     if kind == "zero":
         return e.new_zeros(n_way, e.shape[1]), e.new_zeros(n_way)
     onehot = F.one_hot(labels, n_way).to(e.dtype)  # [B, N]
     protos = (onehot.T @ e) / onehot.sum(0).clamp_min(1.0).unsqueeze(1)
-    return 2.0 * protos, -(protos * protos).sum(1)
+    return 2.0 * scale * protos, -scale * (protos * protos).sum(1)
 
 
 def block_index(names: Sequence[str]) -> Tuple[Dict[str, int], int]:
@@ -211,12 +236,14 @@ class InnerLoop:
     """
 
     def __init__(self, backbone: Backbone, model: nn.Module, adapt: Sequence[str], head_init: str = "proto",
-                 autocast: Optional[Callable] = None, bucket: Optional[bool] = None, sparse_rows: bool = True):
+                 autocast: Optional[Callable] = None, bucket: Optional[bool] = None, sparse_rows: bool = True,
+                 head_scale: float = 1.0):
         self.backbone = backbone
         self.bucket = bucket  # None: length buckets on CPU only
         self.embedder = _Embedder(backbone, model)
         self.adapt = list(adapt)
         self.head_init = head_init
+        self.head_scale = head_scale
         self.autocast = autocast
         self.emb_name = input_embedding_name(model) if sparse_rows else None
 
@@ -274,7 +301,7 @@ class InnerLoop:
         else:
             e = self.embed(params, support)
         if head is None:
-            head = init_head(e, support.labels, n_way, self.head_init)
+            head = init_head(e, support.labels, n_way, self.head_init, self.head_scale)
         (g_e, g_w, g_b), loss = grad_and_value(_head_loss, argnums=(0, 1, 2))(e, head[0], head[1], support.labels)
         grads = pull(g_e)[0] if pull is not None else {}
         return loss, grads, (g_w, g_b), head, e
@@ -309,7 +336,7 @@ class InnerLoop:
                 params[n] = params[n] - lrs[n] * grads[n]
             head = (head[0] - lrs[HEAD_W] * g_w, head[1] - lrs[HEAD_B] * g_b)
         if head is None:
-            head = init_head(self.embed(params, support), support.labels, n_way, self.head_init)
+            head = init_head(self.embed(params, support), support.labels, n_way, self.head_init, self.head_scale)
         return _head_loss(self.embed(params, query), head[0], head[1], query.labels)
 
 
@@ -344,6 +371,7 @@ class MAML(Method):
 
     name = "maml"
     config_class = MAMLConfig
+    search_space = MAML_SPACE
     protocol = "meta-trained"
     attn_implementation = "eager"  # double backward through attention (SDPA has none on CPU)
     first_order: ClassVar[bool] = False
@@ -365,11 +393,13 @@ class MAML(Method):
                 raise UserError(f"{self.name or 'maml'}: {field} must be one of {', '.join(allowed)}, got {value!r}")
         if cfg.inner_steps < 0 or cfg.meta_steps < 0 or cfg.meta_batch < 1 or cfg.top_k < 0:
             raise UserError(f"{self.name or 'maml'}: need inner_steps >= 0, meta_steps >= 0, meta_batch >= 1, top_k >= 0")
+        if cfg.head_scale <= 0 or cfg.val_every < 0 or cfg.val_episodes < 1 or cfg.patience < 1:
+            raise UserError(f"{self.name or 'maml'}: need head_scale > 0, val_every >= 0, val_episodes >= 1, patience >= 1")
 
     def inner_loop(self, backbone: Backbone, model: nn.Module, autocast=None) -> InnerLoop:
         names = [n for n, _ in model.named_parameters()]
         return InnerLoop(backbone, model, adapted_names(names, self.config.adapt_params, self.config.top_k),
-                         self.config.head_init, autocast)
+                         self.config.head_init, autocast, head_scale=self.config.head_scale)
 
     def meta_param_names(self, model: nn.Module, loop: InnerLoop) -> List[str]:
         if self.config.meta_params == "adapted":
@@ -447,7 +477,16 @@ class MAML(Method):
             log_lrs = {n: torch.tensor(math.log(cfg.inner_lr), device=ctx.device) for n in loop.lr_names()}
             groups.append({"params": list(log_lrs.values()), "lr": cfg.inner_lr_lr})
         optimizer = torch.optim.Adam(groups)
-        self.meta_losses = []
+        self.meta_losses, self.validation_curve = [], []
+
+        def snapshot() -> Tensors:
+            state = {n: named[n].detach().to("cpu").clone() for n in meta_names}
+            if log_lrs is not None:
+                state.update({_LR_PREFIX + n: v.detach().to("cpu").clone() for n, v in log_lrs.items()})
+            return state
+
+        early_stopping = cfg.val_every > 0 and ctx.validation_episode is not None
+        best, best_state, stale = -1.0, None, 0
         bar = Progress(cfg.meta_steps, f"meta-train {'fomaml' if self.first_order else 'maml'}", unit="step")
         for step in range(cfg.meta_steps):
             batches = first if step == 0 else [ctx.source_episode(step * cfg.meta_batch + j) for j in range(cfg.meta_batch)]
@@ -457,10 +496,16 @@ class MAML(Method):
             self.meta_losses.append(loss)
             bar.set_current(f"query_loss={loss:.4f}")
             bar.update(1)
+            if early_stopping and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.meta_steps):
+                state = snapshot()
+                accuracy = self.validation_accuracy(ctx, state)
+                self.validation_curve.append((step + 1, accuracy))
+                best, best_state, stale = ((accuracy, state, 0) if accuracy > best else (best, best_state, stale + 1))
+                if stale >= cfg.patience:
+                    log.info("meta-training stops at step %d: no validation gain in %d checks", step + 1, stale)
+                    break
         bar.close()
-        state = {n: named[n].detach().to("cpu").clone() for n in meta_names}
-        if log_lrs is not None:
-            state.update({_LR_PREFIX + n: v.detach().to("cpu").clone() for n, v in log_lrs.items()})
+        state = best_state if best_state is not None else snapshot()
         self._set_state(state)
         try:
             self.meta_train_seconds = time.perf_counter() - started
@@ -469,6 +514,21 @@ class MAML(Method):
             log.info("saved meta-trained weights to %s", path)
         except OSError as exc:
             log.warning("could not cache meta-trained weights at %s: %s", path, exc)
+
+    def validation_accuracy(self, ctx: MetaContext, state: Tensors) -> float:
+        """Mean query accuracy after adapting from meta-state ``state`` to the early-stopping validation episodes."""
+        self._set_state(state)
+        correct = total = 0
+        for i in range(self.config.val_episodes):
+            episode = ctx.validation_episode(VALIDATION_OFFSET + i)
+            episode_ctx = EpisodeContext(ctx.backbone, episode, derived_seed(ctx.seed, "maml-validation", i),
+                                         autocast_dtype=ctx.autocast_dtype)
+            predictor = self.adapt(episode_ctx)
+            with torch.no_grad():
+                predictions = predictor.predict(episode_ctx.batch(episode, "query")).argmax(-1).cpu()
+            correct += int((predictions == torch.tensor(episode.query_labels)).sum())
+            total += len(episode.query_labels)
+        return correct / total
 
     def _meta_query(self, ctx: MetaContext, episode) -> Batch:
         query = ctx.batch(episode, "query")
@@ -545,7 +605,8 @@ class MAML(Method):
                 named[loop.emb_name].index_copy_(0, rows, params[loop.emb_name])
         if head is None:
             with torch.no_grad():
-                head = init_head(loop.embed(named, ctx.support), ctx.support.labels, ctx.n_way, cfg.head_init)
+                head = init_head(loop.embed(named, ctx.support), ctx.support.labels, ctx.n_way, cfg.head_init,
+                                 cfg.head_scale)
         weight, bias = head
 
         def predict(batch: Batch) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,leaderboard,power,validate,merge}``.
+"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,power,validate,merge}``.
 
 Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
@@ -22,8 +22,27 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _episode_flags() -> argparse.ArgumentParser:
+    """Flags shared by ``run`` and ``tune``: which tasks, methods and episode shapes, on what."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--tasks", help="comma-separated task names")
+    flags.add_argument("--methods", help="comma-separated method names or path/to/file.py:Class")
+    flags.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
+    flags.add_argument("--k-shot", help="shots per class, comma-separated (e.g. 1,5); MIN-MAX for variable shot")
+    flags.add_argument("--query", type=int, help="queries per class")
+    flags.add_argument("--fold", type=int, help="class-split fold (1-based)")
+    flags.add_argument("--seed", type=int, help="episode and training seed")
+    flags.add_argument("--backbone", help="backbone name, Hugging Face id or local path (default: minilm)")
+    flags.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    flags.add_argument("--method-config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                       help="set a method config field (repeatable), e.g. full_ft.steps=5; tune: pins it "
+                            "(it leaves the search space)")
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
+    episode_flags = _episode_flags()
     parser = argparse.ArgumentParser(prog="fewshot-bench", description="Episodic few-shot NLU benchmark.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -63,25 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
     p.add_argument("--suite", help="named suite (smoke, default, cross-domain) choosing task x setting combinations")
-    p.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
-    p.add_argument("--methods", help="comma-separated method names or path/to/file.py:Class")
-    p.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
-    p.add_argument("--k-shot", help="shots per class, comma-separated (e.g. 1,5); MIN-MAX for variable shot")
-    p.add_argument("--query", type=int, help="queries per class")
     p.add_argument("--episodes", type=int, help="episodes per task x setting")
-    p.add_argument("--fold", type=int, help="class-split fold (1-based)")
     p.add_argument("--pool", choices=["target", "validation"],
                    help="evaluate on target-pool episodes (default) or validation-pool ones (hyperparameter choice)")
-    p.add_argument("--seed", type=int, help="episode and training seed")
-    p.add_argument("--backbone", help="backbone name, Hugging Face id or local path (default: minilm)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--store", help="SQLite results store (default: runs/results.sqlite)")
     p.add_argument("--out", help="leaderboard CSV written at the end (default: leaderboard/leaderboard.csv)")
     p.add_argument("--limit", type=int, help="smoke runs: at most this many episodes per task x setting")
-    p.add_argument("--method-config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
-                   help="override a method config field (repeatable), e.g. full_ft.steps=5")
+    p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
     p.set_defaults(handler="fewshot_bench.runner:cli_run")
+
+    p = sub.add_parser("tune", parents=[common, episode_flags],
+                       help="choose each method's config on validation-pool episodes, same budget for every method")
+    p.add_argument("--episodes", type=int, help="validation episodes every trial is scored on (default 10)")
+    p.add_argument("--trials", type=int, help="configurations per method (default 20)")
+    p.add_argument("--sampler", choices=["tpe", "grid"], help="Optuna sampler (default tpe), seeded with --seed")
+    p.add_argument("--prune", action="store_true", help="Optuna MedianPruner: stop hopeless trials early")
+    p.add_argument("--store", help="results store for the trials (default: runs/results.sqlite)")
+    p.add_argument("--out", help="YAML file of the chosen configs (default: runs/tuned.yaml)")
+    p.set_defaults(handler="fewshot_bench.tuning:cli_tune")
 
     p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
     p.add_argument("--store", default="runs/results.sqlite")

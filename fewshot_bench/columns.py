@@ -58,6 +58,11 @@ METRICS: Tuple[Metric, ...] = (
     # wall_seconds), and the wall time of the meta-training the episode's method used (NULL: none)
     Metric("embedding_cache_seconds", "REAL", 0, INF, "embedding-cache fill this episode triggered", False),
     Metric("meta_train_seconds", "REAL", 0, INF, "wall time of the meta-training the method used", False),
+    # SGG only (fewshot_bench.sgg.term_activity): which guidance terms changed the update (NULL: not SGG)
+    Metric("sgg_mag_active", "REAL", 0, 1, "share of steps the SGG magnitude bound acted"),
+    Metric("sgg_align_active", "REAL", 0, 1, "share of steps the SGG alignment projection fired"),
+    Metric("sgg_dir_angle", "REAL", 0, 180, "mean degrees the SGG direction term rotated g"),
+    Metric("sgg_step_angle", "REAL", 0, 180, "mean degrees between the task gradient and the applied step"),
 )
 METRIC = {m.name: m for m in METRICS}
 

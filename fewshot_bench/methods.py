@@ -27,6 +27,7 @@ from .episodes import Episode
 from .errors import UserError
 from .metrics import GradientRecorder, query_scores
 from .registry import METHODS, import_object, register_method
+from .search_space import SearchSpace
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Method:
     config_class: ClassVar[type] = MethodConfig
     protocol: ClassVar[str] = "target-only"  # or "source-guided" (uses source-pool data while adapting), "meta-trained"
     attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
+    search_space: ClassVar[Optional[SearchSpace]] = None  # what ``tune`` may choose; None: runs its defaults
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -107,6 +109,7 @@ class EpisodeContext(_Shared):
         self.support = self.batch(episode, "support")
         self.support_texts = episode.support_texts
         self.recorder = GradientRecorder()
+        self.figures: Dict[str, float] = {}  # per-episode figures the method reports (results-store columns)
         self._source_episodes = source_episodes
 
     def source_episode(self, index: int) -> Episode:
@@ -166,12 +169,14 @@ def prototype_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 class MetaContext(_Shared):
-    """What ``meta_train`` gets: the backbone and a function index -> source-pool episode."""
+    """What ``meta_train`` gets: the backbone, functions index -> source-pool episode and index -> validation-pool
+    episode (for early stopping; None when the setting has no validation pool), and the cache folder."""
 
     def __init__(self, backbone: Backbone, seed: int, source_episodes: Callable[[int], Episode], *, autocast_dtype=None,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, validation_episodes: Optional[Callable[[int], Episode]] = None):
         super().__init__(backbone, seed, autocast_dtype)
         self.source_episode = source_episodes
+        self.validation_episode = validation_episodes
         self.cache_dir = cache_dir
 
 
@@ -246,6 +251,7 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
     if stability.pop("diverged") and record["status"] == "ok":
         record.update(status="diverged", error="non-finite loss or gradient during adaptation")
     record.update(stability)
+    record.update(ctx.figures)
     record["wall_seconds"] = time.perf_counter() - start
     record["peak_mem_mb"] = peak_memory_mb(backbone.device)
     return record

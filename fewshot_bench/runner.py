@@ -51,6 +51,8 @@ class RunConfig:
     store: str = option("runs/results.sqlite", help="SQLite results store")
     out: str = option("leaderboard/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs")
+    tuned: Optional[str] = option(None, help="YAML file of configs chosen by 'fewshot-bench tune' (per setting and "
+                                             "method; --method-config still overrides them)")
     description: str = option("", help="what the suite is for")
     progress_every: int = option(0, help="output that is not a terminal: a progress line every N episodes "
                                          "(0: every 5% of the run); a terminal gets a bar")
@@ -106,7 +108,7 @@ def build_config(args) -> RunConfig:
              "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
              "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
              "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
-             "source_task": args.source_task}
+             "source_task": args.source_task, "tuned": getattr(args, "tuned", None)}
     if flags["tasks"]:
         merged.pop("settings", None)
     merged.update({k: v for k, v in flags.items() if v is not None})
@@ -158,6 +160,13 @@ def episode_seed(seed: int, setting: Setting, index: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def autocast_dtype(device: str, bf16: bool = True):
+    """torch.bfloat16 on a CUDA device that supports it when ``bf16``, else None (no autocast)."""
+    import torch
+
+    return torch.bfloat16 if (bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()) else None
+
+
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
         barrier=None) -> str:
     """Execute the run; returns the store path written (a shard path when ``world_size > 1``).
@@ -176,9 +185,13 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.bfloat16 if (config.bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()) else None
+    autocast = autocast_dtype(device, config.bf16)
     names = METHODS.names() if config.methods == "all" or config.methods == ["all"] else _split(config.methods)
     overrides = _method_overrides(config)
+    tuned = None
+    if config.tuned:
+        from .tuning import load_tuned, tuned_overrides
+        tuned = load_tuned(config.tuned)
     unknown = set(overrides) - set(names)
     if unknown:
         raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this run ({', '.join(names)})")
@@ -187,6 +200,8 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     settings = _settings(config)
     for setting in settings:
         setting.target_episode(config.seed, 0)
+        for name in names if tuned is not None else ():  # every (setting, method) has a tuned entry
+            tuned_overrides(tuned, config.tuned, setting.label, name)
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
     store = ResultsStore(store_path or config.store)
     # resume: episodes finished in the run's store or in any shard of an earlier (killed) torchrun job
@@ -202,8 +217,9 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         """The method of (setting, name), created once: label, run hash and the episodes already stored."""
         method = method_instances.get((setting, name))
         if method is None:
-            method = methods_module.method_from_spec(name, overrides.get(name))
-            method.label = method_label(method.name, overrides.get(name, {}))
+            chosen = tuned_overrides(tuned, config.tuned, setting.label, name) if tuned is not None else None
+            method = methods_module.method_from_spec(name, {**(chosen or {}), **overrides.get(name, {})})
+            method.label = method_label(method.name, overrides.get(name, {})) + ("[tuned]" if chosen is not None else "")
             method.run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
                                            "backbone": config.backbone, "source_task": setting.source_task})
             method.done = set().union(*(other.done_indices(method.run_hash, method.label, config.backbone, setting.task,
@@ -225,8 +241,9 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
                                 f"pass --source-task")
             log.info("meta-training %s for %s", method.label, setting.label)
             started = time.perf_counter()
+            validation_episodes = lambda i, s=setting: s.source_episode(config.seed, i, pool="validation")  # noqa: E731
             method.meta_train(methods_module.MetaContext(backbones[key], config.seed, source_episodes,
-                                                         autocast_dtype=autocast))
+                                                         autocast_dtype=autocast, validation_episodes=validation_episodes))
             # a method that loaded cached weights reports the wall time of the training that produced them
             method.meta_train_seconds = getattr(method, "meta_train_seconds", None) or time.perf_counter() - started
             log.info("meta-trained %s for %s: %.1f s", method.label, setting.label, method.meta_train_seconds)

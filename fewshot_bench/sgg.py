@@ -34,8 +34,9 @@ Recorder: ``ctx.recorder.record(loss, params, grads=g_t, source_grads=g_src)`` e
 backbone first, so source_alignment = mean_t cos(g_t^bb, g_src,t) over the backbone parameters; g_t is the
 task gradient (``record_grad: task``, default, same meaning as for full_ft) or the applied step gradient.
 
-Per-step trajectories (λ_align,t, cosines, norms, τ_t, regulariser values) are kept in
-``method.last_trace`` / ``method.traces`` and on ``ctx.recorder.sgg_trace``.
+Per-step trajectories (λ_align,t, cosines, norms, τ_t, regulariser values, which terms changed the update)
+are kept in ``method.last_trace`` / ``method.traces`` and on ``ctx.recorder.sgg_trace``; their per-episode
+summary (:func:`term_activity`) goes to the results store as the ``sgg_*`` columns, so an inert term shows.
 """
 from __future__ import annotations
 
@@ -47,11 +48,12 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from fewshot_bench.baselines.full_ft import FullFTConfig, adamw
+from fewshot_bench.baselines.full_ft import SUPPORT_TRAINING_SPACE, FullFTConfig, adamw
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
 from fewshot_bench.baselines.lora import apply_lora
 from fewshot_bench.methods import EpisodeContext, Method, Predictor, derived_seed
+from fewshot_bench.search_space import Choice, Range, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ ALIGN_SCHEDULES = ("sigmoid", "constant")
 REF_INITS = ("support", "half")
 RECORD_GRADS = ("task", "step")
 _EPS = 1e-12
+# wide enough that each term changes the update: τ multiplier below 1 (the bound binds), λ_dir up to 10
+# (rotation α up to 0.91), alignment weight in exact mode (first_order projects only on a conflict)
+SGG_SPACE = SearchSpace({**SUPPORT_TRAINING_SPACE.fields, "mode": Choice(("first_order", "exact")),
+                         "lambda_dir": Range(0.01, 10.0, log=True), "lambda_mag": Range(0.1, 10.0, log=True),
+                         "tau_mult": Range(0.3, 2.0), "lambda_align": Range(0.1, 10.0, log=True),
+                         "align_schedule": Choice(("sigmoid", "constant"))}, cost=("steps",))
 
 Grads = List[torch.Tensor]
 
@@ -310,13 +318,16 @@ def first_order_coefficients(d: Dict[str, float], *, lambda_dir: float, lambda_m
     Returns (a·γ, b·γ, c·γ, figures of the step: its norm and its cosines with r_t and (backbone) g_src)."""
     a, b, c = 1.0, 0.0, 0.0
     has_ref, has_src = "gr" in d, "gs" in d
+    dir_cos = None
     if lambda_dir > 0 and has_ref:
         alpha = lambda_dir / (1.0 + lambda_dir)
         g_norm, r_norm = math.sqrt(max(d["gg"], _EPS)), math.sqrt(max(d["rr"], _EPS))
         cos = d["gr"] / (g_norm * r_norm)
         u_norm = math.sqrt(max((1 - alpha) ** 2 + alpha ** 2 + 2 * alpha * (1 - alpha) * cos, 0.0))
+        dir_cos = 1.0
         if u_norm > 1e-6:  # g exactly opposite to r with α = ½: leave g alone
             a, b = (1 - alpha) / u_norm, alpha * g_norm / (r_norm * u_norm)
+            dir_cos = _safe_cos(a * d["gg"] + b * d["gr"], d["gg"], a * a * d["gg"] + b * b * d["rr"] + 2 * a * b * d["gr"])
     w = min(1.0, align_weight)
     if w > 0 and has_src:
         dot = a * d["gs"] + b * d.get("rs", 0.0)
@@ -333,12 +344,39 @@ def first_order_coefficients(d: Dict[str, float], *, lambda_dir: float, lambda_m
     norm = math.sqrt(max(sq(a, b, c, False), 0.0))
     gamma = tau / norm if (lambda_mag > 0 and math.isfinite(tau) and norm > tau) else 1.0
     a, b, c = a * gamma, b * gamma, c * gamma
-    info = {"step_norm": norm * gamma}
+    info = {"step_norm": norm * gamma, "mag_active": gamma < 1.0, "align_active": c != 0.0,
+            "dir_cos": dir_cos, "task_cos": _safe_cos(a * d["gg"] + b * d.get("gr", 0.0) - c * d.get("gs", 0.0),
+                                                      d["gg"], sq(a, b, c, False))}
     if has_ref:
         info["cos_ref_step"] = _safe_cos(a * d["gr"] + b * d["rr"] - c * d.get("rs", 0.0), sq(a, b, c, False), d["rr"])
     if has_src:
         info["cos_src_step"] = _safe_cos(a * d["gs"] + b * d.get("rs", 0.0) - c * d["ss"], sq(a, b, c, True), d["ss"])
     return a, b, c, info
+
+
+def _degrees(cos: Optional[float]) -> Optional[float]:
+    return None if cos is None else math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+
+
+def term_activity(trace: dict) -> Dict[str, Optional[float]]:
+    """Per-episode summary of which terms changed the update (results-store columns):
+
+    ``sgg_mag_active`` share of steps the magnitude term acted (first_order: ‖g‖ clipped to τ_t; exact:
+    ‖g‖ > τ_t with λ_mag > 0); ``sgg_align_active`` share of steps the alignment term acted (first_order:
+    the PCGrad projection fired; exact: a source gradient and λ_align,t > 0); ``sgg_dir_angle`` mean angle
+    (degrees) the direction term rotated g (first_order only: exact mode mixes the terms in one H·v);
+    ``sgg_step_angle`` mean angle between the task gradient and the applied step (all terms)."""
+    steps = len(trace["mag_active"])
+
+    def share(key):
+        return sum(map(bool, trace[key])) / steps if steps else None
+
+    def mean_angle(key):
+        angles = [_degrees(c) for c in trace[key] if c is not None]
+        return sum(angles) / len(angles) if angles else None
+
+    return {"sgg_mag_active": share("mag_active"), "sgg_align_active": share("align_active"),
+            "sgg_dir_angle": mean_angle("dir_cos"), "sgg_step_angle": mean_angle("task_cos")}
 
 
 def apply_coefficients(g: torch.Tensor, k: int, a: float, b: float, c: float, ref, src,
@@ -428,6 +466,7 @@ class SGG(Method):
 
     name = "sgg"
     config_class = SGGConfig
+    search_space = SGG_SPACE
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -481,7 +520,8 @@ class SGG(Method):
             self._warned_no_source = True
         trace = {key: [] for key in ("loss", "task_grad_norm", "step_grad_norm", "tau", "lambda_align",
                                      "cos_ref", "cos_ref_step", "cos_src", "cos_src_step",
-                                     "R_dir", "R_mag", "R_align")}
+                                     "R_dir", "R_mag", "R_align", "mag_active", "align_active", "dir_cos",
+                                     "task_cos")}
         trace.update(mode=cfg.mode, params=cfg.params, has_source=ctx.has_source,
                      align_status="on" if ctx.has_source and cfg.lambda_align > 0 else
                      ("skipped: no source task" if cfg.lambda_align > 0 else "off (lambda_align = 0)"))
@@ -516,7 +556,10 @@ class SGG(Method):
                 for p, g, u in zip(params, unflatten(step, params), used):
                     p.grad = g if u else None
                 sd = gradient_dots(step, k, state.ref, src, dots.get("ss"))
-                info = dict(zip(("cos_ref_step", "cos_src_step"), dot_cosines(sd)), step_norm=math.sqrt(sd["gg"]))
+                info = dict(zip(("cos_ref_step", "cos_src_step"), dot_cosines(sd)), step_norm=math.sqrt(sd["gg"]),
+                            mag_active=cfg.lambda_mag > 0 and math.sqrt(dots["gg"]) > tau,
+                            align_active=lam_align > 0 and src is not None, dir_cos=None,
+                            task_cos=_safe_cos(float(torch.dot(task, step)), dots["gg"], sd["gg"]))
             else:
                 loss.backward()
                 used = [p.grad is not None for p in params]
@@ -551,6 +594,8 @@ class SGG(Method):
             trace["cos_src_step"].append(info.get("cos_src_step"))
             for key in ("dir", "mag", "align"):
                 trace[f"R_{key}"].append(terms.get(key))
+            for key in ("mag_active", "align_active", "dir_cos", "task_cos"):
+                trace[key].append(info.get(key))
             log.debug("%s step %d: loss %.4f |g| %.4g -> %.4g tau %.4g lambda_align %.3g cos_src %s", self.name, t,
                       trace["loss"][-1], task_norm, info["step_norm"], tau, lam_align, cos_src)
             state.update(task, task_norm, cos_src)
@@ -560,6 +605,7 @@ class SGG(Method):
         self.last_trace = trace
         self.traces.append(trace)
         ctx.recorder.sgg_trace = trace
+        ctx.figures.update(term_activity(trace))
         return Predictor(lambda batch: head(ctx.embed(model, batch)), sum(p.numel() for p in params))
 
 
@@ -567,15 +613,18 @@ class SGGNoDir(SGG):
     """Ablation: SGG without the direction-consistency term (λ_dir = 0)."""
     name = "sgg-no-dir"
     config_class = SGGNoDirConfig
+    search_space = SGG_SPACE.without("lambda_dir")
 
 
 class SGGNoMag(SGG):
     """Ablation: SGG without the magnitude-control term (λ_mag = 0)."""
     name = "sgg-no-mag"
     config_class = SGGNoMagConfig
+    search_space = SGG_SPACE.without("lambda_mag", "tau_mult")
 
 
 class SGGNoAlign(SGG):
     """Ablation: SGG without the source/target alignment term (λ_align = 0; g_src still measured)."""
     name = "sgg-no-align"
     config_class = SGGNoAlignConfig
+    search_space = SGG_SPACE.without("lambda_align", "align_schedule")

@@ -42,12 +42,23 @@ REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c no
 STATUSES = ("ok", "failed", "diverged")
 PROTOCOLS = ("target-only", "source-guided", "meta-trained")
 SQLITE_MAGIC = b"SQLite format 3\x00"
+# one row per ``fewshot-bench tune`` trial: a config evaluated on the study's validation episodes
+TRIAL_TYPES = {
+    "study": "TEXT NOT NULL", "method": "TEXT NOT NULL", "backbone": "TEXT NOT NULL", "task": "TEXT NOT NULL",
+    "setting": "TEXT NOT NULL", "seed": "INTEGER NOT NULL", "trial": "INTEGER NOT NULL", "state": "TEXT NOT NULL",
+    "config": "TEXT NOT NULL", "cost": "REAL", "episodes": "INTEGER NOT NULL", "episode_set_sha256": "TEXT",
+    "accuracy": "REAL", "acc_ci95_low": "REAL", "acc_ci95_high": "REAL", "wall_seconds": "REAL",
+    "figures": "TEXT", "chosen": "INTEGER NOT NULL DEFAULT 0", "created_at": "TEXT NOT NULL",
+}
+TRIAL_COLUMNS = tuple(TRIAL_TYPES)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, config_hash TEXT, config_json TEXT, git_commit TEXT, "
     "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT)",
     f"CREATE TABLE IF NOT EXISTS episodes ({', '.join(f'{c} {t}' for c, t in EPISODE_TYPES.items())}, "
     f"UNIQUE ({', '.join(KEY_COLUMNS)}))",
+    f"CREATE TABLE IF NOT EXISTS trials ({', '.join(f'{c} {t}' for c, t in TRIAL_TYPES.items())}, "
+    f"UNIQUE (study, method, setting, trial))",
 )
 
 
@@ -205,6 +216,33 @@ class ResultsStore:
             for column in ("predictions", "extra"):
                 if row[column] is not None:
                     row[column] = json.loads(row[column])
+        return rows
+
+    # tuning trials -----------------------------------------------------------------------------------------------
+    def write_trial(self, record: Dict) -> None:
+        """Insert (or replace: a re-run study) one tuning trial; ``config`` / ``figures`` are dicts."""
+        row = {c: _plain(v) for c, v in record.items()}
+        row["config"] = json.dumps(row["config"], sort_keys=True, default=str)
+        row["figures"] = json.dumps(row.get("figures") or {}, sort_keys=True)
+        row.setdefault("created_at", now())
+        columns = list(row)
+        with self.conn:
+            self.conn.execute(f"INSERT OR REPLACE INTO trials ({', '.join(columns)}) "
+                              f"VALUES ({', '.join('?' * len(columns))})", [row[c] for c in columns])
+
+    def mark_chosen(self, study: str, method: str, setting: str, trial: int) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE trials SET chosen = (trial = ?) WHERE study = ? AND method = ? AND setting = ?",
+                              (trial, study, method, setting))
+
+    def trials(self, **filters) -> List[dict]:
+        """Trial rows (insertion order) whose columns equal ``filters``; config/figures JSON-decoded."""
+        where = " AND ".join(f"{c} = ?" for c in filters)
+        cursor = self.conn.execute(f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials"
+                                   f"{' WHERE ' + where if where else ''} ORDER BY rowid", list(filters.values()))
+        rows = [dict(zip(TRIAL_COLUMNS, row)) for row in cursor]
+        for row in rows:
+            row["config"], row["figures"] = json.loads(row["config"]), json.loads(row["figures"])
         return rows
 
     def merge_from(self, paths: Iterable, *, remove_merged: bool = False) -> int:

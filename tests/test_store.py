@@ -24,7 +24,8 @@ def record(**overrides) -> dict:
                episode_index=0, status="ok", error="", accuracy=0.8, macro_f1=0.75, final_loss=0.3,
                grad_norm_cv=0.5, grad_dir_consistency=0.2, path_efficiency=0.6, source_alignment=0.1,
                wall_seconds=1.5, peak_mem_mb=100.0, trainable_params=1000, steps=10, predictions=[0, 1, 2],
-               extra={"note": "x"}, embedding_cache_seconds=0.0, meta_train_seconds=12.5)
+               extra={"note": "x"}, embedding_cache_seconds=0.0, meta_train_seconds=12.5,
+               sgg_mag_active=0.5, sgg_align_active=0.0, sgg_dir_angle=10.0, sgg_step_angle=12.0)
     row.update(overrides)
     row.setdefault("fingerprint", hashlib.sha256(
         f"{row['task']}|{row['setting']}|{row['seed']}|{row['episode_index']}".encode()).hexdigest())
@@ -134,3 +135,19 @@ def test_merge_can_remove_verified_shards(tmp_path):
         assert store.merge_from([shard], remove_merged=True) == 0
     assert not list(tmp_path.glob("s.sqlite.rank0*"))  # with its -wal/-shm files
     assert committed_rows(target) == 3
+
+
+def test_a_store_written_before_the_sgg_columns_gets_them_when_opened(tmp_path):
+    from fewshot_bench.store import EPISODE_COLUMNS
+
+    old = tmp_path / "old.sqlite"
+    with ResultsStore(old) as store:
+        store.write_episode(record())
+    new_columns = ("sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle")
+    with sqlite3.connect(old) as conn:  # the schema of a store written before those columns existed
+        for column in new_columns:
+            conn.execute(f"ALTER TABLE episodes DROP COLUMN {column}")
+    with ResultsStore(old) as store:
+        rows = store.episodes()
+    assert len(rows) == 1 and set(rows[0]) == set(EPISODE_COLUMNS)
+    assert all(rows[0][c] is None for c in new_columns) and rows[0]["accuracy"] == 0.8
