@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when the report has findings")
     p.set_defaults(handler="fewshot_bench.taskcheck:cmd_check_task")
 
-    p = sub.add_parser("run", parents=[common], help="run methods on task episodes into a results store")
+    p = sub.add_parser("run", parents=[common, episode_flags], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
     p.add_argument("--suite", help="named suite (smoke, default, cross-domain) choosing task x setting combinations")
     p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
