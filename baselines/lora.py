@@ -60,12 +60,12 @@ def apply_lora(model: nn.Module, rank: int, alpha: int, dropout: float = 0.0,
 
 @dataclass
 class LoRAConfig(SupportTrainingConfig):
-    rank: int = option(8, help="LoRA rank r")
-    alpha: int = option(16, help="LoRA scaling alpha (the update is scaled by alpha / rank)")
-    dropout: float = option(0.0, help="dropout on the LoRA input path (reproducible: torch is seeded per episode)")
+    rank: int = option(8, help="LoRA rank r", low=1)
+    alpha: int = option(16, help="LoRA scaling alpha (the update is scaled by alpha / rank)", low=1)
+    dropout: float = option(0.0, help="dropout on the LoRA input path (reproducible: torch is seeded per episode)", low=0, high=1)
     target_modules: Optional[List[str]] = option(None, help="module names to adapt, e.g. query,value "
                                                            "(default: chosen per architecture)")
-    lr: float = option(5e-4, help="AdamW learning rate of the adapters")
+    lr: float = option(5e-4, help="AdamW learning rate of the adapters", low=0)
 
 
 class LoRA(Method):

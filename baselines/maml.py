@@ -95,28 +95,28 @@ Tensors = Dict[str, torch.Tensor]
 
 @dataclass
 class MAMLConfig(MethodConfig):
-    inner_steps: int = option(3, help="inner-loop SGD steps on the support set during meta-training")
-    adapt_steps: int = option(-1, help="inner-loop steps at evaluation (-1: inner_steps)")
-    inner_lr: float = option(1e-2, help="inner-loop SGD learning rate (initial value when learn_inner_lr)")
+    inner_steps: int = option(3, help="inner-loop SGD steps on the support set during meta-training", low=0)
+    adapt_steps: int = option(-1, help="inner-loop steps at evaluation (-1: inner_steps)", low=-1)
+    inner_lr: float = option(1e-2, help="inner-loop SGD learning rate (initial value when learn_inner_lr)", low=0)
     learn_inner_lr: bool = option(False, help="meta-learn one inner learning rate per adapted tensor (Meta-SGD style)")
-    inner_lr_lr: float = option(1e-2, help="Adam learning rate of the learned log inner learning rates")
+    inner_lr_lr: float = option(1e-2, help="Adam learning rate of the learned log inner learning rates", low=0)
     adapt_params: str = option("top-k", help="parameters adapted in the inner loop: top-k (last top_k blocks + head), "
-                                             "all, or head")
-    top_k: int = option(1, help="transformer blocks adapted with adapt_params=top-k (the last ones)")
-    meta_params: str = option("all", help="parameters the outer loop meta-learns: all (backbone) or adapted")
-    head_init: str = option("proto", help="episode head: proto (W=2c_k, b=-|c_k|^2 from support prototypes) or zero")
+                                             "all, or head", choices=ADAPT_PARAMS)
+    top_k: int = option(1, help="transformer blocks adapted with adapt_params=top-k (the last ones)", low=0)
+    meta_params: str = option("all", help="parameters the outer loop meta-learns: all (backbone) or adapted", choices=META_PARAMS)
+    head_init: str = option("proto", help="episode head: proto (W=2c_k, b=-|c_k|^2 from support prototypes) or zero", choices=HEAD_INITS)
     head_scale: float = option(1.0, help="multiplies the initial head (W, b): < 1 softens the prototype logits so a "
-                                         "1-shot support loss is not ~0 before the inner loop (chosen by tune)")
+                                         "1-shot support loss is not ~0 before the inner loop (chosen by tune)", low=1e-12)
     meta_steps: int = option(25, help="outer-loop (Adam) steps of meta-training (25: about a minute per setting "
-                                      "for fomaml and 1.5 for maml on a 2-core CPU with MiniLM)")
-    meta_batch: int = option(2, help="source episodes per outer step")
-    outer_lr: float = option(3e-5, help="outer-loop Adam learning rate")
+                                      "for fomaml and 1.5 for maml on a 2-core CPU with MiniLM)", low=0)
+    meta_batch: int = option(2, help="source episodes per outer step", low=1)
+    outer_lr: float = option(3e-5, help="outer-loop Adam learning rate", low=0)
     meta_query: int = option(5, help="query examples per class of each meta-training episode (0: the setting's "
-                                     "q_query); 5 keeps a meta-step affordable on CPU")
+                                     "q_query); 5 keeps a meta-step affordable on CPU", low=0)
     val_every: int = option(0, help="early stopping: check mean validation-pool accuracy every this many meta-steps, "
-                                    "keep the best meta-state (0: off; meta_steps then is the exact length)")
-    val_episodes: int = option(4, help="validation-pool episodes per early-stopping check")
-    patience: int = option(3, help="early stopping: checks without improvement before meta-training stops")
+                                    "keep the best meta-state (0: off; meta_steps then is the exact length)", low=0)
+    val_episodes: int = option(4, help="validation-pool episodes per early-stopping check", low=1)
+    patience: int = option(3, help="early stopping: checks without improvement before meta-training stops", low=1)
 
 
 # the meta-training budget is part of the space: on a GPU widen meta_steps (hundreds to thousands) with val_every
@@ -355,14 +355,31 @@ def _save(path: Path, tensors: Tensors, metadata: Dict[str, str]) -> None:
     os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
 
 
-def _load(path: Path) -> Tuple[Tensors, Dict[str, str]]:
-    """The tensors of a cache file and its string metadata."""
+def _load_checked(path: Path, payload: dict, expected: Dict[str, tuple]) -> Optional[Tuple[Tensors, Dict[str, str]]]:
+    """(tensors, string metadata) cached at ``path`` if the file was written for ``payload`` (its metadata) and
+    holds exactly the ``expected`` names and shapes; otherwise None, logged (the caller meta-trains again and
+    overwrites it)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return load_file(str(path)), metadata
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # unreadable or not safetensors
+        log.warning("cached meta-trained weights %s unreadable (%s); meta-training again", path, exc)
+        return None
+    if metadata.get("payload") != json.dumps(payload, sort_keys=True, default=str):
+        problem = "it was written for another configuration"
+    elif set(tensors) != set(expected):
+        problem = f"its tensor names differ from this model's ({len(tensors)} vs {len(expected)})"
+    else:
+        wrong = [n for n, t in tensors.items() if tuple(t.shape) != expected[n]]
+        problem = f"tensor {wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, expected {expected[wrong[0]]}" \
+            if wrong else None
+    if problem:
+        log.warning("cached meta-trained weights %s not used: %s; meta-training again", path, problem)
+        return None
+    return tensors, metadata
 
 
 # --------------------------------------------------------------------------------------------- the methods
@@ -383,19 +400,8 @@ class MAML(Method):
         self.cache_path: Optional[Path] = None
         self.meta_losses: List[float] = []
 
-    # ------------------------------------------------------------------ config
-    def _check(self) -> None:
-        cfg = self.config
-        for field, value, allowed in (("adapt_params", cfg.adapt_params, ADAPT_PARAMS),
-                                      ("meta_params", cfg.meta_params, META_PARAMS),
-                                      ("head_init", cfg.head_init, HEAD_INITS)):
-            if value not in allowed:
-                raise UserError(f"{self.name or 'maml'}: {field} must be one of {', '.join(allowed)}, got {value!r}")
-        if cfg.inner_steps < 0 or cfg.meta_steps < 0 or cfg.meta_batch < 1 or cfg.top_k < 0:
-            raise UserError(f"{self.name or 'maml'}: need inner_steps >= 0, meta_steps >= 0, meta_batch >= 1, top_k >= 0")
-        if cfg.head_scale <= 0 or cfg.val_every < 0 or cfg.val_episodes < 1 or cfg.patience < 1:
-            raise UserError(f"{self.name or 'maml'}: need head_scale > 0, val_every >= 0, val_episodes >= 1, patience >= 1")
-
+    head_scale: float = option(1.0, help="multiplies the initial head (W, b): < 1 softens the prototype logits so a "
+                                         "1-shot support loss is not ~0 before the inner loop (chosen by tune)", low=1e-12)
     def inner_loop(self, backbone: Backbone, model: nn.Module, autocast=None) -> InnerLoop:
         names = [n for n, _ in model.named_parameters()]
         return InnerLoop(backbone, model, adapted_names(names, self.config.adapt_params, self.config.top_k),
@@ -446,23 +452,11 @@ class MAML(Method):
 
     def meta_train(self, ctx: MetaContext) -> None:
         """Meta-train on ctx.source_episode(0, 1, ...), or load the cached result of an identical run."""
-        self._check()
         cfg = self.config
         first = [ctx.source_episode(i) for i in range(cfg.meta_batch)]
         key, payload = self.cache_key(ctx, first)
         path = cache_root(ctx.cache_dir) / "maml" / f"{key}.safetensors"
         self.cache_path = path
-        if path.is_file():
-            try:
-                state, metadata = _load(path)
-                self._set_state(state)
-                if "meta_train_seconds" in metadata:  # wall time of the training that wrote the file
-                    self.meta_train_seconds = float(metadata["meta_train_seconds"])
-                log.info("loaded meta-trained weights from %s", path)
-                return
-            except Exception as exc:  # a corrupt or foreign file: train again and overwrite it
-                log.warning("could not read cached meta-trained weights %s (%s); meta-training again", path, exc)
-
         started = time.perf_counter()
         model = ctx.fresh_model().eval()
         for p in model.parameters():
@@ -470,6 +464,17 @@ class MAML(Method):
         loop = self.inner_loop(ctx.backbone, model, ctx.autocast if ctx.autocast_dtype is not None else None)
         meta_names = self.meta_param_names(model, loop)
         named = dict(model.named_parameters())
+        expected = {n: tuple(named[n].shape) for n in meta_names}
+        if cfg.learn_inner_lr:
+            expected.update({_LR_PREFIX + n: () for n in loop.lr_names()})
+        cached = _load_checked(path, payload, expected) if path.is_file() else None
+        if cached is not None:
+            state, metadata = cached
+            self._set_state(state)
+            if "meta_train_seconds" in metadata:  # wall time of the training that wrote the file
+                self.meta_train_seconds = float(metadata["meta_train_seconds"])
+            log.info("loaded meta-trained weights from %s", path)
+            return
         meta = [named[n] for n in meta_names]
         groups = [{"params": meta, "lr": cfg.outer_lr}]
         log_lrs = None
@@ -568,7 +573,6 @@ class MAML(Method):
 
     # ------------------------------------------------------------------ evaluation
     def adapt(self, ctx: EpisodeContext) -> Predictor:
-        self._check()
         cfg = self.config
         steps = cfg.inner_steps if cfg.adapt_steps < 0 else cfg.adapt_steps
         model = ctx.fresh_model().eval()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -15,16 +16,23 @@ from .registry import import_object
 
 
 def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data-dir", help="folder holding the datasets (<task>/<split>.jsonl); also $FEWSHOT_BENCH_DATA")
     common.add_argument("--tasks-dir", action="append", default=[], help="extra folder of YAML task cards (repeatable)")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     return common
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other bad-input error of the CLI."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _episode_flags() -> argparse.ArgumentParser:
     """Flags shared by ``run`` and ``tune``: which tasks, methods and episode shapes, on what."""
-    flags = argparse.ArgumentParser(add_help=False)
+    flags = _Parser(add_help=False)
     flags.add_argument("--tasks", help="comma-separated task names")
     flags.add_argument("--methods", help="comma-separated method names or path/to/file.py:Class")
     flags.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
@@ -43,7 +51,7 @@ def _episode_flags() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     episode_flags = _episode_flags()
-    parser = argparse.ArgumentParser(prog="fewshot-bench", description="Episodic few-shot NLU benchmark.")
+    parser = _Parser(prog="fewshot-bench", description="Episodic few-shot NLU benchmark.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", parents=[common], help="list registered tasks, methods or backbones")
@@ -87,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", choices=["target", "validation"],
                    help="evaluate on target-pool episodes (default) or validation-pool ones (hyperparameter choice)")
     p.add_argument("--store", help="SQLite results store (default: runs/results.sqlite)")
-    p.add_argument("--out", help="leaderboard CSV written at the end (default: leaderboard/leaderboard.csv)")
+    p.add_argument("--out", help="leaderboard CSV written at the end (default: runs/leaderboard.csv)")
     p.add_argument("--limit", type=int, help="smoke runs: at most this many episodes per task x setting")
     p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
     p.set_defaults(handler="fewshot_bench.runner:cli_run")
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
     p.add_argument("--store", default="runs/results.sqlite")
-    p.add_argument("--out", default="leaderboard/leaderboard.csv")
+    p.add_argument("--out", default="runs/leaderboard.csv")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
     p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft)")
     p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
@@ -220,6 +228,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished episodes are kept in the store", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

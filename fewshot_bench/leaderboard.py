@@ -28,6 +28,7 @@ from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_CO
 from .episodes import episode_set_sha256
 from .errors import UserError
 from .figure import leaderboard_figure
+from .outputs import atomic_files, check_writable
 from .registry import _did_you_mean
 from .report import write_markdown
 from .stats import bootstrap_ci
@@ -96,7 +97,7 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[comp
         raise UserError(f"results store '{path}' does not exist; run `fewshot-bench run` first or pass --store")
     if bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, got {bootstrap}")
-    with ResultsStore(path) as store:
+    with ResultsStore(path, create=False) as store:
         records, planned_by_run = store.episodes(), _planned_by_run(store.runs())
     groups: Dict[tuple, Dict[str, dict]] = {}
     for record in sorted(records, key=lambda r: r["created_at"]):  # stable sort: later rows overwrite earlier
@@ -180,6 +181,7 @@ def overall(rows: List[Dict]) -> List[Dict]:
 
 def cli_leaderboard(args) -> int:
     """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv and <stem>.png beside it."""
+    check_writable(args.out, "--out")
     reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
     rows = aggregate(args.store, args.bootstrap, reference=reference)
     if not rows:
@@ -189,13 +191,13 @@ def cli_leaderboard(args) -> int:
         raise UserError(f"--reference '{reference}' has no rows in {args.store}{_did_you_mean(reference, methods)} "
                         f"(methods there: {', '.join(methods)})")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     overall_rows = overall(rows)
     md, overall_csv, png = (out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", ".png"))
-    write_csv(rows, out)
-    write_csv(overall_rows, overall_csv, OVERALL_COLUMNS)
-    write_markdown(rows, overall_rows, md, args.bootstrap, reference)
-    leaderboard_figure(rows, reference).savefig(png, dpi=110)
+    with atomic_files([out, overall_csv, md, png]) as (out_tmp, overall_tmp, md_tmp, png_tmp):
+        write_csv(rows, out_tmp)
+        write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
+        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference)
+        leaderboard_figure(rows, reference).savefig(png_tmp, dpi=110)
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {png}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")
     for r in overall_rows[:10]:

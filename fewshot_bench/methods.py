@@ -15,8 +15,9 @@ import resource
 import sys
 import time
 import traceback
+import typing
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +25,21 @@ from torch import nn
 
 from .backbone import Backbone, Batch
 from .episodes import Episode
+from .config import validate
 from .errors import UserError
 from .metrics import GradientRecorder, query_scores
 from .registry import METHODS, import_object, register_method
 from .search_space import SearchSpace
+from .sealed import EpisodeView
 
 
 @dataclass
 class MethodConfig:
-    """Base for method configs (subclass it and add fields with ``fewshot_bench.config.option``)."""
+    """Base for method configs (subclass it and add fields with ``fewshot_bench.config.option``, with limits
+    ``low``/``high``/``choices`` where a value can be wrong). Types and limits are checked at construction."""
+
+    def __post_init__(self):
+        validate(self, f"method config {type(self).__name__}")
 
 
 @dataclass
@@ -92,18 +99,25 @@ class _Shared:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def batch(self, episode: Episode, part: str) -> Batch:
+    def batch(self, episode: Union[Episode, EpisodeView], part: str) -> Batch:
+        """The tokenized support or query set of ``episode``; labelled when ``episode`` carries those labels
+        (an :class:`EpisodeView` has no query labels)."""
         texts = episode.support_texts if part == "support" else episode.query_texts
-        labels = episode.support_labels if part == "support" else episode.query_labels
+        labels = episode.support_labels if part == "support" else getattr(episode, "query_labels", None)
         return self.backbone.tokenize(texts, labels)
 
 
 class EpisodeContext(_Shared):
-    """Everything a method may use while adapting to one episode's support set (the query labels are hidden)."""
+    """Everything a method may use while adapting to one episode: the support set and a label-free view.
 
-    def __init__(self, backbone: Backbone, episode: Episode, seed: int, *, autocast_dtype=None,
+    ``episode`` is an :class:`~fewshot_bench.sealed.EpisodeView` (an :class:`Episode` passed in is reduced
+    to one): no query labels, query ids, episode key or fingerprint are reachable from the context.
+    """
+
+    def __init__(self, backbone: Backbone, episode: Union[Episode, EpisodeView], seed: int, *, autocast_dtype=None,
                  source_episodes: Optional[Callable[[int], Episode]] = None):
         super().__init__(backbone, seed, autocast_dtype)
+        episode = EpisodeView.of(episode) if isinstance(episode, Episode) else episode
         self.episode = episode
         self.n_way = episode.n_way
         self.support = self.batch(episode, "support")
@@ -181,34 +195,54 @@ class MetaContext(_Shared):
 
 
 def method_from_spec(spec: str, overrides: Optional[Dict[str, object]] = None) -> Method:
-    """A method instance from a registered name or ``path/to/file.py:Class``, with config overrides."""
+    """A method instance from a registered name or ``path/to/file.py:Class``, with config overrides
+    (command-line strings are converted to each field's annotated type; the config validates itself)."""
     cls = import_object(spec) if ":" in spec else METHODS.get(spec)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise UserError(f"method '{spec}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
     if not cls.name:
         cls.name = spec.rpartition(":")[2] if ":" in spec else spec
-    config = cls.config_class()
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    hints = typing.get_type_hints(cls.config_class)
+    values = {}
     for key, value in (overrides or {}).items():
-        if not hasattr(config, key):
-            fields = [f.name for f in dataclasses.fields(config)]
-            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(fields)})")
-        setattr(config, key, _coerce(getattr(config, key), value, f"method '{cls.name}' config field '{key}'"))
-    return cls(config)
+        if key not in fields:
+            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(sorted(fields))})")
+        values[key] = _coerce(hints[key], value, f"method '{cls.name}' config field '{key}'")
+    try:
+        return cls(cls.config_class(**values))
+    except UserError as exc:
+        raise UserError(f"--method-config {cls.name}: {exc}") from None
 
 
-def _coerce(current, value, where: str):
-    """``value`` (often a command-line string) converted to the type of the field's current value."""
-    if current is None or isinstance(current, (list, dict)):
+def _coerce(hint, value, where: str):
+    """``value`` (a command-line string) converted to the annotated type ``hint``; other values unchanged."""
+    if not isinstance(value, str):
         return value
-    if isinstance(current, bool) and isinstance(value, str):  # bool("false") is True
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        if value.strip().lower() in ("none", "null") and type(None) in typing.get_args(hint):
+            return None
+        for arg in args:
+            try:
+                return _coerce(arg, value, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: '{value}' is not a valid {' or '.join(getattr(a, '__name__', str(a)) for a in args)}")
+    if typing.get_origin(hint) in (list, tuple):
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else str
+        return [_coerce(item, part.strip(), where) for part in value.split(",") if part.strip()]
+    if hint is bool:  # bool("false") is True
         lowered = value.strip().lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
             raise UserError(f"{where}: '{value}' is not a boolean; use true or false")
         return lowered in ("true", "1", "yes")
-    try:
-        return type(current)(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: '{value}' is not a valid {type(current).__name__}") from None
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except ValueError:
+            raise UserError(f"{where}: '{value}' is not a valid {hint.__name__}") from None
+    return value
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -222,23 +256,25 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
                 source_episodes: Optional[Callable[[int], Episode]] = None) -> dict:
     """Adapt ``method`` on the support set, predict the query set, return the per-episode record.
 
-    A method that raises or yields non-finite logits gets status 'failed' / 'diverged' with the error text;
-    the run goes on.
+    The method sees an :class:`EpisodeView` (``adapt``) and the query texts tokenized without labels (the
+    predictor); the query labels stay here and score the predictions. A method that raises or yields
+    non-finite logits gets status 'failed' / 'diverged' with the error text; the run goes on.
     """
     torch.manual_seed(seed)
     if backbone.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(backbone.device)
     start = time.perf_counter()
-    ctx = EpisodeContext(backbone, episode, seed, autocast_dtype=autocast_dtype, source_episodes=source_episodes)
+    view = EpisodeView.of(episode)
+    ctx = EpisodeContext(backbone, view, seed, autocast_dtype=autocast_dtype, source_episodes=source_episodes)
     record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None}
     try:
         predictor = method.adapt(ctx)
         record["trainable_params"] = int(predictor.trainable_params)
         with torch.no_grad():
-            logits = predictor.predict(ctx.batch(episode, "query")).float()
-        if logits.shape != (len(episode.query_labels), episode.n_way):
-            raise RuntimeError(f"predictor returned logits of shape {tuple(logits.shape)}, "
-                               f"expected ({len(episode.query_labels)}, {episode.n_way})")
+            logits = predictor.predict(ctx.batch(view, "query")).float()
+        expected = (len(view.query_texts), view.n_way)
+        if tuple(logits.shape) != expected:
+            raise RuntimeError(f"predictor returned logits of shape {tuple(logits.shape)}, expected {expected}")
         if not torch.isfinite(logits).all():
             record.update(status="diverged", error="non-finite logits on the query set")
         else:

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .config import from_mapping, option
+from .config import from_mapping, option, validate
 from .data import data_dir, get_task_data
-from .episodes import Setting, parse_shot
+from .episodes import Setting, parse_n_way, parse_shot
 from .errors import UserError
+from .outputs import check_writable
 from .progress import Progress
 from .registry import METHODS
+from .sealed import SourcePool
 from .task import BUILTIN_TASKS_DIR, get_task_config
 
 log = logging.getLogger(__name__)
@@ -38,18 +41,18 @@ class RunConfig:
     methods: object = option("all", help="method names or 'all' (every registered method)")
     n_way: List = option(factory=lambda: [5], help="classes per episode (list), or 'all'")
     k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list); 'MIN-MAX' for variable shot")
-    query: int = option(15, help="queries per class")
-    episodes: int = option(20, help="episodes per task x setting")
-    limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting")
-    fold: int = option(1, help="class-split fold (1-based)")
+    query: int = option(15, help="queries per class", low=1)
+    episodes: int = option(20, help="episodes per task x setting", low=1)
+    limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting", low=1)
+    fold: int = option(1, help="class-split fold (1-based)", low=1)
     pool: str = option("target", help="pool of the evaluated episodes: target, or validation to choose "
-                                      "hyperparameters without seeing target classes")
-    seed: int = option(0, help="episode and training seed")
+                                      "hyperparameters without seeing target classes", choices=("target", "validation"))
+    seed: int = option(0, help="episode and training seed", low=0)
     backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N")
     bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
     store: str = option("runs/results.sqlite", help="SQLite results store")
-    out: str = option("leaderboard/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
+    out: str = option("runs/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs")
     tuned: Optional[str] = option(None, help="YAML file of configs chosen by 'fewshot-bench tune' (per setting and "
                                              "method; --method-config still overrides them)")
@@ -58,6 +61,14 @@ class RunConfig:
                                          "(0: every 5% of the run); a terminal gets a bar")
     progress_seconds: float = option(60.0, help="output that is not a terminal: a progress line at least "
                                                 "every this many seconds")
+
+    def __post_init__(self):
+        """Types and limits of every field; n_way and k_shot entries parsed (``'5'`` -> 5, ``'1-5'`` -> (1, 5))."""
+        validate(self, "run config")
+        self.n_way = [parse_n_way(v) for v in self.n_way]
+        self.k_shot = [parse_shot(v) for v in self.k_shot]
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise UserError(f"run config: device '{self.device}' is not one of auto, cpu, mps, cuda, cuda:N")
 
 
 def load_suite(name: str) -> dict:
@@ -113,7 +124,7 @@ def build_config(args) -> RunConfig:
         merged.pop("settings", None)
     merged.update({k: v for k, v in flags.items() if v is not None})
     merged["method_config"] = list(merged.get("method_config", [])) + list(args.method_config)
-    return from_mapping(RunConfig, merged, args.config or f"suite '{args.suite or 'default'}'")
+    return from_mapping(RunConfig, merged, f"{args.config or 'suite ' + repr(args.suite or 'default')} + flags")
 
 
 def _settings(config: RunConfig) -> List[Setting]:
@@ -125,10 +136,8 @@ def _settings(config: RunConfig) -> List[Setting]:
         task_config = get_task_config(task)
         fold = min(config.fold, task_config.pools.folds)
         for n_way in config.n_way:
-            n_way = n_way if n_way == "all" else int(n_way)
             for k_shot in config.k_shot:
-                settings.append(Setting(task, n_way, parse_shot(k_shot), int(config.query), fold, source,
-                                        config.pool))
+                settings.append(Setting(task, n_way, k_shot, config.query, fold, source, config.pool))
     return settings
 
 
@@ -195,20 +204,31 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     unknown = set(overrides) - set(names)
     if unknown:
         raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this run ({', '.join(names)})")
-    for name in names:  # fail fast on bad methods and settings, before anything is written
-        methods_module.method_from_spec(name, overrides.get(name))
+    # everything a run can trip over is checked before the store is created: methods and their configs,
+    # settings, source pools, the outputs, the backbone
+    checked = {name: methods_module.method_from_spec(name, overrides.get(name)) for name in names}
     settings = _settings(config)
+    has_source = {}
     for setting in settings:
         setting.target_episode(config.seed, 0)
         for name in names if tuned is not None else ():  # every (setting, method) has a tuned entry
             tuned_overrides(tuned, config.tuned, setting.label, name)
+        has_source[setting] = _source_available(setting)
+        meta_trained = [n for n, m in checked.items() if m.protocol == "meta-trained"]
+        if meta_trained and not has_source[setting]:
+            raise UserError(f"method(s) {', '.join(meta_trained)} meta-train on a source pool, but {setting.label} has "
+                            f"none; pass --source-task TASK or drop them from --methods")
+    check_writable(store_path or config.store, "--store")
+    if config.out:
+        check_writable(config.out, "--out")
+    backbones = {(attn, config.backbone): load_backbone(config.backbone, device=device, attn_implementation=attn)
+                 for attn in sorted({m.attn_implementation for m in checked.values()})}
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
     store = ResultsStore(store_path or config.store)
     # resume: episodes finished in the run's store or in any shard of an earlier (killed) torchrun job
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
     run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
-    backbones = {}
     units = [(s, m, i) for s in settings for m in names for i in range(n_episodes)]
     mine = units[rank::world_size]
     method_instances: Dict[tuple, object] = {}
@@ -231,14 +251,8 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         """(method, backbone, source episodes) ready to evaluate: backbone loaded, meta-trained if it must be."""
         method = instance(setting, name)
         key = (method.attn_implementation, config.backbone)
-        if key not in backbones:
-            backbones[key] = load_backbone(config.backbone, device=device, attn_implementation=method.attn_implementation)
-        source_episodes = ((lambda i, s=setting: s.source_episode(config.seed, i))
-                           if _source_available(setting) else None)
+        source_episodes = SourcePool(setting, config.seed) if has_source[setting] else None
         if method.protocol == "meta-trained" and not getattr(method, "meta_trained", False):
-            if source_episodes is None:
-                raise UserError(f"method '{name}' meta-trains on a source pool, but {setting.label} has none; "
-                                f"pass --source-task")
             log.info("meta-training %s for %s", method.label, setting.label)
             started = time.perf_counter()
             validation_episodes = lambda i, s=setting: s.source_episode(config.seed, i, pool="validation")  # noqa: E731
