@@ -173,3 +173,19 @@ def test_resumed_run_does_not_meta_train_finished_cells(tmp_path):
     assert log.read_text().count("meta_train") == 2
     assert main([*argv[:-4], "--episodes", "3", *argv[-4:]]) == 0  # one more episode per setting: meta-trains again
     assert log.read_text().count("meta_train") == 4
+
+
+def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
+    """Frozen-embedding methods: episodes 0-1, then a new process-like run for 0-3 (fresh backbone and caches),
+    stores exactly the predictions of one run of 0-3."""
+    args = TINY + ["--methods", "protonet,linear_probe", "--k-shot", "3", "--n-way", "4", "--out", ""]
+    whole, resumed = tmp_path / "whole.sqlite", tmp_path / "resumed.sqlite"
+    assert main(["run", *args, "--episodes", "4", "--store", str(whole)]) == 0
+    assert main(["run", *args, "--episodes", "2", "--store", str(resumed)]) == 0
+    assert main(["run", *args, "--episodes", "4", "--store", str(resumed)]) == 0
+
+    def predictions(path):
+        with sqlite3.connect(path) as conn:
+            return sorted(conn.execute("SELECT method, episode_index, predictions, accuracy, macro_f1 FROM episodes"))
+
+    assert len(predictions(whole)) == 8 and predictions(whole) == predictions(resumed)
