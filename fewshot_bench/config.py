@@ -101,7 +101,7 @@ def _describe(hint) -> str:
     if hint is type(None):
         return "empty (null)"
     if origin in (list, tuple):
-        return f"a list of {_describe(args[0])}" if args else "a list"
+        return f"a list of {getattr(args[0], '__name__', args[0])} values" if args else "a list"
     if origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, getattr(hint, "__name__", str(hint)))

@@ -100,13 +100,19 @@ def _with_demo(values: dict, tasks_given: bool) -> dict:
 
 def _read_yaml(path: str) -> dict:
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise UserError(f"cannot read --config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise UserError(f"malformed YAML in {path}{f':{mark.line + 1}' if mark else ''}: "
                         f"{getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--config {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of run options (e.g. 'episodes: 5'), "
+                        f"got a {type(values).__name__}")
+    return values
 
 
 def build_config(args) -> RunConfig:
