@@ -1,5 +1,6 @@
 """MAML / FOMAML (fewshot_bench/baselines/maml.py): meta-gradients against hand-unrolled autograd and finite
 differences (float64), the un-adapted limit, meta-training on a synthetic task family, the on-disk cache."""
+import json
 import logging
 import math
 
@@ -346,3 +347,35 @@ def test_early_stopping_keeps_the_best_validation_meta_state(backbone, demo, tmp
     assert steps == list(range(1, len(steps) + 1)) and len(steps) <= 4
     assert len(steps) == 4 or curve[-1] <= max(curve[:-1])  # stopped only after a check without gain
     assert method.validation_accuracy(ctx, dict(method.meta_state)) == max(curve)
+
+
+def test_cache_file_is_checked_against_the_config_it_claims(backbone, demo, tmp_path, caplog):
+    """A foreign but valid safetensors file, or one with another config's payload or shapes, is not loaded:
+    meta-training runs again, overwrites it, and the episodes succeed."""
+    from safetensors.torch import save_file
+
+    overrides = {"meta_steps": 1, "meta_batch": 1, "inner_steps": 1}
+    reference = method_from_spec(FOMAML_SPEC, overrides)
+    reference.meta_train(MetaContext(backbone, 0, demo[1], cache_dir=str(tmp_path)))
+    path, good = reference.cache_path, reference.meta_state
+    name = next(iter(good))
+    payload = json.dumps(reference.cache_key(MetaContext(backbone, 0, demo[1]), [demo[1](0)])[1], sort_keys=True,
+                         default=str)
+    poisons = {
+        "foreign file": ({"weights": torch.zeros(3)}, {"payload": "{}"}),
+        "another config": (good, {"payload": payload.replace('"inner_steps": 1', '"inner_steps": 2')}),
+        "wrong shape": ({**good, name: torch.zeros(2, 2)}, {"payload": payload}),
+    }
+    for label, (tensors, metadata) in poisons.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+        caplog.clear()
+        method = method_from_spec(FOMAML_SPEC, overrides)
+        with caplog.at_level(logging.INFO, logger="fewshot_bench.baselines.maml"):
+            method.meta_train(MetaContext(backbone, 0, demo[1], cache_dir=str(tmp_path)))
+        assert "not used" in caplog.text and "loaded meta-trained" not in caplog.text, label
+        assert method.meta_state.keys() == good.keys(), label
+        assert run_episode(method, demo[0], backbone, seed=0)["status"] == "ok", label
+    reloaded = method_from_spec(FOMAML_SPEC, overrides)  # the file was rewritten with the right weights
+    with caplog.at_level(logging.INFO, logger="fewshot_bench.baselines.maml"):
+        reloaded.meta_train(MetaContext(backbone, 0, demo[1], cache_dir=str(tmp_path)))
+    assert "loaded meta-trained" in caplog.text
