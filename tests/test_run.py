@@ -56,8 +56,14 @@ def test_main_command_runs_default_suite_on_demo(tmp_path):
     assert main(["run", "--limit", "1", "--backbone", "tiny-encoder", "--store", str(store), "--out", str(out)]) == 0
     rows = _rows(out)
     from fewshot_bench.registry import METHODS
-    assert {r["method"] for r in rows} == set(METHODS.names())
-    assert {r["task"] for r in rows} == {"demo_intents"} and {r["k_shot"] for r in rows} == {"1", "5"}
+    from fewshot_bench.runner import RunConfig, _method_overrides, load_suite, method_label
+
+    demo = load_suite("default")["demo"]
+    overrides = _method_overrides(RunConfig(method_config=demo.get("method_config", [])))
+    expected = demo.get("methods", METHODS.names())
+    assert {r["method"] for r in rows} == {method_label(m, overrides.get(m, {})) for m in expected}
+    assert {r["task"] for r in rows} == {"demo_intents"}
+    assert {r["k_shot"] for r in rows} == {str(k) for k in demo["k_shot"]}
 
 
 def test_bad_run_input_writes_nothing(tmp_path, capsys):
