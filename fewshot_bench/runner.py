@@ -224,7 +224,8 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         if meta_trained and not has_source[setting]:
             raise UserError(f"method(s) {', '.join(meta_trained)} meta-train on a source pool, but {setting.label} has "
                             f"none; pass --source-task TASK or drop them from --methods")
-    check_writable(store_path or config.store, "--store")
+    for path in dict.fromkeys([config.store, store_path or config.store]):  # the store, and this rank's shard
+        check_writable(path, "--store")
     if config.out:
         check_writable(config.out, "--out")
     backbones = {(attn, config.backbone): load_backbone(config.backbone, device=device, attn_implementation=attn)
