@@ -173,9 +173,9 @@ class ResultsStore:
         try:
             self.conn = sqlite3.connect(self.path, timeout=60)
             tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if (tables or not create) and not {"runs", "episodes"} <= tables:
+            if (tables or not create) and "episodes" not in tables:
                 self.conn.close()
-                raise UserError(f"{self.path}: an SQLite database without the results tables (runs, episodes; found: "
+                raise UserError(f"{self.path}: an SQLite database without a results 'episodes' table (found: "
                                 f"{', '.join(sorted(tables)) or 'none'}); pass a results store or a new path")
             if create:
                 _enable_wal(self.conn)

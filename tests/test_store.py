@@ -195,7 +195,7 @@ def test_unrelated_files_are_refused_and_left_unchanged(tmp_path):
         conn.execute("CREATE TABLE notes (x TEXT)")
     before = other.read_bytes()
     for create in (True, False):
-        with pytest.raises(UserError, match="without the results tables"):
+        with pytest.raises(UserError, match="without a results .episodes. table"):
             ResultsStore(other, create=create)
     assert other.read_bytes() == before
     with pytest.raises(UserError, match="does not exist"):
