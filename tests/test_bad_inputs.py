@@ -143,6 +143,10 @@ CASES = [
     ("episodes-query-zero", ["episodes", "demo_intents", "--query", "0"], None),
     ("episodes-n-way-too-many", ["episodes", "demo_intents", "--n-way", "50"], None),
     ("episodes-unknown-pool", ["episodes", "demo_intents", "--pool", "test"], None),
+    ("new-task-out-under-a-file", ["new-task", "x", "--out", "{tmp}/file.txt/x.yaml"],
+     lambda t: write(t / "file.txt", "x")),
+    ("new-task-existing-card", ["new-task", "x", "--out", "{tmp}/x.yaml"], lambda t: write(t / "x.yaml", "name: x\n")),
+    ("check-task-unknown", ["check-task", "nosuch"], None),
 ]
 
 
@@ -164,7 +168,8 @@ def snapshot(root: Path) -> dict:
 
 def test_there_are_at_least_forty_cases_across_every_subcommand():
     assert len(CASES) >= 40 and len({name for name, _, _ in CASES}) == len(CASES)
-    assert {argv[0] for _, argv, _ in CASES} == {"run", "leaderboard", "validate", "merge", "list", "episodes"}
+    assert {argv[0] for _, argv, _ in CASES} == {"run", "leaderboard", "validate", "merge", "list", "episodes",
+                                                 "new-task", "check-task"}
 
 
 @pytest.mark.parametrize("argv, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
