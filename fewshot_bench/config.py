@@ -104,7 +104,8 @@ def _describe(hint) -> str:
         return f"a list of {getattr(args[0], '__name__', args[0])} values" if args else "a list"
     if origin is dict:
         return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, getattr(hint, "__name__", str(hint)))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _dataclass_in(hint):
