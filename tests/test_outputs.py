@@ -34,7 +34,7 @@ def test_leaderboard_failing_at_the_figure_keeps_the_old_files(tmp_path, monkeyp
     with ResultsStore(store) as results:  # new results: the CSV and Markdown would change
         results.write_episode(record(method="lora", episode_index=0, accuracy=0.9))
 
-    def broken_figure(rows):
+    def broken_figure(*args, **kwargs):
         raise RuntimeError("figure failed")
 
     monkeypatch.setattr(leaderboard, "leaderboard_figure", broken_figure)
