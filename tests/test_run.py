@@ -17,7 +17,7 @@ from fewshot_bench.distributed import existing_shards
 from helpers import REPO, committed_rows
 
 TINY = ["--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0"]
-TIMING = {"sec_per_episode", "peak_mem_mb", "version"}
+TIMING = {"sec_per_episode", "peak_mem_mb", "version", "embedding_cache_seconds_total", "meta_train_seconds"}
 
 
 @pytest.fixture(autouse=True)
