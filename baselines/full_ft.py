@@ -5,12 +5,13 @@ The loop is :func:`fewshot_bench.training.train_on_support` (shared with ``lora`
 from __future__ import annotations
 
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
-from fewshot_bench.training import FullFTConfig, train_on_support
+from fewshot_bench.training import SUPPORT_TRAINING_SPACE, FullFTConfig, train_on_support
 
 
 class FullFineTuning(Method):
     name = "full_ft"
     config_class = FullFTConfig
+    search_space = SUPPORT_TRAINING_SPACE
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         model, head = ctx.fresh_model(), ctx.new_head(ctx.n_way)

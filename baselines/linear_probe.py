@@ -13,17 +13,19 @@ from sklearn.linear_model import LogisticRegression
 from fewshot_bench.baselines.protonet import frozen_features
 from fewshot_bench.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
+from fewshot_bench.search_space import Range, SearchSpace
 
 
 @dataclass
 class LinearProbeConfig(MethodConfig):
-    C: float = option(1.0, help="inverse L2 regularisation strength of the logistic regression")
-    max_iter: int = option(1000, help="solver (lbfgs) iterations")
+    C: float = option(1.0, help="inverse L2 regularisation strength of the logistic regression", low=0)
+    max_iter: int = option(1000, help="solver (lbfgs) iterations", low=1)
 
 
 class LinearProbe(Method):
     name = "linear_probe"
     config_class = LinearProbeConfig
+    search_space = SearchSpace({"C": Range(1e-2, 1e2, log=True)})
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         features = ctx.backbone.frozen_embeddings(ctx.support_texts).cpu().numpy()

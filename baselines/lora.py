@@ -13,22 +13,27 @@ from typing import List, Optional
 from fewshot_bench.adapters import apply_lora
 from fewshot_bench.config import option
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
-from fewshot_bench.training import SupportTrainingConfig, train_on_support
+from fewshot_bench.search_space import Choice, Range, SearchSpace
+from fewshot_bench.training import SUPPORT_TRAINING_SPACE, SupportTrainingConfig, train_on_support
 
 
 @dataclass
 class LoRAConfig(SupportTrainingConfig):
-    rank: int = option(8, help="LoRA rank r")
-    alpha: int = option(16, help="LoRA scaling alpha (the update is scaled by alpha / rank)")
-    dropout: float = option(0.0, help="dropout on the LoRA input path (reproducible: torch is seeded per episode)")
+    rank: int = option(8, help="LoRA rank r", low=1)
+    alpha: int = option(16, help="LoRA scaling alpha (the update is scaled by alpha / rank)", low=1)
+    dropout: float = option(0.0, help="dropout on the LoRA input path (reproducible: torch is seeded per episode)", low=0, high=1)
     target_modules: Optional[List[str]] = option(None, help="module names to adapt, e.g. query,value "
                                                            "(default: chosen per architecture)")
-    lr: float = option(5e-4, help="AdamW learning rate of the adapters")
+    lr: float = option(5e-4, help="AdamW learning rate of the adapters", low=0)
 
 
 class LoRA(Method):
     name = "lora"
     config_class = LoRAConfig
+    # adapters need larger rates than full fine-tuning; target_modules None = query,value (per architecture)
+    search_space = SearchSpace({**SUPPORT_TRAINING_SPACE.fields, "lr": Range(1e-4, 1e-2, log=True),
+                                "rank": Choice((4, 8, 16)), "target_modules": Choice((None, "query,key,value,dense"))},
+                               cost=("steps",))
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         cfg = self.config

@@ -15,6 +15,10 @@ differentiable graph, so the outer loss also differentiates through the initiali
 too: it is a first-order path). In the inner loop (W, b) are ordinary adapted variables: their
 gradient, and the backbone's, are the partial derivatives of the support loss with the head held
 fixed (plain fine-tuning from that initialisation). ``head_init: zero`` starts from W = 0, b = 0.
+``head_scale`` s multiplies the initial (W, b): with s = 1 and one shot the support loss is already ~0
+(each support vector *is* its prototype), so the inner loop has no gradient to follow and MAML equals
+ProtoNet; s < 1 softens the logits so the inner loop changes predictions (s is in the search space,
+chosen on validation episodes like the other fields).
 
 Parameters:
 * ``adapt_params`` (adapted in the inner loop, and at evaluation): ``top-k`` (default, k = ``top_k``
@@ -34,7 +38,12 @@ Inner loop: ``inner_steps`` plain SGD steps with ``inner_lr`` on the whole suppo
 Meta-training produces :meth:`MAML.state_dict` (the meta-learned weights and inner rates), which the
 runner caches on disk per run (:mod:`fewshot_bench.meta_cache`) and loads with :meth:`MAML.load_state_dict`.
 The functional inner loop is :mod:`baselines.maml_inner`; the architecture helpers (which parameters are
-in the top blocks, length buckets, the token-embedding matrix) are in :mod:`fewshot_bench.architecture`. ``adapt`` starts from ``ctx.fresh_model()``, loads the
+in the top blocks, length buckets, the token-embedding matrix) are in :mod:`fewshot_bench.architecture`.
+Early stopping (``val_every`` > 0 and a validation pool): every ``val_every`` meta-steps the current
+meta-state adapts to ``val_episodes`` validation-pool episodes (indices from ``VALIDATION_OFFSET``,
+disjoint from those ``tune`` scores trials on) and its mean query accuracy is measured; the best
+meta-state is kept, and meta-training stops after ``patience`` checks without improvement.
+``adapt`` starts from ``ctx.fresh_model()``, loads the
 meta-learned weights (if any: without meta-training it is plain fine-tuning of the adapted
 parameters from the pretrained weights), runs the inner loop on the support set — recording every
 step — and predicts with the adapted backbone and head.
@@ -44,6 +53,7 @@ runner for eager attention; ``FOMAML`` keeps SDPA.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
@@ -55,36 +65,54 @@ from torch.func import grad_and_value
 from fewshot_bench.architecture import adapted_names
 from fewshot_bench.backbone import Backbone, Batch
 from fewshot_bench.baselines.maml_inner import HEAD_B, HEAD_W, InnerLoop, Tensors, init_head
-from fewshot_bench.config import check_choices, option
-from fewshot_bench.errors import UserError
+from fewshot_bench.config import option
+from fewshot_bench.hashing import derived_seed
 from fewshot_bench.methods import EpisodeContext, MetaContext, Method, MethodConfig, Predictor
 from fewshot_bench.progress import Progress
+from fewshot_bench.search_space import Choice, Range, SearchSpace
 from fewshot_bench.training import first_per_class
 
+log = logging.getLogger(__name__)
 
 ADAPT_PARAMS = ("top-k", "all", "head")
 META_PARAMS = ("all", "adapted")
 HEAD_INITS = ("proto", "zero")
 _LR_PREFIX = "inner_log_lr/"
+VALIDATION_OFFSET = 100_000  # early-stopping episodes: validation-pool indices from here (tune scores 0, 1, ...)
 
 
 @dataclass
 class MAMLConfig(MethodConfig):
-    inner_steps: int = option(3, help="inner-loop SGD steps on the support set during meta-training")
-    adapt_steps: int = option(-1, help="inner-loop steps at evaluation (-1: inner_steps)")
-    inner_lr: float = option(1e-2, help="inner-loop SGD learning rate (initial value when learn_inner_lr)")
+    inner_steps: int = option(3, help="inner-loop SGD steps on the support set during meta-training", low=0)
+    adapt_steps: int = option(-1, help="inner-loop steps at evaluation (-1: inner_steps)", low=-1)
+    inner_lr: float = option(1e-2, help="inner-loop SGD learning rate (initial value when learn_inner_lr)", low=0)
     learn_inner_lr: bool = option(False, help="meta-learn one inner learning rate per adapted tensor (Meta-SGD style)")
-    inner_lr_lr: float = option(1e-2, help="Adam learning rate of the learned log inner learning rates")
+    inner_lr_lr: float = option(1e-2, help="Adam learning rate of the learned log inner learning rates", low=0)
     adapt_params: str = option("top-k", help="parameters adapted in the inner loop: top-k (last top_k blocks + head), "
-                                             "all, or head")
-    top_k: int = option(1, help="transformer blocks adapted with adapt_params=top-k (the last ones)")
-    meta_params: str = option("all", help="parameters the outer loop meta-learns: all (backbone) or adapted")
-    head_init: str = option("proto", help="episode head: proto (W=2c_k, b=-|c_k|^2 from support prototypes) or zero")
-    meta_steps: int = option(25, help="outer-loop (Adam) steps of meta-training")
-    meta_batch: int = option(2, help="source episodes per outer step")
-    outer_lr: float = option(3e-5, help="outer-loop Adam learning rate")
+                                             "all, or head", choices=ADAPT_PARAMS)
+    top_k: int = option(1, help="transformer blocks adapted with adapt_params=top-k (the last ones)", low=0)
+    meta_params: str = option("all", help="parameters the outer loop meta-learns: all (backbone) or adapted",
+                              choices=META_PARAMS)
+    head_init: str = option("proto", help="episode head: proto (W=2c_k, b=-|c_k|^2 from support prototypes) or zero",
+                            choices=HEAD_INITS)
+    head_scale: float = option(1.0, help="multiplies the initial head (W, b): < 1 softens the prototype logits so a "
+                                         "1-shot support loss is not ~0 before the inner loop (chosen by tune)", low=1e-12)
+    meta_steps: int = option(25, help="outer-loop (Adam) steps of meta-training", low=0)
+    meta_batch: int = option(2, help="source episodes per outer step", low=1)
+    outer_lr: float = option(3e-5, help="outer-loop Adam learning rate", low=0)
     meta_query: int = option(5, help="query examples per class of each meta-training episode (0: the setting's "
-                                     "q_query); 5 keeps a meta-step affordable on CPU")
+                                     "q_query); 5 keeps a meta-step affordable on CPU", low=0)
+    val_every: int = option(0, help="early stopping: check mean validation-pool accuracy every this many meta-steps, "
+                                    "keep the best meta-state (0: off; meta_steps then is the exact length)", low=0)
+    val_episodes: int = option(4, help="validation-pool episodes per early-stopping check", low=1)
+    patience: int = option(3, help="early stopping: checks without improvement before meta-training stops", low=1)
+
+
+# the meta-training budget is part of the space: on a GPU widen meta_steps (hundreds to thousands) with val_every
+MAML_SPACE = SearchSpace({"head_scale": Range(1e-3, 1.0, log=True), "inner_lr": Range(1e-3, 1e-1, log=True),
+                          "inner_steps": Choice((1, 3, 5)), "learn_inner_lr": Choice((False, True)),
+                          "meta_steps": Choice((0, 25, 50)), "outer_lr": Range(1e-5, 1e-4, log=True)},
+                         cost=("meta_steps", "inner_steps"))
 
 
 class MAML(Method):
@@ -92,6 +120,7 @@ class MAML(Method):
 
     name = "maml"
     config_class = MAMLConfig
+    search_space = MAML_SPACE
     protocol = "meta-trained"
     attn_implementation = "eager"  # double backward through attention (SDPA has none on CPU)
     first_order: ClassVar[bool] = False
@@ -102,19 +131,12 @@ class MAML(Method):
         self.meta_state: Optional[Tensors] = None     # meta-learned backbone tensors (name -> tensor, on CPU)
         self.inner_lrs: Optional[Dict[str, float]] = None  # learned inner rates (learn_inner_lr)
         self.meta_losses: List[float] = []
-
-    # ------------------------------------------------------------------ config
-    def _check(self) -> None:
-        cfg = self.config
-        check_choices(self.name or "maml", cfg, {"adapt_params": ADAPT_PARAMS, "meta_params": META_PARAMS,
-                                                 "head_init": HEAD_INITS})
-        if cfg.inner_steps < 0 or cfg.meta_steps < 0 or cfg.meta_batch < 1 or cfg.top_k < 0:
-            raise UserError(f"{self.name or 'maml'}: need inner_steps >= 0, meta_steps >= 0, meta_batch >= 1, top_k >= 0")
+        self.validation_curve: List[Tuple[int, float]] = []  # (meta-step, validation accuracy) of early stopping
 
     def inner_loop(self, backbone: Backbone, model: nn.Module, autocast=None) -> InnerLoop:
         names = [n for n, _ in model.named_parameters()]
         return InnerLoop(backbone, model, adapted_names(names, self.config.adapt_params, self.config.top_k),
-                         self.config.head_init, autocast)
+                         self.config.head_init, autocast, head_scale=self.config.head_scale)
 
     def meta_param_names(self, model: nn.Module, loop: InnerLoop) -> List[str]:
         if self.config.meta_params == "adapted":
@@ -153,8 +175,8 @@ class MAML(Method):
 
     # ------------------------------------------------------------------ meta-training
     def meta_train(self, ctx: MetaContext) -> None:
-        """Meta-train on ctx.source_episode(0, 1, ...); the result is :meth:`state_dict`."""
-        self._check()
+        """Meta-train on ctx.source_episode(0, 1, ...) (early stopping on ctx.validation_episode when ``val_every``
+        > 0); the result is :meth:`state_dict`."""
         cfg = self.config
         first = [ctx.source_episode(i) for i in range(cfg.meta_batch)]
         model = ctx.fresh_model().eval()
@@ -170,7 +192,16 @@ class MAML(Method):
             log_lrs = {n: torch.tensor(math.log(cfg.inner_lr), device=ctx.device) for n in loop.lr_names()}
             groups.append({"params": list(log_lrs.values()), "lr": cfg.inner_lr_lr})
         optimizer = torch.optim.Adam(groups)
-        self.meta_losses = []
+        self.meta_losses, self.validation_curve = [], []
+
+        def snapshot() -> Tensors:
+            state = {n: named[n].detach().to("cpu").clone() for n in meta_names}
+            if log_lrs is not None:
+                state.update({_LR_PREFIX + n: v.detach().to("cpu").clone() for n, v in log_lrs.items()})
+            return state
+
+        early_stopping = cfg.val_every > 0 and ctx.validation_episode is not None
+        best, best_state, stale = -1.0, None, 0
         bar = Progress(cfg.meta_steps, f"meta-train {'fomaml' if self.first_order else 'maml'}", unit="step")
         for step in range(cfg.meta_steps):
             batches = first if step == 0 else [ctx.source_episode(step * cfg.meta_batch + j) for j in range(cfg.meta_batch)]
@@ -180,11 +211,31 @@ class MAML(Method):
             self.meta_losses.append(loss)
             bar.set_current(f"query_loss={loss:.4f}")
             bar.update(1)
+            if early_stopping and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.meta_steps):
+                state = snapshot()
+                accuracy = self.validation_accuracy(ctx, state)
+                self.validation_curve.append((step + 1, accuracy))
+                best, best_state, stale = ((accuracy, state, 0) if accuracy > best else (best, best_state, stale + 1))
+                if stale >= cfg.patience:
+                    log.info("meta-training stops at step %d: no validation gain in %d checks", step + 1, stale)
+                    break
         bar.close()
-        state = {n: named[n].detach().to("cpu").clone() for n in meta_names}
-        if log_lrs is not None:
-            state.update({_LR_PREFIX + n: v.detach().to("cpu").clone() for n, v in log_lrs.items()})
+        self.load_state_dict(best_state if best_state is not None else snapshot())
+
+    def validation_accuracy(self, ctx: MetaContext, state: Tensors) -> float:
+        """Mean query accuracy after adapting from meta-state ``state`` to the early-stopping validation episodes."""
         self.load_state_dict(state)
+        correct = total = 0
+        for i in range(self.config.val_episodes):
+            episode = ctx.validation_episode(VALIDATION_OFFSET + i)
+            episode_ctx = EpisodeContext(ctx.backbone, episode, derived_seed(ctx.seed, "maml-validation", i),
+                                         autocast_dtype=ctx.autocast_dtype)
+            predictor = self.adapt(episode_ctx)
+            with torch.no_grad():
+                predictions = predictor.predict(episode_ctx.batch(episode, "query")).argmax(-1).cpu()
+            correct += int((predictions == torch.tensor(episode.query_labels)).sum())
+            total += len(episode.query_labels)
+        return correct / total
 
     def _meta_query(self, ctx: MetaContext, episode) -> Batch:
         query = ctx.batch(episode, "query")
@@ -222,6 +273,16 @@ class MAML(Method):
         meta-training."""
         return self._state
 
+    def state_shapes(self, backbone: Backbone) -> Dict[str, tuple]:
+        """Names and shapes of :meth:`state_dict` for ``backbone``: the meta-learned tensors and the log inner rates."""
+        model = backbone.pristine
+        loop = self.inner_loop(backbone, model)
+        named = dict(model.named_parameters())
+        shapes = {n: tuple(named[n].shape) for n in self.meta_param_names(model, loop)}
+        if self.config.learn_inner_lr:
+            shapes.update({_LR_PREFIX + n: () for n in loop.lr_names()})
+        return shapes
+
     def load_state_dict(self, state: Tensors) -> None:
         self._state = dict(state)
         self.meta_state = {n: t for n, t in state.items() if not n.startswith(_LR_PREFIX)}
@@ -230,7 +291,6 @@ class MAML(Method):
 
     # ------------------------------------------------------------------ evaluation
     def adapt(self, ctx: EpisodeContext) -> Predictor:
-        self._check()
         cfg = self.config
         steps = cfg.inner_steps if cfg.adapt_steps < 0 else cfg.adapt_steps
         model = ctx.fresh_model().eval()
@@ -267,7 +327,8 @@ class MAML(Method):
                 named[loop.emb_name].index_copy_(0, rows, params[loop.emb_name])
         if head is None:
             with torch.no_grad():
-                head = init_head(loop.embed(named, ctx.support), ctx.support.labels, ctx.n_way, cfg.head_init)
+                head = init_head(loop.embed(named, ctx.support), ctx.support.labels, ctx.n_way, cfg.head_init,
+                                 cfg.head_scale)
         weight, bias = head
 
         def predict(batch: Batch) -> torch.Tensor:

@@ -36,13 +36,14 @@ def _head_loss(e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels
     return F.cross_entropy(e @ weight.T + bias, labels)
 
 
-def init_head(e: torch.Tensor, labels: torch.Tensor, n_way: int, kind: str = "proto") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Episode head from support embeddings ``e`` (differentiable): proto W_k = 2c_k, b_k = -|c_k|^2, or zeros."""
+def init_head(e: torch.Tensor, labels: torch.Tensor, n_way: int, kind: str = "proto",
+              scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Episode head from support embeddings ``e`` (differentiable): proto W_k = 2s·c_k, b_k = -s·|c_k|^2, or zeros."""
     if kind == "zero":
         return e.new_zeros(n_way, e.shape[1]), e.new_zeros(n_way)
     onehot = F.one_hot(labels, n_way).to(e.dtype)  # [B, N]
     protos = (onehot.T @ e) / onehot.sum(0).clamp_min(1.0).unsqueeze(1)
-    return 2.0 * protos, -(protos * protos).sum(1)
+    return 2.0 * scale * protos, -scale * (protos * protos).sum(1)
 
 
 class InnerLoop:
@@ -53,12 +54,14 @@ class InnerLoop:
     """
 
     def __init__(self, backbone: Backbone, model: nn.Module, adapt: Sequence[str], head_init: str = "proto",
-                 autocast: Optional[Callable] = None, bucket: Optional[bool] = None, sparse_rows: bool = True):
+                 autocast: Optional[Callable] = None, bucket: Optional[bool] = None, sparse_rows: bool = True,
+                 head_scale: float = 1.0):
         self.backbone = backbone
         self.bucket = bucket  # None: length buckets on CPU only
         self.embedder = _Embedder(backbone, model)
         self.adapt = list(adapt)
         self.head_init = head_init
+        self.head_scale = head_scale
         self.autocast = autocast
         self.emb_name = input_embedding_name(model) if sparse_rows else None
 
@@ -116,7 +119,7 @@ class InnerLoop:
         else:
             e = self.embed(params, support)
         if head is None:
-            head = init_head(e, support.labels, n_way, self.head_init)
+            head = init_head(e, support.labels, n_way, self.head_init, self.head_scale)
         (g_e, g_w, g_b), loss = grad_and_value(_head_loss, argnums=(0, 1, 2))(e, head[0], head[1], support.labels)
         grads = pull(g_e)[0] if pull is not None else {}
         return loss, grads, (g_w, g_b), head, e
@@ -151,5 +154,5 @@ class InnerLoop:
                 params[n] = params[n] - lrs[n] * grads[n]
             head = (head[0] - lrs[HEAD_W] * g_w, head[1] - lrs[HEAD_B] * g_b)
         if head is None:
-            head = init_head(self.embed(params, support), support.labels, n_way, self.head_init)
+            head = init_head(self.embed(params, support), support.labels, n_way, self.head_init, self.head_scale)
         return _head_loss(self.embed(params, query), head[0], head[1], query.labels)

@@ -3,16 +3,13 @@
 Logits are cosine similarities to the (re-normalised) class centroids divided by ``temperature``.
 
 Embedding cache: every vector comes from ``Backbone.frozen_embeddings``, which caches per text across
-episodes, so each text is embedded once per run. The predictor receives token ids (a ``Batch``), not
-texts; :func:`frozen_features` recognises the episode's own query (or support) batch — the rows are
-token-for-token what tokenizing ``ctx.episode.query_texts`` gives, a token-cache hit — and then reads the
-per-text cache. Any other batch is embedded directly with the pristine model (correct, just uncached).
-Nothing is added to the core API.
+episodes, so each text is embedded once per run. The predictor's batch carries its texts
+(``Batch.texts``), which :func:`frozen_features` looks up in that cache; a batch without texts is embedded
+directly with the pristine model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,30 +19,17 @@ from fewshot_bench.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
 
 
-def _texts_of(ctx: EpisodeContext, batch: Batch) -> Optional[Sequence[str]]:
-    """The episode texts that ``batch`` tokenizes (query first, then support), or None."""
-    for texts in (ctx.episode.query_texts, ctx.episode.support_texts):
-        if len(texts) != len(batch):
-            continue
-        ref = ctx.backbone.tokenize(texts)  # token cache hit: no tokenizer call
-        if (ref.input_ids.shape == batch.input_ids.shape and torch.equal(ref.input_ids, batch.input_ids)
-                and torch.equal(ref.attention_mask, batch.attention_mask)):
-            return texts
-    return None
-
-
 @torch.no_grad()
 def frozen_features(ctx: EpisodeContext, batch: Batch) -> torch.Tensor:
-    """Frozen (pretrained) embeddings [B, H] of ``batch``, through the per-text cache when possible."""
-    texts = _texts_of(ctx, batch)
-    if texts is not None:
-        return ctx.backbone.frozen_embeddings(texts)
+    """Frozen (pretrained) embeddings [B, H] of ``batch``, through the per-text cache when it carries texts."""
+    if batch.texts is not None:
+        return ctx.backbone.frozen_embeddings(batch.texts)
     return ctx.backbone.embed(ctx.backbone.pristine, batch).float()
 
 
 @dataclass
 class ProtoConfig(MethodConfig):
-    temperature: float = option(0.1, help="logits = cosine similarity to the class centroid / temperature")
+    temperature: float = option(0.1, help="logits = cosine similarity to the class centroid / temperature", low=1e-6)
 
 
 class PrototypicalNetwork(Method):

@@ -21,17 +21,28 @@ from .registry import BACKBONES
 
 @dataclass
 class Batch:
-    """Tokenized texts (on the run's device) and, for support sets, their episode label ids."""
+    """Tokenized texts (on the run's device), the texts themselves, and, for support sets, their label ids.
+
+    The query batch of an evaluated episode has ``labels=None``: its labels stay with the harness.
+    """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: Optional[torch.Tensor] = None
+    texts: Optional[tuple] = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def subset(self, index) -> "Batch":
         labels = None if self.labels is None else self.labels[index]
-        return Batch(self.input_ids[index], self.attention_mask[index], labels)
+        return Batch(self.input_ids[index], self.attention_mask[index], labels, self._texts_at(index))
+
+    def _texts_at(self, index) -> Optional[tuple]:
+        if self.texts is None or isinstance(index, slice):
+            return None if self.texts is None else tuple(self.texts[index])
+        rows = torch.as_tensor(index)
+        rows = rows.nonzero().reshape(-1) if rows.dtype == torch.bool else rows.reshape(-1)
+        return tuple(self.texts[i] for i in rows.tolist())
 
 
 class Backbone:
@@ -80,7 +91,8 @@ class Backbone:
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
         label_tensor = None if labels is None else torch.tensor(list(labels), dtype=torch.long, device=self.device)
-        return Batch(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True), label_tensor)
+        return Batch(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True), label_tensor,
+                     tuple(texts))
 
     def embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Pooled sentence vectors [B, H] from ``model`` (a copy of this backbone, possibly adapted)."""
@@ -101,19 +113,20 @@ class Backbone:
         self._embedding_cache.clear()
 
     @torch.no_grad()
-    def frozen_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    def frozen_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings of the pretrained (unadapted) model, cached per text across episodes.
 
-        The time spent embedding texts not yet cached accumulates in ``embedding_cache_seconds`` (a one-off
-        cost of the run, which the runner keeps out of the episode's ``wall_seconds``).
+        Each text is embedded alone (a batch of one, no padding), so its vector is a function of the text
+        only: bit-identical whatever texts were embedded before or with it, so a resumed run reproduces
+        an uninterrupted one. The time spent embedding texts not yet cached accumulates in
+        ``embedding_cache_seconds`` (a one-off cost of the run, which the runner keeps out of the episode's
+        ``wall_seconds``).
         """
         missing = [t for t in dict.fromkeys(texts) if t not in self._embedding_cache]
         if missing:
             started = time.perf_counter()
-            for start in range(0, len(missing), batch_size):
-                chunk = missing[start : start + batch_size]
-                vectors = self.embed(self.pristine, self.tokenize(chunk)).float()
-                self._embedding_cache.update(zip(chunk, vectors))
+            for text in missing:
+                self._embedding_cache[text] = self.embed(self.pristine, self.tokenize([text]))[0].float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.embedding_cache_seconds += time.perf_counter() - started
@@ -134,9 +147,10 @@ def _load_pretrained(path: str, *, attn_implementation: str, trust_remote_code: 
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(path, config=config, attn_implementation=attn_implementation,
                                           trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load backbone '{path}' (a Hugging Face model id or a local folder with config.json): "
-                        f"{str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # a missing, truncated or foreign model folder: name it, never a traceback
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load backbone '{path}' (a Hugging Face model id or a local folder with config.json "
+                        f"and weights): {first_line}") from None
     return model, tokenizer
 
 
@@ -183,6 +197,11 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available on this machine; use --device cpu or auto")
     return device
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from .data import FILE_FORMATS, data_dir
 from .errors import UserError
+from .outputs import check_writable
 from .task import PLACEHOLDER, TaskConfig
 
 WIDTH = 110
@@ -135,6 +136,7 @@ def cmd_new_task(args) -> int:
     out = Path(args.out or f"{args.name}.yaml")
     if out.exists():
         raise UserError(f"{out} exists; pass --out another path (new-task never overwrites a card)")
+    check_writable(out, "--out")
     local_dir = args.local_dir or args.name
     root = data_dir()
     text = skeleton(args.name, local_dir, inspect_folder(root / local_dir) if root else None)

@@ -1,4 +1,4 @@
-"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,leaderboard,validate,merge}``.
+"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,power,validate,merge}``.
 
 Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -15,16 +16,43 @@ from .registry import import_object
 
 
 def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data-dir", help="folder holding the datasets (<task>/<split>.jsonl); also $FEWSHOT_BENCH_DATA")
     common.add_argument("--tasks-dir", action="append", default=[], help="extra folder of YAML task cards (repeatable)")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     return common
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other bad-input error of the CLI."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _episode_flags() -> argparse.ArgumentParser:
+    """Flags shared by ``run`` and ``tune``: which tasks, methods and episode shapes, on what."""
+    flags = _Parser(add_help=False)
+    flags.add_argument("--tasks", help="comma-separated task names")
+    flags.add_argument("--methods", help="comma-separated method specs: NAME or path/to/file.py:Class, optionally "
+                                         "with config overrides, e.g. full_ft,sgg(mode=exact,steps=5)")
+    flags.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
+    flags.add_argument("--k-shot", help="shots per class, comma-separated (e.g. 1,5); MIN-MAX for variable shot")
+    flags.add_argument("--query", type=int, help="queries per class")
+    flags.add_argument("--fold", type=int, help="class-split fold (1-based)")
+    flags.add_argument("--seed", type=int, help="episode and training seed")
+    flags.add_argument("--backbone", help="backbone name, Hugging Face id or local path (default: minilm)")
+    flags.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    flags.add_argument("--method-config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                       help="set a method config field (repeatable), e.g. full_ft.steps=5 (the same as "
+                            "--methods 'full_ft(steps=5)'); tune: pins it (it leaves the search space)")
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="fewshot-bench", description="Episodic few-shot NLU benchmark.")
+    episode_flags = _episode_flags()
+    parser = _Parser(prog="fewshot-bench", description="Episodic few-shot NLU benchmark.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", parents=[common], help="list registered tasks, methods or backbones")
@@ -60,36 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when the report has findings")
     p.set_defaults(handler="fewshot_bench.taskcheck:cmd_check_task")
 
-    p = sub.add_parser("run", parents=[common], help="run methods on task episodes into a results store")
+    p = sub.add_parser("run", parents=[common, episode_flags], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
     p.add_argument("--suite", help="named suite (smoke, default, cross-domain) choosing task x setting combinations")
-    p.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
-    p.add_argument("--methods", help="comma-separated method specs: NAME or path/to/file.py:Class, optionally with "
-                                     "config overrides, e.g. full_ft,sgg(mode=exact,steps=5)")
-    p.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
-    p.add_argument("--k-shot", help="shots per class, comma-separated (e.g. 1,5); MIN-MAX for variable shot")
-    p.add_argument("--query", type=int, help="queries per class")
     p.add_argument("--episodes", type=int, help="episodes per task x setting")
-    p.add_argument("--fold", type=int, help="class-split fold (1-based)")
     p.add_argument("--pool", choices=["target", "validation"],
                    help="evaluate on target-pool episodes (default) or validation-pool ones (hyperparameter choice)")
-    p.add_argument("--seed", type=int, help="episode and training seed")
-    p.add_argument("--backbone", help="backbone name, Hugging Face id or local path (default: minilm)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--store", help="SQLite results store (default: runs/results.sqlite)")
-    p.add_argument("--out", help="leaderboard CSV written at the end (default: leaderboard/leaderboard.csv)")
+    p.add_argument("--out", help="leaderboard CSV written at the end (default: runs/leaderboard.csv)")
     p.add_argument("--limit", type=int, help="smoke runs: at most this many episodes per task x setting")
-    p.add_argument("--method-config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
-                   help="override a method config field (repeatable), e.g. full_ft.steps=5 (the same as "
-                        "--methods 'full_ft(steps=5)')")
+    p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
     p.set_defaults(handler="fewshot_bench.cli:cmd_run")
+
+    p = sub.add_parser("tune", parents=[common, episode_flags],
+                       help="choose each method's config on validation-pool episodes, same budget for every method")
+    p.add_argument("--episodes", type=int, help="validation episodes every trial is scored on (default 10)")
+    p.add_argument("--trials", type=int, help="configurations per method (default 20)")
+    p.add_argument("--sampler", choices=["tpe", "grid"], help="Optuna sampler (default tpe), seeded with --seed")
+    p.add_argument("--prune", action="store_true", help="Optuna MedianPruner: stop hopeless trials early")
+    p.add_argument("--store", help="results store for the trials (default: runs/results.sqlite)")
+    p.add_argument("--out", help="YAML file of the chosen configs (default: runs/tuned.yaml)")
+    p.set_defaults(handler="fewshot_bench.tuning:cli_tune")
 
     p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
     p.add_argument("--store", default="runs/results.sqlite")
-    p.add_argument("--out", default="leaderboard/leaderboard.csv")
+    p.add_argument("--out", default="runs/leaderboard.csv")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft)")
     p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
+
+    p = sub.add_parser("power", parents=[common], help="episodes needed to tell adjacent methods apart, per cell")
+    p.add_argument("--store", default="runs/results.sqlite")
+    p.add_argument("--delta", default="0.01,0.02", help="accuracy differences to detect, comma-separated")
+    p.add_argument("--power", type=float, default=0.8, help="probability of detecting each difference")
+    p.set_defaults(handler="fewshot_bench.power:cli_power")
 
     p = sub.add_parser("validate", parents=[common], help="check a leaderboard CSV or a results store")
     p.add_argument("file")
@@ -207,6 +240,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished episodes are kept in the store", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -50,18 +50,39 @@ def fingerprint(classes, support_ids, support_labels, query_ids, query_labels) -
 
 
 def parse_shot(k_shot) -> Union[int, tuple]:
-    """``5`` -> 5; ``[1, 5]`` or ``"1-5"`` -> (1, 5): K drawn per class in that range (FLEX-style)."""
-    if isinstance(k_shot, str):
-        parts = k_shot.split("-")
-        k_shot = [int(p) for p in parts] if len(parts) == 2 else int(k_shot)
+    """``5`` or ``"5"`` -> 5; ``[1, 5]`` or ``"1-5"`` -> (1, 5): K drawn per class in that range (FLEX-style)."""
+    try:
+        if isinstance(k_shot, str):
+            parts = k_shot.split("-")
+            k_shot = [int(p) for p in parts] if len(parts) == 2 else int(k_shot)
+        if isinstance(k_shot, (list, tuple)):
+            low, high = (int(v) for v in k_shot)
+        elif isinstance(k_shot, bool) or not isinstance(k_shot, int):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"k_shot '{k_shot}' is not a number of shots; use an integer >= 1 (e.g. 5) "
+                        f"or MIN-MAX (e.g. 1-5)") from None
     if isinstance(k_shot, (list, tuple)):
-        low, high = (int(v) for v in k_shot)
         if not 1 <= low <= high:
             raise UserError(f"variable shot range {k_shot} must satisfy 1 <= min <= max")
         return (low, high)
-    if int(k_shot) < 1:
+    if k_shot < 1:
         raise UserError(f"k_shot must be >= 1, got {k_shot}")
-    return int(k_shot)
+    return k_shot
+
+
+def parse_n_way(n_way) -> Union[int, str]:
+    """``5`` or ``"5"`` -> 5; ``"all"`` stays; anything else (or fewer than 2 classes) is a UserError."""
+    if n_way == "all":
+        return n_way
+    try:
+        value = int(n_way) if isinstance(n_way, str) or (isinstance(n_way, int) and not isinstance(n_way, bool)) \
+            else None
+    except ValueError:
+        value = None
+    if value is None or value < 2:
+        raise UserError(f"n_way '{n_way}' is not a number of classes; use an integer >= 2 or 'all'")
+    return value
 
 
 def sample_episode(data: TaskData, *, pool: str = "target", n_way: Union[int, str] = 5, k_shot: Shot = 5,
@@ -140,12 +161,11 @@ class Setting:
         return sample_episode(get_task_data(self.task, self.fold), pool=self.pool, n_way=self.n_way,
                               k_shot=self.k_shot, q_query=self.q_query, seed=seed, index=index)
 
-    def source_episode(self, seed: int, index: int, pool: str = "source") -> Episode:
+    def source_episode(self, seed: int, index: int) -> Episode:
         """Episodes for meta-training: the source pool of ``source_task`` (default: the same task)."""
-        source = self.source_task or self.task
-        fold = self.fold if source == self.task else 1
-        return sample_episode(get_task_data(source, fold), pool=pool, n_way=self.n_way, k_shot=self.k_shot,
-                              q_query=self.q_query, seed=seed, index=index)
+        from .sealed import SourcePool
+
+        return SourcePool(self, seed)(index)
 
     @property
     def has_source_pool(self) -> bool:
@@ -155,8 +175,17 @@ class Setting:
         return len(data.pools["source"].rows) > 0
 
     def source_episodes(self, seed: int) -> Optional[Callable[[int], Episode]]:
-        """index -> source-pool episode, or None when the setting has no source pool."""
-        return (lambda index: self.source_episode(seed, index)) if self.has_source_pool else None
+        """index -> source-pool episode (a :class:`~fewshot_bench.sealed.SourcePool`), or None when the
+        setting has no source pool."""
+        from .sealed import SourcePool
+
+        return SourcePool(self, seed) if self.has_source_pool else None
+
+    def validation_episodes(self, seed: int) -> Callable[[int], Episode]:
+        """index -> episode of the source task's validation pool (early stopping while meta-training)."""
+        from .sealed import SourcePool
+
+        return SourcePool(self, seed, pool="validation")
 
 
 def episode_set_sha256(fingerprints: List[str]) -> str:

@@ -11,21 +11,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Optional
+from typing import Callable, ClassVar, Dict, Optional, Union
 
 import torch
 from torch import nn
 
 from .backbone import Backbone, Batch
 from .episodes import Episode
+from .config import validate
 from .errors import UserError
 from .hashing import config_hash
 from .metrics import GradientRecorder
+from .search_space import SearchSpace
+from .sealed import EpisodeView
 
 
 @dataclass
 class MethodConfig:
-    """Base for method configs (subclass it and add fields with ``fewshot_bench.config.option``)."""
+    """Base for method configs (subclass it and add fields with ``fewshot_bench.config.option``, with limits
+    ``low``/``high``/``choices`` where a value can be wrong). Types and limits are checked at construction."""
+
+    def __post_init__(self):
+        validate(self, f"method config {type(self).__name__}")
 
 
 @dataclass
@@ -42,6 +49,7 @@ class Method:
     config_class: ClassVar[type] = MethodConfig
     protocol: ClassVar[str] = "target-only"  # or "source-guided" (uses source-pool data while adapting), "meta-trained"
     attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
+    search_space: ClassVar[Optional[SearchSpace]] = None  # what ``tune`` may choose; None: runs its defaults
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -53,6 +61,11 @@ class Method:
         """What ``meta_train`` learned, as named tensors: the runner caches it on disk (keyed by the run hash)
         and gives it to ``load_state_dict`` in later runs and other ranks instead of meta-training again.
         None (the default): nothing to cache; the method is meta-trained in every process that evaluates it."""
+        return None
+
+    def state_shapes(self, backbone: Backbone) -> Optional[Dict[str, tuple]]:
+        """{name: shape} of the tensors ``state_dict`` holds after meta-training on ``backbone``: a cached state
+        is loaded only if it matches. None (the default): names and shapes are not checked."""
         return None
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
@@ -94,23 +107,31 @@ class _Shared:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def batch(self, episode: Episode, part: str) -> Batch:
+    def batch(self, episode: Union[Episode, EpisodeView], part: str) -> Batch:
+        """The tokenized support or query set of ``episode``; labelled when ``episode`` carries those labels
+        (an :class:`EpisodeView` has no query labels)."""
         texts = episode.support_texts if part == "support" else episode.query_texts
-        labels = episode.support_labels if part == "support" else episode.query_labels
+        labels = episode.support_labels if part == "support" else getattr(episode, "query_labels", None)
         return self.backbone.tokenize(texts, labels)
 
 
 class EpisodeContext(_Shared):
-    """Everything a method may use while adapting to one episode's support set (the query labels are hidden)."""
+    """Everything a method may use while adapting to one episode: the support set and a label-free view.
 
-    def __init__(self, backbone: Backbone, episode: Episode, seed: int, *, autocast_dtype=None,
+    ``episode`` is an :class:`~fewshot_bench.sealed.EpisodeView` (an :class:`Episode` passed in is reduced
+    to one): no query labels, query ids, episode key or fingerprint are reachable from the context.
+    """
+
+    def __init__(self, backbone: Backbone, episode: Union[Episode, EpisodeView], seed: int, *, autocast_dtype=None,
                  source_episodes: Optional[Callable[[int], Episode]] = None):
         super().__init__(backbone, seed, autocast_dtype)
+        episode = EpisodeView.of(episode) if isinstance(episode, Episode) else episode
         self.episode = episode
         self.n_way = episode.n_way
         self.support = self.batch(episode, "support")
         self.support_texts = episode.support_texts
         self.recorder = GradientRecorder()
+        self.figures: Dict[str, float] = {}  # per-episode figures the method reports (results-store columns)
         self._source_episodes = source_episodes
 
     def source_episode(self, index: int) -> Episode:
@@ -125,8 +146,11 @@ class EpisodeContext(_Shared):
 
 
 class MetaContext(_Shared):
-    """What ``meta_train`` gets: the backbone and a function index -> source-pool episode."""
+    """What ``meta_train`` gets: the backbone, functions index -> source-pool episode and index -> validation-pool
+    episode (for early stopping; None when the setting has no validation pool)."""
 
-    def __init__(self, backbone: Backbone, seed: int, source_episodes: Callable[[int], Episode], *, autocast_dtype=None):
+    def __init__(self, backbone: Backbone, seed: int, source_episodes: Callable[[int], Episode], *, autocast_dtype=None,
+                 validation_episodes: Optional[Callable[[int], Episode]] = None):
         super().__init__(backbone, seed, autocast_dtype)
         self.source_episode = source_episodes
+        self.validation_episode = validation_episodes

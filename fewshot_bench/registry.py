@@ -26,6 +26,11 @@ def import_object(spec: str) -> Any:
             module = importlib.import_module(module_name)
     except (ImportError, FileNotFoundError) as exc:
         raise UserError(f"cannot import '{module_name}' for '{spec}': {exc}") from exc
+    except SyntaxError as exc:
+        raise UserError(f"{exc.filename}:{exc.lineno}: syntax error in '{spec}' ({exc.msg}); fix the file") from None
+    except Exception as exc:  # the user's module raised while being imported
+        raise UserError(f"importing '{module_name}' for '{spec}' raised {type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0]}") from None
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -3,12 +3,13 @@ flags (in that order of precedence), and what it expands to: settings and method
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from .config import from_mapping, option, read_yaml
+from .config import from_mapping, option, read_yaml, validate
 from .data import data_dir
-from .episodes import Setting, parse_shot
+from .episodes import Setting, parse_n_way, parse_shot
 from .errors import UserError
 from .registry import METHODS, did_you_mean
 from .spec import parse_method_config, parse_spec, split_specs
@@ -28,25 +29,35 @@ class RunConfig:
                                          "method)")
     n_way: List = option(factory=lambda: [5], help="classes per episode (list), or 'all'")
     k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list); 'MIN-MAX' for variable shot")
-    query: int = option(15, help="queries per class")
-    episodes: int = option(20, help="episodes per task x setting")
-    limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting")
-    fold: int = option(1, help="class-split fold (1-based)")
+    query: int = option(15, help="queries per class", low=1)
+    episodes: int = option(20, help="episodes per task x setting", low=1)
+    limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting", low=1)
+    fold: int = option(1, help="class-split fold (1-based)", low=1)
     pool: str = option("target", help="pool of the evaluated episodes: target, or validation to choose "
-                                      "hyperparameters without seeing target classes")
-    seed: int = option(0, help="episode and training seed")
+                                      "hyperparameters without seeing target classes", choices=("target", "validation"))
+    seed: int = option(0, help="episode and training seed", low=0)
     backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N")
     bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
     store: str = option("runs/results.sqlite", help="SQLite results store")
-    out: str = option("leaderboard/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
+    out: str = option("runs/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs (the same as "
                                                           "METHOD(FIELD=VALUE) in methods)")
+    tuned: Optional[str] = option(None, help="YAML file of configs chosen by 'fewshot-bench tune' (per setting and "
+                                             "method; --method-config still overrides them)")
     description: str = option("", help="what the suite is for")
     progress_every: int = option(0, help="output that is not a terminal: a progress line every N episodes "
                                          "(0: every 5% of the run); a terminal gets a bar")
     progress_seconds: float = option(60.0, help="output that is not a terminal: a progress line at least "
                                                 "every this many seconds")
+
+    def __post_init__(self):
+        """Types and limits of every field; n_way and k_shot entries parsed (``'5'`` -> 5, ``'1-5'`` -> (1, 5))."""
+        validate(self, "run config")
+        self.n_way = [parse_n_way(v) for v in self.n_way]
+        self.k_shot = [parse_shot(v) for v in self.k_shot]
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise UserError(f"run config: device '{self.device}' is not one of auto, cpu, mps, cuda, cuda:N")
 
 
 def load_suite(name: str) -> dict:
@@ -79,17 +90,21 @@ def build_config(args) -> RunConfig:
     tasks_given = bool(_split(args.tasks))
     merged = _with_demo(load_suite(args.suite or "default"), tasks_given)
     if args.config:
-        merged.update(_with_demo(read_yaml(args.config, "--config") or {}, tasks_given))
+        values = read_yaml(args.config, "--config") or {}
+        if not isinstance(values, dict):
+            raise UserError(f"--config {args.config}: expected a mapping of run options (e.g. 'episodes: 5'), "
+                            f"got a {type(values).__name__}")
+        merged.update(_with_demo(values, tasks_given))
     flags = {"tasks": _split(args.tasks) or None, "methods": split_specs(args.methods or "") or None,
              "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
              "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
              "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
-             "source_task": args.source_task}
+             "source_task": args.source_task, "tuned": getattr(args, "tuned", None)}
     if flags["tasks"]:
         merged.pop("settings", None)
     merged.update({k: v for k, v in flags.items() if v is not None})
     merged["method_config"] = list(merged.get("method_config", [])) + list(args.method_config)
-    return from_mapping(RunConfig, merged, args.config or f"suite '{args.suite or 'default'}'")
+    return from_mapping(RunConfig, merged, f"{args.config or 'suite ' + repr(args.suite or 'default')} + flags")
 
 
 def settings_of(config: RunConfig) -> List[Setting]:
@@ -102,16 +117,14 @@ def settings_of(config: RunConfig) -> List[Setting]:
         task_config = get_task_config(task)
         fold = min(config.fold, task_config.pools.folds)
         for n_way in config.n_way:
-            n_way = n_way if n_way == "all" else int(n_way)
             for k_shot in config.k_shot:
-                settings.append(Setting(task, n_way, parse_shot(k_shot), int(config.query), fold, source,
-                                        config.pool))
+                settings.append(Setting(task, n_way, k_shot, config.query, fold, source, config.pool))
     return settings
 
 
 def method_specs(config: RunConfig) -> Dict[str, Dict[str, str]]:
     """{method spec: config overrides} of the run: each spec's own ``(field=value)`` plus ``method_config``."""
-    specs = METHODS.names() if config.methods in ("all", ["all"]) else _methods_list(config.methods)
+    specs = spec_list(config.methods)
     extra = parse_method_config(config.method_config)
     names = {spec: parse_spec(spec)[0] for spec in specs}
     unknown = set(extra) - set(names.values())
@@ -120,5 +133,8 @@ def method_specs(config: RunConfig) -> Dict[str, Dict[str, str]]:
     return {spec: {**parse_spec(spec)[1], **extra.get(names[spec], {})} for spec in specs}
 
 
-def _methods_list(value) -> List[str]:
-    return split_specs(value) if isinstance(value, str) else [str(v).strip() for v in value]
+def spec_list(methods) -> List[str]:
+    """The method specs of a ``methods`` value: 'all' (every registered method), "a,b(x=1)" or a list."""
+    if methods in ("all", ["all"]):
+        return METHODS.names()
+    return split_specs(methods) if isinstance(methods, str) else [str(v).strip() for v in methods]

@@ -24,11 +24,13 @@ from .harness import run_episode
 from .hashing import config_hash, hash_seed
 from .meta_cache import load_meta_state, meta_state_path, save_meta_state
 from .methods import MetaContext, Method
+from .outputs import check_writable
 from .progress import Progress
 from .run_config import RunConfig, method_specs, settings_of
 from .shards import existing_shards
 from .spec import method_from_spec, method_label, parse_spec
 from .store import ResultsStore
+from .tuning import load_tuned, tuned_overrides
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +54,29 @@ class Cell:
 
 
 class Run:
-    """The execution state of one ``run()``: device, backbones loaded so far, the cells, the stores."""
+    """The execution state of one ``run()``: device, backbones, the cells, the stores, the tuned configs."""
 
-    def __init__(self, config: RunConfig, device: str, store: ResultsStore, finished_elsewhere: List[ResultsStore]):
+    def __init__(self, config: RunConfig, device: str, backbones: Dict[Tuple[str, str], Backbone],
+                 store: ResultsStore, finished_elsewhere: List[ResultsStore], tuned: Optional[dict] = None):
         self.config = config
         self.device = device
-        if device.startswith("cuda"):
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.autocast = (torch.bfloat16 if config.bf16 and device.startswith("cuda")
-                         and torch.cuda.is_bf16_supported() else None)
+        self.autocast = autocast_dtype(device, config.bf16)
         self.store = store
         self.run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
         self.finished_elsewhere = finished_elsewhere
         self.specs = method_specs(config)
-        self.backbones: Dict[Tuple[str, str], Backbone] = {}
+        self.tuned = tuned
+        self.backbones = backbones
         self.cells: Dict[Tuple[Setting, str], Cell] = {}
 
     def cell(self, setting: Setting, spec: str) -> Cell:
         """The cell of (setting, spec), created once with the episodes already stored anywhere."""
         key = (setting, spec)
         if key not in self.cells:
-            config, overrides = self.config, self.specs[spec]
-            method = method_from_spec(parse_spec(spec)[0], overrides)
-            label = method_label(method.name, overrides)
+            config, overrides, name = self.config, self.specs[spec], parse_spec(spec)[0]
+            chosen = tuned_overrides(self.tuned, config.tuned, setting.label, name) if self.tuned is not None else None
+            method = method_from_spec(name, {**(chosen or {}), **overrides})
+            label = method_label(method.name, overrides) + ("[tuned]" if chosen is not None else "")
             run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
                                     "backbone": config.backbone, "source_task": setting.source_task})
             done = set().union(*(store.done_indices(run_hash, label, config.backbone, setting.task, setting.label)
@@ -94,36 +95,36 @@ class Run:
         """The cell's backbone, loaded; a meta-trained method meta-trained (or its cached state loaded) once."""
         backbone = self.backbone_for(cell.method)
         if cell.method.protocol == "meta-trained" and not cell.meta_trained:
-            if cell.source_episodes is None:
-                raise UserError(f"method '{cell.label}' meta-trains on a source pool, but {cell.setting.label} has "
-                                f"none; pass --source-task")
             self.meta_train(cell, backbone)
             cell.meta_trained = True
         return backbone
 
     def meta_train(self, cell: Cell, backbone: Backbone) -> None:
-        """Load the cell's meta-trained state from the cache, or meta-train and cache it."""
-        seed = self.config.seed
-        key = config_hash({"run": cell.run_hash, "setting": cell.setting.label, "autocast": str(self.autocast),
-                           "source": cell.source_episodes(0).fingerprint})
-        path = meta_state_path(key)
-        cached = load_meta_state(path)
+        """Load the cell's meta-trained state from the cache (only a file written for this cell, with the tensor
+        names and shapes the method expects), or meta-train and cache it."""
+        seed, method = self.config.seed, cell.method
+        payload = {"run": cell.run_hash, "method": method.name, "config": method.config_dict(),
+                   "setting": cell.setting.label, "autocast": str(self.autocast),
+                   "source": cell.source_episodes(0).fingerprint}
+        path = meta_state_path(config_hash(payload))
+        cached = load_meta_state(path, payload, method.state_shapes(backbone))
         if cached is not None:
             state, metadata = cached
-            cell.method.load_state_dict(state)
+            method.load_state_dict(state)
             seconds = metadata.get("meta_train_seconds")  # wall time of the training that wrote the file
             cell.meta_train_seconds = float(seconds) if seconds else None
             log.info("%s: loaded meta-trained state from %s", cell.label, path)
             return
         log.info("meta-training %s for %s", cell.label, cell.setting.label)
         started = time.perf_counter()
-        cell.method.meta_train(MetaContext(backbone, seed, cell.source_episodes, autocast_dtype=self.autocast))
+        method.meta_train(MetaContext(backbone, seed, cell.source_episodes, autocast_dtype=self.autocast,
+                                      validation_episodes=cell.setting.validation_episodes(seed)))
         cell.meta_train_seconds = time.perf_counter() - started
         log.info("meta-trained %s for %s: %.1f s", cell.label, cell.setting.label, cell.meta_train_seconds)
-        state = cell.method.state_dict()
+        state = method.state_dict()
         if state is not None:
-            save_meta_state(path, state, {"label": cell.label, "setting": cell.setting.label,
-                                          "meta_train_seconds": repr(cell.meta_train_seconds)})
+            save_meta_state(path, state, payload,
+                            {"label": cell.label, "meta_train_seconds": repr(cell.meta_train_seconds)})
 
     def evaluate(self, cell: Cell, index: int) -> None:
         """Run episode ``index`` of the cell and write its record to the store."""
@@ -151,6 +152,30 @@ class Run:
                         (record["error"] or "").splitlines()[0])
 
 
+def autocast_dtype(device: str, bf16: bool = True) -> Optional[torch.dtype]:
+    """torch.bfloat16 on a CUDA device that supports it when ``bf16``, else None (no autocast)."""
+    return torch.bfloat16 if (bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()) else None
+
+
+def _check_run(config: RunConfig, settings: List[Setting], tuned: Optional[dict], store_path: str) -> List[Method]:
+    """Everything a run can trip over, checked before the store is created: methods and their configs, settings,
+    tuned entries, source pools, the outputs. Returns one instance of each method spec."""
+    checked = [method_from_spec(parse_spec(spec)[0], overrides) for spec, overrides in method_specs(config).items()]
+    meta_trained = [m.name for m in checked if m.protocol == "meta-trained"]
+    for setting in settings:
+        setting.target_episode(config.seed, 0)
+        for spec in method_specs(config) if tuned is not None else ():  # every (setting, method) has a tuned entry
+            tuned_overrides(tuned, config.tuned, setting.label, parse_spec(spec)[0])
+        if not setting.has_source_pool and meta_trained:  # has_source_pool also loads the source task
+            raise UserError(f"method(s) {', '.join(meta_trained)} meta-train on a source pool, but {setting.label} has "
+                            f"none; pass --source-task TASK or drop them from --methods")
+    for path in dict.fromkeys([config.store, store_path]):  # the store, and this rank's shard
+        check_writable(path, "--store")
+    if config.out:
+        check_writable(config.out, "--out")
+    return checked
+
+
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
         barrier=None) -> str:
     """Execute the run; returns the store path written (a shard path when ``world_size > 1``).
@@ -159,17 +184,21 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     out round-robin and cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node
     jobs); after ``barrier()`` every rank loads them instead of training again.
     """
-    for spec, overrides in method_specs(config).items():  # fail fast on bad methods and settings, before writing
-        method_from_spec(parse_spec(spec)[0], overrides)
     settings = settings_of(config)
-    for setting in settings:
-        setting.target_episode(config.seed, 0)
+    tuned = load_tuned(config.tuned) if config.tuned else None
+    checked = _check_run(config, settings, tuned, store_path or config.store)
+    device = resolve_device(config.device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    backbones = {(attn, config.backbone): load_backbone(config.backbone, device=device, attn_implementation=attn)
+                 for attn in sorted({m.attn_implementation for m in checked})}
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
     store = ResultsStore(store_path or config.store)
     # resume: episodes finished in the run's store or in any shard of an earlier (killed) torchrun job
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
-    execution = Run(config, resolve_device(config.device), store, finished_elsewhere)
+    execution = Run(config, device, backbones, store, finished_elsewhere, tuned)
     units = [(s, m, i) for s in settings for m in execution.specs for i in range(n_episodes)]
     if world_size > 1:  # meta-training shared out round-robin, cached on disk, then loaded by every rank
         cells = [execution.cell(s, m) for s, m in dict.fromkeys((s, m) for s, m, _ in units)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .errors import UserError
@@ -61,32 +62,52 @@ def method_label(name: str, overrides: Overrides) -> str:
 
 def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method:
     """A method instance from a spec (registered name or ``path/to/file.py:Class``, optionally with
-    ``(field=value,...)``), with further config ``overrides`` on top."""
+    ``(field=value,...)``), with further config ``overrides`` on top (command-line strings are converted to each field's annotated
+    type; the config validates itself)."""
     name, from_spec = parse_spec(spec) if "(" in spec else (spec, {})
     cls = import_object(name) if ":" in name else METHODS.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise UserError(f"method '{name}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
     if not cls.name:
         cls.name = name.rpartition(":")[2] if ":" in name else name
-    config = cls.config_class()
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    hints = typing.get_type_hints(cls.config_class)
+    values = {}
     for key, value in {**from_spec, **(overrides or {})}.items():
-        if not hasattr(config, key):
-            fields = [f.name for f in dataclasses.fields(config)]
-            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(fields)})")
-        setattr(config, key, _coerce(getattr(config, key), value, f"method '{cls.name}' config field '{key}'"))
-    return cls(config)
+        if key not in fields:
+            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(sorted(fields))})")
+        values[key] = _coerce(hints[key], value, f"method '{cls.name}' config field '{key}'")
+    try:
+        return cls(cls.config_class(**values))
+    except UserError as exc:
+        raise UserError(f"--method-config {cls.name}: {exc}") from None
 
 
-def _coerce(current, value, where: str):
-    """``value`` (often a command-line string) converted to the type of the field's current value."""
-    if current is None or isinstance(current, (list, dict)):
+def _coerce(hint, value, where: str):
+    """``value`` (a command-line string) converted to the annotated type ``hint``; other values unchanged."""
+    if not isinstance(value, str):
         return value
-    if isinstance(current, bool) and isinstance(value, str):  # bool("false") is True
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        if value.strip().lower() in ("none", "null") and type(None) in typing.get_args(hint):
+            return None
+        for arg in args:
+            try:
+                return _coerce(arg, value, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: '{value}' is not a valid {' or '.join(getattr(a, '__name__', str(a)) for a in args)}")
+    if typing.get_origin(hint) in (list, tuple):
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else str
+        return [_coerce(item, part.strip(), where) for part in value.split(",") if part.strip()]
+    if hint is bool:  # bool("false") is True
         lowered = value.strip().lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
             raise UserError(f"{where}: '{value}' is not a boolean; use true or false")
         return lowered in ("true", "1", "yes")
-    try:
-        return type(current)(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: '{value}' is not a valid {type(current).__name__}") from None
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except ValueError:
+            raise UserError(f"{where}: '{value}' is not a valid {hint.__name__}") from None
+    return value

@@ -1,9 +1,13 @@
 """SQLite results store: one row per run (``runs``) and one row per evaluated episode (``episodes``).
 
 Crash and concurrency safety: WAL journal, a busy timeout so parallel writers wait instead of failing, and every
-episode is written in its own transaction with ``INSERT OR IGNORE`` on the UNIQUE key
+episode is written in its own transaction with ``ON CONFLICT (<unique key>)`` on the UNIQUE key
 (config_hash, method, backbone, task, setting, episode_index). A process killed mid-run therefore leaves only
-complete rows, and re-running or merging shards never duplicates an episode.
+complete rows, and re-running or merging shards never duplicates an episode. Only that key conflict is
+handled: any other constraint violation (a NULL in a NOT NULL column, an unknown status) raises.
+
+Failed episodes (the method raised) are retried: they do not count as done (:meth:`ResultsStore.done_indices`),
+and a later row for the same key replaces a ``failed`` row; an ``ok`` or ``diverged`` row is never replaced.
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ from typing import Dict, Iterable, List, Optional, Set
 
 import numpy as np
 
+from .columns import METRICS
 from .errors import UserError
 from .hashing import config_hash
+from .outputs import check_writable
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
                "started_at", "ended_at")
@@ -33,25 +39,35 @@ EPISODE_TYPES = {
     "n_way": "INTEGER NOT NULL", "k_shot": "TEXT NOT NULL", "q_query": "INTEGER NOT NULL", "fold": "INTEGER NOT NULL",
     "seed": "INTEGER NOT NULL", "episode_index": "INTEGER NOT NULL", "fingerprint": "TEXT NOT NULL",
     "status": "TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'diverged'))", "error": "TEXT",
-    "accuracy": "REAL", "macro_f1": "REAL", "final_loss": "REAL", "grad_norm_cv": "REAL",
-    "grad_dir_consistency": "REAL", "path_efficiency": "REAL", "source_alignment": "REAL",
-    "wall_seconds": "REAL", "peak_mem_mb": "REAL", "trainable_params": "INTEGER", "steps": "INTEGER",
+    **{metric.name: metric.sql for metric in METRICS},  # the metric columns are declared in columns.py
     "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
-    # timings beside wall_seconds: the frozen-embedding cache fill this episode triggered (a one-off cost,
-    # not in wall_seconds), and the wall time of the meta-training the episode's method used (NULL: none)
-    "embedding_cache_seconds": "REAL", "meta_train_seconds": "REAL",
 }
 EPISODE_COLUMNS = tuple(EPISODE_TYPES)
 REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))
+# a new row for a stored key replaces the stored one only when that one failed (failed episodes are retried)
+_UPSERT = (f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
+           + ", ".join(f"{c} = excluded.{c}" for c in EPISODE_COLUMNS if c not in KEY_COLUMNS)
+           + " WHERE episodes.status = 'failed' AND excluded.status != 'failed'")
 STATUSES = ("ok", "failed", "diverged")
 PROTOCOLS = ("target-only", "source-guided", "meta-trained")
 SQLITE_MAGIC = b"SQLite format 3\x00"
+# one row per ``fewshot-bench tune`` trial: a config evaluated on the study's validation episodes
+TRIAL_TYPES = {
+    "study": "TEXT NOT NULL", "method": "TEXT NOT NULL", "backbone": "TEXT NOT NULL", "task": "TEXT NOT NULL",
+    "setting": "TEXT NOT NULL", "seed": "INTEGER NOT NULL", "trial": "INTEGER NOT NULL", "state": "TEXT NOT NULL",
+    "config": "TEXT NOT NULL", "cost": "REAL", "episodes": "INTEGER NOT NULL", "episode_set_sha256": "TEXT",
+    "accuracy": "REAL", "acc_ci95_low": "REAL", "acc_ci95_high": "REAL", "wall_seconds": "REAL",
+    "figures": "TEXT", "chosen": "INTEGER NOT NULL DEFAULT 0", "created_at": "TEXT NOT NULL",
+}
+TRIAL_COLUMNS = tuple(TRIAL_TYPES)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, config_hash TEXT, config_json TEXT, git_commit TEXT, "
     "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT)",
     f"CREATE TABLE IF NOT EXISTS episodes ({', '.join(f'{c} {t}' for c, t in EPISODE_TYPES.items())}, "
     f"UNIQUE ({', '.join(KEY_COLUMNS)}))",
+    f"CREATE TABLE IF NOT EXISTS trials ({', '.join(f'{c} {t}' for c, t in TRIAL_TYPES.items())}, "
+    f"UNIQUE (study, method, setting, trial))",
 )
 
 
@@ -60,8 +76,29 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def package_version() -> Optional[str]:
-    return _version("fewshot-bench")
+def package_version() -> str:
+    """The installed distribution's version; from a source checkout that is not installed (or whose
+    installed version differs), ``pyproject.toml``'s version plus ``+src``."""
+    installed = _version("fewshot-bench")
+    source = _source_version()
+    if source is None or source == installed:
+        return installed or "unknown+src"
+    return f"{source}+src"
+
+
+def _source_version() -> Optional[str]:
+    """``project.version`` of the checkout this package is imported from, or None when not in a checkout."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return project.get("version") if project.get("name") == "fewshot-bench" else None
 
 
 def _version(dist: str) -> Optional[str]:
@@ -108,18 +145,39 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 class ResultsStore:
-    """A results store file; creates its folder and tables when absent. Usable as a context manager."""
+    """A results store file. Usable as a context manager.
 
-    def __init__(self, path):
+    ``create=True`` (writers) creates the folder, the file and the tables when absent; ``create=False``
+    (readers) requires an existing store and changes nothing. Either way an existing file that is not SQLite,
+    or an SQLite database without this schema's tables, is refused with a UserError and left untouched.
+    """
+
+    def __init__(self, path, *, create: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.is_file() and (not create or self.path.exists()):
+            raise UserError(f"results store '{self.path}' does not exist (or is not a file); "
+                            f"run `fewshot-bench run` first or pass --store")
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as handle:
+                if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                    raise UserError(f"{self.path}: not an SQLite file, so not a results store; pass a results store "
+                                    f"(or a new path for a new one)")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(self.path, timeout=60)
-            _enable_wal(self.conn)
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if (tables or not create) and "episodes" not in tables:
+                self.conn.close()
+                raise UserError(f"{self.path}: an SQLite database without a results 'episodes' table (found: "
+                                f"{', '.join(sorted(tables)) or 'none'}); pass a results store or a new path")
+            if create:
+                _enable_wal(self.conn)
+                self.conn.execute("PRAGMA synchronous=NORMAL")
             with self.conn:
-                for statement in _SCHEMA:
-                    self.conn.execute(statement)
+                if create:
+                    for statement in _SCHEMA:
+                        self.conn.execute(statement)
                 _add_missing_columns(self.conn)
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable results store ({exc})") from None
@@ -155,7 +213,8 @@ class ResultsStore:
 
     # episodes ---------------------------------------------------------------------------------------------------
     def write_episode(self, record: Dict) -> bool:
-        """Insert one episode row in one transaction; returns False when that episode was already stored.
+        """Insert one episode row in one transaction; returns False when that episode was already stored
+        (a stored ``failed`` row is replaced by a row that did not fail). Other constraint violations raise.
 
         ``k_shot`` may be an int or a (min, max) pair; ``predictions`` a list of ints; ``extra`` a dict;
         ``version`` and ``created_at`` default to the package version and now.
@@ -179,15 +238,16 @@ class ResultsStore:
         columns = list(row)
         with self.conn:
             cursor = self.conn.execute(
-                f"INSERT OR IGNORE INTO episodes ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                f"INSERT INTO episodes ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {_UPSERT}",
                 [row[c] for c in columns])
         return cursor.rowcount == 1
 
     def done_indices(self, config_hash: str, method: str, backbone: str, task: str, setting: str) -> Set[int]:
-        """Episode indices already stored (any status) for this config x method x backbone x task x setting."""
+        """Episode indices stored as done (ok or diverged; failed ones are retried) for this config x method x
+        backbone x task x setting."""
         cursor = self.conn.execute(
             "SELECT episode_index FROM episodes WHERE config_hash = ? AND method = ? AND backbone = ? AND task = ? "
-            "AND setting = ?", (config_hash, method, backbone, task, setting))
+            "AND setting = ? AND status != 'failed'", (config_hash, method, backbone, task, setting))
         return {row[0] for row in cursor}
 
     def episodes(self, **filters) -> List[dict]:
@@ -205,8 +265,35 @@ class ResultsStore:
                     row[column] = json.loads(row[column])
         return rows
 
+    # tuning trials -----------------------------------------------------------------------------------------------
+    def write_trial(self, record: Dict) -> None:
+        """Insert (or replace: a re-run study) one tuning trial; ``config`` / ``figures`` are dicts."""
+        row = {c: _plain(v) for c, v in record.items()}
+        row["config"] = json.dumps(row["config"], sort_keys=True, default=str)
+        row["figures"] = json.dumps(row.get("figures") or {}, sort_keys=True)
+        row.setdefault("created_at", now())
+        columns = list(row)
+        with self.conn:
+            self.conn.execute(f"INSERT OR REPLACE INTO trials ({', '.join(columns)}) "
+                              f"VALUES ({', '.join('?' * len(columns))})", [row[c] for c in columns])
+
+    def mark_chosen(self, study: str, method: str, setting: str, trial: int) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE trials SET chosen = (trial = ?) WHERE study = ? AND method = ? AND setting = ?",
+                              (trial, study, method, setting))
+
+    def trials(self, **filters) -> List[dict]:
+        """Trial rows (insertion order) whose columns equal ``filters``; config/figures JSON-decoded."""
+        where = " AND ".join(f"{c} = ?" for c in filters)
+        cursor = self.conn.execute(f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials"
+                                   f"{' WHERE ' + where if where else ''} ORDER BY rowid", list(filters.values()))
+        rows = [dict(zip(TRIAL_COLUMNS, row)) for row in cursor]
+        for row in rows:
+            row["config"], row["figures"] = json.loads(row["config"]), json.loads(row["figures"])
+        return rows
+
     def merge_from(self, paths: Iterable, *, remove_merged: bool = False) -> int:
-        """Copy runs and episodes of the shard stores in ``paths`` (INSERT OR IGNORE); returns episode rows added.
+        """Copy runs and episodes of the shard stores in ``paths``; returns episode rows added or replacing a failed row.
 
         ``remove_merged``: delete each shard (and its -wal/-shm files) once every one of its episodes is
         verified to be in this store (a shard that is not is kept)."""
@@ -224,11 +311,13 @@ class ResultsStore:
                 raise UserError(f"shard '{path}' cannot be opened ({exc})") from None
             try:
                 with self.conn:
-                    self.conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) "
-                                      f"SELECT {', '.join(RUN_COLUMNS)} FROM shard.runs")
+                    self.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "
+                                      f"SELECT {', '.join(RUN_COLUMNS)} FROM shard.runs WHERE true "
+                                      f"ON CONFLICT (run_id) DO NOTHING")
                     before = self.conn.total_changes
-                    self.conn.execute(f"INSERT OR IGNORE INTO episodes ({', '.join(EPISODE_COLUMNS)}) "
-                                      f"SELECT {', '.join(EPISODE_COLUMNS)} FROM shard.episodes")
+                    # "WHERE true": SQLite's parser needs a WHERE before the upsert clause of INSERT ... SELECT
+                    self.conn.execute(f"INSERT INTO episodes ({', '.join(EPISODE_COLUMNS)}) "
+                                      f"SELECT {', '.join(EPISODE_COLUMNS)} FROM shard.episodes WHERE true {_UPSERT}")
                     added += self.conn.total_changes - before
                 if remove_merged:  # every shard episode's key is in this store now
                     verified = not self.conn.execute(f"SELECT COUNT(*) FROM shard.episodes s WHERE NOT EXISTS "
@@ -244,7 +333,10 @@ class ResultsStore:
 
 
 def cli_merge(args) -> int:
-    """``fewshot-bench merge SHARD... --store STORE``."""
+    """``fewshot-bench merge SHARD... --store STORE``: every shard is checked before the store is opened."""
+    check_writable(args.store, "--store")
+    for shard in args.shards:
+        ResultsStore(shard, create=False).close()
     with ResultsStore(args.store) as store:
         added = store.merge_from(args.shards)
     print(f"merged {added} episode rows from {len(args.shards)} shards into {args.store}")

@@ -17,16 +17,17 @@ from torch import nn
 from .config import option
 from .methods import EpisodeContext, MethodConfig, Predictor
 from .hashing import derived_seed
+from .search_space import Choice, Range, SearchSpace
 
 
 @dataclass
 class SupportTrainingConfig(MethodConfig):
-    steps: int = option(10, help="optimisation steps on the support set (batch = whole support set)")
-    head_lr: float = option(1e-2, help="AdamW learning rate of the linear head")
-    weight_decay: float = option(0.01, help="AdamW weight decay")
+    steps: int = option(10, help="optimisation steps on the support set (batch = whole support set)", low=1)
+    head_lr: float = option(1e-2, help="AdamW learning rate of the linear head", low=0)
+    weight_decay: float = option(0.01, help="AdamW weight decay", low=0)
     source_every: int = option(2, help="with a source task: compute g_src (source-pool gradient) every this many "
-                                       "steps (0: never; full_ft/lora only measure it, SGG also uses it)")
-    source_shots: int = option(2, help="source examples per class in the g_src batch (0 = the whole source support)")
+                                       "steps (0: never; full_ft/lora only measure it, SGG also uses it)", low=0)
+    source_shots: int = option(2, help="source examples per class in the g_src batch (0 = the whole source support)", low=0)
     fused_optimizer: bool = option(True, help="AdamW with PyTorch's fused kernel on CPU/CUDA (one pass per tensor; same "
                                               "update rule, last-bit rounding may differ); false: torch's default "
                                               "implementation")
@@ -34,7 +35,12 @@ class SupportTrainingConfig(MethodConfig):
 
 @dataclass
 class FullFTConfig(SupportTrainingConfig):
-    lr: float = option(5e-5, help="AdamW learning rate of the backbone")
+    lr: float = option(5e-5, help="AdamW learning rate of the backbone", low=0)
+
+
+# steps x learning rates; shared by lora and SGG (which add their own fields)
+SUPPORT_TRAINING_SPACE = SearchSpace({"steps": Choice((10, 20, 40)), "lr": Range(1e-5, 1e-3, log=True),
+                                      "head_lr": Range(1e-3, 1e-1, log=True)}, cost=("steps",))
 
 
 def fused_adamw_devices() -> set:

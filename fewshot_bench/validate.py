@@ -1,30 +1,42 @@
-"""Check a leaderboard CSV or a results store; each problem is one line "FILE:WHERE: column: what (expected ...)"."""
+"""Check a leaderboard CSV or a results store; each problem is one line "FILE:WHERE: column: what (expected ...)".
+
+Every type and range check comes from the declarations in ``columns.py``; the comparison columns are checked for
+consistency with each other (CI contains the mean difference, Holm p >= raw p, rank groups agree with the
+significant comparisons against the reference and with ``beaten_by``).
+"""
 from __future__ import annotations
 
 import csv
+import json
 import re
-from collections import Counter
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import numpy as np
+
+from .columns import COLUMNS, LEADERBOARD, METRICS, RANGE_TOLERANCE, cell_key
+from .compare import ALPHA, SATURATED_ACCURACY
 from .errors import UserError
-from .leaderboard import COLUMNS, FORMULA_PREFIXES, rank_of
+from .leaderboard import FORMULA_PREFIXES
 from .store import EPISODE_COLUMNS, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES
 
-_INTS = {"rank": 1, "n_way": 2, "q_query": 1, "episodes": 1, "failed_episodes": 0}  # column -> minimum
-_RANGES = {"acc_mean": (0, 1), "acc_ci95_low": (0, 1), "acc_ci95_high": (0, 1), "macro_f1_mean": (0, 1),
-           "grad_norm_cv": (0, float("inf")), "grad_dir_consistency": (-1, 1), "source_alignment": (-1, 1),
-           "path_efficiency": (0, 1), "sec_per_episode": (0, float("inf")), "peak_mem_mb": (0, float("inf")),
-           "trainable_params": (0, float("inf"))}  # optional numbers: empty allowed
-_TEXT = ("method", "protocol", "backbone", "task", "k_shot", "version")
 _SLACK = 1e-6
+_SCHEMA_1 = COLUMNS[:23]
+_COMPARISON = ("delta_vs_ref", "delta_ci95_low", "delta_ci95_high", "p_value", "p_holm")
+
+
+def _in_range(value: float, low: float, high: float) -> bool:
+    return low - RANGE_TOLERANCE * max(1.0, abs(low)) <= value <= high + RANGE_TOLERANCE * max(1.0, abs(high))
 
 
 def _check_header(path, header: List[str]) -> List[str]:
     if header == list(COLUMNS):
         return []
+    if header == list(_SCHEMA_1):
+        return [f"{path}:1: header: a schema 1 leaderboard (no paired comparisons) "
+                "(expected schema 2: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
     problems = []
     for i, (got, want) in enumerate(zip(header, COLUMNS), start=1):
         if got != want:
@@ -39,56 +51,138 @@ def _check_header(path, header: List[str]) -> List[str]:
     return problems or [f"{path}:1: header: {len(header)} columns (expected {len(COLUMNS)})"]
 
 
-def _check_row(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
-    """Problems of one row and its parsed numbers (None for empty optional cells, missing for bad cells)."""
+def _parse_cells(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
+    """Type and range of every declared column; parsed values (None: empty optional cell; absent: bad cell)."""
     problems, values = [], {}
-    for column, minimum in _INTS.items():
-        text = row[column]
-        if not re.fullmatch(r"-?\d+", text.strip()):
-            problems.append(f"{where}: {column}: '{text}' is not an integer (expected an integer >= {minimum})")
-        elif int(text) < minimum:
-            problems.append(f"{where}: {column}: {text} is too small (expected an integer >= {minimum})")
-        else:
-            values[column] = int(text)
-    for column, (low, high) in _RANGES.items():
-        text = row[column].strip()
+    for column in LEADERBOARD:
+        text = row[column.name].strip()
+        if column.kind == "text":
+            values[column.name] = row[column.name]
+            if row[column.name].startswith(FORMULA_PREFIXES):
+                problems.append(f"{where}: {column.name}: '{row[column.name]}' starts with a formula character "
+                                f"(expected it neutralised with a leading ')")
+            continue
+        expected = f"expected {'an integer' if column.kind == 'int' else 'a number'} with {column.low} <= value " \
+                   f"<= {column.high}{', or empty' if column.optional else ''}"
         if not text:
-            values[column] = None
+            if column.optional:
+                values[column.name] = None
+            else:
+                problems.append(f"{where}: {column.name}: empty ({expected})")
+            continue
+        if column.kind == "int" and not re.fullmatch(r"-?\d+", text):
+            problems.append(f"{where}: {column.name}: '{text}' is not an integer ({expected})")
             continue
         try:
-            number = float(text)
+            number = int(text) if column.kind == "int" else float(text)
         except ValueError:
-            problems.append(f"{where}: {column}: '{row[column]}' is not a number (expected a number or empty)")
+            problems.append(f"{where}: {column.name}: '{text}' is not a number ({expected})")
             continue
-        if not low - _SLACK <= number <= high + _SLACK:
-            problems.append(f"{where}: {column}: {text} out of range (expected {low} <= value <= {high})")
-        values[column] = number
-    for column in _TEXT:
-        if row[column].startswith(FORMULA_PREFIXES):
-            problems.append(f"{where}: {column}: '{row[column]}' starts with a formula character "
-                            f"(expected it neutralised with a leading ')")
+        if not _in_range(number, column.low, column.high):
+            problems.append(f"{where}: {column.name}: {text} out of range ({expected})")
+        values[column.name] = number
+    return problems, values
+
+
+def _check_row(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
+    """Problems of one row on its own and its parsed values."""
+    problems, values = _parse_cells(where, row)
     if row["protocol"] not in PROTOCOLS:
         problems.append(f"{where}: protocol: '{row['protocol']}' (expected one of {', '.join(PROTOCOLS)})")
     if not re.fullmatch(r"\d+(-\d+)?", row["k_shot"]):
         problems.append(f"{where}: k_shot: '{row['k_shot']}' (expected an integer or MIN-MAX such as 1-5)")
     if not re.fullmatch(r"[0-9a-f]{64}", row["episode_set_sha256"]):
         problems.append(f"{where}: episode_set_sha256: '{row['episode_set_sha256']}' (expected 64 hex characters)")
-    if "episodes" in values and values.get("failed_episodes", 0) > values["episodes"]:
+    get = values.get
+    if get("failed_episodes") is not None and get("episodes") is not None and values["failed_episodes"] > values["episodes"]:
         problems.append(f"{where}: failed_episodes: {values['failed_episodes']} > episodes {values['episodes']} "
                         "(expected failed_episodes <= episodes)")
+    if get("episodes_planned") is not None and get("episodes") is not None and values["episodes"] > values["episodes_planned"]:
+        problems.append(f"{where}: episodes: {values['episodes']} > episodes_planned {values['episodes_planned']} "
+                        "(expected at most the episodes the run configs asked for)")
     ci = [values[c] for c in ("acc_ci95_low", "acc_mean", "acc_ci95_high") if c in values]  # parsed cells only
     if len(ci) == 3 and ci.count(None) not in (0, 3):
         problems.append(f"{where}: acc_mean: accuracy and its CI must be all set or all empty "
                         "(expected empty only when every episode failed)")
-    elif len(ci) == 3 and ci[1] is None and values.get("failed_episodes") != values.get("episodes"):
+    elif len(ci) == 3 and ci[1] is None and get("failed_episodes") != get("episodes"):
         problems.append(f"{where}: acc_mean: empty although not every episode failed "
                         "(expected a mean accuracy when failed_episodes < episodes)")
     elif len(ci) == 3 and None not in ci and not ci[0] - _SLACK <= ci[1] <= ci[2] + _SLACK:
         problems.append(f"{where}: acc_mean: CI [{ci[0]}, {ci[2]}] does not contain the mean {ci[1]} "
                         "(expected acc_ci95_low <= acc_mean <= acc_ci95_high)")
-    if values.get("trainable_params") is not None and values["trainable_params"] != int(values["trainable_params"]):
-        problems.append(f"{where}: trainable_params: {row['trainable_params']} (expected an integer)")
+    delta = [values.get(c, "bad") for c in _COMPARISON]
+    if "bad" not in delta and delta.count(None) not in (0, len(delta)):
+        problems.append(f"{where}: delta_vs_ref: the comparison columns ({', '.join(_COMPARISON)}) must be all set "
+                        "or all empty (expected empty only for the reference row or a cell without it)")
+    elif "bad" not in delta and None not in delta:
+        if not delta[1] - _SLACK <= delta[0] <= delta[2] + _SLACK:
+            problems.append(f"{where}: delta_vs_ref: CI [{delta[1]}, {delta[2]}] does not contain the mean difference "
+                            f"{delta[0]} (expected delta_ci95_low <= delta_vs_ref <= delta_ci95_high)")
+        if delta[4] < delta[3] - _SLACK:
+            problems.append(f"{where}: p_holm: {delta[4]} < p_value {delta[3]} (expected a Holm-adjusted p >= the raw p)")
+        if not row["ref_method"]:
+            problems.append(f"{where}: ref_method: empty although the comparison columns are set (expected the "
+                            "reference method's name)")
+    beaten_by = [m for m in row["beaten_by"].split(";") if m]
+    values["beaten_by"] = beaten_by
+    if get("rank_group") is not None and values["rank_group"] != 1 + len(beaten_by):
+        problems.append(f"{where}: rank_group: {values['rank_group']} (expected {1 + len(beaten_by)} = 1 + the "
+                        f"{len(beaten_by)} method(s) in beaten_by)")
+    if get("rank") is not None and get("rank_group") is not None and values["rank"] != values["rank_group"]:
+        problems.append(f"{where}: rank: {values['rank']} (expected {values['rank_group']}, the rank_group)")
     return problems, values
+
+
+def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
+    """Rows of one cell (task, N, K, Q, backbone) against each other."""
+    problems, methods = [], {}
+    for where, values in members:
+        if values["method"] in methods:
+            problems.append(f"{where}: method: '{values['method']}' duplicates the row at {methods[values['method']]} "
+                            "(expected one row per method and cell)")
+        methods.setdefault(values["method"], where)
+    by_method = {values["method"]: values for _, values in members}
+    counts = {v["episodes"] for _, v in members if v.get("episodes") is not None}
+    scored = [v for _, v in members if v.get("acc_mean") is not None]
+    half_widths = sorted((v["acc_ci95_high"] - v["acc_ci95_low"]) / 2 for v in scored)
+    means = [v["acc_mean"] for v in scored]
+    saturated = bool(scored) and (min(means) >= SATURATED_ACCURACY or
+                                  max(means) - min(means) < float(np.median(half_widths)))
+    for where, values in members:
+        same_set = [v["episodes"] for _, v in members if v["episode_set_sha256"] == values["episode_set_sha256"]
+                    and v.get("episodes") is not None]
+        usual = max(set(same_set), key=same_set.count) if same_set else None
+        if values.get("episodes") is not None and values["episodes"] != usual:
+            problems.append(f"{where}: episodes: {values['episodes']} (expected {usual} like the other rows of "
+                            "its episode set: an identical episode set has equal counts)")
+        flags = values["flags"].split(";") if values["flags"] else []
+        for flag, expected, when in (
+                ("mixed-episodes", len(counts) > 1, "the cell's episode counts differ"),
+                ("saturated", saturated, f"every acc_mean >= {SATURATED_ACCURACY} or best minus worst < the median "
+                                         "CI half-width"),
+                ("unfinished", values["episodes_planned"] is not None and values["episodes"] < values["episodes_planned"],
+                 "episodes < episodes_planned")):
+            if expected != any(f.split("(")[0] == flag for f in flags):
+                problems.append(f"{where}: flags: '{flag}' {'missing' if expected else 'set'} (expected it exactly "
+                                f"when {when})")
+        unknown = [m for m in values["beaten_by"] if m not in by_method]
+        if unknown:
+            problems.append(f"{where}: beaten_by: {', '.join(unknown)} not in this cell (expected methods of the cell)")
+        ref = by_method.get(values["ref_method"]) if values["ref_method"] else None
+        if values["ref_method"] and ref is None:
+            problems.append(f"{where}: ref_method: '{values['ref_method']}' has no row in this cell "
+                            "(expected the cell's reference row, or an empty ref_method)")
+        if ref is None or values.get("p_holm") is None or values.get("delta_vs_ref") is None:
+            continue
+        significant = values["p_holm"] < ALPHA
+        ref_wins, row_wins = ref["method"] in values["beaten_by"], values["method"] in ref["beaten_by"]
+        expected = (significant and values["delta_vs_ref"] < 0, significant and values["delta_vs_ref"] > 0)
+        if (ref_wins, row_wins) != expected:
+            problems.append(f"{where}: rank_group: contradicts p_holm {values['p_holm']} and delta_vs_ref "
+                            f"{values['delta_vs_ref']} (expected {ref['method']} {'in' if expected[0] else 'not in'} "
+                            f"this row's beaten_by and {values['method']} {'in' if expected[1] else 'not in'} "
+                            f"{ref['method']}'s, significant = p_holm < {ALPHA})")
+    return problems
 
 
 def _check_csv(path) -> Tuple[List[str], int]:
@@ -107,32 +201,20 @@ def _check_csv_rows(path) -> Tuple[List[str], int]:
         problems = _check_header(path, header)
         if problems:
             return problems, 0
-        groups: Dict[tuple, List[tuple]] = {}
+        cells: Dict[tuple, List[tuple]] = {}
         count = 0
-        for cells in reader:
+        for cells_of_row in reader:
             count += 1
             where = f"{path}:{reader.line_num}"
-            if len(cells) != len(COLUMNS):
-                problems.append(f"{where}: row: {len(cells)} cells (expected {len(COLUMNS)})")
+            if len(cells_of_row) != len(COLUMNS):
+                problems.append(f"{where}: row: {len(cells_of_row)} cells (expected {len(COLUMNS)})")
                 continue
-            row = dict(zip(COLUMNS, cells))
-            row_problems, values = _check_row(where, row)
+            row_problems, values = _check_row(where, dict(zip(COLUMNS, cells_of_row)))
             problems += row_problems
-            if {"episodes", "rank", "acc_mean"} <= set(values):  # parsed: the row can join the group checks
-                key = tuple(row[c] for c in ("task", "n_way", "k_shot", "q_query", "backbone", "protocol",
-                                            "episode_set_sha256"))
-                groups.setdefault(key, []).append((where, values))
-    for members in groups.values():
-        counts = Counter(v["episodes"] for _, v in members)
-        usual = counts.most_common(1)[0][0]
-        expected_ranks = rank_of([v["acc_mean"] for _, v in members])
-        for (where, values), expected in zip(members, expected_ranks):
-            if values["episodes"] != usual:
-                problems.append(f"{where}: episodes: {values['episodes']} (expected {usual} like the other rows of "
-                                "its ranked group: an identical episode set has equal counts)")
-            if values["rank"] != expected:
-                problems.append(f"{where}: rank: {values['rank']} (expected {expected} from acc_mean order "
-                                "within its task/setting/backbone/protocol/episode-set group)")
+            if not row_problems:  # a row with bad cells would only repeat its problem in the cell checks
+                cells.setdefault(cell_key(values), []).append((where, values))
+    for members in cells.values():
+        problems += _check_cell(members)
     return problems, count
 
 
@@ -141,37 +223,82 @@ def validate_csv(path) -> List[str]:
     return _check_csv(path)[0]
 
 
-def _check_store(path) -> Tuple[List[str], int]:
-    with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
-        try:
-            tables = {name: [c[1] for c in conn.execute(f"PRAGMA table_info({name})")] for name in ("runs", "episodes")}
-        except sqlite3.DatabaseError as exc:
-            return [f"{path}: file: cannot be read as SQLite ({exc}) (expected a results store)"], 0
-        problems = [f"{path}: {table}: missing column(s) {', '.join(c for c in wanted if c not in tables[table])} "
-                    f"(expected {', '.join(wanted)})"
-                    for table, wanted in (("runs", RUN_COLUMNS), ("episodes", EPISODE_COLUMNS))
-                    if not set(wanted) <= set(tables[table])]
-        if problems:
-            return problems, 0
-        rows = conn.execute("SELECT rowid, status, accuracy, macro_f1, task, setting, seed, episode_index, "
-                            "fingerprint, method, protocol FROM episodes ORDER BY rowid").fetchall()
-    seen: Dict[tuple, tuple] = {}
-    for rowid, status, accuracy, macro_f1, task, setting, seed, index, fingerprint, method, protocol in rows:
-        where = f"{path}:episodes[{rowid}]"
-        if status not in STATUSES:
-            problems.append(f"{where}: status: '{status}' (expected one of {', '.join(STATUSES)})")
-        if protocol not in PROTOCOLS:
-            problems.append(f"{where}: protocol: '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
-        if status == "ok" and accuracy is None:
+def _planned(config_json) -> int:
+    """Episodes per task x setting a run config asked for (None when it does not say)."""
+    try:
+        config = json.loads(config_json or "{}")
+        return min(config["episodes"], config["limit"]) if config.get("limit") else config.get("episodes")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int]]:
+    tables = {name: [c[1] for c in conn.execute(f"PRAGMA table_info({name})")] for name in ("runs", "episodes")}
+    problems = [f"{table}: missing column(s) {', '.join(c for c in wanted if c not in tables[table])} "
+                f"(expected {', '.join(wanted)})"
+                for table, wanted in (("runs", RUN_COLUMNS), ("episodes", EPISODE_COLUMNS))
+                if not set(wanted) <= set(tables[table])]
+    if problems:
+        return problems, [], {}
+    columns = ("rowid",) + EPISODE_COLUMNS
+    rows = [dict(zip(columns, r)) for r in conn.execute(f"SELECT {', '.join(columns)} FROM episodes ORDER BY rowid")]
+    planned = {run_id: _planned(config) for run_id, config in conn.execute("SELECT run_id, config_json FROM runs")}
+    return [], rows, planned
+
+
+def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) -> List[str]:
+    problems, seen = [], {}
+    groups: Dict[tuple, List[dict]] = {}
+    latest: Dict[tuple, Dict[str, dict]] = {}
+    for row in rows:
+        where = f"{path}:episodes[{row['rowid']}]"
+        if row["status"] not in STATUSES:
+            problems.append(f"{where}: status: '{row['status']}' (expected one of {', '.join(STATUSES)})")
+        if row["protocol"] not in PROTOCOLS:
+            problems.append(f"{where}: protocol: '{row['protocol']}' (expected one of {', '.join(PROTOCOLS)})")
+        if row["status"] == "ok" and row["accuracy"] is None:
             problems.append(f"{where}: accuracy: empty for an ok episode (expected a value in [0, 1])")
-        for column, value in (("accuracy", accuracy), ("macro_f1", macro_f1)):
-            if value is not None and not 0 <= value <= 1:
-                problems.append(f"{where}: {column}: {value} out of range (expected 0 <= value <= 1)")
-        first = seen.setdefault((task, setting, seed, index), (fingerprint, method))
-        if first[0] != fingerprint:
-            problems.append(f"{where}: fingerprint: {method} saw a different episode {index} of {task} {setting} "
-                            f"seed {seed} than {first[1]} (expected identical episodes across methods)")
-    return problems, len(rows)
+        for metric in METRICS if row["status"] == "ok" else ():
+            value = row[metric.name]
+            if value is not None and not (isinstance(value, (int, float)) and _in_range(value, metric.low, metric.high)):
+                problems.append(f"{where}: {metric.name}: {value} out of range ({row['method']}, {row['setting']} "
+                                f"episode {row['episode_index']}; expected {metric.low} <= value <= {metric.high})")
+        first = seen.setdefault((row["task"], row["setting"], row["seed"], row["episode_index"]),
+                                (row["fingerprint"], row["method"]))
+        if first[0] != row["fingerprint"]:
+            problems.append(f"{where}: fingerprint: {row['method']} saw a different episode {row['episode_index']} of "
+                            f"{row['task']} {row['setting']} seed {row['seed']} than {first[1]} "
+                            "(expected identical episodes across methods)")
+        key = (row["method"], row["backbone"], row["task"], row["setting"])
+        groups.setdefault((row["config_hash"],) + key, []).append(row)
+        latest.setdefault(key, {})
+        if row["fingerprint"] not in latest[key] or row["created_at"] >= latest[key][row["fingerprint"]]["created_at"]:
+            latest[key][row["fingerprint"]] = row
+    for (config, method, backbone, task, setting), members in groups.items():
+        plans = [planned_by_run[r["run_id"]] for r in members if planned_by_run.get(r["run_id"]) is not None]
+        missing = sorted(set(range(max(plans))) - {r["episode_index"] for r in members}) if plans else []
+        if missing:
+            problems.append(f"{path}: episodes: {method} on {setting} ({backbone}, config {config[:12]}) lacks episode(s) "
+                            f"{', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''} of the "
+                            f"{max(plans)} its run config plans (expected all: re-run the same command to resume)")
+    for (method, backbone, task, setting), by_fingerprint in latest.items():
+        configs = sorted({r["config_hash"] for r in by_fingerprint.values()})
+        if len(configs) > 1:
+            problems.append(f"{path}: config_hash: the leaderboard row of {method} on {setting} ({backbone}) pools "
+                            f"episodes of {len(configs)} run configs ({', '.join(c[:12] for c in configs)}) "
+                            "(expected one: delete the superseded rows or re-run the missing episodes)")
+    return problems
+
+
+def _check_store(path) -> Tuple[List[str], int]:
+    try:
+        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            problems, rows, planned = _store_rows(conn)
+    except sqlite3.DatabaseError as exc:
+        return [f"{path}: file: cannot be read as SQLite ({exc}) (expected a results store)"], 0
+    if problems:
+        return [f"{path}: {problem}" for problem in problems], 0
+    return _check_store_rows(path, rows, planned), len(rows)
 
 
 def validate_store(path) -> List[str]:

@@ -111,3 +111,15 @@ def test_minilm_loads_offline():
     assert backbone.hidden_size == 384 and backbone.pooling == "mean"
     assert backbone.pristine.config._attn_implementation == "sdpa"
     assert _embed(backbone, TEXTS[:2]).shape == (2, 384)
+
+
+def test_frozen_embeddings_do_not_depend_on_batch_composition():
+    """MiniLM (where padded batching changed the last bits): a text's cached vector is bit-identical
+    whether it was embedded alone, with shorter or with longer texts, first or last."""
+    text = "how do i reset my card pin"
+    companions = ["hi", "please tell me why the transfer i made to my landlord yesterday evening has not arrived yet"]
+    vectors = []
+    for batch in ([text], companions + [text], [text] + companions[::-1]):
+        backbone = load_backbone("minilm", device="cpu")
+        vectors.append(backbone.frozen_embeddings(batch)[batch.index(text)])
+    assert all(torch.equal(vectors[0], other) for other in vectors[1:])

@@ -1,10 +1,13 @@
-"""Leaderboard: bootstrap CI, ranking on identical episode sets only, failed episodes, CSV safety, CLI."""
+"""Leaderboard: bootstrap CI, rank groups from paired tests, comparison with the reference, overall, CSV safety, CLI."""
 import csv
 
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.leaderboard import COLUMNS, aggregate, bootstrap_ci, leaderboard_figure, overall, write_csv
+from fewshot_bench.columns import COLUMNS, OVERALL_COLUMNS
+from fewshot_bench.figure import leaderboard_figure
+from fewshot_bench.leaderboard import aggregate, overall, write_csv
+from fewshot_bench.stats import bootstrap_ci
 from fewshot_bench.store import ResultsStore
 
 from helpers import build_store, record
@@ -43,17 +46,31 @@ def test_ci_does_not_depend_on_the_order_episodes_were_written(tmp_path):
     assert rows[0] == rows[1]
 
 
-def test_ranks_only_on_identical_episode_sets_and_protocols(store_path):
+def test_rank_groups_span_protocols_and_compare_only_nested_episode_sets(store_path):
     rows = _by_method(aggregate(store_path, bootstrap=200))
     full_ft, protonet, lora, maml = (rows[m] for m in ("full_ft", "protonet", "lora", "maml"))
-    assert full_ft["episode_set_sha256"] == protonet["episode_set_sha256"] == maml["episode_set_sha256"]
-    assert (full_ft["rank"], protonet["rank"], rows['=HYPERLINK("http://evil")']["rank"]) == (1, 2, 3)
-    assert lora["episode_set_sha256"] != full_ft["episode_set_sha256"] and lora["rank"] == 1  # better, but not comparable
-    assert maml["rank"] == 1  # meta-trained is never ranked against target-only
-    anil = rows["anil"]  # same episodes, but another setting (cross-dataset): not ranked against maml
-    assert anil["episode_set_sha256"] == maml["episode_set_sha256"] and anil["rank"] == 1
-    assert (anil["task"], maml["task"]) == ("other->demo", "demo")
-    assert rows["-x"]["rank"] == 1  # other backbone
+    evil = rows['=HYPERLINK("http://evil")']
+    # one cell, all protocols together: every pair differs on every common episode, so all 6 comparisons survive Holm
+    assert [r["rank_group"] for r in (full_ft, protonet, maml, evil)] == [1, 2, 3, 4]
+    assert [r["rank"] for r in (full_ft, protonet, maml, evil)] == [1, 2, 3, 4]
+    assert evil["beaten_by"] == ';'.join(sorted(["full_ft", "protonet", "maml"]))
+    assert lora["episode_set_sha256"] != full_ft["episode_set_sha256"]
+    assert lora["rank_group"] == 1 and lora["delta_vs_ref"] is None  # other seed: better, but not comparable
+    anil = rows["anil"]  # same episodes, but another setting (cross-dataset): another cell
+    assert anil["rank_group"] == 1 and (anil["task"], maml["task"]) == ("other->demo", "demo")
+    assert "no-reference" in anil["flags"] and anil["ref_method"] is None
+    assert rows["-x"]["rank_group"] == 1  # other backbone
+
+
+def test_comparison_with_the_reference(store_path):
+    rows = _by_method(aggregate(store_path, bootstrap=500))
+    full_ft, protonet, maml = rows["full_ft"], rows["protonet"], rows["maml"]
+    assert full_ft["ref_method"] == "full_ft" and full_ft["delta_vs_ref"] is None  # the reference itself
+    assert protonet["delta_vs_ref"] == pytest.approx(-0.2)  # 9 common ok episodes: -(0.1 + 0.02 i), i = 1..9
+    assert protonet["delta_ci95_low"] <= -0.2 <= protonet["delta_ci95_high"] < 0
+    assert protonet["p_value"] == pytest.approx(2 / 2 ** 9, abs=1e-6)  # exact sign flip: all 9 differences negative
+    assert protonet["p_holm"] == pytest.approx(6 * 2 / 2 ** 10, abs=1e-6)  # Holm step-down over the cell's 6 comparisons
+    assert maml["delta_vs_ref"] == pytest.approx(-0.535) and maml["p_value"] == pytest.approx(2 / 2 ** 10, abs=1e-6)
 
 
 def test_failed_episodes_and_missing_gradients(store_path):
@@ -80,8 +97,13 @@ def test_csv_neutralises_formulas_keeps_numbers(store_path, tmp_path):
 
 def test_overall(store_path):
     summary = {r["method"]: r for r in overall(aggregate(store_path, bootstrap=200))}
-    assert summary["full_ft"]["acc_mean"] == pytest.approx(0.735) and summary["full_ft"]["mean_rank"] == 1
-    assert summary["protonet"]["task_settings"] == 1
+    full_ft, protonet = summary["full_ft"], summary["protonet"]
+    assert list(full_ft) == list(OVERALL_COLUMNS)
+    assert full_ft["acc_mean"] == pytest.approx(0.735) and full_ft["mean_rank_group"] == 1
+    assert full_ft["acc_ci95_low"] < 0.735 < full_ft["acc_ci95_high"]
+    assert (protonet["wins"], protonet["ties"], protonet["losses"]) == (0, 0, 1)
+    assert full_ft["wins"] is None  # the reference is not compared with itself
+    assert (full_ft["cells"], full_ft["cells_total"], full_ft["flags"]) == (1, 2, "incomplete")  # no anil cell
 
 
 def test_cli_writes_all_outputs(store_path, tmp_path, capsys):
@@ -89,21 +111,39 @@ def test_cli_writes_all_outputs(store_path, tmp_path, capsys):
     assert main(["leaderboard", "--store", str(store_path), "--out", str(out), "--bootstrap", "500"]) == 0
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard_overall.csv", "leaderboard.png"):
         assert (out.parent / name).stat().st_size > 0
-    assert "How to read" in (out.parent / "leaderboard.md").read_text()
+    markdown = (out.parent / "leaderboard.md").read_text()
+    assert "How to read" in markdown and "detectable difference" in markdown and "chance 0.20" in markdown
+    assert "protonet < full_ft" in markdown  # significant after Holm, in the findings
     assert str(out) in capsys.readouterr().out
 
 
-def test_figure_has_a_panel_per_task_and_the_consistency_scatter(store_path):
+def test_cli_reference_flag(store_path, tmp_path, capsys):
+    out = tmp_path / "leaderboard.csv"
+    assert main(["leaderboard", "--store", str(store_path), "--out", str(out), "--bootstrap", "200",
+                 "--reference", "protonet"]) == 0
+    with open(out, newline="") as handle:
+        rows = {r["method"]: r for r in csv.DictReader(handle)}
+    assert rows["full_ft"]["ref_method"] == "protonet" and float(rows["full_ft"]["delta_vs_ref"]) == pytest.approx(0.2)
+    assert main(["leaderboard", "--store", str(store_path), "--out", str(tmp_path / "typo.csv"),
+                 "--reference", "protonett"]) == 2
+    err = capsys.readouterr().err
+    assert "--reference 'protonett'" in err and "protonet" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "typo.csv").exists()
+
+
+def test_figure_is_a_forest_plot_per_cell(store_path):
     rows = aggregate(store_path, bootstrap=200)
-    rows += [{**r, "task": "other", "k_shot": "1"} for r in rows]
-    tasks = sorted({r["task"] for r in rows})
-    fig = leaderboard_figure(rows)
+    saturated = [{**r, "task": "easy", "flags": "saturated"} for r in rows if r["task"] == "demo"]
+    fig = leaderboard_figure(rows + saturated)
     titles = [axis.get_title() for axis in fig.axes]
-    assert titles[:len(tasks) + 1] == [f"{t}, 5-way" for t in tasks] + ["accuracy vs gradient direction consistency"]
-    with_accuracy = [r for r in rows if r["task"] == tasks[0] and r["acc_mean"] is not None]
-    assert len(fig.axes[0].lines) >= len(with_accuracy)  # one errorbar series per method of the task
-    legend = {t.get_text() for t in fig.axes[len(tasks) + 1].get_legend().get_texts()}
-    assert set(tasks) <= legend and "full_ft/minilm" in legend  # several backbones: method/backbone
+    demo = titles.index("demo 5-way 5-shot, minilm, 10 ep.\nchance 0.20, full_ft 0.735")
+    assert "demo 5-way 5-shot, +bert, 10 ep.\nchance 0.20" in titles  # several backbones: named in the title
+    easy = next(axis for axis in fig.axes if axis.get_title().startswith("easy"))
+    assert easy.get_title().endswith("(saturated)") and easy.get_facecolor()[:3] != fig.axes[demo].get_facecolor()[:3]
+    compared = [r for r in rows if r["task"] == "demo" and r["backbone"] == "minilm" and r["delta_vs_ref"] is not None]
+    assert len(fig.axes[demo].lines) >= len(compared) + 1  # one point per compared method + the zero line
+    no_ref = next(axis for axis in fig.axes if axis.get_title().startswith("other->demo"))
+    assert "full_ft not in this cell" in [t.get_text() for t in no_ref.texts]
 
 
 def test_cli_missing_or_empty_store(tmp_path, capsys):

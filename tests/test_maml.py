@@ -1,5 +1,7 @@
 """MAML / FOMAML (baselines/maml.py): meta-gradients against hand-unrolled autograd and finite
-differences (float64), the un-adapted limit, meta-training on a synthetic task family, the state_dict round trip."""
+differences (float64), the un-adapted limit, meta-training on a synthetic task family, the state_dict round trip,
+early stopping, and the meta-state cache's checks of a file against the config it claims."""
+import logging
 import math
 
 import numpy as np
@@ -275,4 +277,95 @@ def test_state_dict_round_trip_restores_the_meta_trained_method(backbone, demo):
     # adapt starts from the meta-learned weights: same predictions from both instances
     target = demo[0]
     a, b = run_episode(first, target, backbone, seed=0), run_episode(second, target, backbone, seed=0)
+    assert a["status"] == "ok" and a["predictions"] == b["predictions"]
+
+
+# ------------------------------------------------------------------------------------------- 1-shot saturation
+def test_scaled_prototype_head_lets_the_inner_loop_change_one_shot_predictions(backbone):
+    data = get_task_data("demo_intents")
+    episode = sample_episode(data, pool="target", n_way=5, k_shot=1, q_query=5, seed=0, index=0)
+
+    def predictions(**config):
+        ctx = EpisodeContext(backbone, episode, 0)
+        predictor = method_from_spec(FOMAML_SPEC, config).adapt(ctx)
+        with torch.no_grad():
+            return predictor.predict(ctx.batch(episode, "query")).argmax(-1), ctx.recorder
+
+    before, _ = predictions(inner_steps=0, head_scale=0.01)
+    after, recorder = predictions(inner_steps=5, inner_lr=0.5, head_scale=0.01, adapt_params="all")
+    assert not torch.equal(before, after) and recorder.summary()["steps"] == 5
+
+
+def test_head_scale_undoes_the_one_shot_saturation_of_the_prototype_head():
+    """One shot: each support vector is its prototype, so with pretrained-sized embeddings (|e| ~ 5) the
+    prototype head's support loss is ~0 and the inner loop has nothing to follow; scale 0.01 restores it."""
+    from fewshot_bench.baselines.maml_inner import _head_loss, init_head
+
+    e = 5.0 * F.normalize(torch.randn(5, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.arange(5)
+
+    def loss_and_grad(scale):
+        weight, bias = init_head(e, labels, 5, "proto", scale)
+        weight.requires_grad_(True)
+        loss = _head_loss(e, weight, bias, labels)
+        return loss.item(), torch.autograd.grad(loss, weight)[0].norm().item()
+
+    saturated, soft = loss_and_grad(1.0), loss_and_grad(0.01)
+    assert saturated[0] < 1e-6 and saturated[1] < 1e-5
+    assert soft[0] > 0.5 and soft[1] > 1e-2
+
+
+def test_early_stopping_keeps_the_best_validation_meta_state(backbone, demo, tmp_path):
+    data = get_task_data("demo_intents")
+
+    def validation(i):
+        return sample_episode(data, pool="validation", n_way=5, k_shot=1, q_query=3, seed=0, index=i)
+
+    method = FOMAML(MAMLConfig(inner_steps=1, meta_steps=4, meta_batch=1, meta_query=2, outer_lr=1e-2, val_every=1,
+                               val_episodes=1, patience=1, head_scale=0.1))
+    ctx = MetaContext(backbone, 0, lambda i: demo[1](i, k=1, q=2), validation_episodes=validation)
+    method.meta_train(ctx)
+    curve = [accuracy for _, accuracy in method.validation_curve]
+    steps = [step for step, _ in method.validation_curve]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) <= 4
+    assert len(steps) == 4 or curve[-1] <= max(curve[:-1])  # stopped only after a check without gain
+    assert method.validation_accuracy(ctx, dict(method.meta_state)) == max(curve)
+
+
+def test_cache_file_is_checked_against_the_config_it_claims(backbone, demo, tmp_path, caplog):
+    """A foreign but valid safetensors file, or one with another config's payload or shapes, is not loaded
+    (the runner then meta-trains again and overwrites it); the file written for this config is."""
+    from safetensors.torch import save_file
+
+    from fewshot_bench.meta_cache import load_meta_state, payload_text, save_meta_state
+
+    overrides = {"meta_steps": 1, "meta_batch": 1, "inner_steps": 1}
+    reference = method_from_spec(FOMAML_SPEC, overrides)
+    reference.meta_train(MetaContext(backbone, 0, demo[1]))
+    good, expected = reference.state_dict(), reference.state_shapes(backbone)
+    assert {n: tuple(t.shape) for n, t in good.items()} == expected
+    payload = {"method": "fomaml", "config": reference.config_dict()}
+    name = next(iter(good))
+    text = payload_text(payload)
+    path = tmp_path / "state.safetensors"
+    poisons = {
+        "foreign file": ({"weights": torch.zeros(3)}, {"payload": "{}"}),
+        "another config": (good, {"payload": text.replace('"inner_steps": 1', '"inner_steps": 2')}),
+        "wrong shape": ({**good, name: torch.zeros(2, 2)}, {"payload": text}),
+        "missing tensor": ({n: t for n, t in good.items() if n != name}, {"payload": text}),
+    }
+    for label, (tensors, metadata) in poisons.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fewshot_bench.meta_cache"):
+            assert load_meta_state(path, payload, expected) is None, label
+        assert "not used" in caplog.text, label
+    path.write_bytes(b"not safetensors")
+    assert load_meta_state(path, payload, expected) is None
+    save_meta_state(path, good, payload, {"meta_train_seconds": "1.5"})
+    state, metadata = load_meta_state(path, payload, expected)
+    assert metadata["meta_train_seconds"] == "1.5" and all(torch.equal(state[n], good[n]) for n in good)
+    restored = method_from_spec(FOMAML_SPEC, overrides)
+    restored.load_state_dict(state)
+    a, b = run_episode(reference, demo[0], backbone, seed=0), run_episode(restored, demo[0], backbone, seed=0)
     assert a["status"] == "ok" and a["predictions"] == b["predictions"]

@@ -7,7 +7,7 @@ import pytest
 
 from fewshot_bench.cli import main
 from fewshot_bench.progress import Progress
-from fewshot_bench.store import EPISODE_TYPES, ResultsStore
+from fewshot_bench.store import EPISODE_TYPES, KEY_COLUMNS, ResultsStore
 
 from helpers import record
 
@@ -101,7 +101,8 @@ def test_store_of_an_earlier_version_gets_the_timing_columns(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as conn:
         old_columns = {c: t for c, t in EPISODE_TYPES.items() if not c.endswith(("cache_seconds", "train_seconds"))}
-        conn.execute(f"CREATE TABLE episodes ({', '.join(f'{c} {t}' for c, t in old_columns.items())})")
+        conn.execute(f"CREATE TABLE episodes ({', '.join(f'{c} {t}' for c, t in old_columns.items())}, "
+                     f"UNIQUE ({', '.join(KEY_COLUMNS)}))")  # every store version had the unique episode key
     with ResultsStore(path) as store:
         store.write_episode(record())
     with sqlite3.connect(path) as conn:

@@ -18,7 +18,7 @@ from fewshot_bench.task import PLACEHOLDER
 
 from helpers import REPO, shared_data_dir
 
-SCALE_DOWN = {"--backbone": "tiny-encoder", "--episodes": "1", "--k-shot": "1"}
+SCALE_DOWN = {"--backbone": "tiny-encoder", "--episodes": "1", "--k-shot": "1", "--trials": "1"}
 
 
 def readme_commands():

@@ -18,7 +18,7 @@ from fewshot_bench.shards import existing_shards
 from helpers import REPO, committed_rows
 
 TINY = ["--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0"]
-TIMING = {"sec_per_episode", "peak_mem_mb", "version"}
+TIMING = {"sec_per_episode", "peak_mem_mb", "version", "embedding_cache_seconds_total", "meta_train_seconds"}
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +57,15 @@ def test_main_command_runs_default_suite_on_demo(tmp_path):
     assert main(["run", "--limit", "1", "--backbone", "tiny-encoder", "--store", str(store), "--out", str(out)]) == 0
     rows = _rows(out)
     from fewshot_bench.registry import METHODS
-    assert {r["method"] for r in rows} == set(METHODS.names())
-    assert {r["task"] for r in rows} == {"demo_intents"} and {r["k_shot"] for r in rows} == {"1", "5"}
+    from fewshot_bench.run_config import load_suite
+    from fewshot_bench.spec import method_label, parse_method_config
+
+    demo = load_suite("default")["demo"]
+    overrides = parse_method_config(demo.get("method_config", []))
+    expected = demo.get("methods", METHODS.names())
+    assert {r["method"] for r in rows} == {method_label(m, overrides.get(m, {})) for m in expected}
+    assert {r["task"] for r in rows} == {"demo_intents"}
+    assert {r["k_shot"] for r in rows} == {str(k) for k in demo["k_shot"]}
 
 
 def test_bad_run_input_writes_nothing(tmp_path, capsys):
@@ -222,3 +229,19 @@ def test_meta_trained_state_is_cached_by_the_runner(tmp_path, monkeypatch):
     assert log.read_text().count("meta_train") == 2 and log.read_text().count("load [1.0, 1.0]") == 2
     assert main([*argv, "--seed", "1", "--store", str(tmp_path / "c.sqlite")]) == 0  # another run hash
     assert log.read_text().count("meta_train") == 4
+
+
+def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
+    """Frozen-embedding methods: episodes 0-1, then a new process-like run for 0-3 (fresh backbone and caches),
+    stores exactly the predictions of one run of 0-3."""
+    args = TINY + ["--methods", "protonet,linear_probe", "--k-shot", "3", "--n-way", "4", "--out", ""]
+    whole, resumed = tmp_path / "whole.sqlite", tmp_path / "resumed.sqlite"
+    assert main(["run", *args, "--episodes", "4", "--store", str(whole)]) == 0
+    assert main(["run", *args, "--episodes", "2", "--store", str(resumed)]) == 0
+    assert main(["run", *args, "--episodes", "4", "--store", str(resumed)]) == 0
+
+    def predictions(path):
+        with sqlite3.connect(path) as conn:
+            return sorted(conn.execute("SELECT method, episode_index, predictions, accuracy, macro_f1 FROM episodes"))
+
+    assert len(predictions(whole)) == 8 and predictions(whole) == predictions(resumed)

@@ -273,3 +273,40 @@ def test_config_ablations_and_attention():
         SGG(_cfg(mode="second_order"))
     with pytest.raises(UserError, match="params"):
         SGG(_cfg(params="adapters"))
+
+
+# ------------------------------------------------------------------------------------------- term activity
+def test_term_activity_counters_on_a_constructed_gradient_sequence():
+    from fewshot_bench.sgg import first_order_coefficients, gradient_dots, term_activity
+
+    steps = [  # (g, r_t, g_src): step 1 rotates 45°, conflicts with g_src, exceeds τ; step 2 is inert
+        (torch.tensor([3.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([-1.0, 0.0])),
+        (torch.tensor([0.5, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])),
+    ]
+    trace = {key: [] for key in ("mag_active", "align_active", "dir_cos", "task_cos")}
+    for g, r, s in steps:
+        _, _, _, info = first_order_coefficients(gradient_dots(g, 2, r, s), lambda_dir=1.0, lambda_mag=1.0,
+                                                 align_weight=1.0, tau=1.0)
+        for key in trace:
+            trace[key].append(info[key])
+    activity = term_activity(trace)
+    assert activity["sgg_mag_active"] == 0.5 and activity["sgg_align_active"] == 0.5
+    assert activity["sgg_dir_angle"] == pytest.approx((45.0 + 0.0) / 2)
+    # step 1: rotated to (1, 1)/√2·3, PCGrad removes the conflicting x-part -> the step is (0, y): 90° from g
+    assert activity["sgg_step_angle"] == pytest.approx((90.0 + 0.0) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["first_order", "exact"])
+def test_term_activity_reaches_the_episode_record(backbone, demo, mode):
+    from fewshot_bench.store import EPISODE_COLUMNS
+
+    episode, source = demo
+    bound = run_episode(SGG(_cfg(mode=mode, steps=4, tau_mult=0.3)), episode, backbone, seed=SEED,
+                        source_episodes=source)
+    unbounded = run_episode(SGG(_cfg(mode=mode, steps=4, lambda_mag=0.0)), episode, backbone, seed=SEED,
+                            source_episodes=source)
+    assert bound["sgg_mag_active"] == 0.75  # τ is unbounded at step 0, then 0.3 × the norm EMA binds
+    assert unbounded["sgg_mag_active"] == 0.0
+    assert (bound["sgg_dir_angle"] is None) == (mode == "exact")
+    assert {"sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle"} <= set(EPISODE_COLUMNS)
+    assert run_episode(FullFineTuning(), episode, backbone, seed=SEED).get("sgg_mag_active") is None

@@ -1,5 +1,6 @@
 """Results store: round trip, concurrent writers, crash atomicity, shard merge."""
 import multiprocessing
+import re
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +28,13 @@ def test_round_trip_and_resume(tmp_path):
         assert [r["episode_index"] for r in rows] == [0, 3]
         assert rows[0]["predictions"] == [0, 1, 2] and rows[0]["extra"] == {"note": "x"}
         assert rows[0]["k_shot"] == "1-5" and rows[0]["accuracy"] == 0.8 and rows[0]["version"]
+        # a failed episode is not done: it is retried, and the retry's row replaces the failed one
+        assert store.done_indices("cfg0", "full_ft", "minilm", "demo", "demo/fold1/5way5shot15q") == {0}
+        assert not store.write_episode(record(episode_index=3, status="failed", error="boom again"))
+        assert store.write_episode(record(episode_index=3, accuracy=0.6))
+        assert not store.write_episode(record(episode_index=3, status="failed", error="never replaces ok"))
+        retried = store.episodes(episode_index=3)
+        assert len(retried) == 1 and retried[0]["status"] == "ok" and retried[0]["accuracy"] == 0.6
         assert store.done_indices("cfg0", "full_ft", "minilm", "demo", "demo/fold1/5way5shot15q") == {0, 3}
         run = store.runs()[0]
         assert run["config_hash"] == config_hash({"a": [1, 2], "b": 1}) and run["ended_at"] and run["versions_json"]
@@ -119,3 +127,61 @@ def test_merge_can_remove_verified_shards(tmp_path):
         assert store.merge_from([shard], remove_merged=True) == 0
     assert not list(tmp_path.glob("s.sqlite.rank0*"))  # with its -wal/-shm files
     assert committed_rows(target) == 3
+
+
+def test_a_store_written_before_the_sgg_columns_gets_them_when_opened(tmp_path):
+    from fewshot_bench.store import EPISODE_COLUMNS
+
+    old = tmp_path / "old.sqlite"
+    with ResultsStore(old) as store:
+        store.write_episode(record())
+    new_columns = ("sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle")
+    with sqlite3.connect(old) as conn:  # the schema of a store written before those columns existed
+        for column in new_columns:
+            conn.execute(f"ALTER TABLE episodes DROP COLUMN {column}")
+    with ResultsStore(old) as store:
+        rows = store.episodes()
+    assert len(rows) == 1 and set(rows[0]) == set(EPISODE_COLUMNS)
+    assert all(rows[0][c] is None for c in new_columns) and rows[0]["accuracy"] == 0.8
+
+
+def test_source_checkout_has_a_version_and_stores_every_episode(tmp_path, monkeypatch):
+    """Not pip-installed (no distribution metadata): the version is pyproject's plus '+src', rows are stored."""
+    from importlib import metadata
+
+    from fewshot_bench import store as store_module
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(store_module.metadata, "version", not_installed)
+    pyproject = (Path(store_module.__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    expected = re.search(r'^version = "(.+)"$', pyproject, re.M).group(1) + "+src"
+    assert store_module.package_version() == expected
+    with ResultsStore(tmp_path / "store.sqlite") as store:
+        assert store.write_episode(record(episode_index=0)) and store.write_episode(record(episode_index=1))
+        assert [r["version"] for r in store.episodes()] == [expected, expected]
+
+
+def test_only_the_duplicate_key_is_skipped(tmp_path):
+    """Any other constraint violation (NOT NULL, CHECK) raises instead of silently dropping the row."""
+    with ResultsStore(tmp_path / "store.sqlite") as store:
+        with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+            store.write_episode(record(version=None))
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            store.write_episode(record(status="maybe"))
+        assert store.episodes() == []
+
+
+def test_unrelated_files_are_refused_and_left_unchanged(tmp_path):
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (x TEXT)")
+    before = other.read_bytes()
+    for create in (True, False):
+        with pytest.raises(UserError, match="without a results .episodes. table"):
+            ResultsStore(other, create=create)
+    assert other.read_bytes() == before
+    with pytest.raises(UserError, match="does not exist"):
+        ResultsStore(tmp_path / "missing.sqlite", create=False)
+    assert not (tmp_path / "missing.sqlite").exists()

@@ -34,15 +34,17 @@ Recorder: ``ctx.recorder.record(loss, params, grads=g_t, source_grads=g_src)`` e
 backbone first, so source_alignment = mean_t cos(g_t^bb, g_src,t) over the backbone parameters; g_t is the
 task gradient (``record_grad: task``, default, same meaning as for full_ft) or the applied step gradient.
 
-Per-step trajectories (λ_align,t, cosines, norms, τ_t, regulariser values) are kept in
-``method.last_trace`` / ``method.traces`` and on ``ctx.recorder.sgg_trace``.
+Per-step trajectories (λ_align,t, cosines, norms, τ_t, regulariser values, which terms changed the update)
+are kept in ``method.last_trace`` / ``method.traces`` and on ``ctx.recorder.sgg_trace``; their per-episode
+summary (:func:`term_activity`) goes to the results store as the ``sgg_*`` columns, so an inert term shows.
 """
-from .config import SGGConfig, SGGNoAlignConfig, SGGNoDirConfig, SGGNoMagConfig
-from .guidance import (exact_guided_gradient, first_order_guided_gradient, flatten, gradient_dots, regularisers,
-                       unflatten)
+from .config import SGG_SPACE, SGGConfig, SGGNoAlignConfig, SGGNoDirConfig, SGGNoMagConfig
+from .guidance import (exact_guided_gradient, first_order_coefficients, first_order_guided_gradient, flatten,
+                       gradient_dots, regularisers, term_activity, unflatten)
 from .method import SGG, SGGNoAlign, SGGNoDir, SGGNoMag
 from .state import GuidanceState
 
 __all__ = ["SGG", "SGGNoDir", "SGGNoMag", "SGGNoAlign", "SGGConfig", "SGGNoDirConfig", "SGGNoMagConfig",
            "SGGNoAlignConfig", "GuidanceState", "regularisers", "gradient_dots", "exact_guided_gradient",
-           "first_order_guided_gradient", "flatten", "unflatten"]
+           "first_order_guided_gradient", "first_order_coefficients", "term_activity", "flatten", "unflatten",
+           "SGG_SPACE"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fewshot_bench.config import option
-from fewshot_bench.training import FullFTConfig
+from fewshot_bench.search_space import Choice, Range, SearchSpace
+from fewshot_bench.training import SUPPORT_TRAINING_SPACE, FullFTConfig
 
 MODES = ("first_order", "exact")
 PARAM_SETS = ("full", "lora")
@@ -12,6 +13,12 @@ TAU_RULES = ("ema", "fixed")
 ALIGN_SCHEDULES = ("sigmoid", "constant")
 REF_INITS = ("support", "half")
 RECORD_GRADS = ("task", "step")
+# wide enough that each term changes the update: τ multiplier below 1 (the bound binds), λ_dir up to 10
+# (rotation α up to 0.91), alignment weight in exact mode (first_order projects only on a conflict)
+SGG_SPACE = SearchSpace({**SUPPORT_TRAINING_SPACE.fields, "mode": Choice(("first_order", "exact")),
+                         "lambda_dir": Range(0.01, 10.0, log=True), "lambda_mag": Range(0.1, 10.0, log=True),
+                         "tau_mult": Range(0.3, 2.0), "lambda_align": Range(0.1, 10.0, log=True),
+                         "align_schedule": Choice(("sigmoid", "constant"))}, cost=("steps",))
 
 
 @dataclass
@@ -23,28 +30,30 @@ class SGGConfig(FullFTConfig):
     design values and the source-gradient settings are the cheapest that did not change the result.
     """
     mode: str = option("first_order", help="first_order: gradient transformation (≈ full_ft cost); "
-                                           "exact: double backward through the regularisers (eager attention)")
+                                           "exact: double backward through the regularisers (eager attention)",
+                     choices=MODES)
     params: str = option("full", help="full: every backbone parameter + head; lora: LoRA (r, alpha below) on "
-                                      "query/value (BERT-like) or c_attn (GPT-2) + head")
+                                      "query/value (BERT-like) or c_attn (GPT-2) + head", choices=PARAM_SETS)
     lambda_dir: float = option(0.5, help="weight of R_dir = 1 − cos(g_t, r_t); first_order rotates g toward r "
-                                         "by α = λ/(1+λ); 0 switches it off")
+                                         "by α = λ/(1+λ); 0 switches it off", low=0)
     lambda_mag: float = option(1.0, help="weight of R_mag = relu(‖g_t‖ − τ_t)²; first_order clips ‖g‖ to τ_t "
-                                         "when > 0; 0 switches it off")
+                                         "when > 0; 0 switches it off", low=0)
     lambda_align: float = option(1.0, help="base weight of R_align = 1 − cos(g_bb, g_src) (backbone params); "
-                                           "first_order PCGrad weight min(1, λ_align,t); 0 switches it off")
+                                           "first_order PCGrad weight min(1, λ_align,t); 0 switches it off", low=0)
     ema: float = option(0.9, help="EMA rate β of r_t, of the gradient-norm statistic and of cos(g, g_src)")
     tau_rule: str = option("ema", help="ema: τ_t = tau_mult × EMA of earlier ‖g‖ (no bound at t = 0); "
-                                       "fixed: τ_t = tau_value")
+                                       "fixed: τ_t = tau_value", choices=TAU_RULES)
     tau_mult: float = option(1.5, help="τ_t multiple of the running gradient-norm EMA (tau_rule=ema)")
     tau_value: float = option(1.0, help="τ for tau_rule=fixed")
     align_schedule: str = option("sigmoid", help="sigmoid: λ_align,t = λ_align·2σ(κ·EMA cos(g_bb, g_src)); "
-                                                 "constant: λ_align")
+                                                 "constant: λ_align", choices=ALIGN_SCHEDULES)
     align_kappa: float = option(5.0, help="κ, sharpness of the sigmoid alignment schedule")
     ref_init: str = option("support", help="r_0: support = gradient of the full support set at θ_0 (so R_dir(0) = 0); "
-                                           "half = gradient of a class-stratified half of the support")
+                                           "half = gradient of a class-stratified half of the support",
+                           choices=REF_INITS)
     record_grad: str = option("task", help="gradient given to the stability recorder: task = g_t = ∇L_task (the "
                                            "quantity the regularisers act on; same meaning as full_ft's), step = "
-                                           "the gradient actually applied (guided)")
+                                           "the gradient actually applied (guided)", choices=RECORD_GRADS)
     lora_r: int = option(8, help="LoRA rank (params=lora)")
     lora_alpha: int = option(16, help="LoRA alpha (params=lora)")
     lora_lr: float = option(5e-4, help="AdamW learning rate of the LoRA parameters (params=lora; lr is for full)")

@@ -194,13 +194,16 @@ def first_order_coefficients(d: Dict[str, float], *, lambda_dir: float, lambda_m
     Returns (a·γ, b·γ, c·γ, figures of the step: its norm and its cosines with r_t and (backbone) g_src)."""
     a, b, c = 1.0, 0.0, 0.0
     has_ref, has_src = "gr" in d, "gs" in d
+    dir_cos = None
     if lambda_dir > 0 and has_ref:
         alpha = lambda_dir / (1.0 + lambda_dir)
         g_norm, r_norm = math.sqrt(max(d["gg"], EPS)), math.sqrt(max(d["rr"], EPS))
         cos = d["gr"] / (g_norm * r_norm)
         u_norm = math.sqrt(max((1 - alpha) ** 2 + alpha ** 2 + 2 * alpha * (1 - alpha) * cos, 0.0))
+        dir_cos = 1.0
         if u_norm > 1e-6:  # g exactly opposite to r with α = ½: leave g alone
             a, b = (1 - alpha) / u_norm, alpha * g_norm / (r_norm * u_norm)
+            dir_cos = _safe_cos(a * d["gg"] + b * d["gr"], d["gg"], a * a * d["gg"] + b * b * d["rr"] + 2 * a * b * d["gr"])
     w = min(1.0, align_weight)
     if w > 0 and has_src:
         dot = a * d["gs"] + b * d.get("rs", 0.0)
@@ -217,12 +220,39 @@ def first_order_coefficients(d: Dict[str, float], *, lambda_dir: float, lambda_m
     norm = math.sqrt(max(sq(a, b, c, False), 0.0))
     gamma = tau / norm if (lambda_mag > 0 and math.isfinite(tau) and norm > tau) else 1.0
     a, b, c = a * gamma, b * gamma, c * gamma
-    info = {"step_norm": norm * gamma}
+    info = {"step_norm": norm * gamma, "mag_active": gamma < 1.0, "align_active": c != 0.0,
+            "dir_cos": dir_cos, "task_cos": _safe_cos(a * d["gg"] + b * d.get("gr", 0.0) - c * d.get("gs", 0.0),
+                                                      d["gg"], sq(a, b, c, False))}
     if has_ref:
         info["cos_ref_step"] = _safe_cos(a * d["gr"] + b * d["rr"] - c * d.get("rs", 0.0), sq(a, b, c, False), d["rr"])
     if has_src:
         info["cos_src_step"] = _safe_cos(a * d["gs"] + b * d.get("rs", 0.0) - c * d["ss"], sq(a, b, c, True), d["ss"])
     return a, b, c, info
+
+
+def _degrees(cos: Optional[float]) -> Optional[float]:
+    return None if cos is None else math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+
+
+def term_activity(trace: dict) -> Dict[str, Optional[float]]:
+    """Per-episode summary of which terms changed the update (results-store columns):
+
+    ``sgg_mag_active`` share of steps the magnitude term acted (first_order: ‖g‖ clipped to τ_t; exact:
+    ‖g‖ > τ_t with λ_mag > 0); ``sgg_align_active`` share of steps the alignment term acted (first_order:
+    the PCGrad projection fired; exact: a source gradient and λ_align,t > 0); ``sgg_dir_angle`` mean angle
+    (degrees) the direction term rotated g (first_order only: exact mode mixes the terms in one H·v);
+    ``sgg_step_angle`` mean angle between the task gradient and the applied step (all terms)."""
+    steps = len(trace["mag_active"])
+
+    def share(key):
+        return sum(map(bool, trace[key])) / steps if steps else None
+
+    def mean_angle(key):
+        angles = [_degrees(c) for c in trace[key] if c is not None]
+        return sum(angles) / len(angles) if angles else None
+
+    return {"sgg_mag_active": share("mag_active"), "sgg_align_active": share("align_active"),
+            "sgg_dir_angle": mean_angle("dir_cos"), "sgg_step_angle": mean_angle("task_cos")}
 
 
 def apply_coefficients(g: torch.Tensor, k: int, a: float, b: float, c: float, ref, src,

@@ -10,16 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_bench.adapters import apply_lora
-from fewshot_bench.config import check_choices
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
 from fewshot_bench.hashing import derived_seed
 from fewshot_bench.training import adamw, positions_per_class, source_gradient
 
-from .config import (ALIGN_SCHEDULES, MODES, PARAM_SETS, RECORD_GRADS, REF_INITS, TAU_RULES, SGGConfig,
-                     SGGNoAlignConfig, SGGNoDirConfig, SGGNoMagConfig)
-from .guidance import (apply_coefficients, dot_cosines, exact_guided_gradient, first_order_coefficients,
-                       flatten, flatten_into, gradient_dots, new_vector, regulariser_values, unflatten)
+from .config import SGG_SPACE, SGGConfig, SGGNoAlignConfig, SGGNoDirConfig, SGGNoMagConfig
+from .guidance import (_safe_cos, apply_coefficients, dot_cosines, exact_guided_gradient, first_order_coefficients,
+                       flatten, flatten_into, gradient_dots, new_vector, regulariser_values, term_activity,
+                       unflatten)
 from .state import GuidanceState
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,7 @@ class SGG(Method):
 
     name = "sgg"
     config_class = SGGConfig
+    search_space = SGG_SPACE
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -53,14 +53,10 @@ class SGG(Method):
         return "eager" if self.config.mode == "exact" else "sdpa"
 
     def _validate(self) -> None:
+        """What the config's own limits cannot say (it checks choices and λ >= 0 at construction)."""
         cfg = self.config
-        check_choices(self.name, cfg, {"mode": MODES, "params": PARAM_SETS, "tau_rule": TAU_RULES,
-                                       "align_schedule": ALIGN_SCHEDULES, "ref_init": REF_INITS,
-                                       "record_grad": RECORD_GRADS})
         if not 0.0 <= cfg.ema < 1.0:
             raise UserError(f"{self.name}: ema must be in [0, 1), got {cfg.ema}")
-        if min(cfg.lambda_dir, cfg.lambda_mag, cfg.lambda_align) < 0:
-            raise UserError(f"{self.name}: the λ weights must be >= 0")
         if cfg.source_every < 1:
             raise UserError(f"{self.name}: source_every must be >= 1, got {cfg.source_every}")
 
@@ -85,7 +81,8 @@ class SGG(Method):
             self._warned_no_source = True
         trace = {key: [] for key in ("loss", "task_grad_norm", "step_grad_norm", "tau", "lambda_align",
                                      "cos_ref", "cos_ref_step", "cos_src", "cos_src_step",
-                                     "R_dir", "R_mag", "R_align")}
+                                     "R_dir", "R_mag", "R_align", "mag_active", "align_active", "dir_cos",
+                                     "task_cos")}
         trace.update(mode=cfg.mode, params=cfg.params, has_source=ctx.has_source,
                      align_status="on" if ctx.has_source and cfg.lambda_align > 0 else
                      ("skipped: no source task" if cfg.lambda_align > 0 else "off (lambda_align = 0)"))
@@ -120,7 +117,10 @@ class SGG(Method):
                 for p, g, u in zip(params, unflatten(step, params), used):
                     p.grad = g if u else None
                 sd = gradient_dots(step, k, state.ref, src, dots.get("ss"))
-                info = dict(zip(("cos_ref_step", "cos_src_step"), dot_cosines(sd)), step_norm=math.sqrt(sd["gg"]))
+                info = dict(zip(("cos_ref_step", "cos_src_step"), dot_cosines(sd)), step_norm=math.sqrt(sd["gg"]),
+                            mag_active=cfg.lambda_mag > 0 and math.sqrt(dots["gg"]) > tau,
+                            align_active=lam_align > 0 and src is not None, dir_cos=None,
+                            task_cos=_safe_cos(float(torch.dot(task, step)), dots["gg"], sd["gg"]))
             else:
                 loss.backward()
                 used = [p.grad is not None for p in params]
@@ -155,6 +155,8 @@ class SGG(Method):
             trace["cos_src_step"].append(info.get("cos_src_step"))
             for key in ("dir", "mag", "align"):
                 trace[f"R_{key}"].append(terms.get(key))
+            for key in ("mag_active", "align_active", "dir_cos", "task_cos"):
+                trace[key].append(info.get(key))
             log.debug("%s step %d: loss %.4f |g| %.4g -> %.4g tau %.4g lambda_align %.3g cos_src %s", self.name, t,
                       trace["loss"][-1], task_norm, info["step_norm"], tau, lam_align, cos_src)
             state.update(task, task_norm, cos_src)
@@ -164,6 +166,7 @@ class SGG(Method):
         self.last_trace = trace
         self.traces.append(trace)
         ctx.recorder.sgg_trace = trace
+        ctx.figures.update(term_activity(trace))
         return Predictor(lambda batch: head(ctx.embed(model, batch)), sum(p.numel() for p in params))
 
 
@@ -171,15 +174,18 @@ class SGGNoDir(SGG):
     """Ablation: SGG without the direction-consistency term (λ_dir = 0)."""
     name = "sgg-no-dir"
     config_class = SGGNoDirConfig
+    search_space = SGG_SPACE.without("lambda_dir")
 
 
 class SGGNoMag(SGG):
     """Ablation: SGG without the magnitude-control term (λ_mag = 0)."""
     name = "sgg-no-mag"
     config_class = SGGNoMagConfig
+    search_space = SGG_SPACE.without("lambda_mag", "tau_mult")
 
 
 class SGGNoAlign(SGG):
     """Ablation: SGG without the source/target alignment term (λ_align = 0; g_src still measured)."""
     name = "sgg-no-align"
     config_class = SGGNoAlignConfig
+    search_space = SGG_SPACE.without("lambda_align", "align_schedule")

@@ -1,0 +1,171 @@
+"""Paired comparisons of the methods of each leaderboard cell: significance, rank groups, flags, power.
+
+A **cell** is (task, setting, backbone): its methods ran on the same seeded episodes whatever their protocol,
+so they are ranked together (protocol stays a column). Contracts:
+  * Two rows are compared on their common ok episodes, and only when their episode sets nest (one holds every
+    fingerprint of the other, e.g. a run stopped after 10 of 20 episodes); other pairs are not compared.
+  * Each comparison is a two-sided paired sign-flip test (``stats.sign_flip_p``). One Holm family: every
+    pairwise comparison of the leaderboard. A beats B when the Holm-adjusted p < ``ALPHA`` and A's mean
+    per-episode accuracy on the common episodes is higher.
+  * ``rank_group`` = 1 + the number of methods of the cell that beat the row; methods that cannot be told
+    apart share a group. ``beaten_by`` names those methods.
+  * Against the reference method: mean difference (row minus reference), paired percentile bootstrap 95% CI
+    (episodes resampled, seeded), the raw and the Holm-adjusted p of that pair. A cell without the reference
+    gets the flag ``no-reference`` and empty comparison columns; the reference's own row has them empty too.
+  * Flags: ``saturated`` (every method >= ``SATURATED_ACCURACY``, or best minus worst mean below the median
+    CI half-width), ``mixed-episodes`` (episode counts differ within the cell), ``unfinished(DONE/PLANNED)``,
+    ``indistinguishable:OTHER(SHARE)`` (identical query predictions on >= ``IDENTICAL_SHARE`` of the queries
+    of their common episodes).
+  * Power: for adjacent methods (by mean accuracy) the SD of their per-episode differences; a cell's
+    ``detectable_diff`` uses the median positive SD and the cell's smallest episode count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .stats import bootstrap_ci, detectable_difference, holm, sign_flip_p
+
+ALPHA = 0.05
+SATURATED_ACCURACY = 0.97
+IDENTICAL_SHARE = 0.95
+POWER = 0.8
+
+
+@dataclass(eq=False)
+class Entry:
+    """One leaderboard row with its episodes: ``accuracy`` and ``predictions`` of ok episodes by fingerprint
+    (episode order), ``fingerprints`` of every stored episode."""
+    cell: Tuple[str, str, str]
+    row: dict
+    accuracy: Dict[str, float]
+    predictions: Dict[str, list]
+    fingerprints: frozenset = field(default_factory=frozenset)
+
+    @property
+    def method(self) -> str:
+        return self.row["method"]
+
+
+@dataclass
+class AdjacentPair:
+    """Two methods next to each other in a cell's accuracy order and the SD of their per-episode differences."""
+    better: str
+    worse: str
+    episodes: int
+    sd: Optional[float]
+
+
+def common_episodes(a: Entry, b: Entry) -> Optional[List[str]]:
+    """Fingerprints of the ok episodes both rows have, when their episode sets nest; None when they do not."""
+    if not (a.fingerprints <= b.fingerprints or b.fingerprints <= a.fingerprints):
+        return None
+    return [f for f in a.accuracy if f in b.accuracy]
+
+
+def differences(a: Entry, b: Entry) -> Optional[np.ndarray]:
+    """Per-episode accuracy of ``a`` minus ``b`` on their common episodes (None: not comparable)."""
+    common = common_episodes(a, b)
+    return None if not common else np.array([a.accuracy[f] - b.accuracy[f] for f in common])
+
+
+def identical_share(a: Entry, b: Entry) -> Optional[float]:
+    """Share of the queries of their common episodes on which both rows predicted the same label."""
+    same = total = 0
+    for f in common_episodes(a, b) or []:
+        pa, pb = a.predictions.get(f), b.predictions.get(f)
+        if pa is not None and pb is not None and len(pa) == len(pb):
+            same += sum(x == y for x, y in zip(pa, pb))
+            total += len(pa)
+    return same / total if total else None
+
+
+def by_cell(entries: List[Entry]) -> Dict[tuple, List[Entry]]:
+    cells: Dict[tuple, List[Entry]] = {}
+    for entry in entries:
+        cells.setdefault(entry.cell, []).append(entry)
+    return cells
+
+
+def adjacent_pairs(members: List[Entry]) -> List[AdjacentPair]:
+    """Adjacent methods of one cell in mean-accuracy order, with the SD of their paired differences."""
+    ranked = sorted((e for e in members if e.row["acc_mean"] is not None),
+                    key=lambda e: (-e.row["acc_mean"], e.method))
+    pairs = []
+    for better, worse in zip(ranked, ranked[1:]):
+        d = differences(better, worse)
+        if d is not None:
+            pairs.append(AdjacentPair(better.method, worse.method, len(d), float(np.std(d, ddof=1)) if len(d) > 1 else None))
+    return pairs
+
+
+def cell_detectable_difference(members: List[Entry], power: float = POWER) -> Optional[float]:
+    """Smallest mean difference the cell's episode count detects (median positive adjacent-pair SD)."""
+    sds = [p.sd for p in adjacent_pairs(members) if p.sd]
+    if not sds:
+        return None
+    episodes = min(len(e.accuracy) for e in members if e.accuracy)
+    return detectable_difference(float(np.median(sds)), episodes, power, ALPHA)
+
+
+def _pairwise(cells: Dict[tuple, List[Entry]], seed: int) -> Dict[tuple, tuple]:
+    """{(a, b) and (b, a): (mean difference a - b, p, p_holm)} for every comparable pair of every cell."""
+    tests = []
+    for members in cells.values():
+        for a, b in combinations(members, 2):
+            d = differences(a, b)
+            if d is not None:
+                tests.append((a, b, d, sign_flip_p(d, seed)))
+    adjusted = holm([t[3] for t in tests]) if tests else []
+    result = {}
+    for (a, b, d, p), p_holm in zip(tests, adjusted):  # rounded as written, so the CSV decides alike
+        result[(a, b)] = (float(d.mean()), round(p, 6), round(p_holm, 6))
+        result[(b, a)] = (-float(d.mean()), round(p, 6), round(p_holm, 6))
+    return result
+
+
+def _cell_flags(members: List[Entry]) -> List[str]:
+    rows = [e.row for e in members if e.row["acc_mean"] is not None]
+    flags = []
+    if rows:
+        means = [r["acc_mean"] for r in rows]
+        half_widths = [(r["acc_ci95_high"] - r["acc_ci95_low"]) / 2 for r in rows]
+        if min(means) >= SATURATED_ACCURACY or max(means) - min(means) < float(np.median(half_widths)):
+            flags.append("saturated")
+    if len({e.row["episodes"] for e in members}) > 1:
+        flags.append("mixed-episodes")
+    return flags
+
+
+def annotate(entries: List[Entry], reference: str, bootstrap: int = 10000, seed: int = 0) -> None:
+    """Fill the comparison columns of every entry's row (see the module docstring)."""
+    cells = by_cell(entries)
+    tests = _pairwise(cells, seed)
+    for members in cells.values():
+        cell_flags = _cell_flags(members)
+        detectable = cell_detectable_difference(members)
+        ref = next((e for e in members if e.method == reference), None)
+        for entry in members:
+            row = entry.row
+            beaten_by = sorted(o.method for o in members
+                               if (o, entry) in tests and tests[(o, entry)][2] < ALPHA and tests[(o, entry)][0] > 0)
+            flags = list(cell_flags)
+            planned = row["episodes_planned"]
+            if planned is not None and row["episodes"] < planned:
+                flags.append(f"unfinished({row['episodes']}/{planned})")
+            if ref is None:
+                flags.append("no-reference")
+            flags += [f"indistinguishable:{o.method}({share:.1%})" for o in members if o is not entry
+                      for share in [identical_share(entry, o)] if share is not None and share >= IDENTICAL_SHARE]
+            row.update(rank=1 + len(beaten_by), rank_group=1 + len(beaten_by), beaten_by=";".join(beaten_by) or None,
+                       ref_method=reference if ref is not None else None, flags=";".join(flags) or None,
+                       detectable_diff=None if detectable is None else round(detectable, 4))
+            d = differences(entry, ref) if ref is not None and entry is not ref else None
+            if d is not None:
+                low, high = bootstrap_ci(d, bootstrap, seed)
+                _, p, p_holm = tests[(entry, ref)]
+                row.update(delta_vs_ref=round(float(d.mean()), 4), delta_ci95_low=round(low, 4),
+                           delta_ci95_high=round(high, 4), p_value=p, p_holm=p_holm)

@@ -1,0 +1,129 @@
+"""leaderboard.md: what the data can and cannot decide, cell by cell, then the overall table and how to read it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from .columns import LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
+from .compare import ALPHA, IDENTICAL_SHARE, POWER, SATURATED_ACCURACY
+
+CELL_FLAGS = ("saturated", "mixed-episodes", "no-reference")
+
+
+def _md_table(header: Sequence[str], body: List[Sequence]) -> List[str]:
+    def cell(value):
+        return "" if value is None else str(value).replace("|", "\\|")
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(cell(v) for v in line) + " |" for line in body]
+
+
+def _interval(mean, low, high, signed: bool = False):
+    if mean is None:
+        return None
+    fmt = "{:+.4f}" if signed else "{:.4f}"
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _flags(row: Dict, cell_level: bool) -> List[str]:
+    flags = (row["flags"] or "").split(";") if row["flags"] else []
+    return [f for f in flags if (f in CELL_FLAGS) == cell_level]
+
+
+def _row_flags(row: Dict) -> str:
+    """The row's own flags, its identical-prediction partners written as ``≈ OTHER SHARE``."""
+    own = [f for f in _flags(row, False) if not f.startswith("indistinguishable:")]
+    return ", ".join(own + [f"≈ {other} {share}" for other, share in _identical(row)])
+
+
+def _cells(rows: List[Dict]) -> Dict[tuple, List[Dict]]:
+    cells: Dict[tuple, List[Dict]] = {}
+    for row in rows:
+        cells.setdefault(cell_key(row), []).append(row)
+    return cells
+
+
+def _title(key: tuple) -> str:
+    task, n_way, k_shot, q_query, backbone = key
+    return f"{task}, {n_way}-way {k_shot}-shot, {q_query} queries/class, {backbone}"
+
+
+def _identical(row: Dict) -> List[tuple]:
+    """(other method, share text) of the row's ``indistinguishable:OTHER(SHARE)`` flags."""
+    return [tuple(f.split(":", 1)[1][:-1].rsplit("(", 1)) for f in _flags(row, False) if f.startswith("indistinguishable:")]
+
+
+def _groups(pairs: List[tuple]) -> List[List[str]]:
+    """Connected groups of methods from (a, b) pairs."""
+    groups: List[set] = []
+    for a, b in pairs:
+        joined = [g for g in groups if a in g or b in g]
+        groups = [g for g in groups if g not in joined] + [set().union({a, b}, *joined)]
+    return sorted(sorted(g) for g in groups)
+
+
+def _findings(cells: Dict[tuple, List[Dict]], reference: str) -> List[str]:
+    lines = ["## What the data can decide", ""]
+    for key, members in cells.items():
+        beaten = [f"{r['method']} < {r['beaten_by'].replace(';', ', ')}" for r in members if r["beaten_by"]]
+        nominal = [f"{r['method']} {r['delta_vs_ref']:+.4f} (p {r['p_value']})" for r in members
+                   if r["p_value"] is not None and r["p_value"] < ALPHA]
+        pairs = {tuple(sorted((r["method"], other))): share for r in members for other, share in _identical(r)}
+        total = len(members) * (len(members) - 1) // 2
+        same = _groups([pair for pair, share in pairs.items() if share == "100.0%"])
+        text = f"- **{_title(key)}**" + (" (*saturated*)" if "saturated" in _flags(members[0], True) else "")
+        text += f": significant after Holm: {'; '.join(beaten) if beaten else 'none'}"
+        text += f"; nominal p < {ALPHA} vs {reference}: {', '.join(nominal) if nominal else 'none'}"
+        text += f"; identical predictions on >= {IDENTICAL_SHARE:.0%} of queries: {len(pairs)} of {total} pairs"
+        text += f" (100.0%: {'; '.join(' = '.join(g) for g in same)})" if same else ""
+        lines.append(text)
+    return lines + [""]
+
+
+def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: int = 10000,
+                   reference: str = "full_ft") -> None:
+    """leaderboard.md: findings, one table per cell, the overall table and how to read them."""
+    cells = _cells(rows)
+    text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells, reference)
+    for key, members in cells.items():
+        first = members[0]
+        counts = sorted({r["episodes"] for r in members})
+        facts = [f"{'/'.join(map(str, counts))} episodes", f"chance {1 / first['n_way']:.2f}"]
+        if first["detectable_diff"] is not None:
+            facts.append(f"detectable difference {first['detectable_diff']:.3f} ({POWER:.0%} power)")
+        facts += [f"**{flag}**" for flag in _flags(first, True)]
+        text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
+            ("rank group", "method", "protocol", "episodes", "accuracy [95% CI]", f"Δ vs {reference} [95% CI]",
+             "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode"),
+            [(r["rank_group"], r["method"], r["protocol"],
+              r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
+              _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
+              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True), r["p_value"], r["p_holm"],
+              (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
+              r["grad_dir_consistency"], r["sec_per_episode"]) for r in members]) + [""]
+    text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
+    text += [
+        "", "## How to read", "",
+        "- A **cell** is task x setting x backbone: every method in it ran on the same seeded episodes, so all "
+        "its methods are compared with each other, whatever their protocol (a column, not a separate ranking).",
+        "- **accuracy**: mean query accuracy over ok episodes; 95% CI: percentile bootstrap over episodes "
+        f"({bootstrap:,} resamples).",
+        f"- **Δ vs {reference}**: mean per-episode accuracy difference on the common episodes, paired percentile "
+        "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact up to 30 non-zero differences); "
+        "**p (Holm)**: p after Holm's correction over every pairwise comparison of this leaderboard.",
+        f"- **rank group** = 1 + the number of methods of the cell that beat the method significantly (Holm p < "
+        f"{ALPHA}); methods that cannot be told apart share a group. **beaten by** names them.",
+        f"- **saturated**: every method >= {SATURATED_ACCURACY} accuracy, or best minus worst below the median CI "
+        f"half-width. **≈ M share** (CSV flag `indistinguishable:M(share)`): identical query predictions on >= "
+        f"{IDENTICAL_SHARE:.0%} of the queries of the common episodes. **unfinished(done/planned)**, "
+        "**mixed-episodes**: the cell's episode sets differ; methods are then compared on their common episodes "
+        "where the sets nest.",
+        f"- **detectable difference**: the true accuracy difference a paired test on this many episodes finds with "
+        f"{POWER:.0%} power at alpha {ALPHA} (normal approximation, median SD of adjacent methods' per-episode "
+        "differences, no multiplicity correction); `fewshot-bench power` gives the episodes needed per difference.",
+        "- **Overall**: per method, cells covered, mean of its cell accuracies (CI from the per-cell CIs, cells "
+        f"independent), wins/ties/losses against {reference} after Holm, mean rank group; `incomplete` rows miss "
+        "cells, so their means are not comparable with complete ones.",
+        "- **failed** episodes (crashed or diverged) are excluded from accuracy; gradient columns are empty for "
+        "methods without gradient steps.",
+    ]
+    Path(path).write_text("\n".join(text) + "\n", encoding="utf-8")

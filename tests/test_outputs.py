@@ -1,0 +1,44 @@
+"""Output files: a leaderboard write that fails part-way leaves the previous files, byte for byte, and no temp files."""
+import pytest
+
+from fewshot_bench import leaderboard
+from fewshot_bench.cli import main
+from fewshot_bench.outputs import atomic_files
+from fewshot_bench.store import ResultsStore
+from helpers import record
+
+NAMES = ("leaderboard.csv", "leaderboard_overall.csv", "leaderboard.md", "leaderboard.png")
+
+
+def test_atomic_files_replace_all_or_nothing(tmp_path):
+    targets = [tmp_path / "a.csv", tmp_path / "sub" / "b.md"]
+    with atomic_files(targets) as temps:
+        for temp in temps:
+            temp.write_text("new")
+    assert [t.read_text() for t in targets] == ["new", "new"]
+    with pytest.raises(RuntimeError):
+        with atomic_files(targets) as temps:
+            temps[0].write_text("newer")
+            raise RuntimeError("killed after the first file")
+    assert [t.read_text() for t in targets] == ["new", "new"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.csv", "b.md"]
+
+
+def test_leaderboard_failing_at_the_figure_keeps_the_old_files(tmp_path, monkeypatch, capsys):
+    store, out = tmp_path / "s.sqlite", tmp_path / "board" / "leaderboard.csv"
+    with ResultsStore(store) as results:
+        for i in range(3):
+            results.write_episode(record(episode_index=i, accuracy=0.5 + 0.1 * i))
+    assert main(["leaderboard", "--store", str(store), "--out", str(out), "--bootstrap", "100"]) == 0
+    before = {name: (out.parent / name).read_bytes() for name in NAMES}
+    with ResultsStore(store) as results:  # new results: the CSV and Markdown would change
+        results.write_episode(record(method="lora", episode_index=0, accuracy=0.9))
+
+    def broken_figure(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(leaderboard, "leaderboard_figure", broken_figure)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        main(["leaderboard", "--store", str(store), "--out", str(out), "--bootstrap", "100"])
+    assert {name: (out.parent / name).read_bytes() for name in NAMES} == before
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(NAMES)

@@ -1,0 +1,132 @@
+"""Paired statistics on hand-made per-episode data with known answers: sign-flip test, Holm, paired CIs,
+rank groups, flags, nested episode sets and power."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from fewshot_bench.cli import main
+from fewshot_bench.leaderboard import aggregate, write_csv
+from fewshot_bench.stats import detectable_difference, episodes_needed, holm, sign_flip_p
+from fewshot_bench.store import ResultsStore
+from fewshot_bench.validate import validate_csv
+from helpers import record
+
+
+def _store(path, methods, planned=None):
+    """``methods``: {name: [(accuracy, predictions), ...] per episode}; ``planned``: episodes of the run config."""
+    with ResultsStore(path) as store:
+        run_id = store.start_run({"episodes": planned, "limit": None}, device="cpu", seed=0) if planned else "run0"
+        for name, episodes in methods.items():
+            for index, (accuracy, predictions) in enumerate(episodes):
+                store.write_episode(record(run_id=run_id, method=name, episode_index=index, accuracy=accuracy,
+                                           predictions=predictions))
+    return path
+
+
+def _rows(path, **kwargs):
+    """Leaderboard rows by method; their CSV must pass validate (its rules agree with the statistics)."""
+    rows = aggregate(path, bootstrap=1000, **kwargs)
+    write_csv(rows, path.with_suffix(".csv"))
+    assert validate_csv(path.with_suffix(".csv")) == []
+    return {r["method"]: r for r in rows}
+
+
+def test_sign_flip_is_exact_on_small_samples():
+    rng = np.random.default_rng(3)
+    differences = np.round(rng.normal(0.02, 0.05, 10) * 75) / 75
+    differences[[2, 7]] = 0  # zero differences carry no sign
+    nonzero = np.abs(differences[differences != 0])
+    brute = np.mean([abs(np.dot(signs, nonzero)) >= abs(nonzero @ np.sign(differences[differences != 0])) - 1e-12
+                     for signs in itertools.product([-1, 1], repeat=len(nonzero))])
+    assert sign_flip_p(differences) == pytest.approx(brute)
+    assert sign_flip_p([0.1] * 8) == pytest.approx(2 / 2 ** 8)
+    assert sign_flip_p([0.0] * 5) == 1.0
+
+
+def test_holm_on_a_known_list():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.2, 0.9]) == pytest.approx([1.0, 0.6, 1.0])
+    assert holm([0.001]) == [0.001]
+
+
+def test_planted_difference_is_found_and_identical_methods_share_a_group(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.9, 100)
+    noise = rng.normal(0, 0.03, 100)
+    path = _store(tmp_path / "planted.sqlite", {
+        "full_ft": [(b, [0, 1, 2]) for b in base],
+        "better": [(b + 0.03 + e, [0, 1, 1]) for b, e in zip(base, noise)],
+        "twin": [(b, [0, 1, 2]) for b in base]})
+    rows = _rows(path)
+    better, twin, full_ft = rows["better"], rows["twin"], rows["full_ft"]
+    assert better["delta_vs_ref"] == pytest.approx(0.03 + noise.mean(), abs=1e-4)
+    assert 0 < better["delta_ci95_low"] < 0.03 < better["delta_ci95_high"]
+    assert better["p_holm"] < 0.05 and better["rank_group"] == 1
+    assert twin["p_value"] == 1.0 and twin["p_holm"] == 1.0 and twin["delta_vs_ref"] == 0
+    assert (full_ft["rank_group"], twin["rank_group"]) == (2, 2)
+    assert full_ft["beaten_by"] == twin["beaten_by"] == "better"
+    assert "indistinguishable:twin(100.0%)" in full_ft["flags"] and "indistinguishable:full_ft(100.0%)" in twin["flags"]
+    assert "indistinguishable" not in (better["flags"] or "")  # 2 of 3 predictions agree
+
+
+def test_saturated_cells(tmp_path):
+    high = _rows(_store(tmp_path / "high.sqlite", {"full_ft": [(0.98, [0])] * 5, "lora": [(0.99, [1])] * 5}))
+    assert all("saturated" in r["flags"] for r in high.values())
+    spread = {"full_ft": [(a, [0]) for a in (0.5, 0.9, 0.6, 0.8)], "lora": [(a, [1]) for a in (0.51, 0.9, 0.6, 0.8)]}
+    narrow = _rows(_store(tmp_path / "narrow.sqlite", spread))  # 0.0025 apart, CI half-widths ~0.15
+    assert "saturated" in narrow["lora"]["flags"]
+    wide = _rows(_store(tmp_path / "wide.sqlite", {"full_ft": [(0.5, [0])] * 5, "lora": [(0.9, [1])] * 5}))
+    assert wide["lora"]["flags"] is None
+
+
+def test_a_nested_episode_set_is_compared_on_its_common_episodes(tmp_path):
+    full = [(0.5 + 0.02 * i, [0]) for i in range(20)]
+    path = _store(tmp_path / "nested.sqlite", {"full_ft": full, "short": [(a + 0.1, p) for a, p in full[:10]]},
+                  planned=20)
+    rows = _rows(path)
+    short, full_ft = rows["short"], rows["full_ft"]
+    assert short["episodes"] == 10 and short["episodes_planned"] == 20
+    assert short["acc_mean"] == full_ft["acc_mean"] == pytest.approx(0.69)  # unpaired means over 10 vs 20 episodes
+    assert short["delta_vs_ref"] == pytest.approx(0.1)  # paired, on the 10 common episodes
+    assert short["p_value"] == pytest.approx(2 / 2 ** 10, abs=1e-6) and full_ft["beaten_by"] == "short"
+    assert {"mixed-episodes", "unfinished(10/20)"} <= set(short["flags"].split(";"))
+    assert "unfinished" not in full_ft["flags"] and "mixed-episodes" in full_ft["flags"]
+
+
+def test_a_cell_without_the_reference_says_so(tmp_path):
+    rows = _rows(_store(tmp_path / "noref.sqlite", {"lora": [(0.5, [0])] * 3, "protonet": [(0.6, [1])] * 3}))
+    for row in rows.values():
+        assert row["ref_method"] is None and row["delta_vs_ref"] is None and row["p_holm"] is None
+        assert "no-reference" in row["flags"]
+
+
+def test_power_formulas():
+    assert episodes_needed(0.05, 0.01, power=0.8) == math.ceil(((1.959964 + 0.841621) * 5) ** 2) == 197
+    assert detectable_difference(0.05, 197) == pytest.approx(0.01, rel=0.01)
+    assert episodes_needed(0.05, 0.02) < episodes_needed(0.05, 0.01) < episodes_needed(0.05, 0.01, power=0.9)
+
+
+def test_power_command_on_a_planted_sd(tmp_path, capsys):
+    differences = [0.02 + 0.05 * (-1) ** i for i in range(20)]
+    sd = float(np.std(differences, ddof=1))
+    path = _store(tmp_path / "power.sqlite", {"full_ft": [(0.5, [0])] * 20,
+                                              "lora": [(0.5 + d, [0]) for d in differences]})
+    assert main(["power", "--store", str(path), "--delta", "0.01,0.05", "--power", "0.8"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if "lora > full_ft" in l)
+    assert line.split()[-4:] == ["20", f"{sd:.4f}", str(episodes_needed(sd, 0.01)), str(episodes_needed(sd, 0.05))]
+    assert "normal approximation" in out
+    rows = _rows(path)
+    assert rows["lora"]["detectable_diff"] == pytest.approx(detectable_difference(sd, 20), abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [(["--delta", "0.01,x"], "--delta expects"),
+                                           (["--delta", "2"], "--delta values must be in (0, 1]"),
+                                           (["--power", "1.5"], "--power must be between 0 and 1")])
+def test_power_bad_input(tmp_path, capsys, argv, message):
+    path = _store(tmp_path / "p.sqlite", {"full_ft": [(0.5, [0])] * 3, "lora": [(0.6, [0])] * 3})
+    assert main(["power", "--store", str(path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,169 @@
+"""fewshot-bench tune: planted best config found, equal budget per method, validation pool only, run --tuned."""
+import collections
+import json
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+import yaml
+
+from fewshot_bench import harness as harness_module
+from fewshot_bench.cli import main
+from fewshot_bench.config import option
+from fewshot_bench.errors import UserError
+from fewshot_bench.methods import Method, MethodConfig, Predictor
+from fewshot_bench.registry import register_method
+from fewshot_bench.search_space import Choice, Range, SearchSpace
+from fewshot_bench.store import ResultsStore
+
+TUNE = ["tune", "--tasks", "demo_intents", "--n-way", "3", "--k-shot", "2", "--query", "3", "--episodes", "3",
+        "--backbone", "tiny-encoder", "--device", "cpu"]
+
+
+@dataclass
+class PlantedConfig(MethodConfig):
+    shift: int = option(1, help="predicted label = bag-of-words nearest centroid + shift (mod N); 0 is best")
+    noise: int = option(1, help="irrelevant knob")
+
+
+class Planted(Method):
+    """Bag-of-words nearest centroid of the support texts, its labels rotated by ``shift``: shift 0 is clearly best."""
+    name = "planted"
+    config_class = PlantedConfig
+    search_space = SearchSpace({"shift": Choice((1, 2, 0)), "noise": Range(1, 2, integer=True)}, cost=("shift",))
+
+    def adapt(self, ctx):
+        vocab = {w for text in ctx.support_texts for w in text.lower().split()}
+        index = {w: i for i, w in enumerate(sorted(vocab))}
+
+        def bag(texts):
+            out = torch.zeros(len(texts), len(index) + 1)
+            for row, text in enumerate(texts):
+                for w in text.lower().split():
+                    out[row, index.get(w, len(index))] += 1.0
+            return torch.nn.functional.normalize(out, dim=1)
+
+        labels = ctx.support.labels.cpu()
+        centroids = torch.stack([bag(ctx.support_texts)[labels == c].mean(0) for c in range(ctx.n_way)])
+        query_texts = list(ctx.episode.query_texts)  # the harness predicts exactly this episode's query set
+
+        def predict(batch):
+            logits = bag(query_texts) @ centroids.T
+            return torch.roll(logits, shifts=self.config.shift, dims=1)
+
+        return Predictor(predict, 0)
+
+
+@pytest.fixture(autouse=True)
+def planted(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
+    register_method("planted", Planted, overwrite=True)
+
+
+def _trials(store):
+    with ResultsStore(store) as opened:
+        return opened.trials()
+
+
+def test_planted_best_config_is_found_and_stored(tmp_path):
+    store, out = tmp_path / "s.sqlite", tmp_path / "tuned.yaml"
+    assert main(TUNE + ["--methods", "planted", "--trials", "6", "--sampler", "grid", "--store", str(store),
+                        "--out", str(out)]) == 0
+    entry = yaml.safe_load(out.read_text())["settings"]["demo_intents/fold1/3way2shot3q"]["planted"]
+    assert entry["tuned"] and entry["overrides"]["shift"] == 0
+    rows = _trials(store)
+    assert len(rows) == 6 and sum(r["chosen"] for r in rows) == 1
+    best = max(r["accuracy"] for r in rows)
+    chosen = next(r for r in rows if r["chosen"])
+    assert chosen["accuracy"] == best > max(r["accuracy"] for r in rows if r["config"]["shift"] != 0)
+    assert all(r["acc_ci95_low"] <= r["accuracy"] <= r["acc_ci95_high"] and r["wall_seconds"] > 0 for r in rows)
+
+
+def test_every_method_gets_the_same_trials_and_episodes(tmp_path):
+    store = tmp_path / "s.sqlite"
+    assert main(TUNE + ["--methods", "planted,linear_probe,protonet", "--trials", "3", "--store", str(store),
+                        "--out", str(tmp_path / "t.yaml")]) == 0
+    rows = _trials(store)
+    per_method = collections.Counter(r["method"] for r in rows)
+    assert per_method == {"planted": 3, "linear_probe": 3, "protonet": 1}  # protonet: no space, defaults once
+    assert {r["state"] for r in rows if r["method"] == "protonet"} == {"untuned"}
+    assert {r["episodes"] for r in rows} == {3}
+    assert len({r["episode_set_sha256"] for r in rows}) == 1
+
+
+def test_tune_draws_validation_episodes_only(tmp_path, monkeypatch):
+    seen = []
+    real = harness_module.run_episode
+
+    def spy(method, episode, *args, **kwargs):
+        seen.append(episode)
+        return real(method, episode, *args, **kwargs)
+
+    monkeypatch.setattr(harness_module, "run_episode", spy)
+    assert main(TUNE + ["--methods", "planted", "--trials", "2", "--store", str(tmp_path / "s.sqlite"),
+                        "--out", str(tmp_path / "t.yaml")]) == 0
+    from fewshot_bench.data import get_task_data
+    from fewshot_bench.episodes import sample_episode
+
+    data = get_task_data("demo_intents")
+    target = {sample_episode(data, pool="target", n_way=3, k_shot=2, q_query=3, seed=0, index=i).fingerprint
+              for i in range(50)}
+    assert len(seen) == 6 and {e.pool for e in seen} == {"validation"}
+    assert not {e.fingerprint for e in seen} & target
+    assert set().union(*(e.classes for e in seen)) <= set(data.pools["validation"].classes)
+
+
+def test_run_tuned_uses_the_chosen_config_per_setting(tmp_path, capsys):
+    tuned = tmp_path / "tuned.yaml"
+    assert main(TUNE + ["--methods", "planted,protonet", "--trials", "4", "--store", str(tmp_path / "t.sqlite"),
+                        "--out", str(tuned)]) == 0
+    chosen = yaml.safe_load(tuned.read_text())["settings"]["demo_intents/fold1/3way2shot3q"]["planted"]["config"]
+
+    def run(k_shot, store):
+        return main(["run", "--tasks", "demo_intents", "--methods", "planted,protonet", "--n-way", "3", "--k-shot",
+                     k_shot, "--query", "3", "--episodes", "2", "--backbone", "tiny-encoder", "--device", "cpu",
+                     "--store", str(store), "--out", "", "--tuned", str(tuned)])
+
+    store = tmp_path / "run.sqlite"
+    assert run("2", store) == 0
+    with ResultsStore(store) as opened:
+        rows = opened.episodes()
+        configs = [json.loads(r["config_json"]) for r in opened.runs()]
+    assert collections.Counter(r["method"] for r in rows) == {"planted[tuned]": 2, "protonet": 2}
+    assert {r["setting"] for r in rows} == {"demo_intents/fold1/3way2shot3q"}
+    assert configs[0]["tuned"] == str(tuned)
+    from fewshot_bench.store import config_hash
+
+    planted_hashes = {r["config_hash"] for r in rows if r["method"] == "planted[tuned]"}
+    assert planted_hashes == {config_hash({"method": "planted", "config": chosen, "seed": 0, "backbone": "tiny-encoder",
+                                           "source_task": None})}
+    # a setting the file has no config for: one line, exit 2, nothing written
+    missing = tmp_path / "missing.sqlite"
+    assert run("1", missing) == 2
+    assert "has no config for planted on demo_intents/fold1/3way1shot3q" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_missing_optuna_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    assert main(TUNE + ["--methods", "planted", "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "pip install 'fewshot-bench[tune]'" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_search_space_declarations():
+    from fewshot_bench.spec import method_from_spec
+
+    for name in ("full_ft", "lora", "sgg", "sgg-no-dir", "sgg-no-mag", "sgg-no-align", "maml", "fomaml", "linear_probe"):
+        cls = type(method_from_spec(name))
+        cls.search_space.check(cls.config_class, name)
+    assert method_from_spec("protonet").search_space is None
+    assert "lambda_dir" not in method_from_spec("sgg-no-dir").search_space.fields
+    space = SearchSpace({"a": Choice((1, 2)), "b": Range(1, 3, integer=True)})
+    assert space.grid() == {"a": [1, 2], "b": [1, 2, 3]}
+    assert SearchSpace({"a": Range(1e-3, 1.0, log=True)}).grid() is None
+    with pytest.raises(UserError, match="does not have"):
+        SearchSpace({"nope": Choice((1,))}).check(PlantedConfig, "planted")
+    with pytest.raises(ValueError):
+        Range(0.0, 1.0, log=True)
