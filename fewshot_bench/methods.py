@@ -298,6 +298,7 @@ for _name, _target in {
     "lora": "fewshot_bench.baselines.lora:LoRA",
     "protonet": "fewshot_bench.baselines.protonet:PrototypicalNetwork",
     "linear_probe": "fewshot_bench.baselines.linear_probe:LinearProbe",
+    "setfit": "fewshot_bench.baselines.setfit:SetFit",
     "maml": "fewshot_bench.baselines.maml:MAML",
     "fomaml": "fewshot_bench.baselines.maml:FOMAML",
     "sgg": "fewshot_bench.sgg:SGG",
