@@ -44,6 +44,10 @@ class SetFitConfig(MethodConfig):
     head_max_iter: int = option(1000, help="solver (lbfgs) iterations of the head")
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """UserError naming the first out-of-range field (also run when a method is built with overrides)."""
         for name in ("num_iterations", "num_epochs", "batch_size", "head_max_iter"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"setfit config field '{name}' is {getattr(self, name)}; use an integer >= 1")
@@ -98,6 +102,11 @@ def sentence_encoder(ctx: EpisodeContext, model: torch.nn.Module):
 class SetFit(Method):
     name = "setfit"
     config_class = SetFitConfig
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.config.validate()
+        import_setfit()  # a missing extra fails before any episode runs
 
     @staticmethod
     def search_space(trial) -> dict:
