@@ -127,6 +127,7 @@ def label_log_likelihoods(model: torch.nn.Module, contexts: Sequence[List[int]],
 class InContextLearning(Method):
     name = "icl"
     config_class = ICLConfig
+    opt_in = True  # decoder backbones only
 
     def __init__(self, config=None):
         super().__init__(config)

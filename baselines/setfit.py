@@ -102,6 +102,7 @@ def sentence_encoder(ctx: EpisodeContext, model: torch.nn.Module):
 class SetFit(Method):
     name = "setfit"
     config_class = SetFitConfig
+    opt_in = True  # an optional extra: `--methods all` must run without it
 
     def __init__(self, config=None):
         super().__init__(config)

@@ -57,6 +57,7 @@ class Method:
     protocol: ClassVar[str] = "target-only"  # or "source-guided" (uses source-pool data while adapting), "meta-trained"
     attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
     search_space: ClassVar[Optional[SearchSpace]] = None  # what ``tune`` may choose; None: runs its defaults
+    opt_in: ClassVar[bool] = False  # True: run only when named, not by `--methods all` (optional extra, backbone kind)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -192,6 +193,11 @@ class MetaContext(_Shared):
         self.source_episode = source_episodes
         self.validation_episode = validation_episodes
         self.cache_dir = cache_dir
+
+
+def default_method_names() -> List[str]:
+    """What ``--methods all`` runs: every registered method except the opt-in ones."""
+    return [name for name in METHODS.names() if not getattr(METHODS.get(name), "opt_in", False)]
 
 
 def method_from_spec(spec: str, overrides: Optional[Dict[str, object]] = None) -> Method:

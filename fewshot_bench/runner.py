@@ -25,7 +25,6 @@ from .episodes import Setting, parse_n_way, parse_shot
 from .errors import UserError
 from .outputs import check_writable
 from .progress import Progress
-from .registry import METHODS
 from .sealed import SourcePool
 from .task import BUILTIN_TASKS_DIR, get_task_config
 
@@ -38,7 +37,7 @@ class RunConfig:
     tasks: List[str] = option(factory=list, help="task names (target tasks)")
     settings: List[dict] = option(factory=list, help="explicit {task, source_task} pairs (cross-dataset suites)")
     source_task: Optional[str] = option(None, help="draw source-pool data from this task for every target task")
-    methods: object = option("all", help="method names or 'all' (every registered method)")
+    methods: object = option("all", help="method names or 'all' (every registered method except opt-in ones: setfit, icl)")
     n_way: List = option(factory=lambda: [5], help="classes per episode (list), or 'all'")
     k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list); 'MIN-MAX' for variable shot")
     query: int = option(15, help="queries per class", low=1)
@@ -201,7 +200,7 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     autocast = autocast_dtype(device, config.bf16)
-    names = METHODS.names() if config.methods == "all" or config.methods == ["all"] else _split(config.methods)
+    names = methods_module.default_method_names() if config.methods == "all" or config.methods == ["all"] else _split(config.methods)
     overrides = _method_overrides(config)
     tuned = None
     if config.tuned:
