@@ -48,3 +48,16 @@ def test_setfit_search_space_names_config_fields():
     overrides = method.search_space(trial)
     tuned = method_from_spec("setfit", overrides)
     assert {k: getattr(tuned.config, k) for k in overrides} == overrides
+
+
+def test_sentence_encoder_wraps_the_given_model_with_the_backbones_pooling(tiny_backbone, demo_episode):
+    from fewshot_bench.baselines.setfit import sentence_encoder
+    from fewshot_bench.methods import EpisodeContext
+
+    ctx = EpisodeContext(tiny_backbone, demo_episode, seed=0)
+    model = ctx.fresh_model().eval()
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)  # not the pristine weights: the wrapper must use this very model
+        encoded = sentence_encoder(ctx, model).encode(list(demo_episode.query_texts), convert_to_tensor=True)
+        embedded = tiny_backbone.embed(model, tiny_backbone.tokenize(demo_episode.query_texts))
+    assert torch.allclose(encoded.cpu(), embedded.cpu(), atol=1e-5)
