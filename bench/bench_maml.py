@@ -1,6 +1,6 @@
 """Seconds per MAML / FOMAML meta-step (torch.func implementation) vs a naive one (deepcopy + autograd.grad).
 
-    python bench/bench_maml.py [--data-dir ../shared/data] [--repeats 3] [--json out.json]
+    python bench/bench_maml.py [--data-dir ../shared/data] [--repeats 3] [--rows LABEL,...] [--json out.json]
 
 Setting: MiniLM, banking77 source pool, one 5-way 5-shot episode with 5 queries, 3 inner steps,
 meta_batch 1. The comparison with the naive implementation uses adapt_params=all (every backbone tensor is
@@ -160,7 +160,10 @@ def run(args) -> List[dict]:
     episode = sample_episode(data, pool="source", n_way=5, k_shot=5, q_query=5, seed=0, index=0)
     backbones = {}
     results = []
+    wanted = [r.strip() for r in args.rows.split(",")] if args.rows else None
     for label, impl, first_order, overrides in _rows():
+        if wanted is not None and label not in wanted:
+            continue
         cfg = MAMLConfig(**{"inner_steps": 3, "meta_batch": 1, **overrides})
         attn = (FOMAML if first_order else MAML).attn_implementation
         if attn not in backbones:
@@ -223,6 +226,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed meta-steps per row, after one warm-up")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--rows", help="comma-separated row labels to time, e.g. 'maml,maml learn2learn' (default: all)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
