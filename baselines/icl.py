@@ -8,6 +8,7 @@ Contract:
   has one. The whitespace before ``{label}`` is tokenized with the label word.
 - Label words are the episode's class names with ``_`` read as spaces. Demonstrations are in a seeded
   order (the episode seed); when the prompt exceeds the token budget, the first ones are dropped.
+- Each query costs one forward pass per class (prompt + that class's label word), batched.
 - A class's score is the summed log-probability of its label word's tokens after the query prompt,
   from the decoder's hidden states times its (tied) input embedding matrix; logits are the log-softmax
   over classes. ``calibration: contextual`` (Zhao et al., 2021) divides the class probabilities by those
@@ -144,6 +145,8 @@ class InContextLearning(Method):
             raise UserError(f"method 'icl' scores label words through tied input/output embeddings; backbone "
                             f"'{backbone.name}' has untied ones")
         limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if not (cfg.max_prompt_tokens or limit):
+            raise UserError(f"backbone '{backbone.name}' states no position limit; set icl's max_prompt_tokens")
         budget = cfg.max_prompt_tokens or int(limit)
         builder = PromptBuilder(backbone.tokenizer, get_task_config(ctx.episode.task).prompt_template,
                                 ctx.episode.classes)
