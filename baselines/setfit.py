@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from fewshot_bench.config import option
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
+from fewshot_bench.search_space import Range, SearchSpace
 
 _POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 
@@ -109,15 +110,8 @@ class SetFit(Method):
         self.config.validate()
         import_setfit()  # a missing extra fails before any episode runs
 
-    @staticmethod
-    def search_space(trial) -> dict:
-        """Config overrides for one optuna ``trial`` (the tuning command's search space)."""
-        return {
-            "num_iterations": trial.suggest_int("num_iterations", 2, 20),
-            "num_epochs": trial.suggest_int("num_epochs", 1, 3),
-            "body_lr": trial.suggest_float("body_lr", 1e-6, 1e-4, log=True),
-            "head_C": trial.suggest_float("head_C", 1e-2, 1e2, log=True),
-        }
+    search_space = SearchSpace({"num_iterations": Range(2, 20, integer=True), "num_epochs": Range(1, 3, integer=True),
+                                "body_lr": Range(1e-6, 1e-4, log=True), "head_C": Range(1e-2, 1e2, log=True)})
 
     def adapt(self, ctx: EpisodeContext) -> Predictor:
         setfit, _ = import_setfit()

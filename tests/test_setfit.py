@@ -45,7 +45,8 @@ def test_setfit_search_space_names_config_fields():
     optuna = pytest.importorskip("optuna")
     method = method_from_spec("setfit")
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    overrides = method.search_space(trial)
+    method.search_space.check(type(method.config), "setfit")
+    overrides = method.search_space.suggest(trial)
     tuned = method_from_spec("setfit", overrides)
     assert {k: getattr(tuned.config, k) for k in overrides} == overrides
 
