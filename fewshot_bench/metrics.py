@@ -6,6 +6,9 @@ Definitions (g_t: step gradient flattened over trainable parameters, θ_t: train
   path_efficiency       = ‖θ_T − θ_0‖ / Σ_t ‖θ_{t+1} − θ_t‖
   source_alignment      = mean_t cos(g_t, g_src,t)   (when a source-task gradient is given)
   final_loss            = task loss at the last step; diverged = any non-finite loss or gradient
+
+Inner products and norms are accumulated in float64: products of float32 entries below ~1e-19 underflow in
+float32 (a near-zero g_src, e.g. the prototype loss of a one-shot batch, would otherwise give |cos| > 1).
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ def query_scores(labels: Sequence[int], predictions: Sequence[int]) -> Dict[str,
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    """‖concat(tensors)‖ without concatenating (one fused pass)."""
-    norms = torch._foreach_norm([t.float() for t in tensors]) if tensors else []
+    """‖concat(tensors)‖ without concatenating (one fused pass, accumulated in float64)."""
+    norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float64) if tensors else []
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
@@ -39,21 +42,22 @@ SLICE = 1 << 18
 
 
 def _slices(*tensors: torch.Tensor):
-    """Aligned cache-sized slices of equally shaped tensors (flat views; each tensor read once in order)."""
+    """Aligned cache-sized slices of equally shaped tensors, flattened in logical order (views of contiguous
+    tensors, copies of others: write only into contiguous ones); each tensor read once in order."""
     flat = [t.reshape(-1) for t in tensors]
     for start in range(0, flat[0].numel(), SLICE):
         yield [f[start:start + SLICE] for f in flat]
 
 
 def _total(parts: List[torch.Tensor]) -> float:
-    return float(torch.stack(parts).double().sum()) if parts else 0.0
+    return float(torch.stack(parts).sum()) if parts else 0.0
 
 
 class GradientRecorder:
     """Called once per optimisation step (after backward, before the optimizer step) by gradient-based methods.
 
-    Works tensor by tensor (no flattened copies): it keeps θ_0, θ_{t-1} and g_{t-1} and updates the last two in
-    one cache-blocked pass each per step.
+    Works tensor by tensor (no flattened copies): it keeps θ_0, θ_{t-1} and g_{t-1} (contiguous copies, whatever
+    the strides of the parameters) and updates the last two in one cache-blocked pass each per step.
     """
 
     def __init__(self):
@@ -84,13 +88,13 @@ class GradientRecorder:
         loss_value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
         self.params = params  # the latest tensors (live views when the optimizer updates in place)
         if self._theta0 is None:
-            self._theta0 = [p.detach().clone() for p in params]
-            self._theta_prev = [p.detach().clone() for p in params]
+            self._theta0 = [p.clone(memory_format=torch.contiguous_format) for p in params]
+            self._theta_prev = [p.clone(memory_format=torch.contiguous_format) for p in params]
         else:
             self.path_length += math.sqrt(self._step_sq_and_advance(params))
         first = self._grad_prev is None
         if first:
-            self._grad_prev = [torch.empty_like(g) for g in grads]
+            self._grad_prev = [torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads]
         sq, sq_shared, dot_prev, dot_src, sq_src = self._gradient_pass(grads, source_grads, first)
         norm = math.sqrt(sq)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
@@ -109,7 +113,7 @@ class GradientRecorder:
             for prev_s, cur_s in _slices(prev, current):
                 if scratch.numel() < prev_s.numel() or scratch.dtype != prev_s.dtype or scratch.device != prev_s.device:
                     scratch = torch.empty(SLICE, dtype=prev_s.dtype, device=prev_s.device)
-                delta = torch.sub(cur_s, prev_s, out=scratch[: prev_s.numel()]).float()
+                delta = torch.sub(cur_s, prev_s, out=scratch[: prev_s.numel()]).double()
                 parts.append(torch.dot(delta, delta))
                 prev_s.copy_(cur_s)
         return _total(parts)
@@ -122,13 +126,15 @@ class GradientRecorder:
             tensors = (g, prev) + ((source[i].detach().float(),) if i < shared else ())
             for sl in _slices(*tensors):
                 g_s, prev_s = sl[0], sl[1]
+                g64 = g_s.double()
                 if not first:
-                    dot_prev.append(torch.dot(prev_s, g_s))
-                sq.append(torch.dot(g_s, g_s))
+                    dot_prev.append(torch.dot(prev_s.double(), g64))
+                sq.append(torch.dot(g64, g64))
                 if i < shared:
+                    src64 = sl[2].double()
                     sq_shared.append(sq[-1])
-                    dot_src.append(torch.dot(g_s, sl[2]))
-                    sq_src.append(torch.dot(sl[2], sl[2]))
+                    dot_src.append(torch.dot(g64, src64))
+                    sq_src.append(torch.dot(src64, src64))
                 prev_s.copy_(g_s)
         return _total(sq), _total(sq_shared), _total(dot_prev), _total(dot_src), _total(sq_src)
 
