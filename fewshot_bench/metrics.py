@@ -49,6 +49,14 @@ def _slices(*tensors: torch.Tensor):
         yield [f[start:start + SLICE] for f in flat]
 
 
+def _wide(scratch: Optional[torch.Tensor], rows: int, device: torch.device) -> torch.Tensor:
+    """``scratch`` if it is a float64 [rows, SLICE] buffer on ``device``, else a new one (reused across slices:
+    widening a slice into it costs far less than allocating a float64 copy per slice)."""
+    if scratch is None or scratch.device != device or scratch.shape[0] < rows:
+        scratch = torch.empty(rows, SLICE, dtype=torch.float64, device=device)
+    return scratch
+
+
 def _total(parts: List[torch.Tensor]) -> float:
     return float(torch.stack(parts).sum()) if parts else 0.0
 
@@ -108,12 +116,11 @@ class GradientRecorder:
 
     def _step_sq_and_advance(self, params: List[torch.Tensor]) -> float:
         """‖θ_t − θ_{t-1}‖², and θ_{t-1} ← θ_t."""
-        parts, scratch = [], torch.empty(0)
+        parts, scratch = [], None
         for prev, current in zip(self._theta_prev, params):
             for prev_s, cur_s in _slices(prev, current):
-                if scratch.numel() < prev_s.numel() or scratch.dtype != prev_s.dtype or scratch.device != prev_s.device:
-                    scratch = torch.empty(SLICE, dtype=prev_s.dtype, device=prev_s.device)
-                delta = torch.sub(cur_s, prev_s, out=scratch[: prev_s.numel()]).double()
+                scratch = _wide(scratch, 1, prev_s.device)
+                delta = torch.sub(cur_s, prev_s, out=scratch[0, : prev_s.numel()])
                 parts.append(torch.dot(delta, delta))
                 prev_s.copy_(cur_s)
         return _total(parts)
@@ -122,20 +129,20 @@ class GradientRecorder:
         """(‖g‖², ‖g_shared‖², g·g_{t-1}, g_shared·g_src, ‖g_src‖²), then g_{t-1} ← g; one read of each tensor."""
         sq, sq_shared, dot_prev, dot_src, sq_src = [], [], [], [], []
         shared = len(source) if source is not None else 0
+        scratch = None
         for i, (g, prev) in enumerate(zip(grads, self._grad_prev)):
-            tensors = (g, prev) + ((source[i].detach().float(),) if i < shared else ())
+            tensors = (g, prev) + ((source[i].detach(),) if i < shared else ())
             for sl in _slices(*tensors):
-                g_s, prev_s = sl[0], sl[1]
-                g64 = g_s.double()
+                scratch = _wide(scratch, 3, g.device)
+                g64, prev64, *src64 = [row[: s.numel()].copy_(s) for row, s in zip(scratch, sl)]
                 if not first:
-                    dot_prev.append(torch.dot(prev_s.double(), g64))
+                    dot_prev.append(torch.dot(prev64, g64))
                 sq.append(torch.dot(g64, g64))
-                if i < shared:
-                    src64 = sl[2].double()
+                if src64:
                     sq_shared.append(sq[-1])
-                    dot_src.append(torch.dot(g64, src64))
-                    sq_src.append(torch.dot(src64, src64))
-                prev_s.copy_(g_s)
+                    dot_src.append(torch.dot(g64, src64[0]))
+                    sq_src.append(torch.dot(src64[0], src64[0]))
+                sl[1].copy_(sl[0])
         return _total(sq), _total(sq_shared), _total(dot_prev), _total(dot_src), _total(sq_src)
 
     def summary(self) -> Dict[str, Optional[float]]:
