@@ -11,6 +11,8 @@ BUILTIN_METHODS = {
     "lora": "fewshot_bench.baselines.lora:LoRA",
     "protonet": "fewshot_bench.baselines.protonet:PrototypicalNetwork",
     "linear_probe": "fewshot_bench.baselines.linear_probe:LinearProbe",
+    "setfit": "fewshot_bench.baselines.setfit:SetFit",
+    "icl": "fewshot_bench.baselines.icl:InContextLearning",
     "maml": "fewshot_bench.baselines.maml:MAML",
     "fomaml": "fewshot_bench.baselines.maml:FOMAML",
     "sgg": "fewshot_bench.sgg:SGG",

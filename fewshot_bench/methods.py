@@ -50,6 +50,7 @@ class Method:
     protocol: ClassVar[str] = "target-only"  # or "source-guided" (uses source-pool data while adapting), "meta-trained"
     attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
     search_space: ClassVar[Optional[SearchSpace]] = None  # what ``tune`` may choose; None: runs its defaults
+    opt_in: ClassVar[bool] = False  # True: run only when named, not by `--methods all` (optional extra, backbone kind)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()

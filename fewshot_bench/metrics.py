@@ -6,6 +6,9 @@ Definitions (g_t: step gradient flattened over trainable parameters, θ_t: train
   path_efficiency       = ‖θ_T − θ_0‖ / Σ_t ‖θ_{t+1} − θ_t‖
   source_alignment      = mean_t cos(g_t, g_src,t)   (when a source-task gradient is given)
   final_loss            = task loss at the last step; diverged = any non-finite loss or gradient
+
+Inner products and norms are accumulated in float64: products of float32 entries below ~1e-19 underflow in
+float32 (a near-zero g_src, e.g. the prototype loss of a one-shot batch, would otherwise give |cos| > 1).
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ def query_scores(labels: Sequence[int], predictions: Sequence[int]) -> Dict[str,
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    """‖concat(tensors)‖ without concatenating (one fused pass)."""
-    norms = torch._foreach_norm([t.float() for t in tensors]) if tensors else []
+    """‖concat(tensors)‖ without concatenating (one fused pass, accumulated in float64)."""
+    norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float64) if tensors else []
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
@@ -39,21 +42,30 @@ SLICE = 1 << 18
 
 
 def _slices(*tensors: torch.Tensor):
-    """Aligned cache-sized slices of equally shaped tensors (flat views; each tensor read once in order)."""
+    """Aligned cache-sized slices of equally shaped tensors, flattened in logical order (views of contiguous
+    tensors, copies of others: write only into contiguous ones); each tensor read once in order."""
     flat = [t.reshape(-1) for t in tensors]
     for start in range(0, flat[0].numel(), SLICE):
         yield [f[start:start + SLICE] for f in flat]
 
 
+def _wide(scratch: Optional[torch.Tensor], rows: int, device: torch.device) -> torch.Tensor:
+    """``scratch`` if it is a float64 [rows, SLICE] buffer on ``device``, else a new one (reused across slices:
+    widening a slice into it costs far less than allocating a float64 copy per slice)."""
+    if scratch is None or scratch.device != device or scratch.shape[0] < rows:
+        scratch = torch.empty(rows, SLICE, dtype=torch.float64, device=device)
+    return scratch
+
+
 def _total(parts: List[torch.Tensor]) -> float:
-    return float(torch.stack(parts).double().sum()) if parts else 0.0
+    return float(torch.stack(parts).sum()) if parts else 0.0
 
 
 class GradientRecorder:
     """Called once per optimisation step (after backward, before the optimizer step) by gradient-based methods.
 
-    Works tensor by tensor (no flattened copies): it keeps θ_0, θ_{t-1} and g_{t-1} and updates the last two in
-    one cache-blocked pass each per step.
+    Works tensor by tensor (no flattened copies): it keeps θ_0, θ_{t-1} and g_{t-1} (contiguous copies, whatever
+    the strides of the parameters) and updates the last two in one cache-blocked pass each per step.
     """
 
     def __init__(self):
@@ -84,13 +96,13 @@ class GradientRecorder:
         loss_value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
         self.params = params  # the latest tensors (live views when the optimizer updates in place)
         if self._theta0 is None:
-            self._theta0 = [p.detach().clone() for p in params]
-            self._theta_prev = [p.detach().clone() for p in params]
+            self._theta0 = [p.clone(memory_format=torch.contiguous_format) for p in params]
+            self._theta_prev = [p.clone(memory_format=torch.contiguous_format) for p in params]
         else:
             self.path_length += math.sqrt(self._step_sq_and_advance(params))
         first = self._grad_prev is None
         if first:
-            self._grad_prev = [torch.empty_like(g) for g in grads]
+            self._grad_prev = [torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads]
         sq, sq_shared, dot_prev, dot_src, sq_src = self._gradient_pass(grads, source_grads, first)
         norm = math.sqrt(sq)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
@@ -104,12 +116,11 @@ class GradientRecorder:
 
     def _step_sq_and_advance(self, params: List[torch.Tensor]) -> float:
         """‖θ_t − θ_{t-1}‖², and θ_{t-1} ← θ_t."""
-        parts, scratch = [], torch.empty(0)
+        parts, scratch = [], None
         for prev, current in zip(self._theta_prev, params):
             for prev_s, cur_s in _slices(prev, current):
-                if scratch.numel() < prev_s.numel() or scratch.dtype != prev_s.dtype or scratch.device != prev_s.device:
-                    scratch = torch.empty(SLICE, dtype=prev_s.dtype, device=prev_s.device)
-                delta = torch.sub(cur_s, prev_s, out=scratch[: prev_s.numel()]).float()
+                scratch = _wide(scratch, 1, prev_s.device)
+                delta = torch.sub(cur_s, prev_s, out=scratch[0, : prev_s.numel()])
                 parts.append(torch.dot(delta, delta))
                 prev_s.copy_(cur_s)
         return _total(parts)
@@ -118,18 +129,20 @@ class GradientRecorder:
         """(‖g‖², ‖g_shared‖², g·g_{t-1}, g_shared·g_src, ‖g_src‖²), then g_{t-1} ← g; one read of each tensor."""
         sq, sq_shared, dot_prev, dot_src, sq_src = [], [], [], [], []
         shared = len(source) if source is not None else 0
+        scratch = None
         for i, (g, prev) in enumerate(zip(grads, self._grad_prev)):
-            tensors = (g, prev) + ((source[i].detach().float(),) if i < shared else ())
+            tensors = (g, prev) + ((source[i].detach(),) if i < shared else ())
             for sl in _slices(*tensors):
-                g_s, prev_s = sl[0], sl[1]
+                scratch = _wide(scratch, 3, g.device)
+                g64, prev64, *src64 = [row[: s.numel()].copy_(s) for row, s in zip(scratch, sl)]
                 if not first:
-                    dot_prev.append(torch.dot(prev_s, g_s))
-                sq.append(torch.dot(g_s, g_s))
-                if i < shared:
+                    dot_prev.append(torch.dot(prev64, g64))
+                sq.append(torch.dot(g64, g64))
+                if src64:
                     sq_shared.append(sq[-1])
-                    dot_src.append(torch.dot(g_s, sl[2]))
-                    sq_src.append(torch.dot(sl[2], sl[2]))
-                prev_s.copy_(g_s)
+                    dot_src.append(torch.dot(g64, src64[0]))
+                    sq_src.append(torch.dot(src64[0], src64[0]))
+                sl[1].copy_(sl[0])
         return _total(sq), _total(sq_shared), _total(dot_prev), _total(dot_src), _total(sq_src)
 
     def summary(self) -> Dict[str, Optional[float]]:

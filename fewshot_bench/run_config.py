@@ -26,7 +26,7 @@ class RunConfig:
     settings: List[dict] = option(factory=list, help="explicit {task, source_task} pairs (cross-dataset suites)")
     source_task: Optional[str] = option(None, help="draw source-pool data from this task for every target task")
     methods: object = option("all", help="method specs (NAME or NAME(field=value,...)) or 'all' (every registered "
-                                         "method)")
+                                         "method except opt-in ones: setfit, icl)")
     n_way: List = option(factory=lambda: [5], help="classes per episode (list), or 'all'")
     k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list); 'MIN-MAX' for variable shot")
     query: int = option(15, help="queries per class", low=1)
@@ -134,7 +134,12 @@ def method_specs(config: RunConfig) -> Dict[str, Dict[str, str]]:
 
 
 def spec_list(methods) -> List[str]:
-    """The method specs of a ``methods`` value: 'all' (every registered method), "a,b(x=1)" or a list."""
+    """The method specs of a ``methods`` value: 'all' (:func:`default_method_names`), "a,b(x=1)" or a list."""
     if methods in ("all", ["all"]):
-        return METHODS.names()
+        return default_method_names()
     return split_specs(methods) if isinstance(methods, str) else [str(v).strip() for v in methods]
+
+
+def default_method_names() -> List[str]:
+    """What ``--methods all`` runs: every registered method except the opt-in ones (``Method.opt_in``)."""
+    return [name for name in METHODS.names() if not getattr(METHODS.get(name), "opt_in", False)]

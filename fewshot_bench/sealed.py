@@ -26,12 +26,14 @@ class EpisodeView:
     support_texts: tuple
     support_labels: tuple
     query_texts: tuple
+    task: str = ""  # the task's name (its card: e.g. the prompt template of in-context learning)
 
     @classmethod
     def of(cls, episode: Episode) -> "EpisodeView":
         return cls(n_way=episode.n_way, k_shot=episode.k_shot, q_query=episode.q_query, classes=episode.classes,
                    support_ids=episode.support_ids, support_texts=episode.support_texts,
-                   support_labels=episode.support_labels, query_texts=episode.query_texts)
+                   support_labels=episode.support_labels, query_texts=episode.query_texts,
+                   task=episode.task)
 
 
 class SourcePool:

@@ -71,6 +71,9 @@ class TaskConfig:
     episodes: EpisodeDefaults = option(factory=EpisodeDefaults, help="default episode settings")
     demo: bool = option(False, help="a demo task written by the project, not a research dataset")
     notes: str = option("", help="anything a user must know (e.g. how pools are formed)")
+    prompt_template: str = option("Input: {text}\nLabel: {label}\n",
+                                  help="in-context learning (method icl): how one example reads in a prompt, with "
+                                       "{text} and then {label} (the class name, '_' read as a space)")
 
 
 def load_card(path: Union[str, Path]) -> TaskConfig:
@@ -109,6 +112,9 @@ def _check(config: TaskConfig, path) -> None:
         raise UserError(f"{path}: pools needs exactly one of class_splits_file, fractions, or explicit source/validation/target lists")
     if pools.class_splits_file and pools.strategy != "classes":
         raise UserError(f"{path}: pools.class_splits_file needs strategy 'classes'")
+    template = config.prompt_template
+    if not (template.count("{text}") == template.count("{label}") == 1 and template.index("{text}") < template.index("{label}")):
+        raise UserError(f"{path}: prompt_template {template!r} needs one {{text}} followed by one {{label}}")
 
 
 def register_cards(directory: Union[str, Path], *, overwrite: bool = False) -> List[str]:

@@ -210,8 +210,8 @@ def test_import_registers_every_builtin_and_adds_no_package_path():
             "print(','.join(f.BACKBONES.names())); print(importlib.util.find_spec('fewshot_bench.bench'))")
     methods, backbones, bench = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                                cwd=HERE, check=True).stdout.split()
-    assert set(methods.split(",")) == {"full_ft", "lora", "protonet", "linear_probe", "maml", "fomaml", "sgg",
-                                       "sgg-no-dir", "sgg-no-mag", "sgg-no-align"}
+    assert set(methods.split(",")) == {"full_ft", "lora", "protonet", "linear_probe", "setfit", "icl", "maml",
+                                       "fomaml", "sgg", "sgg-no-dir", "sgg-no-mag", "sgg-no-align"}
     assert set(backbones.split(",")) >= {"minilm", "tiny-encoder", "tiny-decoder"} and bench == "None"
 
 

@@ -87,6 +87,34 @@ def test_source_gradients_pair_with_leading_parameters():
     assert recorder.summary()["source_alignment"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("scale", [1e-25, 1e-22, 1e-20])
+def test_tiny_gradients_give_exact_cosines(scale):
+    # float32 squares of these entries underflow (zero or a few-bit subnormal): cosines must not leave [-1, 1]
+    src = [[scale * 1.0, scale * 2.0], [scale * 2.0, scale * -1.0]]
+    _, s = _replay([[0.1, 0.0]] * 2, grads=[[3.0, 6.0]] * 2, source=src)
+    assert s["source_alignment"] == pytest.approx((1.0 + 0.0) / 2, abs=1e-9)
+    _, s = _replay([[0.1, 0.0]] * 3, grads=[[scale, 2 * scale], [scale, 2 * scale], [-scale, -2 * scale]])
+    assert s["grad_dir_consistency"] == pytest.approx((1.0 - 1.0) / 2, abs=1e-9)
+    assert s["grad_norm_cv"] == pytest.approx(0.0, abs=1e-9)
+    _, s = _replay([[scale, 0.0], [scale, 0.0], [0.0, scale]])
+    assert s["path_efficiency"] == pytest.approx(math.sqrt(5) / 3, rel=1e-6)
+
+
+def test_non_contiguous_parameters_and_gradients():
+    # a transposed parameter (its .grad has the same strides): the recorder's buffers must still follow it
+    theta = torch.zeros(3, 2).t()
+    recorder = GradientRecorder()
+    for t in range(4):
+        grad = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]] if t % 2 else [[3.0, 0.0, 0.0], [0.0, 0.0, 4.0]])
+        recorder.record(1.0, [theta], grads=[grad.t().contiguous().t()], source_grads=[grad])
+        theta += torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]] if t < 2 else [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    s = recorder.summary()
+    cos = (3.0 + 24.0) / (5.0 * math.sqrt(91.0))  # between the two alternating gradients
+    assert s["grad_dir_consistency"] == pytest.approx(cos)
+    assert s["path_efficiency"] == pytest.approx(math.sqrt(8) / 4)
+    assert s["source_alignment"] == pytest.approx(1.0)
+
+
 def test_default_gradients_are_read_from_params():
     p = torch.nn.Parameter(torch.ones(2))
     recorder = GradientRecorder()

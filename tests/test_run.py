@@ -52,17 +52,16 @@ def test_run_then_leaderboard_then_validate(tmp_path, capsys):
 
 
 def test_main_command_runs_default_suite_on_demo(tmp_path):
-    """`fewshot-bench run` with no data dir: the default suite on the demo task, every registered method."""
+    """`fewshot-bench run` with no data dir: the default suite on the demo task, every registered method except the opt-in ones."""
     store, out = tmp_path / "s.sqlite", tmp_path / "lb.csv"
     assert main(["run", "--limit", "1", "--backbone", "tiny-encoder", "--store", str(store), "--out", str(out)]) == 0
     rows = _rows(out)
-    from fewshot_bench.registry import METHODS
-    from fewshot_bench.run_config import load_suite
+    from fewshot_bench.run_config import default_method_names, load_suite
     from fewshot_bench.spec import method_label, parse_method_config
 
     demo = load_suite("default")["demo"]
     overrides = parse_method_config(demo.get("method_config", []))
-    expected = demo.get("methods", METHODS.names())
+    expected = demo.get("methods", default_method_names())
     assert {r["method"] for r in rows} == {method_label(m, overrides.get(m, {})) for m in expected}
     assert {r["task"] for r in rows} == {"demo_intents"}
     assert {r["k_shot"] for r in rows} == {str(k) for k in demo["k_shot"]}
