@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from fewshot_bench import TASKS, register_task
+from fewshot_bench import METHODS, TASKS, register_task
 from fewshot_bench.cli import main
 from fewshot_bench.data import get_task_data, set_data_dir
 from fewshot_bench.errors import UserError
@@ -222,15 +222,17 @@ def test_class_split_file_naming_absent_classes(tmp_path, capsys):
 
 
 def test_installed_wheel_lists_builtin_tasks(tmp_path):
-    """A non-editable install ships tasks/ and baselines/ under fewshot_bench (built into a target dir)."""
+    """A non-editable install ships tasks/, baselines/ and every subpackage under fewshot_bench (built into a target dir)."""
     from helpers import REPO
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
                     "--target", str(target), str(REPO)], check=True)
-    code = ("import fewshot_bench, fewshot_bench.baselines.full_ft; from fewshot_bench import TASKS; "
-            "print(fewshot_bench.__file__); print(','.join(TASKS.names()))")
+    code = ("import fewshot_bench, fewshot_bench.baselines.full_ft; from fewshot_bench import TASKS, METHODS; "
+            "print(fewshot_bench.__file__); print(','.join(TASKS.names())); "
+            "print(','.join(n for n in METHODS.names() if METHODS.get(n).__module__.startswith('fewshot_bench.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0].startswith(str(target))
     assert {"banking77", "clinc150", "demo_intents", "fewrel", "huffpost", "hwu64", "sst2", "trec", "ag_news"} <= set(out[1].split(","))
+    assert set(out[2].split(",")) == set(METHODS.names())  # every built-in method imports from the wheel
