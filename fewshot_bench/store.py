@@ -174,6 +174,9 @@ class ResultsStore:
             if create:
                 _enable_wal(self.conn)
                 self.conn.execute("PRAGMA synchronous=NORMAL")
+                # One write transaction for the whole schema: a concurrent writer opening the file sees either no
+                # tables or all of them, never 'runs' without 'episodes' (which would read as an unrelated file).
+                self.conn.execute("BEGIN IMMEDIATE")
             with self.conn:
                 if create:
                     for statement in _SCHEMA:

@@ -14,7 +14,7 @@ from fewshot_bench.cli import main
 from fewshot_bench.errors import UserError
 from fewshot_bench.store import EPISODE_COLUMNS, ResultsStore, config_hash
 
-from helpers import committed_rows, record
+from helpers import REPO, committed_rows, record
 
 
 def test_round_trip_and_resume(tmp_path):
@@ -79,7 +79,7 @@ for i in range(10**7):
 def test_killed_writer_leaves_only_complete_rows(tmp_path):
     path = tmp_path / "store.sqlite"
     code = _KILLED_WRITER.format(tests=str(Path(__file__).parent), path=str(path))
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)  # the installed package, not the source tree
     deadline = time.time() + 20
     while time.time() < deadline and committed_rows(path) < 50:
         time.sleep(0.05)
@@ -155,7 +155,8 @@ def test_source_checkout_has_a_version_and_stores_every_episode(tmp_path, monkey
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(store_module.metadata, "version", not_installed)
-    pyproject = (Path(store_module.__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    monkeypatch.setattr(store_module, "__file__", str(REPO / "fewshot_bench" / "store.py"))  # imported from the checkout
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     expected = re.search(r'^version = "(.+)"$', pyproject, re.M).group(1) + "+src"
     assert store_module.package_version() == expected
     with ResultsStore(tmp_path / "store.sqlite") as store:
