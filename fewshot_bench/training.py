@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import option
+from .errors import UserError
 from .methods import EpisodeContext, MethodConfig, Predictor
 from .hashing import derived_seed
 from .search_space import Choice, Range, SearchSpace
@@ -27,10 +28,18 @@ class SupportTrainingConfig(MethodConfig):
     weight_decay: float = option(0.01, help="AdamW weight decay", low=0)
     source_every: int = option(2, help="with a source task: compute g_src (source-pool gradient) every this many "
                                        "steps (0: never; full_ft/lora only measure it, SGG also uses it)", low=0)
-    source_shots: int = option(2, help="source examples per class in the g_src batch (0 = the whole source support)", low=0)
+    source_shots: int = option(2, help="source examples per class in the g_src batch, taken from a source episode's "
+                                       "support then query set (0 = the whole source episode; 1 is refused: the "
+                                       "prototype loss of one example per class is 0)", low=0)
     fused_optimizer: bool = option(True, help="AdamW with PyTorch's fused kernel on CPU/CUDA (one pass per tensor; same "
                                               "update rule, last-bit rounding may differ); false: torch's default "
                                               "implementation")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.source_shots == 1:
+            raise UserError(f"method config {type(self).__name__}: field 'source_shots' must be 0 or >= 2, got 1: "
+                            "with one example per class the source prototype loss, and so g_src, is 0")
 
 
 @dataclass
@@ -86,17 +95,19 @@ def source_gradient(ctx: EpisodeContext, model: nn.Module, params: Sequence[torc
                     shots: int = 2) -> List[torch.Tensor]:
     """g_src: gradient w.r.t. ``params`` of the prototype loss on a source-pool support batch.
 
-    The batch is the support set of source episode ``derived(seed) + step`` cut to ``shots`` examples
-    per class (0: all), so every method of one episode sees the same source batches. It runs under a
+    The batch is source episode ``derived(seed) + step`` (support, then query examples: source-pool labels
+    are training data) cut to ``shots`` examples per class (0: all), so every method of one episode sees
+    the same source batches. A 1-shot source episode thus still gives 2 examples per class at ``shots=2``:
+    with one per class every example is its own prototype and the loss is 0. It runs under a
     forked, seeded RNG: the caller's trajectory (dropout masks) does not change. Parameters the
     source loss does not reach get zeros.
     """
     index = derived_seed(ctx.seed, "source") % 1_000_000 * 1000 + step
     episode = ctx.source_episode(index)
-    batch = ctx.batch(episode, "support")
-    if shots > 0:
-        batch = batch.subset(torch.tensor(first_per_class(episode.support_labels, shots),
-                                          device=batch.input_ids.device))
+    labels = episode.support_labels + episode.query_labels
+    keep = first_per_class(labels, shots) if shots > 0 else range(len(labels))
+    texts = episode.support_texts + episode.query_texts
+    batch = ctx.backbone.tokenize([texts[i] for i in keep], [labels[i] for i in keep])
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derived_seed(ctx.seed, "source", step))

@@ -310,3 +310,44 @@ def test_term_activity_reaches_the_episode_record(backbone, demo, mode):
     assert (bound["sgg_dir_angle"] is None) == (mode == "exact")
     assert {"sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle"} <= set(EPISODE_COLUMNS)
     assert run_episode(FullFineTuning(), episode, backbone, seed=SEED).get("sgg_mag_active") is None
+
+
+
+# ------------------------------------------------------------------------------------------- source batch, float64 dots
+def test_one_shot_source_batches_hold_two_examples_per_class_and_a_nonzero_gradient(backbone, demo):
+    from fewshot_bench.training import source_gradient
+
+    episode, source = demo
+    ctx = EpisodeContext(backbone, episode, SEED, source_episodes=lambda i: source(i, k=1, q=5))  # 1-shot source pool
+    model = ctx.fresh_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    tokenized = []
+    original = backbone.tokenize
+    backbone.tokenize = lambda texts, labels=None: tokenized.append(list(labels)) or original(texts, labels)
+    try:
+        grads = source_gradient(ctx, model, params, 0, shots=2)
+    finally:
+        backbone.tokenize = original
+    assert sorted(tokenized[0].count(c) for c in set(tokenized[0])) == [2] * 5  # support example + first query
+    assert sum(float(g.pow(2).sum()) for g in grads) > 1e-8  # one example per class would give exactly 0
+
+
+def test_source_shots_of_one_is_refused():
+    with pytest.raises(UserError, match="source_shots' must be 0 or >= 2, got 1"):
+        SGGConfig(source_shots=1)
+
+
+def test_gradient_dots_do_not_underflow_on_a_tiny_source_gradient():
+    from fewshot_bench.sgg import gradient_dots
+
+    gen = torch.Generator().manual_seed(0)
+    g, ref = torch.randn(700_000, generator=gen), torch.randn(700_000, generator=gen)
+    src = (g[:600_000] + torch.randn(600_000, generator=gen)) * 1e-24  # float32 squares of 1e-24 underflow to 0
+    d = gradient_dots(g, 600_000, ref, src)
+    g64, r64, s64 = g.double(), ref.double(), src.double()
+    assert d["ss"] == pytest.approx(float(s64 @ s64), rel=1e-9) and d["ss"] > 0
+    assert d["gs"] == pytest.approx(float(g64[:600_000] @ s64), rel=1e-9)
+    assert d["rs"] == pytest.approx(float(r64[:600_000] @ s64), rel=1e-9)
+    assert d["hgr"] == pytest.approx(float(g64[600_000:] @ r64[600_000:]), rel=1e-9)
+    cos = d["gs"] / math.sqrt((d["gg"] - d["hgg"]) * d["ss"])
+    assert cos == pytest.approx(1 / math.sqrt(2), abs=0.01)  # g_src = g_bb + independent noise of equal size

@@ -63,18 +63,38 @@ def regularisers(grads: Sequence[torch.Tensor], n_shared: int, *, ref=None, tau:
     return terms
 
 
-def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Optional[torch.Tensor],
-                  ss: Optional[float] = None) -> Dict[str, float]:
-    """The few inner products everything per step is computed from (one pass over the gradient each):
+SLICE = 1 << 18  # elements per slice of the float64 Gram pass (a few slices fit in a core's cache)
+
+
+def _gram64(vectors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
+    """Gram matrix of ``vectors[i][start:stop]``, accumulated in float64 slice by slice (float32 products of
+    entries below ~1e-19 underflow: a near-zero g_src would give |cos| > 1)."""
+    gram = torch.zeros(len(vectors), len(vectors), dtype=torch.float64, device=vectors[0].device)
+    wide = torch.empty(len(vectors), min(SLICE, max(stop - start, 1)), dtype=torch.float64, device=vectors[0].device)
+    for lo in range(start, stop, SLICE):
+        hi = min(lo + SLICE, stop)
+        for row, v in zip(wide, vectors):
+            row[: hi - lo].copy_(v[lo:hi])
+        block = wide[:, : hi - lo]
+        gram += block @ block.T
+    return gram
+
+
+def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Optional[torch.Tensor]) -> Dict[str, float]:
+    """The few inner products everything per step is computed from, in one float64 pass over the vectors:
     gg, gr, rr, gs, rs, ss, and the head-part (index >= k) ones, so backbone-only norms are gg − head part."""
-    d = {"gg": float(torch.dot(g, g)), "hgg": float(torch.dot(g[k:], g[k:]))}
+    names = ["g"] + (["r"] if ref is not None else [])
+    head = _gram64([g] + ([ref] if ref is not None else []), k, g.numel()).tolist()
+    shared = _gram64([g] + ([ref] if ref is not None else []) + ([src] if src is not None else []), 0, k).tolist()
+    at = {n: i for i, n in enumerate(names + (["s"] if src is not None else []))}
+    d = {"hgg": head[0][0], "gg": shared[0][0] + head[0][0]}
     if ref is not None:
-        d.update(gr=float(torch.dot(g, ref)), rr=float(torch.dot(ref, ref)), hgr=float(torch.dot(g[k:], ref[k:])),
-                 hrr=float(torch.dot(ref[k:], ref[k:])))
+        d.update(gr=shared[0][1] + head[0][1], rr=shared[1][1] + head[1][1], hgr=head[0][1], hrr=head[1][1])
     if src is not None:
-        d.update(gs=float(torch.dot(g[:k], src)), ss=float(torch.dot(src, src)) if ss is None else ss)
+        s = at["s"]
+        d.update(gs=shared[0][s], ss=shared[s][s])
         if ref is not None:
-            d["rs"] = float(torch.dot(ref[:k], src))
+            d["rs"] = shared[1][s]
     return d
 
 
@@ -145,7 +165,7 @@ def new_vector(like: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def exact_guided_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor], n_shared: int, *,
                           weights: Dict[str, float], ref=None, tau: float = math.inf, src=None,
-                          src_sq: Optional[float] = None, task_out: Optional[torch.Tensor] = None,
+                          task_out: Optional[torch.Tensor] = None,
                           step_out: Optional[torch.Tensor] = None) -> ExactStep:
     """Gradient of ``loss + Σ weights[k] · R_k(∇loss)`` w.r.t. ``params`` (r_t, τ, g_src constants).
 
@@ -154,7 +174,7 @@ def exact_guided_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor], n_
     then one backward of that gradient against v (a Hessian-vector product by double backward; exact, no
     approximation). Differentiating the regularisers by autograd instead gives the same vector but costs
     several model-sized passes more. ``ref`` may be a callable of the flat task gradient (r_0 = g_0);
-    ``src_sq`` is g_src·g_src when known; ``task_out`` / ``step_out`` are reusable flat buffers. Weights and
+    ``task_out`` / ``step_out`` are reusable flat buffers. Weights and
     their terms' inputs may be left out (zero weight: the term is only evaluated)."""
     params = list(params)
     raw = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
@@ -164,7 +184,7 @@ def exact_guided_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor], n_
     k = _shared_numel(params, n_shared)
     ref = ref(task) if callable(ref) else (None if ref is None else flatten(ref))
     src = None if src is None else flatten(src)
-    dots = gradient_dots(task, k, ref, src, src_sq)
+    dots = gradient_dots(task, k, ref, src)
     c_g, c_r, c_bb, c_src = regulariser_gradient_coefficients(dots, tau, weights)
     step = new_vector(params) if step_out is None else step_out
     if (c_g, c_r, c_bb, c_src) == (0.0, 0.0, 0.0, 0.0):

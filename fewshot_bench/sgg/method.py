@@ -100,12 +100,11 @@ class SGG(Method):
         # allocation per step)
         task_buf, step_buf = new_vector(params), None
         src_buf = new_vector(shared) if ctx.has_source else None
-        src, src_sq = None, None
+        src = None
         for t in range(cfg.steps):
             optimizer.zero_grad(set_to_none=True)
             if ctx.has_source and t % cfg.source_every == 0:
                 src = flatten_into(src_buf, source_gradient(ctx, model, shared, t, shots=cfg.source_shots))
-                src_sq = None
             lam_align = state.lambda_align if src is not None and cfg.lambda_align > 0 else 0.0
             tau = state.tau
             loss = task_loss(ctx.support)
@@ -113,10 +112,10 @@ class SGG(Method):
                 step_buf = new_vector(params) if step_buf is None else step_buf
                 step, task, used, dots, terms = exact_guided_gradient(
                     loss, params, n_shared, weights={**weights, "align": lam_align}, ref=state.set_ref_if_missing,
-                    tau=tau, src=src, src_sq=src_sq, task_out=task_buf, step_out=step_buf)
+                    tau=tau, src=src, task_out=task_buf, step_out=step_buf)
                 for p, g, u in zip(params, unflatten(step, params), used):
                     p.grad = g if u else None
-                sd = gradient_dots(step, k, state.ref, src, dots.get("ss"))
+                sd = gradient_dots(step, k, state.ref, src)
                 info = dict(zip(("cos_ref_step", "cos_src_step"), dot_cosines(sd)), step_norm=math.sqrt(sd["gg"]),
                             mag_active=cfg.lambda_mag > 0 and math.sqrt(dots["gg"]) > tau,
                             align_active=lam_align > 0 and src is not None, dir_cos=None,
@@ -127,7 +126,7 @@ class SGG(Method):
                 task_list = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
                 task = step = flatten_into(task_buf, task_list)
                 ref = state.set_ref_if_missing(task) if guided else state.ref
-                dots = gradient_dots(task, k, ref, src, src_sq)
+                dots = gradient_dots(task, k, ref, src)
                 a, b, c, info = first_order_coefficients(dots, lambda_dir=cfg.lambda_dir if guided else 0.0,
                                                          lambda_mag=cfg.lambda_mag if guided else 0.0,
                                                          align_weight=lam_align if guided else 0.0, tau=tau)
@@ -137,8 +136,6 @@ class SGG(Method):
                     for p, g, u in zip(params, unflatten(step, params), used):
                         p.grad = g if u else None
                 terms = regulariser_values(dots, tau)
-            if src is not None:
-                src_sq = dots["ss"]
             recorded = task if cfg.record_grad == "task" else step
             ctx.recorder.record(loss, params, grads=unflatten(recorded, params),
                                 source_grads=None if src is None else unflatten(src, shared))  # leading params
