@@ -58,6 +58,9 @@ METRICS: Tuple[Metric, ...] = (
     # wall_seconds), and the wall time of the meta-training the episode's method used (NULL: none)
     Metric("embedding_cache_seconds", "REAL", 0, INF, "embedding-cache fill this episode triggered", False),
     Metric("meta_train_seconds", "REAL", 0, INF, "wall time of the meta-training the method used", False),
+    # 1: the method trained on a source pool sharing classes with the evaluated pool (not few-shot on them; such
+    # rows are ranked apart), 0: on a class-disjoint source pool, NULL: no source data used (target-only)
+    Metric("same_class_source", "INTEGER", 0, 1, "whether the source pool the method used shares evaluated classes"),
     # SGG only (fewshot_bench.sgg.term_activity): which guidance terms changed the update (NULL: not SGG)
     Metric("sgg_mag_active", "REAL", 0, 1, "share of steps the SGG magnitude bound acted"),
     Metric("sgg_align_active", "REAL", 0, 1, "share of steps the SGG alignment projection fired"),
@@ -122,7 +125,8 @@ LEADERBOARD: Tuple[Column, ...] = (
     Column("rank_group", "int", "1 + the number of methods of the cell that beat this one significantly", 1),
     Column("beaten_by", "text", "methods of the cell that beat this one significantly (Holm), ';'-separated"),
     _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired)"),
-    Column("flags", "text", "saturated, unfinished, mixed-episodes, no-reference, indistinguishable:METHOD(SHARE)"),
+    Column("flags", "text", "saturated, unfinished, mixed-episodes, no-reference, indistinguishable:METHOD(SHARE), "
+                            "same-class-source (ranked apart: its rank group counts only same-class-source rows)"),
     mean_of("embedding_cache_seconds", "embedding_cache_seconds_total", 3, aggregate="sum"),
     mean_of("meta_train_seconds", decimals=3),
     Column("schema_version", "int", "leaderboard schema version", LEADERBOARD_SCHEMA_VERSION,
@@ -143,7 +147,8 @@ OVERALL: Tuple[Column, ...] = (
     Column("ties", "int", "cells where it and the reference cannot be told apart", 0, optional=True),
     Column("losses", "int", "cells where the reference beats it significantly (Holm)", 0, optional=True),
     Column("mean_rank_group", "float", "mean rank group over its cells", 1),
-    Column("flags", "text", "incomplete: missing from some cells, its means are not comparable to complete rows"),
+    Column("flags", "text", "incomplete: missing from some cells (same-class-source rows count as missing), its "
+                            "means are not comparable to complete rows"),
 )
 OVERALL_COLUMNS = tuple(c.name for c in OVERALL)
 

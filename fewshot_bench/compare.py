@@ -8,7 +8,10 @@ so they are ranked together (protocol stays a column). Contracts:
     pairwise comparison of the leaderboard. A beats B when the Holm-adjusted p < ``ALPHA`` and A's mean
     per-episode accuracy on the common episodes is higher.
   * ``rank_group`` = 1 + the number of methods of the cell that beat the row; methods that cannot be told
-    apart share a group. ``beaten_by`` names those methods.
+    apart share a group. ``beaten_by`` names those methods. Rows whose method trained on a source pool sharing
+    the evaluated classes (flag ``same-class-source``: not few-shot on those classes) are ranked apart: their
+    rank group counts only same-class-source rows, and they never lower the rank group of the other rows. They
+    are still compared with the reference (``delta_vs_ref``), which shows what the leak is worth.
   * Against the reference method: mean difference (row minus reference), paired percentile bootstrap 95% CI
     (episodes resampled, seeded), the raw and the Holm-adjusted p of that pair. A cell without the reference
     gets the flag ``no-reference`` and empty comparison columns; the reference's own row has them empty too.
@@ -44,6 +47,7 @@ class Entry:
     accuracy: Dict[str, float]
     predictions: Dict[str, list]
     fingerprints: frozenset = field(default_factory=frozenset)
+    same_class_source: bool = False  # trained on a source pool sharing the evaluated classes: ranked apart
 
     @property
     def method(self) -> str:
@@ -150,9 +154,9 @@ def annotate(entries: List[Entry], reference: str, bootstrap: int = 10000, seed:
         ref = next((e for e in members if e.method == reference), None)
         for entry in members:
             row = entry.row
-            beaten_by = sorted(o.method for o in members
-                               if (o, entry) in tests and tests[(o, entry)][2] < ALPHA and tests[(o, entry)][0] > 0)
-            flags = list(cell_flags)
+            beaten_by = sorted(o.method for o in members if o.same_class_source == entry.same_class_source
+                               and (o, entry) in tests and tests[(o, entry)][2] < ALPHA and tests[(o, entry)][0] > 0)
+            flags = list(cell_flags) + (["same-class-source"] if entry.same_class_source else [])
             planned = row["episodes_planned"]
             if planned is not None and row["episodes"] < planned:
                 flags.append(f"unfinished({row['episodes']}/{planned})")

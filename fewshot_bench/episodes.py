@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -173,6 +173,19 @@ class Setting:
         source = self.source_task or self.task
         data = get_task_data(source, self.fold if source == self.task else 1)
         return len(data.pools["source"].rows) > 0
+
+    @property
+    def shared_source_classes(self) -> Tuple[str, ...]:
+        """Classes the source pool (of ``source_task``, default the task itself) shares with the evaluated pool.
+
+        Non-empty on cards whose pools hold disjoint *examples* of the same classes (sst2, trec, ag_news): a
+        method that trains on that source pool has seen labelled examples of the evaluated classes, so its rows
+        are not few-shot; the runner marks them ``same_class_source`` and the leaderboard ranks them apart.
+        """
+        source = self.source_task or self.task
+        source_pool = get_task_data(source, self.fold if source == self.task else 1).pools["source"]
+        evaluated = get_task_data(self.task, self.fold).pools[self.pool]
+        return tuple(sorted(set(source_pool.classes) & set(evaluated.classes)))
 
     def source_episodes(self, seed: int) -> Optional[Callable[[int], Episode]]:
         """index -> source-pool episode (a :class:`~fewshot_bench.sealed.SourcePool`), or None when the

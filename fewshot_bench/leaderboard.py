@@ -115,7 +115,8 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[comp
         entries.append(compare.Entry(cell=(key[0], key[1], key[3]), row=_summarise(key, episodes, planned, bootstrap, seed),
                                      accuracy={e["fingerprint"]: e["accuracy"] for e in ok},
                                      predictions={e["fingerprint"]: e["predictions"] for e in ok},
-                                     fingerprints=frozenset(e["fingerprint"] for e in episodes)))
+                                     fingerprints=frozenset(e["fingerprint"] for e in episodes),
+                                     same_class_source=any(e.get("same_class_source") == 1 for e in episodes)))
     return entries
 
 
@@ -156,12 +157,15 @@ def _combined_ci(members: List[Dict]) -> tuple:
 
 def overall(rows: List[Dict]) -> List[Dict]:
     """Per method x backbone: cells covered, mean accuracy over them with a CI, significant wins/ties/losses
-    against the reference and mean rank group; complete methods first, then by mean rank group."""
+    against the reference and mean rank group; complete methods first, then by mean rank group. Rows flagged
+    ``same-class-source`` are left out (not few-shot on their cells' classes): such a cell counts as missing."""
     cells_on = {}
     for row in rows:
         cells_on.setdefault(row["backbone"], set()).add(cell_key(row))
     groups: Dict[tuple, List[dict]] = {}
     for row in rows:
+        if "same-class-source" in (row["flags"] or "").split(";"):
+            continue
         groups.setdefault((row["method"], row["backbone"]), []).append(row)
     result = []
     for (method, backbone), members in groups.items():

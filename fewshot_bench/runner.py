@@ -51,6 +51,7 @@ class Cell:
     source_episodes: Optional[Callable[[int], Episode]] = None
     meta_trained: bool = False
     meta_train_seconds: Optional[float] = None  # wall time of the meta-training (also when its state was cached)
+    same_class_source: bool = False  # the source pool shares classes with the evaluated pool (rows ranked apart)
 
 
 class Run:
@@ -81,7 +82,13 @@ class Run:
                                     "backbone": config.backbone, "source_task": setting.source_task})
             done = set().union(*(store.done_indices(run_hash, label, config.backbone, setting.task, setting.label)
                                  for store in [self.store, *self.finished_elsewhere]))
-            self.cells[key] = Cell(setting, method, label, run_hash, done, setting.source_episodes(config.seed))
+            source = setting.source_episodes(config.seed)
+            shared = setting.shared_source_classes if source is not None else ()
+            if shared and method.protocol != "target-only":
+                log.warning("%s on %s: the source pool shares %d class(es) with the evaluated pool (%s): its rows are "
+                            "marked same-class-source and ranked apart (not few-shot on those classes)", label,
+                            setting.label, len(shared), ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else ""))
+            self.cells[key] = Cell(setting, method, label, run_hash, done, source, same_class_source=bool(shared))
         return self.cells[key]
 
     def backbone_for(self, method: Method) -> Backbone:
@@ -139,10 +146,12 @@ class Run:
         record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
         record["wall_seconds"] -= record["embedding_cache_seconds"]
         record["meta_train_seconds"] = cell.meta_train_seconds
+        protocol = cell.method.protocol if cell.source_episodes is not None else "target-only"
+        record["same_class_source"] = None if protocol == "target-only" else int(cell.same_class_source)
         k_shot = "-".join(map(str, setting.k_shot)) if isinstance(setting.k_shot, tuple) else str(setting.k_shot)
         self.store.write_episode({
             **record, "run_id": self.run_id, "config_hash": cell.run_hash, "method": cell.label,
-            "protocol": cell.method.protocol if cell.source_episodes is not None else "target-only",
+            "protocol": protocol,
             "backbone": config.backbone, "task": setting.task, "setting": setting.label, "n_way": episode.n_way,
             "k_shot": k_shot, "q_query": setting.q_query, "fold": setting.fold, "seed": config.seed,
             "episode_index": index, "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task},

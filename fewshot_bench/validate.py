@@ -20,7 +20,7 @@ from .columns import COLUMNS, LEADERBOARD, METRICS, RANGE_TOLERANCE, cell_key
 from .compare import ALPHA, SATURATED_ACCURACY
 from .errors import UserError
 from .leaderboard import FORMULA_PREFIXES
-from .store import EPISODE_COLUMNS, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES
+from .store import EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES
 
 _SLACK = 1e-6
 _SCHEMA_1 = COLUMNS[:23]
@@ -89,6 +89,9 @@ def _check_row(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
     problems, values = _parse_cells(where, row)
     if row["protocol"] not in PROTOCOLS:
         problems.append(f"{where}: protocol: '{row['protocol']}' (expected one of {', '.join(PROTOCOLS)})")
+    if row["protocol"] == "target-only" and "same-class-source" in (row["flags"] or "").split(";"):
+        problems.append(f"{where}: flags: 'same-class-source' on a target-only row (expected it only on rows whose "
+                        "method used source-pool data)")
     if not re.fullmatch(r"\d+(-\d+)?", row["k_shot"]):
         problems.append(f"{where}: k_shot: '{row['k_shot']}' (expected an integer or MIN-MAX such as 1-5)")
     if not re.fullmatch(r"[0-9a-f]{64}", row["episode_set_sha256"]):
@@ -133,6 +136,10 @@ def _check_row(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
     return problems, values
 
 
+def _same_class(values: Dict) -> bool:
+    return "same-class-source" in (values["flags"] or "").split(";")
+
+
 def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
     """Rows of one cell (task, N, K, Q, backbone) against each other."""
     problems, methods = [], {}
@@ -168,11 +175,16 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
         unknown = [m for m in values["beaten_by"] if m not in by_method]
         if unknown:
             problems.append(f"{where}: beaten_by: {', '.join(unknown)} not in this cell (expected methods of the cell)")
+        league = "same-class-source" in flags
+        apart = [m for m in values["beaten_by"] if m in by_method and _same_class(by_method[m]) != league]
+        if apart:
+            problems.append(f"{where}: beaten_by: {', '.join(apart)} {'lack' if league else 'carry'} the flag "
+                            "same-class-source (expected rows ranked apart: only rows of the same kind in beaten_by)")
         ref = by_method.get(values["ref_method"]) if values["ref_method"] else None
         if values["ref_method"] and ref is None:
             problems.append(f"{where}: ref_method: '{values['ref_method']}' has no row in this cell "
                             "(expected the cell's reference row, or an empty ref_method)")
-        if ref is None or values.get("p_holm") is None or values.get("delta_vs_ref") is None:
+        if ref is None or values.get("p_holm") is None or values.get("delta_vs_ref") is None or _same_class(ref) != league:
             continue
         significant = values["p_holm"] < ALPHA
         ref_wins, row_wins = ref["method"] in values["beaten_by"], values["method"] in ref["beaten_by"]
@@ -233,15 +245,19 @@ def _planned(config_json) -> int:
 
 
 def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int]]:
+    """Rows of a store; a nullable column a later version added (a writer adds it on open) reads as NULL."""
     tables = {name: [c[1] for c in conn.execute(f"PRAGMA table_info({name})")] for name in ("runs", "episodes")}
+    added_later = {c for c, sql in EPISODE_TYPES.items() if "NOT NULL" not in sql} - set(tables["episodes"])
     problems = [f"{table}: missing column(s) {', '.join(c for c in wanted if c not in tables[table])} "
                 f"(expected {', '.join(wanted)})"
-                for table, wanted in (("runs", RUN_COLUMNS), ("episodes", EPISODE_COLUMNS))
+                for table, wanted in (("runs", RUN_COLUMNS), ("episodes", [c for c in EPISODE_COLUMNS
+                                                                           if c not in added_later]))
                 if not set(wanted) <= set(tables[table])]
     if problems:
         return problems, [], {}
-    columns = ("rowid",) + EPISODE_COLUMNS
-    rows = [dict(zip(columns, r)) for r in conn.execute(f"SELECT {', '.join(columns)} FROM episodes ORDER BY rowid")]
+    columns = ("rowid",) + tuple(c for c in EPISODE_COLUMNS if c not in added_later)
+    rows = [{**dict.fromkeys(added_later), **dict(zip(columns, r))}
+            for r in conn.execute(f"SELECT {', '.join(columns)} FROM episodes ORDER BY rowid")]
     planned = {run_id: _planned(config) for run_id, config in conn.execute("SELECT run_id, config_json FROM runs")}
     return [], rows, planned
 
