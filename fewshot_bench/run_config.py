@@ -20,10 +20,24 @@ SUITES_DIR = BUILTIN_TASKS_DIR / "suites"
 
 
 @dataclass
+class SuiteSetting:
+    """One entry of a suite's ``settings`` list: a target task, and where it differs from the run's values, its
+    source task, episode shapes and folds."""
+    task: str = option(help="target task")
+    source_task: Optional[str] = option(None, help="draw source-pool data from this task (cross-dataset)")
+    n_way: Optional[List] = option(None, help="classes per episode (list; 'all': every class of the pool); "
+                                              "default: the run's n_way")
+    k_shot: Optional[List] = option(None, help="shots per class (list); default: the run's k_shot")
+    folds: object = option(None, help="class-split folds (list), or 'all' (every fold of the task's card); "
+                                      "default: the run's folds")
+
+
+@dataclass
 class RunConfig:
     """What one ``fewshot-bench run`` evaluates and where it writes (suite YAML, --config YAML and flags)."""
     tasks: List[str] = option(factory=list, help="task names (target tasks)")
-    settings: List[dict] = option(factory=list, help="explicit {task, source_task} pairs (cross-dataset suites)")
+    settings: List[dict] = option(factory=list, help="explicit settings: {task, source_task, n_way, k_shot, folds} "
+                                                     "(each but task defaults to the run's value)")
     source_task: Optional[str] = option(None, help="draw source-pool data from this task for every target task")
     methods: object = option("all", help="method specs (NAME or NAME(field=value,...)) or 'all' (every registered "
                                          "method except opt-in ones: setfit, icl)")
@@ -32,7 +46,9 @@ class RunConfig:
     query: int = option(15, help="queries per class", low=1)
     episodes: int = option(20, help="episodes per task x setting", low=1)
     limit: Optional[int] = option(None, help="smoke runs: at most this many episodes per task x setting", low=1)
-    fold: int = option(1, help="class-split fold (1-based)", low=1)
+    fold: int = option(1, help="class-split fold (1-based; a task with fewer folds uses its last)", low=1)
+    folds: object = option(None, help="class-split folds (list), or 'all' (every fold of each task's card); "
+                                      "default: [fold]")
     pool: str = option("target", help="pool of the evaluated episodes: target, or validation to choose "
                                       "hyperparameters without seeing target classes", choices=("target", "validation"))
     seed: int = option(0, help="episode and training seed", low=0)
@@ -56,8 +72,28 @@ class RunConfig:
         validate(self, "run config")
         self.n_way = [parse_n_way(v) for v in self.n_way]
         self.k_shot = [parse_shot(v) for v in self.k_shot]
+        self.folds = parse_folds(self.folds, "run config: folds")
+        self.settings = [from_mapping(SuiteSetting, s, f"run config: settings[{i}]") for i, s in enumerate(self.settings)]
+        for i, s in enumerate(self.settings):
+            s.n_way = None if s.n_way is None else [parse_n_way(v) for v in _as_list(s.n_way)]
+            s.k_shot = None if s.k_shot is None else [parse_shot(v) for v in _as_list(s.k_shot)]
+            s.folds = parse_folds(s.folds, f"run config: settings[{i}].folds")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise UserError(f"run config: device '{self.device}' is not one of auto, cpu, mps, cuda, cuda:N")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def parse_folds(value, where: str):
+    """None, 'all', or a list of 1-based fold numbers (a single number is a one-element list)."""
+    if value is None or value == "all":
+        return value
+    folds = _as_list(value)
+    if not folds or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in folds):
+        raise UserError(f"{where}: {value!r} is not a list of folds; use 1-based fold numbers (e.g. [1, 2, 3]) or 'all'")
+    return folds
 
 
 def load_suite(name: str) -> dict:
@@ -102,23 +138,39 @@ def build_config(args) -> RunConfig:
              "source_task": args.source_task, "tuned": getattr(args, "tuned", None)}
     if flags["tasks"]:
         merged.pop("settings", None)
+    overridden = {key for key in ("n_way", "k_shot") if flags[key] is not None} | ({"folds"} if args.fold else set())
+    merged["settings"] = [{k: v for k, v in s.items() if k not in overridden} if isinstance(s, dict) else s
+                          for s in merged.get("settings", [])]  # flags override the suite's per-setting values too
+    if args.fold:
+        merged.pop("folds", None)
     merged.update({k: v for k, v in flags.items() if v is not None})
     merged["method_config"] = list(merged.get("method_config", [])) + list(args.method_config)
     return from_mapping(RunConfig, merged, f"{args.config or 'suite ' + repr(args.suite or 'default')} + flags")
 
 
+def _folds_of(folds, config: RunConfig, card_folds: int) -> List[int]:
+    """Folds to run for a task whose card has ``card_folds``: 'all', a list (folds beyond the card's are left
+    out), or the run's ``fold`` (a task with fewer folds uses its last)."""
+    if folds == "all":
+        return list(range(1, card_folds + 1))
+    if folds is None:
+        return [min(config.fold, card_folds)]
+    return [f for f in folds if f <= card_folds]
+
+
 def settings_of(config: RunConfig) -> List[Setting]:
-    """Every (task, source task) x N x K setting the run evaluates, in run order."""
-    pairs = [(s["task"], s.get("source_task")) for s in config.settings] or [(t, config.source_task) for t in config.tasks]
-    if not pairs:
+    """Every (task, source task) x fold x N x K setting the run evaluates, in run order."""
+    entries = config.settings or [SuiteSetting(t, config.source_task) for t in config.tasks]
+    if not entries:
         raise UserError("no tasks to run; pass --tasks NAME[,NAME] or --suite NAME")
     settings = []
-    for task, source in pairs:
-        task_config = get_task_config(task)
-        fold = min(config.fold, task_config.pools.folds)
-        for n_way in config.n_way:
-            for k_shot in config.k_shot:
-                settings.append(Setting(task, n_way, k_shot, config.query, fold, source, config.pool))
+    for entry in entries:
+        card_folds = get_task_config(entry.task).pools.folds
+        for fold in _folds_of(entry.folds if entry.folds is not None else config.folds, config, card_folds):
+            for n_way in entry.n_way or config.n_way:
+                for k_shot in entry.k_shot or config.k_shot:
+                    settings.append(Setting(entry.task, n_way, k_shot, config.query, fold, entry.source_task,
+                                            config.pool))
     return settings
 
 

@@ -220,17 +220,17 @@ def test_missing_or_unreadable_file(tmp_path, capsys):
     assert "cannot be read as SQLite" in capsys.readouterr().out
 
 
-def test_committed_leaderboard_is_valid(capsys):
-    """`fewshot-bench validate` passes on the leaderboard committed in leaderboard/."""
+def test_committed_v1_leaderboard_is_valid(capsys):
+    """`fewshot-bench validate` passes on the 0.1 leaderboard kept in leaderboard/v1/."""
     from helpers import REPO
 
-    assert main(["validate", str(REPO / "leaderboard" / "leaderboard.csv")]) == 0, capsys.readouterr().out
+    assert main(["validate", str(REPO / "leaderboard" / "v1" / "leaderboard.csv")]) == 0, capsys.readouterr().out
 
 
-def test_committed_store_problems_are_the_known_source_alignment_values():
-    """The committed store holds three episodes whose source_alignment (a mean of cosines) exceeds 1, which
-    validate must report (see leaderboard/README.md); nothing else in it is invalid."""
+def test_committed_v1_store_problems_are_the_known_source_alignment_values():
+    """The v1 store holds three episodes whose source_alignment (a mean of cosines) exceeds 1, which
+    validate must report (see leaderboard/v1/README.md); nothing else in it is invalid."""
     from helpers import REPO
 
-    problems = validate_store(REPO / "leaderboard" / "results.sqlite")
+    problems = validate_store(REPO / "leaderboard" / "v1" / "results.sqlite")
     assert len(problems) == 3 and all("source_alignment: 1." in p and "out of range" in p for p in problems), problems

@@ -1,0 +1,43 @@
+"""Suites: per-setting shapes and folds, flags overriding them, errors naming the field."""
+import pytest
+
+from fewshot_bench.cli import build_parser
+from fewshot_bench.errors import UserError
+from fewshot_bench.run_config import RunConfig, build_config, load_suite, settings_of
+
+
+def _labels(config):
+    return [s.label for s in settings_of(config)]
+
+
+def test_settings_entries_carry_their_own_shapes_and_folds():
+    config = RunConfig(k_shot=[1, 5], settings=[
+        {"task": "banking77", "n_way": ["all", 10], "k_shot": [1], "folds": "all"},
+        {"task": "fewrel_pubmed", "source_task": "fewrel"}])
+    labels = _labels(config)
+    assert labels[:2] == ["banking77/fold1/allway1shot15q", "banking77/fold1/10way1shot15q"]
+    assert sorted({label.split("/")[1] for label in labels[:10]}) == [f"fold{i}" for i in range(1, 6)]
+    assert labels[10:] == ["fewrel->fewrel_pubmed/fold1/5way1shot15q", "fewrel->fewrel_pubmed/fold1/5way5shot15q"]
+
+
+def test_folds_beyond_a_card_are_left_out_and_all_means_every_fold():
+    assert _labels(RunConfig(tasks=["huffpost"], folds=[1, 2, 3], k_shot=[1])) == ["huffpost/fold1/5way1shot15q"]
+    assert len(_labels(RunConfig(tasks=["hwu64", "huffpost"], folds="all", k_shot=[1]))) == 5 + 1
+
+
+@pytest.mark.parametrize("settings, message", [
+    ([{"task": "banking77", "fold": 2}], "settings[0]: unknown field 'fold'; did you mean 'folds'?"),
+    ([{"task": "banking77", "folds": [0]}], "settings[0].folds: [0] is not a list of folds"),
+    ([{"task": "banking77", "n_way": [1]}], "n_way '1' is not a number of classes"),
+])
+def test_bad_settings_entries_name_the_field(settings, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?")):
+        RunConfig(settings=settings)
+
+
+def test_flags_override_the_suites_per_setting_values(tmp_path):
+    config_file = tmp_path / "suite.yaml"
+    config_file.write_text("settings:\n- {task: banking77, k_shot: [1, 5], folds: all}\n- {task: huffpost, n_way: [all]}\n")
+    args = build_parser().parse_args(["run", "--config", str(config_file), "--fold", "2", "--k-shot", "5"])
+    labels = _labels(build_config(args))
+    assert labels == ["banking77/fold2/5way5shot15q", "huffpost/fold1/allway5shot15q"]
