@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 INF = float("inf")
-LEADERBOARD_SCHEMA_VERSION = 2
+LEADERBOARD_SCHEMA_VERSION = 3
 RANGE_TOLERANCE = 1e-4  # float32 cosines and ratios over millions of parameters overshoot [-1, 1] by rounding
 
 
@@ -131,6 +131,9 @@ LEADERBOARD: Tuple[Column, ...] = (
     mean_of("meta_train_seconds", decimals=3),
     Column("schema_version", "int", "leaderboard schema version", LEADERBOARD_SCHEMA_VERSION,
            LEADERBOARD_SCHEMA_VERSION),
+    # schema 3
+    Column("fold", "int", "class-split fold of the cell", 1),
+    Column("setting", "text", "setting label (source->task/fold/pool/shape): with the backbone, the cell"),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
 AGGREGATES = tuple(c for c in LEADERBOARD if c.source)
@@ -154,5 +157,5 @@ OVERALL_COLUMNS = tuple(c.name for c in OVERALL)
 
 
 def cell_key(row: dict) -> tuple:
-    """The cell of a leaderboard row as the CSV shows it: (task, N-way, K-shot, Q, backbone)."""
-    return row["task"], row["n_way"], row["k_shot"], row["q_query"], row["backbone"]
+    """The cell of a leaderboard row as the CSV shows it: (task, N-way, K-shot, Q, backbone, fold, setting)."""
+    return row["task"], row["n_way"], row["k_shot"], row["q_query"], row["backbone"], row["fold"], row["setting"]

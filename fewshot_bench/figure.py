@@ -27,10 +27,10 @@ def leaderboard_figure(rows: List[Dict], reference: str = "full_ft"):
     height = max(len(m) for m in cells.values()) * 0.28 + 1.2
     fig = Figure(figsize=(4.6 * columns, height * grid_rows), layout="constrained")
     axes = list(fig.subplots(grid_rows, columns, squeeze=False).ravel())
-    for axis, ((task, n_way, k_shot, _, backbone), members) in zip(axes, cells.items()):
+    for axis, ((task, n_way, k_shot, _, backbone, fold, _), members) in zip(axes, cells.items()):
         ref = next((r for r in members if r["method"] == reference), None)
         counts = "/".join(str(c) for c in sorted({r["episodes"] for r in members}))
-        title = f"{task} {n_way}-way {k_shot}-shot{'' if one_backbone else ', ' + backbone}, {counts} ep.\n" \
+        title = f"{task}/fold{fold} {n_way}-way {k_shot}-shot{'' if one_backbone else ', ' + backbone}, {counts} ep.\n" \
                 f"chance {1 / n_way:.2f}"
         title += f", {reference} {ref['acc_mean']:.3f}" if ref and ref["acc_mean"] is not None else ""
         saturated = any("saturated" in (r["flags"] or "") for r in members)

@@ -28,6 +28,7 @@ from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_CO
 from .episodes import episode_set_sha256
 from .errors import UserError
 from .figure import leaderboard_figure
+from .folds import FOLD_COLUMNS, fold_summary
 from .outputs import atomic_files, check_writable
 from .registry import did_you_mean
 from .report import write_markdown
@@ -76,7 +77,8 @@ def _summarise(key: tuple, episodes: List[dict], planned: Optional[int], bootstr
                k_shot=first["k_shot"], q_query=first["q_query"], episodes=len(episodes),
                failed_episodes=len(episodes) - len(ok), episodes_planned=planned,
                episode_set_sha256=episode_set_sha256([e["fingerprint"] for e in episodes]),
-               version=";".join(sorted({e["version"] for e in episodes})), schema_version=LEADERBOARD_SCHEMA_VERSION)
+               version=";".join(sorted({e["version"] for e in episodes})), schema_version=LEADERBOARD_SCHEMA_VERSION,
+               fold=first["fold"], setting=setting)
     if accuracy:
         low, high = bootstrap_ci(accuracy, bootstrap, seed)
         row.update(acc_mean=round(float(np.mean(accuracy)), 4), acc_ci95_low=round(low, 4),
@@ -195,14 +197,16 @@ def cli_leaderboard(args) -> int:
         raise UserError(f"--reference '{reference}' has no rows in {args.store}{did_you_mean(reference, methods)} "
                         f"(methods there: {', '.join(methods)})")
     out = Path(args.out)
-    overall_rows = overall(rows)
-    md, overall_csv, png = (out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", ".png"))
-    with atomic_files([out, overall_csv, md, png]) as (out_tmp, overall_tmp, md_tmp, png_tmp):
+    overall_rows, fold_rows = overall(rows), fold_summary(rows)
+    md, overall_csv, folds_csv, png = (out.with_name(out.stem + suffix)
+                                       for suffix in (".md", "_overall.csv", "_folds.csv", ".png"))
+    with atomic_files([out, overall_csv, folds_csv, md, png]) as (out_tmp, overall_tmp, folds_tmp, md_tmp, png_tmp):
         write_csv(rows, out_tmp)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
-        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference)
+        write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
+        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows)
         leaderboard_figure(rows, reference).savefig(png_tmp, dpi=110)
-    print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {png}")
+    print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {png}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")
     for r in overall_rows[:10]:
         print(f"  {r['method']:<20} {r['backbone']:<16} cells {r['cells']}/{r['cells_total']}  acc {r['acc_mean']}  "

@@ -43,8 +43,8 @@ def _cells(rows: List[Dict]) -> Dict[tuple, List[Dict]]:
 
 
 def _title(key: tuple) -> str:
-    task, n_way, k_shot, q_query, backbone = key
-    return f"{task}, {n_way}-way {k_shot}-shot, {q_query} queries/class, {backbone}"
+    task, n_way, k_shot, q_query, backbone, fold, _ = key
+    return f"{task} fold {fold}, {n_way}-way {k_shot}-shot, {q_query} queries/class, {backbone}"
 
 
 def _identical(row: Dict) -> List[tuple]:
@@ -80,8 +80,8 @@ def _findings(cells: Dict[tuple, List[Dict]], reference: str) -> List[str]:
 
 
 def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: int = 10000,
-                   reference: str = "full_ft") -> None:
-    """leaderboard.md: findings, one table per cell, the overall table and how to read them."""
+                   reference: str = "full_ft", fold_rows: Sequence[Dict] = ()) -> None:
+    """leaderboard.md: findings, one table per cell, the fold averages, the overall table and how to read them."""
     cells = _cells(rows)
     text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells, reference)
     for key, members in cells.items():
@@ -100,11 +100,23 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
               _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True), r["p_value"], r["p_holm"],
               (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
               r["grad_dir_consistency"], r["sec_per_episode"]) for r in members]) + [""]
+    if fold_rows:
+        text += ["## Averaged over folds", ""] + _md_table(
+            ("setting (all folds)", "method", "folds", "episodes", "accuracy [95% CI over folds]",
+             f"Δ vs {reference} [95% CI over folds]", "flags"),
+            [(r["setting"] + ("" if len({x["backbone"] for x in fold_rows}) == 1 else f" ({r['backbone']})"),
+              r["method"], r["folds"], r["episodes"], _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
+              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True),
+              (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
     text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
     text += [
         "", "## How to read", "",
-        "- A **cell** is task x setting x backbone: every method in it ran on the same seeded episodes, so all "
-        "its methods are compared with each other, whatever their protocol (a column, not a separate ranking).",
+        "- A **cell** is task x setting (fold included) x backbone: every method in it ran on the same seeded "
+        "episodes, so all its methods are compared with each other, whatever their protocol (a column), except "
+        "rows flagged **same-class-source** (trained on a source pool holding the evaluated classes: not few-shot), "
+        "which are ranked apart and left out of the overall table.",
+        "- **Averaged over folds** (also `*_folds.csv`): mean over folds of each fold's mean accuracy and of each "
+        "fold's paired difference to the reference, Student-t 95% CI over folds (folds are the unit).",
         "- **accuracy**: mean query accuracy over ok episodes; 95% CI: percentile bootstrap over episodes "
         f"({bootstrap:,} resamples).",
         f"- **Δ vs {reference}**: mean per-episode accuracy difference on the common episodes, paired percentile "

@@ -177,11 +177,14 @@ class ResultsStore:
                 # One write transaction for the whole schema: a concurrent writer opening the file sees either no
                 # tables or all of them, never 'runs' without 'episodes' (which would read as an unrelated file).
                 self.conn.execute("BEGIN IMMEDIATE")
-            with self.conn:
-                if create:
+            if create:
+                with self.conn:
                     for statement in _SCHEMA:
                         self.conn.execute(statement)
-                _add_missing_columns(self.conn)
+                    _add_missing_columns(self.conn)
+            # a reader leaves an earlier version's store as it is: columns added since read as NULL
+            present = {row[1] for row in self.conn.execute("PRAGMA table_info(episodes)")}
+            self._columns = tuple(c for c in EPISODE_COLUMNS if c in present)
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable results store ({exc})") from None
 
@@ -259,9 +262,9 @@ class ResultsStore:
         if unknown:
             raise ValueError(f"unknown episode filter(s): {', '.join(unknown)}")
         where = " AND ".join(f"{c} = ?" for c in filters)
-        cursor = self.conn.execute(f"SELECT {', '.join(EPISODE_COLUMNS)} FROM episodes"
+        cursor = self.conn.execute(f"SELECT {', '.join(self._columns)} FROM episodes"
                                    f"{' WHERE ' + where if where else ''} ORDER BY rowid", list(filters.values()))
-        rows = [dict(zip(EPISODE_COLUMNS, row)) for row in cursor]
+        rows = [{**dict.fromkeys(EPISODE_COLUMNS), **dict(zip(self._columns, row))} for row in cursor]
         for row in rows:
             for column in ("predictions", "extra"):
                 if row[column] is not None:

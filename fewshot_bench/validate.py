@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .columns import COLUMNS, LEADERBOARD, METRICS, RANGE_TOLERANCE, cell_key
+from .columns import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, RANGE_TOLERANCE, cell_key
 from .compare import ALPHA, SATURATED_ACCURACY
 from .errors import UserError
 from .leaderboard import FORMULA_PREFIXES
@@ -36,7 +36,11 @@ def _check_header(path, header: List[str]) -> List[str]:
         return []
     if header == list(_SCHEMA_1):
         return [f"{path}:1: header: a schema 1 leaderboard (no paired comparisons) "
-                "(expected schema 2: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
+                f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
+    if header == list(COLUMNS[:COLUMNS.index("fold")]):
+        return [f"{path}:1: header: a schema 2 leaderboard (no fold and setting columns: folds of a task share a "
+                f"cell) (expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "
+                "--store STORE`)"]
     problems = []
     for i, (got, want) in enumerate(zip(header, COLUMNS), start=1):
         if got != want:

@@ -136,8 +136,8 @@ def test_figure_is_a_forest_plot_per_cell(store_path):
     saturated = [{**r, "task": "easy", "flags": "saturated"} for r in rows if r["task"] == "demo"]
     fig = leaderboard_figure(rows + saturated)
     titles = [axis.get_title() for axis in fig.axes]
-    demo = titles.index("demo 5-way 5-shot, minilm, 10 ep.\nchance 0.20, full_ft 0.735")
-    assert "demo 5-way 5-shot, +bert, 10 ep.\nchance 0.20" in titles  # several backbones: named in the title
+    demo = titles.index("demo/fold1 5-way 5-shot, minilm, 10 ep.\nchance 0.20, full_ft 0.735")
+    assert "demo/fold1 5-way 5-shot, +bert, 10 ep.\nchance 0.20" in titles  # several backbones: named in the title
     easy = next(axis for axis in fig.axes if axis.get_title().startswith("easy"))
     assert easy.get_title().endswith("(saturated)") and easy.get_facecolor()[:3] != fig.axes[demo].get_facecolor()[:3]
     compared = [r for r in rows if r["task"] == "demo" and r["backbone"] == "minilm" and r["delta_vs_ref"] is not None]

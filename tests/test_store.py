@@ -186,3 +186,21 @@ def test_unrelated_files_are_refused_and_left_unchanged(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         ResultsStore(tmp_path / "missing.sqlite", create=False)
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_a_reader_leaves_an_earlier_versions_store_unchanged(tmp_path):
+    import hashlib
+
+    path = tmp_path / "old.sqlite"
+    with ResultsStore(path) as store:
+        store.write_episode(record())
+    with sqlite3.connect(path) as conn:  # a store written before the same_class_source column existed
+        conn.execute("ALTER TABLE episodes DROP COLUMN same_class_source")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with ResultsStore(path, create=False) as store:
+        rows = store.episodes()
+    assert rows[0]["same_class_source"] is None and rows[0]["accuracy"] == record()["accuracy"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    with ResultsStore(path) as store:  # a writer brings it up to date
+        store.write_episode(record(episode_index=1, same_class_source=1))
+        assert [r["same_class_source"] for r in store.episodes()] == [None, 1]
