@@ -7,7 +7,7 @@ from fewshot_bench.outputs import atomic_files
 from fewshot_bench.store import ResultsStore
 from helpers import record
 
-NAMES = ("leaderboard.csv", "leaderboard_overall.csv", "leaderboard.md", "leaderboard.png")
+NAMES = ("leaderboard.csv", "leaderboard_overall.csv", "leaderboard_folds.csv", "leaderboard.md", "leaderboard.png")
 
 
 def test_atomic_files_replace_all_or_nothing(tmp_path):
