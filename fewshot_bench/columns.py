@@ -134,6 +134,10 @@ LEADERBOARD: Tuple[Column, ...] = (
     # schema 3
     Column("fold", "int", "class-split fold of the cell", 1),
     Column("setting", "text", "setting label (source->task/fold/pool/shape): with the backbone, the cell"),
+    mean_of("sgg_mag_active"),
+    mean_of("sgg_align_active"),
+    mean_of("sgg_dir_angle", decimals=2),
+    mean_of("sgg_step_angle", decimals=2),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
 AGGREGATES = tuple(c for c in LEADERBOARD if c.source)

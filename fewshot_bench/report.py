@@ -47,6 +47,15 @@ def _title(key: tuple) -> str:
     return f"{task} fold {fold}, {n_way}-way {k_shot}-shot, {q_query} queries/class, {backbone}"
 
 
+def _sgg_terms(row: Dict) -> str:
+    """Share of steps the magnitude bound and the alignment projection acted, and the direction term's mean
+    rotation (empty for methods without SGG's terms)."""
+    if row["sgg_mag_active"] is None and row["sgg_dir_angle"] is None:
+        return ""
+    parts = [row["sgg_mag_active"], row["sgg_align_active"], row["sgg_dir_angle"]]
+    return " / ".join("–" if v is None else f"{v:.2f}" if i < 2 else f"{v:.1f}°" for i, v in enumerate(parts))
+
+
 def _identical(row: Dict) -> List[tuple]:
     """(other method, share text) of the row's ``indistinguishable:OTHER(SHARE)`` flags."""
     return [tuple(f.split(":", 1)[1][:-1].rsplit("(", 1)) for f in _flags(row, False) if f.startswith("indistinguishable:")]
@@ -93,13 +102,14 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         facts += [f"**{flag}**" for flag in _flags(first, True)]
         text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
             ("rank group", "method", "protocol", "episodes", "accuracy [95% CI]", f"Δ vs {reference} [95% CI]",
-             "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode"),
+             "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode",
+             "SGG terms acting: mag / align share, dir °"),
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
               _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True), r["p_value"], r["p_holm"],
               (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
-              r["grad_dir_consistency"], r["sec_per_episode"]) for r in members]) + [""]
+              r["grad_dir_consistency"], r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
     if fold_rows:
         text += ["## Averaged over folds", ""] + _md_table(
             ("setting (all folds)", "method", "folds", "episodes", "accuracy [95% CI over folds]",
@@ -137,5 +147,8 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "cells, so their means are not comparable with complete ones.",
         "- **failed** episodes (crashed or diverged) are excluded from accuracy; gradient columns are empty for "
         "methods without gradient steps.",
+        "- **SGG terms acting** (CSV `sgg_mag_active`, `sgg_align_active`, `sgg_dir_angle`): mean over episodes of "
+        "the share of steps the magnitude bound acted and the alignment projection fired, and of the mean angle "
+        "the direction term rotated the step; 0 / 0 / small angle means the variant is plain fine-tuning.",
     ]
     Path(path).write_text("\n".join(text) + "\n", encoding="utf-8")
