@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft)")
     p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
 
+    p = sub.add_parser("compare", parents=[common], help="paired comparison of named method pairs, per cell (Holm)")
+    p.add_argument("--store", default="runs/results.sqlite")
+    p.add_argument("--pair", action="append", default=[], metavar="METHOD=OTHER",
+                   help="compare METHOD with OTHER in every cell holding both (repeatable), e.g. 'sgg[tuned]=sgg'")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.set_defaults(handler="fewshot_bench.pairs:cli_compare")
+
     p = sub.add_parser("power", parents=[common], help="episodes needed to tell adjacent methods apart, per cell")
     p.add_argument("--store", default="runs/results.sqlite")
     p.add_argument("--delta", default="0.01,0.02", help="accuracy differences to detect, comma-separated")

@@ -127,6 +127,11 @@ CASES = [
     ("leaderboard-bootstrap-word", ["leaderboard", "--bootstrap", "many"], None),
     ("leaderboard-out-under-a-file", ["leaderboard", "--store", "{tmp}/s.sqlite", "--out", "{tmp}/file.txt/lb.csv"],
      lambda t: (_store(t / "s.sqlite"), write(t / "file.txt", "x"))),
+    # compare
+    ("compare-pair-without-equals", ["compare", "--store", "{tmp}/s.sqlite", "--pair", "full_ft"],
+     lambda t: _store(t / "s.sqlite")),
+    ("compare-unknown-method", ["compare", "--store", "{tmp}/s.sqlite", "--pair", "ful_ft=full_ft"],
+     lambda t: _store(t / "s.sqlite")),
     # validate, merge, list, episodes
     ("validate-missing", ["validate", "{tmp}/none.csv"], None),
     ("merge-missing-shard", ["merge", "{tmp}/none.rank0", "--store", "{tmp}/merged.sqlite"], None),
@@ -169,7 +174,7 @@ def snapshot(root: Path) -> dict:
 def test_there_are_at_least_forty_cases_across_every_subcommand():
     assert len(CASES) >= 40 and len({name for name, _, _ in CASES}) == len(CASES)
     assert {argv[0] for _, argv, _ in CASES} == {"run", "leaderboard", "validate", "merge", "list", "episodes",
-                                                 "new-task", "check-task"}
+                                                 "new-task", "check-task", "compare"}
 
 
 @pytest.mark.parametrize("argv, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -130,3 +130,24 @@ def test_power_bad_input(tmp_path, capsys, argv, message):
     assert main(["power", "--store", str(path), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_command_pairs_named_methods_with_holm(tmp_path, capsys):
+    from fewshot_bench.cli import main
+    from fewshot_bench.store import ResultsStore
+
+    from helpers import record
+
+    store_path = tmp_path / "s.sqlite"
+    with ResultsStore(store_path) as store:
+        for i in range(12):
+            store.write_episode(record(method="full_ft", episode_index=i, accuracy=0.60 + 0.01 * (i % 4)))
+            store.write_episode(record(method="full_ft[tuned]", config_hash="cfg1", episode_index=i,
+                                       accuracy=0.65 + 0.01 * (i % 4)))
+    assert main(["compare", "--store", str(store_path), "--pair", "full_ft[tuned]=full_ft", "--bootstrap", "200"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].split()
+    # 12 episodes all +0.05: exact sign-flip p = 2 / 2^12; one comparison, so Holm leaves it
+    assert line[2:5] == ["full_ft[tuned]", "full_ft", "12"] and "+0.0500" in line
+    assert float(line[-2]) == pytest.approx(2 / 2 ** 12, rel=1e-3) and float(line[-1]) == float(line[-2])
+    assert main(["compare", "--store", str(store_path), "--pair", "full_ft[tund]=full_ft"]) == 2
+    assert "did you mean 'full_ft[tuned]'" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""``fewshot-bench compare``: named method pairs (e.g. a tuned method against its untuned row), paired per cell.
+
+For every cell (task x setting x backbone) holding both methods of a pair ``A=B``: the mean per-episode accuracy
+difference A - B on their common ok episodes, its paired percentile bootstrap 95% CI, the two-sided sign-flip
+p-value and Holm's correction over every comparison printed (one family), with the same functions as the
+leaderboard (``compare.differences``, ``stats``). Pairs whose episode sets do not nest are not compared.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from . import compare
+from .errors import UserError
+from .registry import did_you_mean
+from .stats import bootstrap_ci, holm, sign_flip_p
+
+
+def parse_pairs(texts: List[str]) -> List[Tuple[str, str]]:
+    """['A=B', ...] -> [(A, B), ...]."""
+    pairs = []
+    for text in texts:
+        left, sep, right = text.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise UserError(f"--pair expects METHOD=OTHER (the difference METHOD minus OTHER), got '{text}'")
+        pairs.append((left.strip(), right.strip()))
+    if not pairs:
+        raise UserError("give at least one --pair METHOD=OTHER")
+    return pairs
+
+
+def pair_table(entries: List[compare.Entry], pairs: List[Tuple[str, str]], bootstrap: int, seed: int = 0) -> List[dict]:
+    """One dict per (cell, pair) with both methods: setting, pair, episodes, means, difference, CI, p, p_holm."""
+    methods = {e.method for e in entries}
+    for name in {m for pair in pairs for m in pair} - methods:
+        raise UserError(f"--pair names '{name}', which has no rows{did_you_mean(name, sorted(methods))} "
+                        f"(methods: {', '.join(sorted(methods))})")
+    table = []
+    for (task, setting, backbone), members in compare.by_cell(entries).items():
+        by_method = {e.method: e for e in members}
+        for a, b in pairs:
+            if a not in by_method or b not in by_method:
+                continue
+            d = compare.differences(by_method[a], by_method[b])
+            if d is None:
+                continue
+            low, high = bootstrap_ci(d, bootstrap, seed)
+            common = compare.common_episodes(by_method[a], by_method[b])
+            table.append(dict(setting=setting, backbone=backbone, a=a, b=b, episodes=len(d),
+                              acc_a=sum(by_method[a].accuracy[f] for f in common) / len(common),
+                              acc_b=sum(by_method[b].accuracy[f] for f in common) / len(common),
+                              delta=float(d.mean()), low=low, high=high, p=sign_flip_p(d, seed)))
+    for row, adjusted in zip(table, holm([r["p"] for r in table]) if table else []):
+        row["p_holm"] = adjusted
+    return table
+
+
+def cli_compare(args) -> int:
+    from .leaderboard import load_entries
+
+    pairs = parse_pairs(args.pair)
+    table = pair_table(load_entries(args.store, bootstrap=1), pairs, args.bootstrap)
+    if not table:
+        raise UserError(f"no cell of {args.store} holds both methods of any --pair with common episodes")
+    print(f"paired comparisons (A - B on common ok episodes; bootstrap 95% CI, {args.bootstrap:,} resamples; "
+          f"sign-flip p; Holm over these {len(table)} comparisons)")
+    header = ["setting", "backbone", "A", "B", "episodes", "acc A", "acc B", "A - B [95% CI]", "p", "p (Holm)"]
+    lines = [[r["setting"], r["backbone"], r["a"], r["b"], str(r["episodes"]), f"{r['acc_a']:.4f}",
+              f"{r['acc_b']:.4f}", f"{r['delta']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]", f"{r['p']:.4g}",
+              f"{r['p_holm']:.4g}"] for r in table]
+    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
+    for line in [header] + lines:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    return 0
