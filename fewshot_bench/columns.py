@@ -125,7 +125,8 @@ LEADERBOARD: Tuple[Column, ...] = (
     Column("rank_group", "int", "1 + the number of methods of the cell that beat this one significantly", 1),
     Column("beaten_by", "text", "methods of the cell that beat this one significantly (Holm), ';'-separated"),
     _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired)"),
-    Column("flags", "text", "saturated, unfinished, mixed-episodes, no-reference, indistinguishable:METHOD(SHARE), "
+    Column("flags", "text", "saturated, narrow-spread, unfinished, mixed-episodes, no-reference, "
+                            "indistinguishable:METHOD(SHARE), "
                             "same-class-source (ranked apart: its rank group counts only same-class-source rows)"),
     mean_of("embedding_cache_seconds", "embedding_cache_seconds_total", 3, aggregate="sum"),
     mean_of("meta_train_seconds", decimals=3),

@@ -15,8 +15,9 @@ so they are ranked together (protocol stays a column). Contracts:
   * Against the reference method: mean difference (row minus reference), paired percentile bootstrap 95% CI
     (episodes resampled, seeded), the raw and the Holm-adjusted p of that pair. A cell without the reference
     gets the flag ``no-reference`` and empty comparison columns; the reference's own row has them empty too.
-  * Flags: ``saturated`` (every method >= ``SATURATED_ACCURACY``, or best minus worst mean below the median
-    CI half-width), ``mixed-episodes`` (episode counts differ within the cell), ``unfinished(DONE/PLANNED)``,
+  * Flags: ``saturated`` (every method >= ``SATURATED_ACCURACY``: the cell is at ceiling), ``narrow-spread``
+    (best minus worst mean below the median CI half-width: the methods' spread is within the noise of one
+    row), ``mixed-episodes`` (episode counts differ within the cell), ``unfinished(DONE/PLANNED)``,
     ``indistinguishable:OTHER(SHARE)`` (identical query predictions on >= ``IDENTICAL_SHARE`` of the queries
     of their common episodes).
   * Power: for adjacent methods (by mean accuracy) the SD of their per-episode differences; a cell's
@@ -137,8 +138,10 @@ def _cell_flags(members: List[Entry]) -> List[str]:
     if rows:
         means = [r["acc_mean"] for r in rows]
         half_widths = [(r["acc_ci95_high"] - r["acc_ci95_low"]) / 2 for r in rows]
-        if min(means) >= SATURATED_ACCURACY or max(means) - min(means) < float(np.median(half_widths)):
+        if min(means) >= SATURATED_ACCURACY:
             flags.append("saturated")
+        if len(rows) > 1 and max(means) - min(means) < float(np.median(half_widths)):
+            flags.append("narrow-spread")
     if len({e.row["episodes"] for e in members}) > 1:
         flags.append("mixed-episodes")
     return flags

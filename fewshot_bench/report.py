@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 from .columns import LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .compare import ALPHA, IDENTICAL_SHARE, POWER, SATURATED_ACCURACY
 
-CELL_FLAGS = ("saturated", "mixed-episodes", "no-reference")
+CELL_FLAGS = ("saturated", "narrow-spread", "mixed-episodes", "no-reference")
 
 
 def _md_table(header: Sequence[str], body: List[Sequence]) -> List[str]:
@@ -134,8 +134,8 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "**p (Holm)**: p after Holm's correction over every pairwise comparison of this leaderboard.",
         f"- **rank group** = 1 + the number of methods of the cell that beat the method significantly (Holm p < "
         f"{ALPHA}); methods that cannot be told apart share a group. **beaten by** names them.",
-        f"- **saturated**: every method >= {SATURATED_ACCURACY} accuracy, or best minus worst below the median CI "
-        f"half-width. **≈ M share** (CSV flag `indistinguishable:M(share)`): identical query predictions on >= "
+        f"- **saturated**: every method >= {SATURATED_ACCURACY} accuracy (ceiling). **narrow-spread**: best minus "
+        f"worst below the median CI half-width (the spread is within one row's noise). **≈ M share** (CSV flag `indistinguishable:M(share)`): identical query predictions on >= "
         f"{IDENTICAL_SHARE:.0%} of the queries of the common episodes. **unfinished(done/planned)**, "
         "**mixed-episodes**: the cell's episode sets differ; methods are then compared on their common episodes "
         "where the sets nest.",

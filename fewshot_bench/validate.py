@@ -157,8 +157,8 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
     scored = [v for _, v in members if v.get("acc_mean") is not None]
     half_widths = sorted((v["acc_ci95_high"] - v["acc_ci95_low"]) / 2 for v in scored)
     means = [v["acc_mean"] for v in scored]
-    saturated = bool(scored) and (min(means) >= SATURATED_ACCURACY or
-                                  max(means) - min(means) < float(np.median(half_widths)))
+    saturated = bool(scored) and min(means) >= SATURATED_ACCURACY
+    narrow = len(scored) > 1 and max(means) - min(means) < float(np.median(half_widths))
     for where, values in members:
         same_set = [v["episodes"] for _, v in members if v["episode_set_sha256"] == values["episode_set_sha256"]
                     and v.get("episodes") is not None]
@@ -169,8 +169,8 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
         flags = values["flags"].split(";") if values["flags"] else []
         for flag, expected, when in (
                 ("mixed-episodes", len(counts) > 1, "the cell's episode counts differ"),
-                ("saturated", saturated, f"every acc_mean >= {SATURATED_ACCURACY} or best minus worst < the median "
-                                         "CI half-width"),
+                ("saturated", saturated, f"every acc_mean >= {SATURATED_ACCURACY}"),
+                ("narrow-spread", narrow, "best minus worst acc_mean < the median CI half-width (two or more rows)"),
                 ("unfinished", values["episodes_planned"] is not None and values["episodes"] < values["episodes_planned"],
                  "episodes < episodes_planned")):
             if expected != any(f.split("(")[0] == flag for f in flags):

@@ -73,10 +73,10 @@ def test_planted_difference_is_found_and_identical_methods_share_a_group(tmp_pat
 
 def test_saturated_cells(tmp_path):
     high = _rows(_store(tmp_path / "high.sqlite", {"full_ft": [(0.98, [0])] * 5, "lora": [(0.99, [1])] * 5}))
-    assert all("saturated" in r["flags"] for r in high.values())
+    assert all("saturated" in r["flags"].split(";") for r in high.values())
     spread = {"full_ft": [(a, [0]) for a in (0.5, 0.9, 0.6, 0.8)], "lora": [(a, [1]) for a in (0.51, 0.9, 0.6, 0.8)]}
     narrow = _rows(_store(tmp_path / "narrow.sqlite", spread))  # 0.0025 apart, CI half-widths ~0.15
-    assert "saturated" in narrow["lora"]["flags"]
+    assert narrow["lora"]["flags"].split(";") == ["narrow-spread"]  # not at ceiling: not saturated
     wide = _rows(_store(tmp_path / "wide.sqlite", {"full_ft": [(0.5, [0])] * 5, "lora": [(0.9, [1])] * 5}))
     assert wide["lora"]["flags"] is None
 
