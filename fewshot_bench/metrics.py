@@ -57,6 +57,20 @@ def _wide(scratch: Optional[torch.Tensor], rows: int, device: torch.device) -> t
     return scratch
 
 
+def float64_gram(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gram matrix [n, n] of ``n`` equally long flat ``vectors``, accumulated in float64 one cache-sized slice at a
+    time (no float64 copy of a whole vector)."""
+    gram = torch.zeros(len(vectors), len(vectors), dtype=torch.float64, device=vectors[0].device)
+    scratch = None
+    for sl in _slices(*vectors):
+        scratch = _wide(scratch, len(vectors), sl[0].device)
+        block = scratch[: len(vectors), : sl[0].numel()]
+        for row, part in zip(block, sl):
+            row.copy_(part)
+        gram += block @ block.T
+    return gram
+
+
 def _total(parts: List[torch.Tensor]) -> float:
     return float(torch.stack(parts).sum()) if parts else 0.0
 

@@ -11,6 +11,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from ..metrics import float64_gram
+
 EPS = 1e-12
 
 Grads = List[torch.Tensor]
@@ -63,35 +65,18 @@ def regularisers(grads: Sequence[torch.Tensor], n_shared: int, *, ref=None, tau:
     return terms
 
 
-SLICE = 1 << 18  # elements per slice of the float64 Gram pass (a few slices fit in a core's cache)
-
-
-def _gram64(vectors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
-    """Gram matrix of ``vectors[i][start:stop]``, accumulated in float64 slice by slice (float32 products of
-    entries below ~1e-19 underflow: a near-zero g_src would give |cos| > 1)."""
-    gram = torch.zeros(len(vectors), len(vectors), dtype=torch.float64, device=vectors[0].device)
-    wide = torch.empty(len(vectors), min(SLICE, max(stop - start, 1)), dtype=torch.float64, device=vectors[0].device)
-    for lo in range(start, stop, SLICE):
-        hi = min(lo + SLICE, stop)
-        for row, v in zip(wide, vectors):
-            row[: hi - lo].copy_(v[lo:hi])
-        block = wide[:, : hi - lo]
-        gram += block @ block.T
-    return gram
-
-
 def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Optional[torch.Tensor]) -> Dict[str, float]:
-    """The few inner products everything per step is computed from, in one float64 pass over the vectors:
-    gg, gr, rr, gs, rs, ss, and the head-part (index >= k) ones, so backbone-only norms are gg − head part."""
-    names = ["g"] + (["r"] if ref is not None else [])
-    head = _gram64([g] + ([ref] if ref is not None else []), k, g.numel()).tolist()
-    shared = _gram64([g] + ([ref] if ref is not None else []) + ([src] if src is not None else []), 0, k).tolist()
-    at = {n: i for i, n in enumerate(names + (["s"] if src is not None else []))}
+    """The few inner products everything per step is computed from, accumulated in float64 (float32 products of
+    entries below ~1e-19 underflow: a near-zero g_src would give |cos| > 1): gg, gr, rr, gs, rs, ss, and the
+    head-part (index >= k) ones, so backbone-only norms are gg − head part."""
+    vectors = [g] + ([ref] if ref is not None else [])
+    head = float64_gram([v[k:] for v in vectors]).tolist()
+    shared = float64_gram([v[:k] for v in vectors] + ([src] if src is not None else [])).tolist()
     d = {"hgg": head[0][0], "gg": shared[0][0] + head[0][0]}
     if ref is not None:
         d.update(gr=shared[0][1] + head[0][1], rr=shared[1][1] + head[1][1], hgr=head[0][1], hrr=head[1][1])
     if src is not None:
-        s = at["s"]
+        s = len(vectors)  # g_src's row in the backbone-part Gram matrix
         d.update(gs=shared[0][s], ss=shared[s][s])
         if ref is not None:
             d["rs"] = shared[1][s]
