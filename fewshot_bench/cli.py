@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from .errors import UserError
+from .outputs import print_table
 from .registry import import_object
 
 
@@ -177,9 +178,7 @@ def cmd_list(args) -> int:
             continue
         counts = "/".join(str(len(data.pools[p].classes)) for p in ("source", "validation", "target"))
         rows.append((name + (" (demo)" if config.demo else ""), counts, str(len(data.ids)), config.license.split(" (")[0], origin))
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print_table(header, rows)
     if missing:
         where = data_dir() or "not set"
         print(f"\n{len(missing)} task(s) not loadable (data dir: {where}; set --data-dir DIR or FEWSHOT_BENCH_DATA=DIR):")

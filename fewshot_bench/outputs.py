@@ -4,6 +4,7 @@
 no write permission) with a one-line :class:`UserError`, without creating anything. :func:`atomic_files`
 writes a group of files to temporary names beside them and renames them into place only when every one was
 written, so a killed or failing command leaves the old files (or none), never a mix of old and new.
+:func:`print_table` prints the commands' text tables.
 """
 from __future__ import annotations
 
@@ -46,3 +47,10 @@ def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print text ``rows`` under ``header`` in left-aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -11,6 +11,7 @@ from typing import List, Tuple
 
 from . import compare
 from .errors import UserError
+from .outputs import print_table
 from .registry import did_you_mean
 from .stats import bootstrap_ci, holm, sign_flip_p
 
@@ -67,7 +68,5 @@ def cli_compare(args) -> int:
     lines = [[r["setting"], r["backbone"], r["a"], r["b"], str(r["episodes"]), f"{r['acc_a']:.4f}",
               f"{r['acc_b']:.4f}", f"{r['delta']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]", f"{r['p']:.4g}",
               f"{r['p_holm']:.4g}"] for r in table]
-    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
-    for line in [header] + lines:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    print_table(header, lines)
     return 0

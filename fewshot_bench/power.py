@@ -9,6 +9,7 @@ from typing import List
 
 from . import compare
 from .errors import UserError
+from .outputs import print_table
 from .stats import episodes_needed
 
 
@@ -49,7 +50,5 @@ def cli_power(args) -> int:
     lines = [[r["setting"], r["backbone"], f"{r['better']} > {r['worse']}", str(r["episodes"]),
               "" if r["sd"] is None else f"{r['sd']:.4f}"] + ["-" if n is None else str(n) for n in r["needed"].values()]
              for r in table]
-    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
-    for line in [header] + lines:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    print_table(header, lines)
     return 0
