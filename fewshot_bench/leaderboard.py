@@ -54,17 +54,20 @@ def _task_label(task: str, setting: str) -> str:
     return label + " [validation]" if "/validation/" in setting else label
 
 
+def planned_episodes(config_json: Optional[str]) -> Optional[int]:
+    """Episodes per task x setting a stored run config asked for (``min(episodes, limit)``); None when the
+    config does not say or cannot be read."""
+    try:
+        config = json.loads(config_json or "{}")
+        episodes, limit = config.get("episodes"), config.get("limit")
+        return min(episodes, limit) if limit else episodes
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 def _planned_by_run(runs: List[dict]) -> Dict[str, Optional[int]]:
-    """{run_id: episodes its config asked for per task x setting}; None when the config does not say."""
-    planned = {}
-    for run in runs:
-        try:
-            config = json.loads(run["config_json"] or "{}")
-            episodes, limit = config.get("episodes"), config.get("limit")
-            planned[run["run_id"]] = min(episodes, limit) if limit else episodes
-        except (ValueError, TypeError, AttributeError):
-            planned[run["run_id"]] = None
-    return planned
+    """{run_id: :func:`planned_episodes` of its config}."""
+    return {run["run_id"]: planned_episodes(run["config_json"]) for run in runs}
 
 
 def _summarise(key: tuple, episodes: List[dict], planned: Optional[int], bootstrap: int, seed: int) -> dict:

@@ -136,9 +136,14 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.05)
 
 
+def table_columns(conn: sqlite3.Connection, table: str) -> List[str]:
+    """Column names of ``table`` as the file has them (empty when the table is absent)."""
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a store written by an earlier version up to the current schema (new columns are nullable)."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(episodes)")}
+    present = set(table_columns(conn, "episodes"))
     for column, sql_type in EPISODE_TYPES.items():
         if column not in present:
             conn.execute(f"ALTER TABLE episodes ADD COLUMN {column} {sql_type}")
@@ -183,7 +188,7 @@ class ResultsStore:
                         self.conn.execute(statement)
                     _add_missing_columns(self.conn)
             # a reader leaves an earlier version's store as it is: columns added since read as NULL
-            present = {row[1] for row in self.conn.execute("PRAGMA table_info(episodes)")}
+            present = set(table_columns(self.conn, "episodes"))
             self._columns = tuple(c for c in EPISODE_COLUMNS if c in present)
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable results store ({exc})") from None

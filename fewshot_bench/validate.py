@@ -7,7 +7,6 @@ significant comparisons against the reference and with ``beaten_by``).
 from __future__ import annotations
 
 import csv
-import json
 import re
 import sqlite3
 from contextlib import closing
@@ -19,8 +18,8 @@ import numpy as np
 from .columns import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, RANGE_TOLERANCE, cell_key
 from .compare import ALPHA, SATURATED_ACCURACY
 from .errors import UserError
-from .leaderboard import FORMULA_PREFIXES
-from .store import EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES
+from .leaderboard import FORMULA_PREFIXES, planned_episodes
+from .store import EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES, table_columns
 
 _SLACK = 1e-6
 _SCHEMA_1 = COLUMNS[:23]
@@ -239,18 +238,9 @@ def validate_csv(path) -> List[str]:
     return _check_csv(path)[0]
 
 
-def _planned(config_json) -> int:
-    """Episodes per task x setting a run config asked for (None when it does not say)."""
-    try:
-        config = json.loads(config_json or "{}")
-        return min(config["episodes"], config["limit"]) if config.get("limit") else config.get("episodes")
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
 def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int]]:
     """Rows of a store; a nullable column a later version added (a writer adds it on open) reads as NULL."""
-    tables = {name: [c[1] for c in conn.execute(f"PRAGMA table_info({name})")] for name in ("runs", "episodes")}
+    tables = {name: table_columns(conn, name) for name in ("runs", "episodes")}
     added_later = {c for c, sql in EPISODE_TYPES.items() if "NOT NULL" not in sql} - set(tables["episodes"])
     problems = [f"{table}: missing column(s) {', '.join(c for c in wanted if c not in tables[table])} "
                 f"(expected {', '.join(wanted)})"
@@ -262,7 +252,7 @@ def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int]]:
     columns = ("rowid",) + tuple(c for c in EPISODE_COLUMNS if c not in added_later)
     rows = [{**dict.fromkeys(added_later), **dict(zip(columns, r))}
             for r in conn.execute(f"SELECT {', '.join(columns)} FROM episodes ORDER BY rowid")]
-    planned = {run_id: _planned(config) for run_id, config in conn.execute("SELECT run_id, config_json FROM runs")}
+    planned = {run_id: planned_episodes(config) for run_id, config in conn.execute("SELECT run_id, config_json FROM runs")}
     return [], rows, planned
 
 
