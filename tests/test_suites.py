@@ -3,7 +3,7 @@ import pytest
 
 from fewshot_bench.cli import build_parser
 from fewshot_bench.errors import UserError
-from fewshot_bench.run_config import RunConfig, build_config, load_suite, settings_of
+from fewshot_bench.run_config import RunConfig, build_config, settings_of
 
 
 def _labels(config):
