@@ -83,8 +83,8 @@ class Run:
             done = set().union(*(store.done_indices(run_hash, label, config.backbone, setting.task, setting.label)
                                  for store in [self.store, *self.finished_elsewhere]))
             source = setting.source_episodes(config.seed)
-            shared = setting.shared_source_classes if source is not None else ()
-            if shared and method.protocol != "target-only":
+            shared = setting.shared_source_classes if source is not None and method.protocol != "target-only" else ()
+            if shared:
                 log.warning("%s on %s: the source pool shares %d class(es) with the evaluated pool (%s): its rows are "
                             "marked same-class-source and ranked apart (not few-shot on those classes)", label,
                             setting.label, len(shared), ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else ""))
