@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common, episode_flags], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
-    p.add_argument("--suite", help="named suite (smoke, default, cross-domain) choosing task x setting combinations")
+    p.add_argument("--suite", help="named suite (smoke, default, core, cross-domain) choosing task x setting combinations")
     p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
     p.add_argument("--episodes", type=int, help="episodes per task x setting")
     p.add_argument("--pool", choices=["target", "validation"],
