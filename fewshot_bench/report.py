@@ -18,10 +18,21 @@ def _md_table(header: Sequence[str], body: List[Sequence]) -> List[str]:
 
 
 def _interval(mean, low, high, signed: bool = False):
+    """``mean [low, high]``; the mean alone when it has no interval; None without a mean."""
     if mean is None:
         return None
     fmt = "{:+.4f}" if signed else "{:.4f}"
+    if low is None or high is None:
+        return fmt.format(mean)
     return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _delta(row: Dict, reference: str):
+    """The Δ column: the interval, ``reference`` on the reference's own row, ``no reference`` without a
+    comparison to it."""
+    if row["delta_vs_ref"] is not None:
+        return _interval(row["delta_vs_ref"], row["delta_ci95_low"], row["delta_ci95_high"], signed=True)
+    return "reference" if row["method"] == reference else "no reference"
 
 
 def _flags(row: Dict, cell_level: bool) -> List[str]:
@@ -107,7 +118,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True), r["p_value"], r["p_holm"],
+              _delta(r, reference), r["p_value"], r["p_holm"],
               (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
               r["grad_dir_consistency"], r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
     if fold_rows:
@@ -116,8 +127,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
              f"Δ vs {reference} [95% CI over folds]", "flags"),
             [(r["setting"] + ("" if len({x["backbone"] for x in fold_rows}) == 1 else f" ({r['backbone']})"),
               r["method"], r["folds"], r["episodes"], _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True),
-              (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
+              _delta(r, reference), (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
     text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
     text += [
         "", "## How to read", "",
