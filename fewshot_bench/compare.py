@@ -116,14 +116,14 @@ def cell_detectable_difference(members: List[Entry], power: float = POWER) -> Op
     return detectable_difference(float(np.median(sds)), episodes, power, ALPHA)
 
 
-def _pairwise(cells: Dict[tuple, List[Entry]], seed: int) -> Dict[tuple, tuple]:
+def _pairwise(cells: Dict[tuple, List[Entry]]) -> Dict[tuple, tuple]:
     """{(a, b) and (b, a): (mean difference a - b, p, p_holm)} for every comparable pair of every cell."""
     tests = []
     for members in cells.values():
         for a, b in combinations(members, 2):
             d = differences(a, b)
             if d is not None:
-                tests.append((a, b, d, sign_flip_p(d, seed)))
+                tests.append((a, b, d, sign_flip_p(d)))
     adjusted = holm([t[3] for t in tests]) if tests else []
     result = {}
     for (a, b, d, p), p_holm in zip(tests, adjusted):  # rounded as written, so the CSV decides alike
@@ -150,7 +150,7 @@ def _cell_flags(members: List[Entry]) -> List[str]:
 def annotate(entries: List[Entry], reference: str, bootstrap: int = 10000, seed: int = 0) -> None:
     """Fill the comparison columns of every entry's row (see the module docstring)."""
     cells = by_cell(entries)
-    tests = _pairwise(cells, seed)
+    tests = _pairwise(cells)
     for members in cells.values():
         cell_flags = _cell_flags(members)
         detectable = cell_detectable_difference(members)

@@ -49,7 +49,7 @@ def pair_table(entries: List[compare.Entry], pairs: List[Tuple[str, str]], boots
             table.append(dict(setting=setting, backbone=backbone, a=a, b=b, episodes=len(d),
                               acc_a=sum(by_method[a].accuracy[f] for f in common) / len(common),
                               acc_b=sum(by_method[b].accuracy[f] for f in common) / len(common),
-                              delta=float(d.mean()), low=low, high=high, p=sign_flip_p(d, seed)))
+                              delta=float(d.mean()), low=low, high=high, p=sign_flip_p(d)))
     for row, adjusted in zip(table, holm([r["p"] for r in table]) if table else []):
         row["p_holm"] = adjusted
     return table

@@ -140,7 +140,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "- **accuracy**: mean query accuracy over ok episodes; 95% CI: percentile bootstrap over episodes "
         f"({bootstrap:,} resamples).",
         f"- **Δ vs {reference}**: mean per-episode accuracy difference on the common episodes, paired percentile "
-        "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact up to 30 non-zero differences); "
+        "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact: convolution over the 1/(N·Q) lattice of accuracy differences); "
         "**p (Holm)**: p after Holm's correction over every pairwise comparison of this leaderboard.",
         f"- **rank group** = 1 + the number of methods of the cell that beat the method significantly (Holm p < "
         f"{ALPHA}); methods that cannot be told apart share a group. **beaten by** names them.",

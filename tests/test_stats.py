@@ -8,7 +8,7 @@ import pytest
 
 from fewshot_bench.cli import main
 from fewshot_bench.leaderboard import aggregate, write_csv
-from fewshot_bench.stats import detectable_difference, episodes_needed, holm, sign_flip_p
+from fewshot_bench.stats import _enumerated_p, detectable_difference, episodes_needed, holm, lattice, sign_flip_p
 from fewshot_bench.store import ResultsStore
 from fewshot_bench.validate import validate_csv
 from helpers import record
@@ -43,6 +43,40 @@ def test_sign_flip_is_exact_on_small_samples():
     assert sign_flip_p(differences) == pytest.approx(brute)
     assert sign_flip_p([0.1] * 8) == pytest.approx(2 / 2 ** 8)
     assert sign_flip_p([0.0] * 5) == 1.0
+
+
+def _brute_p(differences):
+    d = np.asarray([x for x in differences if x != 0])
+    return np.mean([abs(np.dot(signs, np.abs(d))) >= abs(d.sum()) - 1e-12
+                    for signs in itertools.product([-1, 1], repeat=len(d))])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lattice_sign_flip_equals_brute_force_and_the_enumerator(seed):
+    """Accuracy differences on 1/(N*Q): the convolution equals every sign pattern counted, and the two-halves
+    enumerator (the off-lattice path) on up to 30 differences."""
+    rng = np.random.default_rng(seed)
+    n_q = [10, 75, 150, 750][seed % 4]
+    small = rng.integers(-n_q // 5, n_q // 5 + 1, 12) / n_q
+    assert lattice(small) is not None
+    assert sign_flip_p(small) == pytest.approx(_brute_p(small), rel=1e-12)
+    large = (rng.integers(0, n_q + 1, 30) - rng.integers(0, n_q + 1, 30)) / n_q
+    assert sign_flip_p(large) == pytest.approx(_enumerated_p(large[large != 0]), rel=1e-9)
+
+
+def test_sign_flip_has_no_floor():
+    assert sign_flip_p([1 / 75] * 100) == 2 / 2 ** 100  # exactly: no Monte-Carlo floor
+    assert sign_flip_p([-0.2] * 60 + [0.0] * 40) == 2 / 2 ** 60
+    assert 0 < sign_flip_p(np.arange(1, 101) / 75) < 1e-17
+
+
+def test_sign_flip_off_the_lattice():
+    rng = np.random.default_rng(1)
+    irrational = rng.normal(0.01, 0.05, 14) * np.pi
+    assert lattice(irrational) is None
+    assert sign_flip_p(irrational) == pytest.approx(_brute_p(irrational), rel=1e-12)
+    many = rng.normal(0.01, 0.05, 200) * np.pi  # rounded onto a 2^20 grid: agrees with a fine-resolution DP
+    assert sign_flip_p(many) == pytest.approx(sign_flip_p(np.round(many, 5)), rel=1e-3)
 
 
 def test_holm_on_a_known_list():
