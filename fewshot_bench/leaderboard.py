@@ -10,7 +10,8 @@ One row per (method, protocol, backbone, task, setting); columns are declared in
     no ok episode has a value (e.g. prototypical networks have no gradients).
   * 95% CI of the mean accuracy: percentile bootstrap over episodes in episode order (default 10,000 resamples)
     from a numpy Generator seeded with ``seed``, so it is deterministic.
-  * Comparisons, ``rank``/``rank_group``, flags and power: ``compare.py`` (paired, per cell, Holm-corrected).
+  * Comparisons, ``rank``/``rank_group``, flags and power: ``compare.py`` (paired, Holm within each cell);
+    "better over the suite" (Markdown section): ``across.py``.
   * Numbers are rounded to the decimals their column declares.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import compare
+from .across import across_cells
 from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .episodes import episode_set_sha256
 from .errors import UserError
@@ -125,15 +127,22 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[comp
     return entries
 
 
-def aggregate(store_path, bootstrap: int = 10000, seed: int = 0, reference: str = DEFAULT_REFERENCE) -> List[Dict]:
-    """Leaderboard rows (dicts with keys ``COLUMNS``), ordered by task, setting, backbone, rank group, accuracy."""
+def annotated_entries(store_path, bootstrap: int = 10000, seed: int = 0,
+                      reference: str = DEFAULT_REFERENCE) -> List[compare.Entry]:
+    """Entries with their rows' comparison columns filled, ordered by task, setting, backbone, rank group,
+    accuracy."""
     entries = load_entries(store_path, bootstrap, seed)
     compare.annotate(entries, reference, bootstrap, seed)
 
     def order(entry):
         row = entry.row
         return (*entry.cell, row["rank_group"], row["acc_mean"] is None, -(row["acc_mean"] or 0), row["method"])
-    return [entry.row for entry in sorted(entries, key=order)]
+    return sorted(entries, key=order)
+
+
+def aggregate(store_path, bootstrap: int = 10000, seed: int = 0, reference: str = DEFAULT_REFERENCE) -> List[Dict]:
+    """Leaderboard rows (dicts with keys ``COLUMNS``) in :func:`annotated_entries` order."""
+    return [entry.row for entry in annotated_entries(store_path, bootstrap, seed, reference)]
 
 
 def neutralise(cell):
@@ -192,7 +201,8 @@ def cli_leaderboard(args) -> int:
     """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv and <stem>.png beside it."""
     check_writable(args.out, "--out")
     reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
-    rows = aggregate(args.store, args.bootstrap, reference=reference)
+    entries = annotated_entries(args.store, args.bootstrap, reference=reference)
+    rows = [entry.row for entry in entries]
     if not rows:
         raise UserError(f"no episodes in {args.store}; run `fewshot-bench run` first")
     methods = sorted({r["method"] for r in rows})
@@ -207,7 +217,7 @@ def cli_leaderboard(args) -> int:
         write_csv(rows, out_tmp)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
-        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows)
+        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, across_cells(entries))
         leaderboard_figure(rows, reference).savefig(png_tmp, dpi=110)
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {png}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")
