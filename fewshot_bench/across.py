@@ -32,12 +32,14 @@ from .stats import holm
 
 @dataclass
 class SuitePair:
-    """Method ``a`` against ``b`` over the units holding both: mean of the unit mean differences a - b, the
-    units where a (b) was ahead, Wilcoxon p, Holm p over the method pairs, and the decision."""
+    """Method ``a`` against ``b`` over the units holding both: mean of the unit mean differences a - b and its
+    d_z over the units, the units where a (b) was ahead, Wilcoxon p, Holm p over the method pairs, and the
+    decision."""
     a: str
     b: str
     units: int
     mean_diff: float
+    dz: Optional[float]
     a_ahead: int
     b_ahead: int
     p: float
@@ -96,8 +98,8 @@ def _pairs(grouped: List[List[List[compare.Entry]]]) -> List[SuitePair]:
                     sums.setdefault((x.method, y.method), []).append(float(d.mean()))
         for key, values in sums.items():
             per_pair.setdefault(key, []).append(float(np.mean(values)))
-    pairs = [SuitePair(a, b, len(v), float(np.mean(v)), int(np.sum(np.array(v) > 0)), int(np.sum(np.array(v) < 0)),
-                       _wilcoxon(np.array(v))) for (a, b), v in sorted(per_pair.items())]
+    pairs = [SuitePair(a, b, len(v), float(np.mean(v)), compare.effect_size(np.array(v)), int(np.sum(np.array(v) > 0)),
+                       int(np.sum(np.array(v) < 0)), _wilcoxon(np.array(v))) for (a, b), v in sorted(per_pair.items())]
     for pair, adjusted in zip(pairs, holm([p.p for p in pairs]) if pairs else []):
         pair.p_holm = adjusted
     return pairs

@@ -107,9 +107,10 @@ def _across(suite: SuiteComparison) -> List[str]:
              f"{suite.units} independent units (cells; same-class-source rows left out)"
              + (f"; cells sharing target episodes counted once: {'; '.join(' = '.join(u) for u in suite.merged)}"
                 if suite.merged else "") + ".", ""]
-    lines += _md_table(("A", "B", "units", "mean A − B", "units A ahead / B ahead", "Wilcoxon p", "p (Holm)",
+    lines += _md_table(("A", "B", "units", "mean A − B", "d_z", "units A ahead / B ahead", "Wilcoxon p", "p (Holm)",
                         "better over the suite"),
-                       [(p.a, p.b, p.units, f"{p.mean_diff:+.4f}", f"{p.a_ahead} / {p.b_ahead}", f"{p.p:.4g}",
+                       [(p.a, p.b, p.units, f"{p.mean_diff:+.4f}", "" if p.dz is None else f"{p.dz:+.2f}",
+                         f"{p.a_ahead} / {p.b_ahead}", f"{p.p:.4g}",
                          f"{p.p_holm:.4g}", p.winner or "undecided") for p in suite.pairs])
     if suite.critical_difference is not None:
         ranks = ", ".join(f"{m} {r:.2f}" for m, r in sorted(suite.average_ranks.items(), key=lambda x: x[1]))

@@ -11,7 +11,8 @@ Contracts:
     absolute sum, then convolved.
   * ``holm``: Holm step-down adjusted p-values (monotone, capped at 1), same order as the input.
   * ``episodes_needed`` / ``detectable_difference``: normal approximation of a two-sided paired test
-    at level ``alpha`` with power ``power``: n = ((z_{1-alpha/2} + z_power) * sd / delta)^2.
+    at level ``alpha`` with power ``power``: n = ((z_{1-alpha/2} + z_power) * sd / delta)^2, never below
+    ``min_episodes`` (the fewest differences with which the sign-flip test can reach ``alpha``: 6 at 0.05).
 """
 from __future__ import annotations
 
@@ -119,11 +120,21 @@ def _z(alpha: float, power: float) -> float:
     return float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
 
 
+def min_episodes(alpha: float = 0.05) -> int:
+    """Fewest non-zero differences with which the two-sided sign-flip test can reach p < ``alpha`` (its
+    smallest p is 2 / 2^n): 6 at alpha 0.05."""
+    return math.floor(math.log2(2 / alpha)) + 1
+
+
 def episodes_needed(sd: float, delta: float, power: float = 0.8, alpha: float = 0.05) -> int:
-    """Episodes a paired test needs to detect a true mean difference ``delta`` (normal approximation)."""
-    return max(2, math.ceil((_z(alpha, power) * sd / delta) ** 2))
+    """Episodes a paired test needs to detect a true mean difference ``delta`` (normal approximation), never
+    fewer than :func:`min_episodes`."""
+    return max(min_episodes(alpha), math.ceil((_z(alpha, power) * sd / delta) ** 2))
 
 
-def detectable_difference(sd: float, episodes: int, power: float = 0.8, alpha: float = 0.05) -> float:
-    """Smallest true mean difference a paired test on ``episodes`` episodes detects with ``power``."""
+def detectable_difference(sd: float, episodes: int, power: float = 0.8, alpha: float = 0.05) -> Optional[float]:
+    """Smallest true mean difference a paired test on ``episodes`` episodes detects with ``power``; None below
+    :func:`min_episodes` (the sign-flip test cannot reach ``alpha`` there)."""
+    if episodes < min_episodes(alpha):
+        return None
     return _z(alpha, power) * sd / math.sqrt(episodes)

@@ -8,7 +8,8 @@ import pytest
 
 from fewshot_bench.cli import main
 from fewshot_bench.leaderboard import aggregate, write_csv
-from fewshot_bench.stats import _enumerated_p, detectable_difference, episodes_needed, holm, lattice, sign_flip_p
+from fewshot_bench.stats import (_enumerated_p, detectable_difference, episodes_needed, holm, lattice, min_episodes,
+                                 sign_flip_p)
 from fewshot_bench.store import ResultsStore
 from fewshot_bench.validate import validate_csv
 from helpers import record
@@ -185,3 +186,33 @@ def test_compare_command_pairs_named_methods_with_holm(tmp_path, capsys):
     assert float(line[-2]) == pytest.approx(2 / 2 ** 12, rel=1e-3) and float(line[-1]) == float(line[-2])
     assert main(["compare", "--store", str(store_path), "--pair", "full_ft[tund]=full_ft"]) == 2
     assert "did you mean 'full_ft[tuned]'" in capsys.readouterr().err
+
+
+def test_a_duplicated_method_cannot_move_a_rank_group(tmp_path):
+    """A 1-NN file identical to protonet (same predictions, same accuracy): linear_probe, beaten by both, stays
+    in rank group 2 (the clones count once), and its beaten_by still names both."""
+    rng = np.random.default_rng(5)
+    proto = np.rint(rng.uniform(0.6, 0.9, 40) * 75) / 75
+    episodes = {"protonet": [(a, [0, 1, i % 3]) for i, a in enumerate(proto)],
+                "one_nn": [(a, [0, 1, i % 3]) for i, a in enumerate(proto)],
+                "linear_probe": [(a - 4 / 75, [0, 2, 2]) for a in proto]}
+    rows = _rows(_store(tmp_path / "clone.sqlite", episodes), reference="protonet")
+    assert rows["linear_probe"]["beaten_by"] == "one_nn;protonet" and rows["linear_probe"]["rank_group"] == 2
+    assert rows["one_nn"]["rank_group"] == rows["protonet"]["rank_group"] == 1
+
+
+def test_narrow_spread_is_never_set_beside_a_significant_difference(tmp_path):
+    """Two methods 1/75 apart on every one of 40 noisy episodes: the spread is far below the CI half-width,
+    yet the paired test is decisive, so the cell is not narrow-spread."""
+    rng = np.random.default_rng(6)
+    base = np.rint(rng.uniform(0.3, 0.9, 40) * 75) / 75
+    rows = _rows(_store(tmp_path / "n.sqlite", {"full_ft": [(a, [0]) for a in base],
+                                                "lora": [(a + 1 / 75, [1]) for a in base]}))
+    assert rows["lora"]["p_holm"] < 0.05 and rows["full_ft"]["beaten_by"] == "lora"
+    assert "narrow-spread" not in (rows["lora"]["flags"] or "")
+
+
+def test_power_never_goes_below_the_sign_flip_minimum():
+    assert min_episodes(0.05) == 6 and sign_flip_p([0.1] * 6) < 0.05 <= sign_flip_p([0.1] * 5)
+    assert episodes_needed(0.001, 0.5) == 6  # the normal approximation would say 1
+    assert detectable_difference(0.05, 5) is None and detectable_difference(0.05, 6) is not None
