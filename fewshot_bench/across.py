@@ -18,7 +18,6 @@ can be drawn from it):
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Dict, List, Optional, Tuple
@@ -27,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from . import compare
-from .stats import holm
+from .stats import holm, wilcoxon_p
 
 
 @dataclass
@@ -78,14 +77,6 @@ def units(entries: List[compare.Entry]) -> List[List[tuple]]:
     return sorted(g[0] for g in groups)
 
 
-def _wilcoxon(values: np.ndarray) -> float:
-    if not np.any(np.abs(values) > 1e-12):
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on one non-zero difference
-        return float(stats.wilcoxon(values).pvalue)
-
-
 def _pairs(grouped: List[List[List[compare.Entry]]]) -> List[SuitePair]:
     """``grouped``: per unit, per cell, the cell's entries."""
     per_pair: Dict[tuple, List[float]] = {}
@@ -99,7 +90,7 @@ def _pairs(grouped: List[List[List[compare.Entry]]]) -> List[SuitePair]:
         for key, values in sums.items():
             per_pair.setdefault(key, []).append(float(np.mean(values)))
     pairs = [SuitePair(a, b, len(v), float(np.mean(v)), compare.effect_size(np.array(v)), int(np.sum(np.array(v) > 0)),
-                       int(np.sum(np.array(v) < 0)), _wilcoxon(np.array(v))) for (a, b), v in sorted(per_pair.items())]
+                       int(np.sum(np.array(v) < 0)), wilcoxon_p(np.array(v))) for (a, b), v in sorted(per_pair.items())]
     for pair, adjusted in zip(pairs, holm([p.p for p in pairs]) if pairs else []):
         pair.p_holm = adjusted
     return pairs

@@ -143,6 +143,10 @@ LEADERBOARD: Tuple[Column, ...] = (
     # schema 4
     Column("delta_dz", "float", "paired effect size d_z of delta_vs_ref: mean / SD of the per-episode differences "
                                 "(empty: SD 0)", optional=True),
+    Column("restarts", "int", "training restarts per episode (run --restarts; 1: one training seed)", 1),
+    _share("seed_sd", "median over episodes of the SD of accuracy over training restarts (empty: one restart)"),
+    _share("failed_run_share", "share of runs (episode x restart) that failed or scored <= chance + "
+                               "restarts.FAILED_MARGIN (0.05)"),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
 AGGREGATES = tuple(c for c in LEADERBOARD if c.source)

@@ -50,14 +50,16 @@ def marked(method: str, same_class_source: bool) -> str:
 
 @dataclass(eq=False)
 class Entry:
-    """One leaderboard row with its episodes: ``accuracy`` and ``predictions`` of ok episodes by fingerprint
-    (episode order), ``fingerprints`` of every stored episode."""
+    """One leaderboard row with its episodes: ``accuracy`` (the mean over its ok training restarts) and
+    ``predictions`` (of its first ok restart) of ok episodes by fingerprint (episode order), ``fingerprints`` of
+    every stored episode."""
     cell: Tuple[str, str, str]
     row: dict
     accuracy: Dict[str, float]
     predictions: Dict[str, list]
     fingerprints: frozenset = field(default_factory=frozenset)
     same_class_source: bool = False  # trained on a source pool sharing the evaluated classes: ranked apart
+    seed_sd: Dict[str, float] = field(default_factory=dict)  # SD of accuracy over training restarts, by fingerprint
 
     @property
     def method(self) -> str:

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 from .columns import LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .across import SuiteComparison
 from .compare import ALPHA, IDENTICAL_SHARE, LEAK_MARK, POWER, SATURATED_ACCURACY, connected_groups, marked
+from .restarts import FAILED_MARGIN
 
 CELL_FLAGS = ("saturated", "narrow-spread", "mixed-episodes", "no-reference")
 RULE = (f"**Decision rule.** Within a cell: every pair of its methods is compared paired on the common episodes "
@@ -120,14 +121,35 @@ def _across(suite: SuiteComparison) -> List[str]:
     return lines + [""]
 
 
+def _stability(cells: Dict[tuple, List[Dict]], tests: Sequence[Dict]) -> List[str]:
+    """The restarts section: per cell and method restarts, seed SD, failed-run share; paired seed-SD tests."""
+    lines = ["## Stability over training restarts", "",
+             "**seed SD**: per episode the SD of accuracy over the training restarts (`run --restarts R`), median "
+             f"over episodes; **failed runs**: share of runs (episode × restart) that crashed or scored at most "
+             f"chance + {FAILED_MARGIN}; **SD test**: paired over episodes, two-sided Wilcoxon signed-rank on the "
+             "per-episode SD differences, Holm within the cell (lower SD with Holm p < "
+             f"{ALPHA} = more stable).", ""]
+    lines += _md_table(("cell", "method", "restarts", "accuracy (mean over restarts)", "seed SD", "failed runs"),
+                       [(_title(key), r["method"], r["restarts"], r["acc_mean"], r["seed_sd"], r["failed_run_share"])
+                        for key, members in cells.items() for r in members if r["restarts"] > 1])
+    if tests:
+        lines += [""] + _md_table(("setting", "A", "B", "episodes", "median SD A − B", "p", "p (Holm)", "more stable"),
+                                  [(t["setting"], t["a"], t["b"], t["episodes"], f"{t['median_diff']:+.4f}",
+                                    f"{t['p']:.4g}", f"{t['p_holm']:.4g}",
+                                    (t["a"] if t["median_diff"] < 0 else t["b"]) if t["p_holm"] < ALPHA else "undecided")
+                                   for t in tests])
+    return lines + [""]
+
+
 def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: int = 10000,
                    reference: str = "full_ft", fold_rows: Sequence[Dict] = (),
-                   suite: Optional[SuiteComparison] = None) -> None:
-    """leaderboard.md: findings, the across-cell tests, one table per cell, the fold averages, the overall table
-    and how to read them."""
+                   suite: Optional[SuiteComparison] = None, seed_sd_tests: Sequence[Dict] = ()) -> None:
+    """leaderboard.md: findings, the across-cell tests, the restarts section (when a row has restarts), one table
+    per cell, the fold averages, the overall table and how to read them."""
     cells = _cells(rows)
     text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells, reference, rows)
     text += _across(suite) if suite is not None else []
+    text += _stability(cells, seed_sd_tests) if any(r["restarts"] > 1 for r in rows) else []
     for key, members in cells.items():
         first = members[0]
         counts = sorted({r["episodes"] for r in members})

@@ -17,6 +17,7 @@ Contracts:
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 from typing import List, Optional, Sequence
 
@@ -105,6 +106,16 @@ def sign_flip_p(differences: Sequence[float]) -> float:
         if k.size == 0:
             return 1.0
     return _lattice_p(k)
+
+
+def wilcoxon_p(differences: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p (scipy) of paired differences; 1 when none is non-zero."""
+    d = np.asarray(differences, dtype=float)
+    if not np.any(np.abs(d) > 1e-12):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on a single non-zero difference
+        return float(stats.wilcoxon(d).pvalue)
 
 
 def holm(p_values: Sequence[float]) -> List[float]:

@@ -289,9 +289,10 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
                             "(expected identical episodes across methods)")
         key = (row["method"], row["backbone"], row["task"], row["setting"])
         groups.setdefault((row["config_hash"],) + key, []).append(row)
-        latest.setdefault(key, {})
-        if row["fingerprint"] not in latest[key] or row["created_at"] >= latest[key][row["fingerprint"]]["created_at"]:
-            latest[key][row["fingerprint"]] = row
+        latest.setdefault(key + (row["restart"] or 0,), {})  # a restart > 0 has its own config_hash
+        by_fingerprint = latest[key + (row["restart"] or 0,)]
+        if row["fingerprint"] not in by_fingerprint or row["created_at"] >= by_fingerprint[row["fingerprint"]]["created_at"]:
+            by_fingerprint[row["fingerprint"]] = row
     for (config, method, backbone, task, setting), members in groups.items():
         plans = [planned_by_run[r["run_id"]] for r in members if planned_by_run.get(r["run_id"]) is not None]
         missing = sorted(set(range(max(plans))) - {r["episode_index"] for r in members}) if plans else []
@@ -299,7 +300,7 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
             problems.append(f"{path}: episodes: {method} on {setting} ({backbone}, config {config[:12]}) lacks episode(s) "
                             f"{', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''} of the "
                             f"{max(plans)} its run config plans (expected all: re-run the same command to resume)")
-    for (method, backbone, task, setting), by_fingerprint in latest.items():
+    for (method, backbone, task, setting, _), by_fingerprint in latest.items():
         configs = sorted({r["config_hash"] for r in by_fingerprint.values()})
         if len(configs) > 1:
             problems.append(f"{path}: config_hash: the leaderboard row of {method} on {setting} ({backbone}) pools "
