@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="SQLite results store (default: runs/results.sqlite)")
     p.add_argument("--out", help="leaderboard CSV written at the end (default: runs/leaderboard.csv)")
     p.add_argument("--limit", type=int, help="smoke runs: at most this many episodes per task x setting")
+    p.add_argument("--restarts", type=int, help="train each episode with this many training seeds (default 1): "
+                                                "the leaderboard then shows seed SD and failed-run share")
     p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
     p.set_defaults(handler="fewshot_bench.cli:cmd_run")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 INF = float("inf")
-LEADERBOARD_SCHEMA_VERSION = 3
+LEADERBOARD_SCHEMA_VERSION = 4
 RANGE_TOLERANCE = 1e-4  # float32 cosines and ratios over millions of parameters overshoot [-1, 1] by rounding
 
 
@@ -121,8 +121,9 @@ LEADERBOARD: Tuple[Column, ...] = (
     _delta("delta_ci95_low", "paired percentile bootstrap 95% CI of delta_vs_ref, low end"),
     _delta("delta_ci95_high", "paired percentile bootstrap 95% CI of delta_vs_ref, high end"),
     _share("p_value", "two-sided paired sign-flip p-value against the reference"),
-    _share("p_holm", "p_value after Holm's correction over every pairwise comparison of the leaderboard"),
-    Column("rank_group", "int", "1 + the number of methods of the cell that beat this one significantly", 1),
+    _share("p_holm", "p_value after Holm's correction over every pairwise comparison of the cell"),
+    Column("rank_group", "int", "1 + the number of methods of the cell that beat this one significantly "
+                                "(identical-prediction clones count once)", 1),
     Column("beaten_by", "text", "methods of the cell that beat this one significantly (Holm), ';'-separated"),
     _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired)"),
     Column("flags", "text", "saturated, narrow-spread, unfinished, mixed-episodes, no-reference, "
@@ -139,6 +140,13 @@ LEADERBOARD: Tuple[Column, ...] = (
     mean_of("sgg_align_active"),
     mean_of("sgg_dir_angle", decimals=2),
     mean_of("sgg_step_angle", decimals=2),
+    # schema 4
+    Column("delta_dz", "float", "paired effect size d_z of delta_vs_ref: mean / SD of the per-episode differences "
+                                "(empty: SD 0)", optional=True),
+    Column("restarts", "int", "training restarts per episode (run --restarts; 1: one training seed)", 1),
+    _share("seed_sd", "median over episodes of the SD of accuracy over training restarts (empty: one restart)"),
+    _share("failed_run_share", "share of runs (episode x restart) that failed or scored <= chance + "
+                               "restarts.FAILED_MARGIN (0.05)"),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
 AGGREGATES = tuple(c for c in LEADERBOARD if c.source)

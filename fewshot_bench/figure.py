@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from .columns import cell_key
-from .compare import ALPHA
+from .compare import ALPHA, LEAK_MARK, marked
 
 PROTOCOL_MARKERS = {"target-only": "o", "source-guided": "s", "meta-trained": "^"}
 SATURATED_FACE = "#e6e6e6"
@@ -13,7 +13,8 @@ SATURATED_FACE = "#e6e6e6"
 def leaderboard_figure(rows: List[Dict], reference: str = "full_ft"):
     """Matplotlib figure: one panel per cell (title: task, setting, episodes, chance level, reference accuracy;
     grey background when saturated). Each method is a point at its mean difference to the reference with its
-    paired 95% CI; marker = protocol, filled = significant after Holm; a cell without the reference says so.
+    paired 95% CI; marker = protocol, filled = significant after Holm; a same-class-source row's label carries
+    the leak mark; a cell without the reference says so.
     The last panel is the legend."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -37,7 +38,8 @@ def leaderboard_figure(rows: List[Dict], reference: str = "full_ft"):
         axis.set_title(title + (" (saturated)" if saturated else ""), fontsize="small")
         if saturated:
             axis.set_facecolor(SATURATED_FACE)
-        axis.set_yticks(range(len(members)), [r["method"] + (" (reference)" if r is ref else "") for r in members],
+        axis.set_yticks(range(len(members)), [marked(r["method"], "same-class-source" in (r["flags"] or "").split(";"))
+                                              + (" (reference)" if r is ref else "") for r in members],
                         fontsize="x-small")
         axis.invert_yaxis()
         axis.axvline(0, color="black", linewidth=0.8)
@@ -61,6 +63,7 @@ def leaderboard_figure(rows: List[Dict], reference: str = "full_ft"):
     handles = [Line2D([], [], color="grey", marker=m, linestyle="", label=p) for p, m in PROTOCOL_MARKERS.items()]
     handles += [Line2D([], [], color="C3", marker="o", linestyle="", label=f"different (Holm p < {ALPHA})"),
                 Line2D([], [], color="C0", marker="o", markerfacecolor="white", linestyle="", label="not different"),
-                Line2D([], [], color=SATURATED_FACE, marker="s", markersize=10, linestyle="", label="saturated cell")]
+                Line2D([], [], color=SATURATED_FACE, marker="s", markersize=10, linestyle="", label="saturated cell"),
+                Line2D([], [], linestyle="", label=f"{LEAK_MARK} same-class source (not few-shot)")]
     legend.legend(handles=handles, loc="center", fontsize="small", frameon=False)
     return fig

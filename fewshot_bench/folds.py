@@ -4,7 +4,8 @@ Leaderboard rows that differ only in their fold (same setting otherwise, backbon
 when at least two folds are present. Folds are the unit (their target classes differ), so the figures are the
 mean over folds of each fold's mean accuracy and of each fold's paired difference to the reference
 (``delta_vs_ref``, itself paired over that fold's episodes), each with a Student-t 95% CI over the folds.
-A fold without a comparison to the reference is left out of the difference (``delta_folds`` counts the rest).
+A fold without a comparison to the reference is left out of the difference (``delta_folds`` counts the rest);
+the difference over folds needs two compared folds (a t CI), with fewer its columns are empty.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def fold_summary(rows: List[Dict]) -> List[Dict]:
             continue
         acc = t_interval([r["acc_mean"] for r in scored])
         deltas = [r["delta_vs_ref"] for r in scored if r["delta_vs_ref"] is not None]
-        delta = t_interval(deltas) if deltas else (None, None, None)
+        delta = t_interval(deltas) if len(deltas) > 1 else (None, None, None)
         flags = sorted({f for r in members for f in (r["flags"] or "").split(";")
                         if f in ("same-class-source", "saturated") or f.startswith("unfinished")})
         first = members[0]

@@ -5,12 +5,17 @@ One row per (method, protocol, backbone, task, setting); columns are declared in
   * ``episodes`` counts every distinct episode of the row (ok + failed + diverged). An episode is identified by
     its fingerprint; if it was evaluated more than once (e.g. under another run config) the latest row counts.
     ``episodes_planned``: the largest episode count (``min(episodes, limit)``) of the run configs that wrote it.
-  * Failed and diverged episodes are EXCLUDED from the accuracy statistics and counted in ``failed_episodes``.
+  * Training restarts (``run --restarts``, the ``restart`` column; NULL = 0): an episode's accuracy is the mean
+    over its ok restarts, its predictions the first ok restart's; ``restarts``, ``seed_sd`` and
+    ``failed_run_share`` come from ``restarts.seed_stability``; metric means run over every ok run.
+  * Failed and diverged episodes (no ok restart) are EXCLUDED from the accuracy statistics and counted in
+    ``failed_episodes``.
     All other metric columns are means (``embedding_cache_seconds_total``: the sum) over ok episodes, empty when
     no ok episode has a value (e.g. prototypical networks have no gradients).
   * 95% CI of the mean accuracy: percentile bootstrap over episodes in episode order (default 10,000 resamples)
     from a numpy Generator seeded with ``seed``, so it is deterministic.
-  * Comparisons, ``rank``/``rank_group``, flags and power: ``compare.py`` (paired, per cell, Holm-corrected).
+  * Comparisons, ``rank``/``rank_group``, flags and power: ``compare.py`` (paired, Holm within each cell);
+    "better over the suite" (Markdown section): ``across.py``.
   * Numbers are rounded to the decimals their column declares.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import compare
+from .across import across_cells
 from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .episodes import episode_set_sha256
 from .errors import UserError
@@ -31,6 +37,7 @@ from .figure import leaderboard_figure
 from .folds import FOLD_COLUMNS, fold_summary
 from .outputs import atomic_files, check_writable
 from .registry import did_you_mean
+from .restarts import seed_sd_tests, seed_stability
 from .report import write_markdown
 from .stats import bootstrap_ci
 from .store import ResultsStore
@@ -70,29 +77,45 @@ def _planned_by_run(runs: List[dict]) -> Dict[str, Optional[int]]:
     return {run["run_id"]: planned_episodes(run["config_json"]) for run in runs}
 
 
-def _summarise(key: tuple, episodes: List[dict], planned: Optional[int], bootstrap: int, seed: int) -> dict:
+def _summarise(key: tuple, runs: Dict[str, List[dict]], planned: Optional[int], bootstrap: int, seed: int,
+               stability: tuple) -> dict:
+    """The row of one (task, setting, protocol, backbone, method) from its stored runs by fingerprint (one per
+    training restart, episode order) and their :func:`seed_stability`."""
     task, setting, protocol, backbone, method = key
-    ok = [e for e in episodes if e["status"] == "ok"]
-    accuracy = [e["accuracy"] for e in ok if e["accuracy"] is not None]
+    first = next(iter(runs.values()))[0]
+    ok_runs = [r for rows in runs.values() for r in rows if r["status"] == "ok"]
+    accuracy = list(_episode_accuracy(runs).values())
     row = dict.fromkeys(COLUMNS)
-    first = episodes[0]
     row.update(method=method, protocol=protocol, backbone=backbone, task=_task_label(task, setting), n_way=first["n_way"],
-               k_shot=first["k_shot"], q_query=first["q_query"], episodes=len(episodes),
-               failed_episodes=len(episodes) - len(ok), episodes_planned=planned,
-               episode_set_sha256=episode_set_sha256([e["fingerprint"] for e in episodes]),
-               version=";".join(sorted({e["version"] for e in episodes})), schema_version=LEADERBOARD_SCHEMA_VERSION,
-               fold=first["fold"], setting=setting)
+               k_shot=first["k_shot"], q_query=first["q_query"], episodes=len(runs),
+               failed_episodes=len(runs) - len(accuracy), episodes_planned=planned,
+               episode_set_sha256=episode_set_sha256(list(runs)),
+               version=";".join(sorted({r["version"] for rows in runs.values() for r in rows})),
+               schema_version=LEADERBOARD_SCHEMA_VERSION, fold=first["fold"], setting=setting)
     if accuracy:
         low, high = bootstrap_ci(accuracy, bootstrap, seed)
         row.update(acc_mean=round(float(np.mean(accuracy)), 4), acc_ci95_low=round(low, 4),
                    acc_ci95_high=round(high, 4))
     for column in AGGREGATES:
-        values = [e[column.source] for e in ok if e[column.source] is not None]
+        values = [r[column.source] for r in ok_runs if r[column.source] is not None]
         reduce = np.sum if column.aggregate == "sum" else np.mean
         row[column.name] = round(float(reduce(values)), column.decimals) if values else None
     if row["trainable_params"] is not None:
         row["trainable_params"] = int(row["trainable_params"])
+    restarts, seed_sd, failed_share, _ = stability
+    row.update(restarts=restarts, seed_sd=None if seed_sd is None else round(seed_sd, 4),
+               failed_run_share=None if failed_share is None else round(failed_share, 4))
     return row
+
+
+def _episode_accuracy(runs: Dict[str, List[dict]]) -> Dict[str, float]:
+    """{fingerprint: mean accuracy over its ok restarts} of the episodes with one or more."""
+    means = {}
+    for fingerprint, rows in runs.items():
+        accuracy = [r["accuracy"] for r in rows if r["status"] == "ok" and r["accuracy"] is not None]
+        if accuracy:
+            means[fingerprint] = float(np.mean(accuracy))
+    return means
 
 
 def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[compare.Entry]:
@@ -104,36 +127,47 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[comp
         raise UserError(f"--bootstrap must be >= 1, got {bootstrap}")
     with ResultsStore(path, create=False) as store:
         records, planned_by_run = store.episodes(), _planned_by_run(store.runs())
-    groups: Dict[tuple, Dict[str, dict]] = {}
+    groups: Dict[tuple, Dict[tuple, dict]] = {}
     for record in sorted(records, key=lambda r: r["created_at"]):  # stable sort: later rows overwrite earlier
         key = (record["task"], record["setting"], record["protocol"], record["backbone"], record["method"])
-        groups.setdefault(key, {})[record["fingerprint"]] = record
+        groups.setdefault(key, {})[(record["fingerprint"], record["restart"] or 0)] = record
     entries = []
-    for key, episodes in groups.items():
+    for key, stored in groups.items():
         # episode order, not write order (ranks, resumes): the bootstrap CI is a function of the episode set
-        episodes = sorted(episodes.values(), key=lambda e: (e["episode_index"], e["fingerprint"]))
-        if len({e["config_hash"] for e in episodes}) > 1:
+        runs: Dict[str, List[dict]] = {}
+        for record in sorted(stored.values(), key=lambda e: (e["episode_index"], e["fingerprint"], e["restart"] or 0)):
+            runs.setdefault(record["fingerprint"], []).append(record)
+        restarts = {r["restart"] or 0 for r in stored.values()}
+        if len({(r["restart"] or 0, r["config_hash"]) for r in stored.values()}) > len(restarts):
             log.warning("%s: episodes from several run configs are pooled (latest row per episode)", "/".join(key))
-        plans = [planned_by_run.get(e["run_id"]) for e in episodes]
+        plans = [planned_by_run.get(r["run_id"]) for r in stored.values()]
         planned = max((p for p in plans if p is not None), default=None)
-        ok = [e for e in episodes if e["status"] == "ok" and e["accuracy"] is not None]
-        entries.append(compare.Entry(cell=(key[0], key[1], key[3]), row=_summarise(key, episodes, planned, bootstrap, seed),
-                                     accuracy={e["fingerprint"]: e["accuracy"] for e in ok},
-                                     predictions={e["fingerprint"]: e["predictions"] for e in ok},
-                                     fingerprints=frozenset(e["fingerprint"] for e in episodes),
-                                     same_class_source=any(e.get("same_class_source") == 1 for e in episodes)))
+        accuracy, stability = _episode_accuracy(runs), seed_stability(runs, next(iter(runs.values()))[0]["n_way"])
+        predictions = {f: next(r["predictions"] for r in runs[f] if r["status"] == "ok" and r["accuracy"] is not None)
+                       for f in accuracy}  # the first ok restart's
+        entries.append(compare.Entry(cell=(key[0], key[1], key[3]), row=_summarise(key, runs, planned, bootstrap, seed, stability),
+                                     accuracy=accuracy, predictions=predictions, fingerprints=frozenset(runs),
+                                     same_class_source=any(r.get("same_class_source") == 1 for r in stored.values()),
+                                     seed_sd=stability[3]))
     return entries
 
 
-def aggregate(store_path, bootstrap: int = 10000, seed: int = 0, reference: str = DEFAULT_REFERENCE) -> List[Dict]:
-    """Leaderboard rows (dicts with keys ``COLUMNS``), ordered by task, setting, backbone, rank group, accuracy."""
+def annotated_entries(store_path, bootstrap: int = 10000, seed: int = 0,
+                      reference: str = DEFAULT_REFERENCE) -> List[compare.Entry]:
+    """Entries with their rows' comparison columns filled, ordered by task, setting, backbone, rank group,
+    accuracy."""
     entries = load_entries(store_path, bootstrap, seed)
     compare.annotate(entries, reference, bootstrap, seed)
 
     def order(entry):
         row = entry.row
         return (*entry.cell, row["rank_group"], row["acc_mean"] is None, -(row["acc_mean"] or 0), row["method"])
-    return [entry.row for entry in sorted(entries, key=order)]
+    return sorted(entries, key=order)
+
+
+def aggregate(store_path, bootstrap: int = 10000, seed: int = 0, reference: str = DEFAULT_REFERENCE) -> List[Dict]:
+    """Leaderboard rows (dicts with keys ``COLUMNS``) in :func:`annotated_entries` order."""
+    return [entry.row for entry in annotated_entries(store_path, bootstrap, seed, reference)]
 
 
 def neutralise(cell):
@@ -192,7 +226,8 @@ def cli_leaderboard(args) -> int:
     """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv and <stem>.png beside it."""
     check_writable(args.out, "--out")
     reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
-    rows = aggregate(args.store, args.bootstrap, reference=reference)
+    entries = annotated_entries(args.store, args.bootstrap, reference=reference)
+    rows = [entry.row for entry in entries]
     if not rows:
         raise UserError(f"no episodes in {args.store}; run `fewshot-bench run` first")
     methods = sorted({r["method"] for r in rows})
@@ -207,7 +242,8 @@ def cli_leaderboard(args) -> int:
         write_csv(rows, out_tmp)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
-        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows)
+        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, across_cells(entries),
+                       seed_sd_tests(entries))
         leaderboard_figure(rows, reference).savefig(png_tmp, dpi=110)
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {png}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")

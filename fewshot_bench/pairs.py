@@ -2,8 +2,9 @@
 
 For every cell (task x setting x backbone) holding both methods of a pair ``A=B``: the mean per-episode accuracy
 difference A - B on their common ok episodes, its paired percentile bootstrap 95% CI, the two-sided sign-flip
-p-value and Holm's correction over every comparison printed (one family), with the same functions as the
-leaderboard (``compare.differences``, ``stats``). Pairs whose episode sets do not nest are not compared.
+p-value, the paired d_z and Holm's correction over every comparison printed (one family), with the same
+functions as the leaderboard (``compare.differences``, ``stats``). A same-class-source row's method carries the
+leak mark (``compare.LEAK_MARK``). Pairs whose episode sets do not nest are not compared.
 """
 from __future__ import annotations
 
@@ -46,10 +47,12 @@ def pair_table(entries: List[compare.Entry], pairs: List[Tuple[str, str]], boots
                 continue
             low, high = bootstrap_ci(d, bootstrap, seed)
             common = compare.common_episodes(by_method[a], by_method[b])
-            table.append(dict(setting=setting, backbone=backbone, a=a, b=b, episodes=len(d),
+            leaked = by_method[a].same_class_source or by_method[b].same_class_source
+            table.append(dict(setting=setting, backbone=backbone, a=compare.marked(a, by_method[a].same_class_source),
+                              b=compare.marked(b, by_method[b].same_class_source), leaked=leaked, episodes=len(d),
                               acc_a=sum(by_method[a].accuracy[f] for f in common) / len(common),
                               acc_b=sum(by_method[b].accuracy[f] for f in common) / len(common),
-                              delta=float(d.mean()), low=low, high=high, p=sign_flip_p(d, seed)))
+                              delta=float(d.mean()), low=low, high=high, dz=compare.effect_size(d), p=sign_flip_p(d)))
     for row, adjusted in zip(table, holm([r["p"] for r in table]) if table else []):
         row["p_holm"] = adjusted
     return table
@@ -64,9 +67,12 @@ def cli_compare(args) -> int:
         raise UserError(f"no cell of {args.store} holds both methods of any --pair with common episodes")
     print(f"paired comparisons (A - B on common ok episodes; bootstrap 95% CI, {args.bootstrap:,} resamples; "
           f"sign-flip p; Holm over these {len(table)} comparisons)")
-    header = ["setting", "backbone", "A", "B", "episodes", "acc A", "acc B", "A - B [95% CI]", "p", "p (Holm)"]
+    header = ["setting", "backbone", "A", "B", "episodes", "acc A", "acc B", "A - B [95% CI]", "d_z", "p", "p (Holm)"]
     lines = [[r["setting"], r["backbone"], r["a"], r["b"], str(r["episodes"]), f"{r['acc_a']:.4f}",
-              f"{r['acc_b']:.4f}", f"{r['delta']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]", f"{r['p']:.4g}",
-              f"{r['p_holm']:.4g}"] for r in table]
+              f"{r['acc_b']:.4f}", f"{r['delta']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
+              "-" if r["dz"] is None else f"{r['dz']:+.3f}", f"{r['p']:.4g}", f"{r['p_holm']:.4g}"] for r in table]
     print_table(header, lines)
+    if any(r["leaked"] for r in table):
+        print(f"{compare.LEAK_MARK} trained on a source pool holding the evaluated classes (same-class-source): not "
+              "few-shot on them")
     return 0

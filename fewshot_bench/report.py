@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .columns import LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
-from .compare import ALPHA, IDENTICAL_SHARE, POWER, SATURATED_ACCURACY
+from .across import SuiteComparison
+from .compare import ALPHA, IDENTICAL_SHARE, LEAK_MARK, POWER, SATURATED_ACCURACY, connected_groups, marked
+from .restarts import FAILED_MARGIN
 
 CELL_FLAGS = ("saturated", "narrow-spread", "mixed-episodes", "no-reference")
+RULE = (f"**Decision rule.** Within a cell: every pair of its methods is compared paired on the common episodes "
+        f"(exact sign-flip test) and Holm-corrected within the cell (one family per cell, so adding cells or "
+        f"methods elsewhere changes nothing here); A beats B when Holm p < {ALPHA} and A's mean is higher. Over "
+        f"the suite: a Wilcoxon signed-rank test over cells of the per-cell paired mean differences, cells sharing "
+        f"target episodes counted once, Holm over the method pairs; Friedman average ranks with the Nemenyi "
+        f"critical difference for the methods present everywhere.")
 
 
 def _md_table(header: Sequence[str], body: List[Sequence]) -> List[str]:
@@ -18,10 +26,21 @@ def _md_table(header: Sequence[str], body: List[Sequence]) -> List[str]:
 
 
 def _interval(mean, low, high, signed: bool = False):
+    """``mean [low, high]``; the mean alone when it has no interval; None without a mean."""
     if mean is None:
         return None
     fmt = "{:+.4f}" if signed else "{:.4f}"
+    if low is None or high is None:
+        return fmt.format(mean)
     return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _delta(row: Dict, reference: str):
+    """The Δ column: the interval, ``reference`` on the reference's own row, ``no reference`` without a
+    comparison to it."""
+    if row["delta_vs_ref"] is not None:
+        return _interval(row["delta_vs_ref"], row["delta_ci95_low"], row["delta_ci95_high"], signed=True)
+    return "reference" if row["method"] == reference else "no reference"
 
 
 def _flags(row: Dict, cell_level: bool) -> List[str]:
@@ -61,38 +80,76 @@ def _identical(row: Dict) -> List[tuple]:
     return [tuple(f.split(":", 1)[1][:-1].rsplit("(", 1)) for f in _flags(row, False) if f.startswith("indistinguishable:")]
 
 
-def _groups(pairs: List[tuple]) -> List[List[str]]:
-    """Connected groups of methods from (a, b) pairs."""
-    groups: List[set] = []
-    for a, b in pairs:
-        joined = [g for g in groups if a in g or b in g]
-        groups = [g for g in groups if g not in joined] + [set().union({a, b}, *joined)]
-    return sorted(sorted(g) for g in groups)
-
-
-def _findings(cells: Dict[tuple, List[Dict]], reference: str) -> List[str]:
-    lines = ["## What the data can decide", ""]
+def _findings(cells: Dict[tuple, List[Dict]], reference: str, rows: List[Dict]) -> List[str]:
+    lines = ["## What the data can decide", "", RULE, ""]
     for key, members in cells.items():
-        beaten = [f"{r['method']} < {r['beaten_by'].replace(';', ', ')}" for r in members if r["beaten_by"]]
-        nominal = [f"{r['method']} {r['delta_vs_ref']:+.4f} (p {r['p_value']})" for r in members
-                   if r["p_value"] is not None and r["p_value"] < ALPHA]
+        name = {r["method"]: marked(r["method"], "same-class-source" in _flags(r, False)) for r in members}
+        beaten = [f"{name[r['method']]} < {', '.join(name[m] for m in r['beaten_by'].split(';'))}"
+                  for r in members if r["beaten_by"]]
+        nominal = [f"{name[r['method']]} {r['delta_vs_ref']:+.4f} (d_z {r['delta_dz']}, p {r['p_value']})"
+                   for r in members if r["p_value"] is not None and r["p_value"] < ALPHA]
         pairs = {tuple(sorted((r["method"], other))): share for r in members for other, share in _identical(r)}
         total = len(members) * (len(members) - 1) // 2
-        same = _groups([pair for pair, share in pairs.items() if share == "100.0%"])
+        same = connected_groups([pair for pair, share in pairs.items() if share == "100.0%"])
         text = f"- **{_title(key)}**" + (" (*saturated*)" if "saturated" in _flags(members[0], True) else "")
         text += f": significant after Holm: {'; '.join(beaten) if beaten else 'none'}"
         text += f"; nominal p < {ALPHA} vs {reference}: {', '.join(nominal) if nominal else 'none'}"
         text += f"; identical predictions on >= {IDENTICAL_SHARE:.0%} of queries: {len(pairs)} of {total} pairs"
         text += f" (100.0%: {'; '.join(' = '.join(g) for g in same)})" if same else ""
         lines.append(text)
+    return lines + ([f"{LEAK_MARK} trained on a source pool holding the evaluated classes (same-class-source): "
+                     "not few-shot, ranked apart", ""] if any("same-class-source" in (r["flags"] or "") for r in rows)
+                    else [""])
+
+
+def _across(suite: SuiteComparison) -> List[str]:
+    """The across-cell section: units, the pairwise Wilcoxon tests with Holm, Friedman ranks and the CD."""
+    lines = ["## Better over the suite (across cells)", "",
+             f"{suite.units} independent units (cells; same-class-source rows left out)"
+             + (f"; cells sharing target episodes counted once: {'; '.join(' = '.join(u) for u in suite.merged)}"
+                if suite.merged else "") + ".", ""]
+    lines += _md_table(("A", "B", "units", "mean A − B", "d_z", "units A ahead / B ahead", "Wilcoxon p", "p (Holm)",
+                        "better over the suite"),
+                       [(p.a, p.b, p.units, f"{p.mean_diff:+.4f}", "" if p.dz is None else f"{p.dz:+.2f}",
+                         f"{p.a_ahead} / {p.b_ahead}", f"{p.p:.4g}",
+                         f"{p.p_holm:.4g}", p.winner or "undecided") for p in suite.pairs])
+    if suite.critical_difference is not None:
+        ranks = ", ".join(f"{m} {r:.2f}" for m, r in sorted(suite.average_ranks.items(), key=lambda x: x[1]))
+        lines += ["", f"Average ranks over the {suite.units} units of the {len(suite.methods)} methods present in "
+                  f"every unit (1 = best): {ranks}; Nemenyi critical difference {suite.critical_difference:.3f}"
+                  + ("" if suite.friedman_p is None else f"; Friedman p {suite.friedman_p:.4g}") + "."]
+    return lines + [""]
+
+
+def _stability(cells: Dict[tuple, List[Dict]], tests: Sequence[Dict]) -> List[str]:
+    """The restarts section: per cell and method restarts, seed SD, failed-run share; paired seed-SD tests."""
+    lines = ["## Stability over training restarts", "",
+             "**seed SD**: per episode the SD of accuracy over the training restarts (`run --restarts R`), median "
+             f"over episodes; **failed runs**: share of runs (episode × restart) that crashed or scored at most "
+             f"chance + {FAILED_MARGIN}; **SD test**: paired over episodes, two-sided Wilcoxon signed-rank on the "
+             "per-episode SD differences, Holm within the cell (lower SD with Holm p < "
+             f"{ALPHA} = more stable).", ""]
+    lines += _md_table(("cell", "method", "restarts", "accuracy (mean over restarts)", "seed SD", "failed runs"),
+                       [(_title(key), r["method"], r["restarts"], r["acc_mean"], r["seed_sd"], r["failed_run_share"])
+                        for key, members in cells.items() for r in members if r["restarts"] > 1])
+    if tests:
+        lines += [""] + _md_table(("setting", "A", "B", "episodes", "median SD A − B", "p", "p (Holm)", "more stable"),
+                                  [(t["setting"], t["a"], t["b"], t["episodes"], f"{t['median_diff']:+.4f}",
+                                    f"{t['p']:.4g}", f"{t['p_holm']:.4g}",
+                                    (t["a"] if t["median_diff"] < 0 else t["b"]) if t["p_holm"] < ALPHA else "undecided")
+                                   for t in tests])
     return lines + [""]
 
 
 def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: int = 10000,
-                   reference: str = "full_ft", fold_rows: Sequence[Dict] = ()) -> None:
-    """leaderboard.md: findings, one table per cell, the fold averages, the overall table and how to read them."""
+                   reference: str = "full_ft", fold_rows: Sequence[Dict] = (),
+                   suite: Optional[SuiteComparison] = None, seed_sd_tests: Sequence[Dict] = ()) -> None:
+    """leaderboard.md: findings, the across-cell tests, the restarts section (when a row has restarts), one table
+    per cell, the fold averages, the overall table and how to read them."""
     cells = _cells(rows)
-    text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells, reference)
+    text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells, reference, rows)
+    text += _across(suite) if suite is not None else []
+    text += _stability(cells, seed_sd_tests) if any(r["restarts"] > 1 for r in rows) else []
     for key, members in cells.items():
         first = members[0]
         counts = sorted({r["episodes"] for r in members})
@@ -102,12 +159,12 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         facts += [f"**{flag}**" for flag in _flags(first, True)]
         text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
             ("rank group", "method", "protocol", "episodes", "accuracy [95% CI]", f"Δ vs {reference} [95% CI]",
-             "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode",
+             "d_z", "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode",
              "SGG terms acting: mag / align share, dir °"),
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True), r["p_value"], r["p_holm"],
+              _delta(r, reference), r["delta_dz"], r["p_value"], r["p_holm"],
               (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
               r["grad_dir_consistency"], r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
     if fold_rows:
@@ -116,8 +173,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
              f"Δ vs {reference} [95% CI over folds]", "flags"),
             [(r["setting"] + ("" if len({x["backbone"] for x in fold_rows}) == 1 else f" ({r['backbone']})"),
               r["method"], r["folds"], r["episodes"], _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _interval(r["delta_vs_ref"], r["delta_ci95_low"], r["delta_ci95_high"], signed=True),
-              (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
+              _delta(r, reference), (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
     text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
     text += [
         "", "## How to read", "",
@@ -130,12 +186,14 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "- **accuracy**: mean query accuracy over ok episodes; 95% CI: percentile bootstrap over episodes "
         f"({bootstrap:,} resamples).",
         f"- **Δ vs {reference}**: mean per-episode accuracy difference on the common episodes, paired percentile "
-        "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact up to 30 non-zero differences); "
-        "**p (Holm)**: p after Holm's correction over every pairwise comparison of this leaderboard.",
-        f"- **rank group** = 1 + the number of methods of the cell that beat the method significantly (Holm p < "
-        f"{ALPHA}); methods that cannot be told apart share a group. **beaten by** names them.",
+        "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact: convolution over the 1/(N·Q) lattice of accuracy differences); "
+        "**d_z**: paired effect size (mean / SD of the per-episode differences); **p (Holm)**: p after Holm's "
+        "correction over every pairwise comparison of the cell (one family per cell).",
+        f"- **rank group** = 1 + the number of distinct methods of the cell that beat the method significantly "
+        f"(Holm p < {ALPHA}), clones (identical predictions on 100.0% of the queries, equal accuracy) counted once; "
+        "methods that cannot be told apart share a group. **beaten by** names them.",
         f"- **saturated**: every method >= {SATURATED_ACCURACY} accuracy (ceiling). **narrow-spread**: best minus "
-        f"worst below the median CI half-width (the spread is within one row's noise). **≈ M share** (CSV flag `indistinguishable:M(share)`): identical query predictions on >= "
+        f"worst below the median CI half-width and no significant pair (the spread is within one row's noise). **≈ M share** (CSV flag `indistinguishable:M(share)`): identical query predictions on >= "
         f"{IDENTICAL_SHARE:.0%} of the queries of the common episodes. **unfinished(done/planned)**, "
         "**mixed-episodes**: the cell's episode sets differ; methods are then compared on their common episodes "
         "where the sets nest.",

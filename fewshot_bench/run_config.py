@@ -52,6 +52,8 @@ class RunConfig:
     pool: str = option("target", help="pool of the evaluated episodes: target, or validation to choose "
                                       "hyperparameters without seeing target classes", choices=("target", "validation"))
     seed: int = option(0, help="episode and training seed", low=0)
+    restarts: int = option(1, help="training restarts per episode: each episode is trained with this many training "
+                                   "seeds (restart 0 uses the usual one), one stored row each", low=1)
     backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N")
     bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
@@ -134,6 +136,7 @@ def build_config(args) -> RunConfig:
     flags = {"tasks": _split(args.tasks) or None, "methods": split_specs(args.methods or "") or None,
              "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
              "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
+             "restarts": getattr(args, "restarts", None),
              "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
              "source_task": args.source_task, "tuned": getattr(args, "tuned", None)}
     if flags["tasks"]:

@@ -1,7 +1,7 @@
 """``fewshot-bench run`` execution: methods x settings x episodes into a results store, resumable.
 
-Work units are (setting, method spec, episode index). A unit already in the store (same run hash) is
-skipped, so re-running a command resumes it; each finished episode is one committed transaction. Under
+Work units are (setting, method spec, episode index, restart). A unit already in the store (same run hash;
+restarts > 0 under their own ``restart_hash``) is skipped, so re-running a command resumes it; each finished episode is one committed transaction. Under
 torchrun each rank runs every ``world_size``-th unit into its own shard (:mod:`fewshot_bench.distributed`).
 Meta-trained state is cached on disk by the framework (:mod:`fewshot_bench.meta_cache`), keyed by the run hash.
 """
@@ -35,9 +35,10 @@ from .tuning import load_tuned, tuned_overrides
 log = logging.getLogger(__name__)
 
 
-def episode_seed(seed: int, setting: Setting, index: int) -> int:
-    """Training seed of one episode: the same for every method, so head inits match."""
-    return hash_seed(json.dumps([seed, setting.label, index]))
+def episode_seed(seed: int, setting: Setting, index: int, restart: int = 0) -> int:
+    """Training seed of one episode and restart: the same for every method, so head inits match; restart 0 is
+    the seed of a run without restarts."""
+    return hash_seed(json.dumps([seed, setting.label, index] + ([restart] if restart else [])))
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Cell:
     method: Method
     label: str                      # leaderboard name: the spec with its overrides
     run_hash: str                   # identity of (method, config, seed, backbone, source task) in the store
-    done: Set[int] = field(default_factory=set)   # episode indices already stored (resume)
+    done: Set[Tuple[int, int]] = field(default_factory=set)   # (episode index, restart) already stored (resume)
     source_episodes: Optional[Callable[[int], Episode]] = None
     meta_trained: bool = False
     meta_train_seconds: Optional[float] = None  # wall time of the meta-training (also when its state was cached)
@@ -80,8 +81,10 @@ class Run:
             label = method_label(method.name, overrides) + ("[tuned]" if chosen is not None else "")
             run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
                                     "backbone": config.backbone, "source_task": setting.source_task})
-            done = set().union(*(store.done_indices(run_hash, label, config.backbone, setting.task, setting.label)
-                                 for store in [self.store, *self.finished_elsewhere]))
+            done = {(index, restart) for restart in range(config.restarts)
+                    for store in [self.store, *self.finished_elsewhere]
+                    for index in store.done_indices(restart_hash(run_hash, restart), label, config.backbone,
+                                                    setting.task, setting.label)}
             source = setting.source_episodes(config.seed)
             shared = setting.shared_source_classes if source is not None and method.protocol != "target-only" else ()
             if shared:
@@ -133,13 +136,13 @@ class Run:
             save_meta_state(path, state, payload,
                             {"label": cell.label, "meta_train_seconds": repr(cell.meta_train_seconds)})
 
-    def evaluate(self, cell: Cell, index: int) -> None:
-        """Run episode ``index`` of the cell and write its record to the store."""
+    def evaluate(self, cell: Cell, index: int, restart: int = 0) -> None:
+        """Run episode ``index`` of the cell with training restart ``restart`` and write its record to the store."""
         config, setting = self.config, cell.setting
         backbone = self.prepare(cell)
         episode = setting.target_episode(config.seed, index)
         cache_before = backbone.embedding_cache_seconds
-        record = run_episode(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index),
+        record = run_episode(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index, restart),
                              autocast_dtype=self.autocast, source_episodes=cell.source_episodes)
         record.pop("diverged", None)
         # one-off cost: embedding texts the run's frozen-embedding cache did not hold yet, kept out of wall_seconds
@@ -150,15 +153,22 @@ class Run:
         record["same_class_source"] = None if protocol == "target-only" else int(cell.same_class_source)
         k_shot = "-".join(map(str, setting.k_shot)) if isinstance(setting.k_shot, tuple) else str(setting.k_shot)
         self.store.write_episode({
-            **record, "run_id": self.run_id, "config_hash": cell.run_hash, "method": cell.label,
+            **record, "run_id": self.run_id, "config_hash": restart_hash(cell.run_hash, restart), "method": cell.label,
             "protocol": protocol,
             "backbone": config.backbone, "task": setting.task, "setting": setting.label, "n_way": episode.n_way,
             "k_shot": k_shot, "q_query": setting.q_query, "fold": setting.fold, "seed": config.seed,
             "episode_index": index, "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task},
+            "restart": restart,
         })
         if record["status"] != "ok":
             log.warning("%s on %s episode %d: %s", cell.label, setting.label, index,
                         (record["error"] or "").splitlines()[0])
+
+
+def restart_hash(run_hash: str, restart: int) -> str:
+    """The store key of a restart: the run hash itself for restart 0 (stores without restarts stay resumable),
+    a hash of (run hash, restart) otherwise."""
+    return run_hash if restart == 0 else config_hash({"run": run_hash, "restart": restart})
 
 
 def autocast_dtype(device: str, bf16: bool = True) -> Optional[torch.dtype]:
@@ -208,22 +218,24 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
     execution = Run(config, device, backbones, store, finished_elsewhere, tuned)
-    units = [(s, m, i) for s in settings for m in execution.specs for i in range(n_episodes)]
+    units = [(s, m, i, r) for s in settings for m in execution.specs for i in range(n_episodes)
+             for r in range(config.restarts)]
     if world_size > 1:  # meta-training shared out round-robin, cached on disk, then loaded by every rank
-        cells = [execution.cell(s, m) for s, m in dict.fromkeys((s, m) for s, m, _ in units)]
-        pending = [c for c in cells if c.method.protocol == "meta-trained" and set(range(n_episodes)) - c.done]
+        cells = [execution.cell(s, m) for s, m in dict.fromkeys((s, m) for s, m, _, _ in units)]
+        pending = [c for c in cells if c.method.protocol == "meta-trained"
+                   and {(i, r) for _, _, i, r in units} - c.done]
         for cell in pending[rank::world_size]:
             execution.prepare(cell)
         barrier()
     mine = units[rank::world_size]
     bar = Progress(len(mine), "episodes", every=config.progress_every, interval=config.progress_seconds)
-    for setting, spec, index in mine:
+    for setting, spec, index, restart in mine:
         cell = execution.cell(setting, spec)
-        if index in cell.done:  # resume: stored in this store or a shard of a killed job
+        if (index, restart) in cell.done:  # resume: stored in this store or a shard of a killed job
             bar.skip(1)
             continue
         bar.set_current(f"{cell.label} | {setting.label}")
-        execution.evaluate(cell, index)
+        execution.evaluate(cell, index, restart)
         bar.update(1)
     bar.close()
     store.end_run(execution.run_id)

@@ -41,6 +41,8 @@ EPISODE_TYPES = {
     "status": "TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'diverged'))", "error": "TEXT",
     **{metric.name: metric.sql for metric in METRICS},  # the metric columns are declared in columns.py
     "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
+    # training restart of the episode (``run --restarts``; its own config_hash when > 0); NULL (older stores): 0
+    "restart": "INTEGER",
 }
 EPISODE_COLUMNS = tuple(EPISODE_TYPES)
 REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))

@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from .columns import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, RANGE_TOLERANCE, cell_key
-from .compare import ALPHA, SATURATED_ACCURACY
+from .compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
 from .errors import UserError
 from .leaderboard import FORMULA_PREFIXES, planned_episodes
 from .store import EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES, table_columns
@@ -36,6 +36,10 @@ def _check_header(path, header: List[str]) -> List[str]:
     if header == list(_SCHEMA_1):
         return [f"{path}:1: header: a schema 1 leaderboard (no paired comparisons) "
                 f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
+    if header == list(COLUMNS[:COLUMNS.index("delta_dz")]):
+        return [f"{path}:1: header: a schema 3 leaderboard (no d_z; one Holm family over the whole leaderboard) "
+                f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "
+                "--store STORE`)"]
     if header == list(COLUMNS[:COLUMNS.index("fold")]):
         return [f"{path}:1: header: a schema 2 leaderboard (no fold and setting columns: folds of a task share a "
                 f"cell) (expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "
@@ -131,9 +135,6 @@ def _check_row(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
                             "reference method's name)")
     beaten_by = [m for m in row["beaten_by"].split(";") if m]
     values["beaten_by"] = beaten_by
-    if get("rank_group") is not None and values["rank_group"] != 1 + len(beaten_by):
-        problems.append(f"{where}: rank_group: {values['rank_group']} (expected {1 + len(beaten_by)} = 1 + the "
-                        f"{len(beaten_by)} method(s) in beaten_by)")
     if get("rank") is not None and get("rank_group") is not None and values["rank"] != values["rank_group"]:
         problems.append(f"{where}: rank: {values['rank']} (expected {values['rank_group']}, the rank_group)")
     return problems, values
@@ -157,7 +158,9 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
     half_widths = sorted((v["acc_ci95_high"] - v["acc_ci95_low"]) / 2 for v in scored)
     means = [v["acc_mean"] for v in scored]
     saturated = bool(scored) and min(means) >= SATURATED_ACCURACY
-    narrow = len(scored) > 1 and max(means) - min(means) < float(np.median(half_widths))
+    significant = any(v["beaten_by"] for _, v in members)
+    narrow = len(scored) > 1 and not significant and max(means) - min(means) < float(np.median(half_widths))
+    groups = clones([v for _, v in members])
     for where, values in members:
         same_set = [v["episodes"] for _, v in members if v["episode_set_sha256"] == values["episode_set_sha256"]
                     and v.get("episodes") is not None]
@@ -169,12 +172,17 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
         for flag, expected, when in (
                 ("mixed-episodes", len(counts) > 1, "the cell's episode counts differ"),
                 ("saturated", saturated, f"every acc_mean >= {SATURATED_ACCURACY}"),
-                ("narrow-spread", narrow, "best minus worst acc_mean < the median CI half-width (two or more rows)"),
+                ("narrow-spread", narrow, "best minus worst acc_mean < the median CI half-width (two or more rows) "
+                                          "and no row beaten"),
                 ("unfinished", values["episodes_planned"] is not None and values["episodes"] < values["episodes_planned"],
                  "episodes < episodes_planned")):
             if expected != any(f.split("(")[0] == flag for f in flags):
                 problems.append(f"{where}: flags: '{flag}' {'missing' if expected else 'set'} (expected it exactly "
                                 f"when {when})")
+        expected_group = rank_group(values["beaten_by"], groups)
+        if values.get("rank_group") is not None and values["rank_group"] != expected_group:
+            problems.append(f"{where}: rank_group: {values['rank_group']} (expected {expected_group} = 1 + the "
+                            f"distinct methods in beaten_by, identical-prediction clones counted once)")
         unknown = [m for m in values["beaten_by"] if m not in by_method]
         if unknown:
             problems.append(f"{where}: beaten_by: {', '.join(unknown)} not in this cell (expected methods of the cell)")
@@ -281,9 +289,10 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
                             "(expected identical episodes across methods)")
         key = (row["method"], row["backbone"], row["task"], row["setting"])
         groups.setdefault((row["config_hash"],) + key, []).append(row)
-        latest.setdefault(key, {})
-        if row["fingerprint"] not in latest[key] or row["created_at"] >= latest[key][row["fingerprint"]]["created_at"]:
-            latest[key][row["fingerprint"]] = row
+        latest.setdefault(key + (row["restart"] or 0,), {})  # a restart > 0 has its own config_hash
+        by_fingerprint = latest[key + (row["restart"] or 0,)]
+        if row["fingerprint"] not in by_fingerprint or row["created_at"] >= by_fingerprint[row["fingerprint"]]["created_at"]:
+            by_fingerprint[row["fingerprint"]] = row
     for (config, method, backbone, task, setting), members in groups.items():
         plans = [planned_by_run[r["run_id"]] for r in members if planned_by_run.get(r["run_id"]) is not None]
         missing = sorted(set(range(max(plans))) - {r["episode_index"] for r in members}) if plans else []
@@ -291,7 +300,7 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
             problems.append(f"{path}: episodes: {method} on {setting} ({backbone}, config {config[:12]}) lacks episode(s) "
                             f"{', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''} of the "
                             f"{max(plans)} its run config plans (expected all: re-run the same command to resume)")
-    for (method, backbone, task, setting), by_fingerprint in latest.items():
+    for (method, backbone, task, setting, _), by_fingerprint in latest.items():
         configs = sorted({r["config_hash"] for r in by_fingerprint.values()})
         if len(configs) > 1:
             problems.append(f"{path}: config_hash: the leaderboard row of {method} on {setting} ({backbone}) pools "

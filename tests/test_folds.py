@@ -51,3 +51,24 @@ def test_one_fold_gives_no_summary():
     assert fold_summary([dict(setting="t/fold1/5way1shot15q", backbone="b", method="m", acc_mean=0.5, fold=1,
                               delta_vs_ref=None, flags=None, protocol="target-only", task="t", n_way=5, k_shot="1",
                               q_query=15, episodes=10, ref_method=None)]) == []
+
+
+def test_a_reference_missing_from_folds_gives_no_reference_not_a_crash(tmp_path, capsys):
+    """The reference in one fold only: its cells compare, the other folds' cells say "no reference", and a
+    difference over one fold has no t CI, so the fold summary leaves it empty."""
+    path = tmp_path / "s.sqlite"
+    with ResultsStore(path) as store:
+        for fold in (1, 2, 3):
+            for i in range(6):
+                common = dict(setting=f"demo/fold{fold}/5way1shot15q", fold=fold, episode_index=i, k_shot=1)
+                store.write_episode(record(method="protonet", config_hash="cfg1", accuracy=0.5 + 0.05 * fold, **common))
+                if fold == 1:
+                    store.write_episode(record(method="full_ft", accuracy=0.7, **common))
+    out = tmp_path / "lb.csv"
+    assert main(["leaderboard", "--store", str(path), "--out", str(out), "--bootstrap", "100"]) == 0
+    assert main(["validate", str(out)]) == 0
+    proto = next(r for r in csv.DictReader((tmp_path / "lb_folds.csv").open()) if r["method"] == "protonet")
+    assert proto["delta_folds"] == "1" and proto["delta_vs_ref"] == proto["delta_ci95_low"] == ""
+    markdown = (tmp_path / "lb.md").read_text()
+    assert "| no reference |" in markdown and "| reference |" in markdown
+    assert "-0.1500 [" in markdown  # fold 1: protonet 0.55 vs full_ft 0.70 on every episode

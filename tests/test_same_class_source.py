@@ -87,3 +87,27 @@ def test_validate_rejects_a_same_class_row_in_a_clean_rank_group(tmp_path):
     out.write_text("\n".join([lines[0], *tampered]) + "\n")
     problems = validate_csv(out)
     assert any("beaten_by: maml carry the flag same-class-source" in p for p in problems), problems
+
+
+def test_the_leak_mark_is_everywhere_a_leaked_rows_number_appears(tmp_path, capsys, monkeypatch):
+    """compare's output, the Markdown's "what the data can decide" line and the forest plot's label."""
+    from fewshot_bench import figure
+    from fewshot_bench.compare import LEAK_MARK
+
+    _same_class_store(tmp_path / "s.sqlite")
+    assert main(["compare", "--store", str(tmp_path / "s.sqlite"), "--pair", "maml=full_ft", "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    assert f"maml{LEAK_MARK}" in out and "same-class-source" in out.splitlines()[-1]
+    labels = []
+    real = figure.leaderboard_figure
+
+    def spy(rows, reference):
+        fig = real(rows, reference)
+        labels.extend(t.get_text() for ax in fig.axes for t in ax.get_yticklabels())
+        return fig
+    monkeypatch.setattr("fewshot_bench.leaderboard.leaderboard_figure", spy)
+    out_csv = tmp_path / "lb.csv"
+    assert main(["leaderboard", "--store", str(tmp_path / "s.sqlite"), "--out", str(out_csv), "--bootstrap", "100"]) == 0
+    findings = next(l for l in (tmp_path / "lb.md").read_text().splitlines() if l.startswith("- **demo fold 1"))
+    assert f"maml{LEAK_MARK} +0.2" in findings  # the nominal difference to full_ft, marked
+    assert f"maml{LEAK_MARK}" in labels and "protonet" in labels

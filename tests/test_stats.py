@@ -8,7 +8,8 @@ import pytest
 
 from fewshot_bench.cli import main
 from fewshot_bench.leaderboard import aggregate, write_csv
-from fewshot_bench.stats import detectable_difference, episodes_needed, holm, sign_flip_p
+from fewshot_bench.stats import (_enumerated_p, detectable_difference, episodes_needed, holm, lattice, min_episodes,
+                                 sign_flip_p)
 from fewshot_bench.store import ResultsStore
 from fewshot_bench.validate import validate_csv
 from helpers import record
@@ -43,6 +44,40 @@ def test_sign_flip_is_exact_on_small_samples():
     assert sign_flip_p(differences) == pytest.approx(brute)
     assert sign_flip_p([0.1] * 8) == pytest.approx(2 / 2 ** 8)
     assert sign_flip_p([0.0] * 5) == 1.0
+
+
+def _brute_p(differences):
+    d = np.asarray([x for x in differences if x != 0])
+    return np.mean([abs(np.dot(signs, np.abs(d))) >= abs(d.sum()) - 1e-12
+                    for signs in itertools.product([-1, 1], repeat=len(d))])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lattice_sign_flip_equals_brute_force_and_the_enumerator(seed):
+    """Accuracy differences on 1/(N*Q): the convolution equals every sign pattern counted, and the two-halves
+    enumerator (the off-lattice path) on up to 30 differences."""
+    rng = np.random.default_rng(seed)
+    n_q = [10, 75, 150, 750][seed % 4]
+    small = rng.integers(-n_q // 5, n_q // 5 + 1, 12) / n_q
+    assert lattice(small) is not None
+    assert sign_flip_p(small) == pytest.approx(_brute_p(small), rel=1e-12)
+    large = (rng.integers(0, n_q + 1, 30) - rng.integers(0, n_q + 1, 30)) / n_q
+    assert sign_flip_p(large) == pytest.approx(_enumerated_p(large[large != 0]), rel=1e-9)
+
+
+def test_sign_flip_has_no_floor():
+    assert sign_flip_p([1 / 75] * 100) == 2 / 2 ** 100  # exactly: no Monte-Carlo floor
+    assert sign_flip_p([-0.2] * 60 + [0.0] * 40) == 2 / 2 ** 60
+    assert 0 < sign_flip_p(np.arange(1, 101) / 75) < 1e-17
+
+
+def test_sign_flip_off_the_lattice():
+    rng = np.random.default_rng(1)
+    irrational = rng.normal(0.01, 0.05, 14) * np.pi
+    assert lattice(irrational) is None
+    assert sign_flip_p(irrational) == pytest.approx(_brute_p(irrational), rel=1e-12)
+    many = rng.normal(0.01, 0.05, 200) * np.pi  # rounded onto a 2^20 grid: agrees with a fine-resolution DP
+    assert sign_flip_p(many) == pytest.approx(sign_flip_p(np.round(many, 5)), rel=1e-3)
 
 
 def test_holm_on_a_known_list():
@@ -151,3 +186,33 @@ def test_compare_command_pairs_named_methods_with_holm(tmp_path, capsys):
     assert float(line[-2]) == pytest.approx(2 / 2 ** 12, rel=1e-3) and float(line[-1]) == float(line[-2])
     assert main(["compare", "--store", str(store_path), "--pair", "full_ft[tund]=full_ft"]) == 2
     assert "did you mean 'full_ft[tuned]'" in capsys.readouterr().err
+
+
+def test_a_duplicated_method_cannot_move_a_rank_group(tmp_path):
+    """A 1-NN file identical to protonet (same predictions, same accuracy): linear_probe, beaten by both, stays
+    in rank group 2 (the clones count once), and its beaten_by still names both."""
+    rng = np.random.default_rng(5)
+    proto = np.rint(rng.uniform(0.6, 0.9, 40) * 75) / 75
+    episodes = {"protonet": [(a, [0, 1, i % 3]) for i, a in enumerate(proto)],
+                "one_nn": [(a, [0, 1, i % 3]) for i, a in enumerate(proto)],
+                "linear_probe": [(a - 4 / 75, [0, 2, 2]) for a in proto]}
+    rows = _rows(_store(tmp_path / "clone.sqlite", episodes), reference="protonet")
+    assert rows["linear_probe"]["beaten_by"] == "one_nn;protonet" and rows["linear_probe"]["rank_group"] == 2
+    assert rows["one_nn"]["rank_group"] == rows["protonet"]["rank_group"] == 1
+
+
+def test_narrow_spread_is_never_set_beside_a_significant_difference(tmp_path):
+    """Two methods 1/75 apart on every one of 40 noisy episodes: the spread is far below the CI half-width,
+    yet the paired test is decisive, so the cell is not narrow-spread."""
+    rng = np.random.default_rng(6)
+    base = np.rint(rng.uniform(0.3, 0.9, 40) * 75) / 75
+    rows = _rows(_store(tmp_path / "n.sqlite", {"full_ft": [(a, [0]) for a in base],
+                                                "lora": [(a + 1 / 75, [1]) for a in base]}))
+    assert rows["lora"]["p_holm"] < 0.05 and rows["full_ft"]["beaten_by"] == "lora"
+    assert "narrow-spread" not in (rows["lora"]["flags"] or "")
+
+
+def test_power_never_goes_below_the_sign_flip_minimum():
+    assert min_episodes(0.05) == 6 and sign_flip_p([0.1] * 6) < 0.05 <= sign_flip_p([0.1] * 5)
+    assert episodes_needed(0.001, 0.5) == 6  # the normal approximation would say 1
+    assert detectable_difference(0.05, 5) is None and detectable_difference(0.05, 6) is not None

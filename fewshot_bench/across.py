@@ -1,0 +1,129 @@
+"""Across-cell comparisons: is method A better than method B over the suite, not just in one cell?
+
+Contracts (:func:`across_cells`, a plain function returning data, so a report or a critical-difference diagram
+can be drawn from it):
+  * **Units.** Cells whose episode sets share a fingerprint hold the same target episodes (e.g. clinc150->hwu64
+    5-way 1-shot draws exactly hwu64 fold 1's 5-way 1-shot episodes): they are merged into one unit, detected
+    from the fingerprints, never from names. Every other cell is a unit of its own. Rows flagged
+    same-class-source (not few-shot) are left out.
+  * **Pairwise** (every two methods with a common unit): per cell the mean paired per-episode difference
+    A - B on the common episodes (``compare.differences``), per unit the mean over its cells holding both;
+    a two-sided Wilcoxon signed-rank test (scipy) over the units; Holm over the method pairs. A is better
+    than B over the suite when the Holm p < ``compare.ALPHA`` and the mean unit difference is positive.
+  * **Friedman + Nemenyi** (Demšar 2006) over the methods present in every unit: per unit each method's mean
+    accuracy (over the unit's cells) ranked, 1 = best (ties averaged); average ranks, the Friedman p (three
+    or more methods), and the critical difference CD = q_alpha * sqrt(k (k + 1) / (6 N)) (q_alpha: the
+    studentized range quantile / sqrt 2): two average ranks further apart than CD differ.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import stats
+
+from . import compare
+from .stats import holm, wilcoxon_p
+
+
+@dataclass
+class SuitePair:
+    """Method ``a`` against ``b`` over the units holding both: mean of the unit mean differences a - b and its
+    d_z over the units, the units where a (b) was ahead, Wilcoxon p, Holm p over the method pairs, and the
+    decision."""
+    a: str
+    b: str
+    units: int
+    mean_diff: float
+    dz: Optional[float]
+    a_ahead: int
+    b_ahead: int
+    p: float
+    p_holm: float = 1.0
+
+    @property
+    def winner(self) -> Optional[str]:
+        if self.p_holm >= compare.ALPHA or self.mean_diff == 0:
+            return None
+        return self.a if self.mean_diff > 0 else self.b
+
+
+@dataclass
+class SuiteComparison:
+    """Everything :func:`across_cells` finds; ``merged``: the units of more than one cell (their settings)."""
+    units: int
+    merged: List[List[str]]
+    pairs: List[SuitePair]
+    methods: List[str] = field(default_factory=list)  # present in every unit (Friedman / CD)
+    average_ranks: Dict[str, float] = field(default_factory=dict)
+    friedman_p: Optional[float] = None
+    critical_difference: Optional[float] = None
+
+
+def units(entries: List[compare.Entry]) -> List[List[tuple]]:
+    """Cells grouped into units: cells whose episode fingerprints overlap share a unit (connected groups)."""
+    fingerprints: Dict[tuple, set] = {}
+    for entry in entries:
+        fingerprints.setdefault(entry.cell, set()).update(entry.fingerprints)
+    groups: List[Tuple[List[tuple], set]] = []
+    for cell in sorted(fingerprints):
+        joined = [g for g in groups if g[1] & fingerprints[cell]]
+        groups = [g for g in groups if g not in joined]
+        groups.append((sorted([cell, *(c for g in joined for c in g[0])]),
+                       set(fingerprints[cell]).union(*(g[1] for g in joined))))
+    return sorted(g[0] for g in groups)
+
+
+def _pairs(grouped: List[List[List[compare.Entry]]]) -> List[SuitePair]:
+    """``grouped``: per unit, per cell, the cell's entries."""
+    per_pair: Dict[tuple, List[float]] = {}
+    for unit in grouped:
+        sums: Dict[tuple, List[float]] = {}
+        for members in unit:
+            for x, y in combinations(sorted(members, key=lambda e: e.method), 2):
+                d = compare.differences(x, y)
+                if d is not None and len(d):
+                    sums.setdefault((x.method, y.method), []).append(float(d.mean()))
+        for key, values in sums.items():
+            per_pair.setdefault(key, []).append(float(np.mean(values)))
+    pairs = [SuitePair(a, b, len(v), float(np.mean(v)), compare.effect_size(np.array(v)), int(np.sum(np.array(v) > 0)),
+                       int(np.sum(np.array(v) < 0)), wilcoxon_p(np.array(v))) for (a, b), v in sorted(per_pair.items())]
+    for pair, adjusted in zip(pairs, holm([p.p for p in pairs]) if pairs else []):
+        pair.p_holm = adjusted
+    return pairs
+
+
+def _friedman(grouped: List[List[List[compare.Entry]]], alpha: float) -> tuple:
+    """(methods in every unit, average ranks, Friedman p, CD) over the units."""
+    scores: List[Dict[str, float]] = []
+    for unit in grouped:
+        by_method: Dict[str, List[float]] = {}
+        for members in unit:
+            for e in members:
+                if e.row["acc_mean"] is not None:
+                    by_method.setdefault(e.method, []).append(e.row["acc_mean"])
+        scores.append({m: float(np.mean(v)) for m, v in by_method.items()})
+    methods = sorted(set.intersection(*(set(s) for s in scores))) if scores else []
+    if len(methods) < 2:
+        return methods, {}, None, None
+    table = np.array([[s[m] for m in methods] for s in scores])
+    ranks = np.vstack([stats.rankdata(-row) for row in table]).mean(axis=0)
+    k, n = len(methods), len(scores)
+    friedman = float(stats.friedmanchisquare(*table.T).pvalue) if k >= 3 and n >= 2 else None
+    q_alpha = float(stats.studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
+    cd = q_alpha * math.sqrt(k * (k + 1) / (6 * n))
+    return methods, dict(zip(methods, ranks.round(4).tolist())), friedman, cd
+
+
+def across_cells(entries: List[compare.Entry], alpha: float = compare.ALPHA) -> SuiteComparison:
+    """Pairwise Wilcoxon tests over units with Holm, and Friedman average ranks with the Nemenyi CD."""
+    kept = [e for e in entries if not e.same_class_source]
+    cells = compare.by_cell(kept)
+    unit_cells = units(kept)
+    grouped = [[cells[c] for c in unit] for unit in unit_cells]
+    methods, ranks, friedman, cd = _friedman(grouped, alpha)
+    return SuiteComparison(len(unit_cells), [[c[1] for c in unit] for unit in unit_cells if len(unit) > 1],
+                           _pairs(grouped), methods, ranks, friedman, cd)
