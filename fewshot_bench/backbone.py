@@ -10,7 +10,7 @@ import copy
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -76,13 +76,17 @@ class Backbone:
             p.requires_grad_(True)
         return model
 
-    def tokenize(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None) -> Batch:
-        """Pad a batch; each distinct text is tokenized once per run."""
+    def _token_ids(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of each text; each distinct text is tokenized once per run."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
         if missing:
             encoded = self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
             self._token_cache.update(zip(missing, encoded))
-        rows = [self._token_cache[t] for t in texts]
+        return [self._token_cache[t] for t in texts]
+
+    def tokenize(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None) -> Batch:
+        """Pad a batch to its longest text; each distinct text is tokenized once per run."""
+        rows = self._token_ids(texts)
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -93,6 +97,15 @@ class Backbone:
         label_tensor = None if labels is None else torch.tensor(list(labels), dtype=torch.long, device=self.device)
         return Batch(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True), label_tensor,
                      tuple(texts))
+
+    def length_buckets(self, texts: Sequence[str], rows: int) -> List[Tuple[List[int], Batch]]:
+        """``texts`` sorted by token length (stable) and cut into buckets of at most ``rows`` texts, each padded to
+        its own longest text: (positions in ``texts``, unlabelled batch) pairs covering every text once, so a
+        batch of short texts is not padded to the longest of all."""
+        lengths = [len(ids) for ids in self._token_ids(texts)]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        chunks = [order[start:start + rows] for start in range(0, len(order), rows)]
+        return [(chunk, self.tokenize([texts[i] for i in chunk])) for chunk in chunks]
 
     def embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Pooled sentence vectors [B, H] from ``model`` (a copy of this backbone, possibly adapted)."""
