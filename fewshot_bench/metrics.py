@@ -7,10 +7,11 @@ Definitions (g_t: step gradient flattened over trainable parameters, θ_t: train
   source_alignment      = mean_t cos(g_t, g_src,t)   (when a source-task gradient is given)
   final_loss            = task loss at the last step; diverged = any non-finite loss or gradient
 
-Products with g_src and the end-of-episode norms are accumulated in float64: products of float32 entries below
-~1e-19 underflow in float32 (a near-zero g_src, e.g. the prototype loss of a one-shot batch, would otherwise give
-|cos| > 1). The per-step products of task gradients and parameter steps, far above that, are float32 dots. An
-input-embedding matrix updated row-sparsely (:mod:`fewshot_bench.row_adamw`) is recorded on its touched rows only.
+Products of float32 entries below ~1e-19 underflow in float32 (a near-zero g_src, e.g. the prototype loss of a
+one-shot batch, would otherwise give |cos| > 1): the per-step inner products are float32 dots per cache-sized
+slice, and a slice where a squared norm is below ``TINY`` is computed again in float64; ‖g_src‖² and the
+end-of-episode norms are accumulated in float64. An input-embedding matrix updated row-sparsely
+(:mod:`fewshot_bench.row_adamw`) is recorded on its touched rows only.
 """
 from __future__ import annotations
 
@@ -241,11 +242,11 @@ class GradientRecorder:
     def _gradient_pass(self, grads: List[torch.Tensor], source: Optional[Sequence[torch.Tensor]], first: bool):
         """(‖g‖², ‖g_shared‖², g·g_{t-1}, g_shared·g_src, ‖g_src‖²), then g_{t-1} ← g; one read of each tensor.
 
-        Products with g_src are accumulated in float64 (a near-zero g_src underflows in float32), and ‖g_src‖² is
-        computed once per g_src (:meth:`_source_sq`); the task-gradient products are float32 dots."""
+        Float32 dots per cache-sized slice; a slice where one of the squared norms involved is below ``TINY`` (a
+        near-zero g_src, a vanishing gradient: products may have underflowed) is computed again in float64.
+        ‖g_src‖² is computed once per g_src (:meth:`_source_sq`, float64)."""
         sq, sq_shared, dot_prev, dot_src, sq_src = [], [], [], [], []
         shared = len(source) if source is not None else 0
-        scratch = None
         for i, (g, prev) in enumerate(zip(grads, self._grad_prev)):
             if prev is None:  # row-sparse: its _RowPath on the masked rows, ‖g_src‖² over every row
                 src = source[i].detach() if i < shared else None
@@ -259,19 +260,20 @@ class GradientRecorder:
                 continue
             src = source[i].detach() if i < shared else None
             for sl in _slices(g, prev, *(() if src is None else (src,))):
-                sq.append(torch.dot(sl[0], sl[0]))
+                for wide in (False, True):  # float32 dots; the slice again in float64 where one may have underflowed
+                    g_s, prev_s, *src_s = [part.double() for part in sl] if wide else sl
+                    slice_sq = [torch.dot(g_s, g_s)]
+                    slice_prev = None if first else torch.dot(prev_s, g_s)
+                    slice_src = torch.dot(g_s, src_s[0]) if src_s else None
+                    if wide or min([slice_sq[0]] + ([] if first else [torch.dot(prev_s, prev_s)])
+                                   + ([torch.dot(src_s[0], src_s[0])] if src_s else [])) >= TINY:
+                        break
+                sq.append(slice_sq[0])
                 if not first:
-                    dot_prev.append(torch.dot(sl[1], sl[0]))
-                    if min(sq[-1], torch.dot(sl[1], sl[1])) < TINY:  # underflow possible: float64 for this slice
-                        g64, prev64 = sl[0].double(), sl[1].double()
-                        sq[-1], dot_prev[-1] = torch.dot(g64, g64), torch.dot(g64, prev64)
-                elif sq[-1] < TINY:
-                    sq[-1] = torch.dot(*[sl[0].double()] * 2)
-                if src is not None:
-                    sq_shared.append(sq[-1])
-                    scratch = _wide(scratch, 2, g.device)
-                    g64, src64 = [row[: part.numel()].copy_(part) for row, part in zip(scratch, (sl[0], sl[2]))]
-                    dot_src.append(torch.dot(g64, src64))
+                    dot_prev.append(slice_prev)
+                if src_s:
+                    sq_shared.append(slice_sq[0])
+                    dot_src.append(slice_src)
                 sl[1].copy_(sl[0])
             if src is not None:
                 sq_src.append(torch.tensor(self._source_sq(i, src), dtype=torch.float64))
