@@ -84,6 +84,8 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
         record.update(status="diverged", error="non-finite loss or gradient during adaptation")
     record.update(stability)
     record.update(ctx.figures)
+    for model in ctx.models:  # the episode is over: the next fresh_model resets one in place instead of copying
+        backbone.recycle(model)
     record["wall_seconds"] = time.perf_counter() - start
     record["peak_mem_mb"] = peak_memory_mb(backbone.device)
     return record
