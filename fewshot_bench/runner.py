@@ -30,6 +30,7 @@ from .run_config import RunConfig, method_specs, settings_of
 from .shards import existing_shards
 from .spec import method_from_spec, method_label, parse_spec
 from .store import ResultsStore
+from .threads import set_threads
 from .tuning import load_tuned, tuned_overrides
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class Run:
         self.device = device
         self.autocast = autocast_dtype(device, config.bf16)
         self.store = store
-        self.run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
+        self.run_id = store.start_run(dataclasses.asdict(config), device, config.seed,
+                                      environment={"torch_threads": torch.get_num_threads()})
         self.finished_elsewhere = finished_elsewhere
         self.specs = method_specs(config)
         self.tuned = tuned
@@ -193,6 +195,7 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     out round-robin and cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node
     jobs); after ``barrier()`` every rank loads them instead of training again.
     """
+    set_threads(config.threads)  # before the backbone is loaded: torch's default assumes an idle machine
     settings = settings_of(config)
     tuned = load_tuned(config.tuned) if config.tuned else None
     checked = _check_run(config, settings, tuned, store_path or config.store)
