@@ -140,13 +140,8 @@ class Run:
         config, setting = self.config, cell.setting
         backbone = self.prepare(cell)
         episode = setting.target_episode(config.seed, index)
-        cache_before = backbone.embedding_cache_seconds
-        record = run_episode(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index),
-                             autocast_dtype=self.autocast, source_episodes=cell.source_episodes)
-        record.pop("diverged", None)
-        # one-off cost: embedding texts the run's frozen-embedding cache did not hold yet, kept out of wall_seconds
-        record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
-        record["wall_seconds"] -= record["embedding_cache_seconds"]
+        record = episode_record(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index),
+                                autocast=self.autocast, source_episodes=cell.source_episodes)
         record["meta_train_seconds"] = cell.meta_train_seconds
         protocol = cell.method.protocol if cell.source_episodes is not None else "target-only"
         record["same_class_source"] = None if protocol == "target-only" else int(cell.same_class_source)
@@ -161,6 +156,19 @@ class Run:
         if record["status"] != "ok":
             log.warning("%s on %s episode %d: %s", cell.label, setting.label, index,
                         (record["error"] or "").splitlines()[0])
+
+
+def episode_record(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast: Optional[torch.dtype],
+                   source_episodes: Optional[Callable[[int], Episode]]) -> dict:
+    """One episode as ``run`` evaluates it (``bench/bench.py`` times this function): :func:`run_episode` under the
+    run's autocast, the frozen-embedding cache fill it triggered kept out of ``wall_seconds`` (a one-off cost of
+    the run) and reported as ``embedding_cache_seconds``."""
+    cache_before = backbone.embedding_cache_seconds
+    record = run_episode(method, episode, backbone, seed=seed, autocast_dtype=autocast, source_episodes=source_episodes)
+    record.pop("diverged", None)
+    record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
+    record["wall_seconds"] -= record["embedding_cache_seconds"]
+    return record
 
 
 def autocast_dtype(device: str, bf16: bool = True) -> Optional[torch.dtype]:
