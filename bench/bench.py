@@ -4,9 +4,11 @@
                           [--methods full_ft,lora,protonet,linear_probe] [--device cpu]
 
 Every method runs on the IDENTICAL episodes (banking77 fold 1, 5-way 5-shot 15 queries by default)
-through ``run_episode``, each in its own subprocess so that peak memory belongs to that method alone.
-A hand-written PyTorch loop (encoder + linear head over the CLS vector, AdamW, tokenized per episode
-with the Hugging Face tokenizer) runs on the same episodes as the reference for ``full_ft``.
+through ``runner.episode_record`` (what ``fewshot-bench run`` evaluates: the harness, the run's autocast, its
+thread default), each in its own subprocess so that peak memory belongs to that method alone.
+A hand-written PyTorch loop (encoder + linear head over the CLS vector, fused AdamW where torch has it, the
+same autocast, tokenized per episode with the Hugging Face tokenizer) runs on the same episodes as the
+reference for ``full_ft``.
 Prints the JSON result, then a Markdown table. Other methods (e.g. maml, sgg, or path/to/file.py:Class)
 are added with ``--methods``; any method whose config has a ``steps`` field gets ``--steps``.
 """
@@ -53,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone", default="minilm")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the default of fewshot-bench run)")
     p.add_argument("--in-process", action="store_true",
                    help="run every method in this process (faster to start; peak memory is then cumulative)")
     p.add_argument("--json", help="also write the JSON result to this file")
@@ -82,10 +84,10 @@ def _setup(args):
     from fewshot_bench.data import set_data_dir
     from fewshot_bench.episodes import Setting
     from fewshot_bench.runner import episode_seed
+    from fewshot_bench.threads import set_threads
 
     set_data_dir(args.data_dir)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = resolve_device(args.device)
     setting = Setting(args.task, args.n_way, args.k_shot, args.query, args.fold)
     # index 0..episodes-1 are measured; index `episodes` is the warm-up, run first
@@ -125,11 +127,11 @@ def _mean(values):
 # ----------------------------------------------------------------------------------------- workers
 
 def bench_method(spec: str, args) -> dict:
-    """One framework method through run_episode: warm-up episode, measured episodes, warm-cache pass."""
+    """One framework method as ``run`` evaluates it: warm-up episode, measured episodes, warm-cache pass."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.harness import run_episode
     from fewshot_bench.methods import MetaContext
+    from fewshot_bench.runner import autocast_dtype, episode_record
 
     method, overrides = build_method(spec, args.steps)
     backbone = load_backbone(args.backbone, device=device, attn_implementation=method.attn_implementation)
@@ -139,12 +141,13 @@ def bench_method(spec: str, args) -> dict:
     meta_seconds = None
     if method.protocol == "meta-trained":
         start = time.perf_counter()
-        method.meta_train(MetaContext(backbone, args.seed, source))
+        method.meta_train(MetaContext(backbone, args.seed, source, autocast_dtype=autocast_dtype(str(device))))
         _sync(torch, device)
         meta_seconds = time.perf_counter() - start
 
     def episode(i):
-        return run_episode(method, episodes[i], backbone, seed=seeds[i], source_episodes=source)
+        return episode_record(method, episodes[i], backbone, seed=seeds[i], autocast=autocast_dtype(str(device)),
+                              source_episodes=source)
 
     warm_up = episode(0)
     backbone.clear_caches()  # measured episodes start like a fresh run: cold caches
@@ -187,9 +190,20 @@ def _load_plain(args, torch, device):
 
 
 def plain_episode(torch, pretrained, tokenizer, ep, seed: int, steps: int, device) -> tuple:
-    """One episode of the hand-written loop: (seconds, accuracy)."""
+    """One episode of the hand-written loop: (seconds, accuracy). Fused AdamW where this torch has the kernel and
+    bf16 autocast where ``run`` uses it, as full_ft does."""
+    import contextlib
+
     import torch.nn.functional as F
     from torch import nn
+
+    from fewshot_bench.runner import autocast_dtype
+    from fewshot_bench.training import fused_adamw_devices
+
+    dtype = autocast_dtype(str(device))
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     lr, head_lr, weight_decay = 5e-5, 1e-2, 0.01  # full_ft's defaults
     _sync(torch, device)
@@ -198,20 +212,23 @@ def plain_episode(torch, pretrained, tokenizer, ep, seed: int, steps: int, devic
     model = copy.deepcopy(pretrained).train()
     head = nn.Linear(model.config.hidden_size, ep.n_way).to(device)
     optimizer = torch.optim.AdamW([{"params": model.parameters(), "lr": lr},
-                                   {"params": head.parameters(), "lr": head_lr}], weight_decay=weight_decay)
+                                   {"params": head.parameters(), "lr": head_lr}], weight_decay=weight_decay,
+                                  fused=device.type in fused_adamw_devices() or None)
     support = tokenizer(list(ep.support_texts), padding=True, truncation=True, max_length=64,
                         return_tensors="pt").to(device)
     labels = torch.tensor(ep.support_labels, device=device)
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(head(model(**support).last_hidden_state[:, 0]), labels)
+        with autocast():
+            hidden = model(**support).last_hidden_state[:, 0].float()
+        loss = F.cross_entropy(head(hidden), labels)
         loss.backward()
         optimizer.step()
     model.eval()
     query = tokenizer(list(ep.query_texts), padding=True, truncation=True, max_length=64,
                       return_tensors="pt").to(device)
-    with torch.no_grad():
-        predictions = head(model(**query).last_hidden_state[:, 0]).argmax(-1).tolist()
+    with torch.no_grad(), autocast():
+        predictions = head(model(**query).last_hidden_state[:, 0].float()).argmax(-1).tolist()
     _sync(torch, device)
     seconds = time.perf_counter() - start
     return seconds, sum(p == y for p, y in zip(predictions, ep.query_labels)) / len(predictions)
@@ -256,7 +273,7 @@ def bench_paired(spec: str, args) -> dict:
     alike: the paired time ratio."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.harness import run_episode
+    from fewshot_bench.runner import autocast_dtype, episode_record
 
     backbones = {}
 
@@ -265,7 +282,9 @@ def bench_paired(spec: str, args) -> dict:
             backbones[method.attn_implementation] = load_backbone(args.backbone, device=device,
                                                                   attn_implementation=method.attn_implementation)
         backbone = backbones[method.attn_implementation]
-        return lambda i: run_episode(method, episodes[i], backbone, seed=seeds[i], source_episodes=source)["wall_seconds"]
+        autocast = autocast_dtype(str(device))
+        return lambda i: episode_record(method, episodes[i], backbone, seed=seeds[i], autocast=autocast,
+                                        source_episodes=source)["wall_seconds"]
 
     if args.paired_against == PLAIN:
         framework = runner_of(build_method(spec, args.steps)[0], None)

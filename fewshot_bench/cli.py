@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, help="train each episode with this many training seeds (default 1): "
                                                 "the leaderboard then shows seed SD and failed-run share")
     p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: $OMP_NUM_THREADS if set, else "
+                                                "the idle cores divided by the processes of this job)")
     p.set_defaults(handler="fewshot_bench.cli:cmd_run")
 
     p = sub.add_parser("tune", parents=[common, episode_flags],

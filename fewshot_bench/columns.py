@@ -49,7 +49,8 @@ METRICS: Tuple[Metric, ...] = (
     Metric("grad_norm_cv", "REAL", 0, INF, "std/mean of the step gradient norms"),
     Metric("grad_dir_consistency", "REAL", -1, 1, "mean cosine of successive step gradients"),
     Metric("path_efficiency", "REAL", 0, 1, "|theta_T - theta_0| / path length"),
-    Metric("source_alignment", "REAL", -1, 1, "mean cosine of target and source-task gradients"),
+    Metric("source_alignment", "REAL", -1, 1, "mean cosine of target and source-task gradients (SGG; full_ft/lora "
+                                               "only with source_every > 0, off by default)"),
     Metric("wall_seconds", "REAL", 0, INF, "wall time of the episode", False),
     Metric("peak_mem_mb", "REAL", 0, INF, "peak memory (CUDA allocated or process RSS)", False),
     Metric("trainable_params", "INTEGER", 0, INF, "parameters the method trains"),

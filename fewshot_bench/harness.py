@@ -15,7 +15,7 @@ import torch
 
 from .backbone import Backbone
 from .episodes import Episode
-from .methods import EpisodeContext, Method
+from .methods import EpisodeContext, Method, Predictor
 from .metrics import query_scores
 from .sealed import EpisodeView
 
@@ -27,13 +27,38 @@ def peak_memory_mb(device: torch.device) -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
+# Query texts per prediction batch. Sorted by length, so each batch is padded to about its own texts' length
+# (MiniLM on banking77: a batch padded to the longest of 75 queries is ~3x the tokens of the texts).
+QUERY_BUCKET_ROWS = 16
+
+
+@torch.no_grad()
+def predict_queries(predictor: Predictor, backbone: Backbone, texts, n_way: int,
+                    rows: int = QUERY_BUCKET_ROWS) -> torch.Tensor:
+    """Logits [len(texts), n_way] (float32, in the order of ``texts``) from ``predictor`` on length buckets of at
+    most ``rows`` texts (:meth:`Backbone.length_buckets`): the same as one batch of every text up to float
+    rounding, since a predictor scores each text on its own (padding is masked). Raises RuntimeError when the
+    predictor returns logits of another shape."""
+    buckets = backbone.length_buckets(texts, rows)
+    parts = []
+    for chunk, batch in buckets:
+        part = predictor.predict(batch).float()
+        if tuple(part.shape) != (len(chunk), n_way):
+            raise RuntimeError(f"predictor returned logits of shape {tuple(part.shape)} for {len(chunk)} query "
+                               f"texts, expected {(len(chunk), n_way)}")
+        parts.append(part)
+    logits = torch.cat(parts)
+    positions = torch.tensor([i for chunk, _ in buckets for i in chunk], device=logits.device)
+    return torch.empty_like(logits).index_copy_(0, positions, logits)
+
+
 def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast_dtype=None,
                 source_episodes: Optional[Callable[[int], Episode]] = None) -> dict:
     """Adapt ``method`` on the support set, predict the query set, return the per-episode record.
 
     The method sees an :class:`~fewshot_bench.sealed.EpisodeView` (``adapt``) and the query texts tokenized
-    without labels (the predictor); the query labels stay here and score the predictions. A method that raises
-    or yields non-finite logits gets status 'failed' / 'diverged' with the error text; the run goes on.
+    without labels, in length buckets (the predictor, :func:`predict_queries`); the query labels stay here and
+    score the predictions. A method that raises or yields non-finite logits gets status 'failed' / 'diverged' with the error text; the run goes on.
     """
     torch.manual_seed(seed)
     if backbone.device.type == "cuda":
@@ -45,11 +70,7 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
     try:
         predictor = method.adapt(ctx)
         record["trainable_params"] = int(predictor.trainable_params)
-        with torch.no_grad():
-            logits = predictor.predict(ctx.batch(view, "query")).float()
-        expected = (len(view.query_texts), view.n_way)
-        if tuple(logits.shape) != expected:
-            raise RuntimeError(f"predictor returned logits of shape {tuple(logits.shape)}, expected {expected}")
+        logits = predict_queries(predictor, backbone, view.query_texts, view.n_way)
         if not torch.isfinite(logits).all():
             record.update(status="diverged", error="non-finite logits on the query set")
         else:
@@ -63,6 +84,8 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
         record.update(status="diverged", error="non-finite loss or gradient during adaptation")
     record.update(stability)
     record.update(ctx.figures)
+    for model in ctx.models:  # the episode is over: the next fresh_model resets one in place instead of copying
+        backbone.recycle(model)
     record["wall_seconds"] = time.perf_counter() - start
     record["peak_mem_mb"] = peak_memory_mb(backbone.device)
     return record

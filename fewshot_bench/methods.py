@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Optional, Union
+from typing import Callable, ClassVar, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -90,9 +90,14 @@ class _Shared:
         self.device = backbone.device
         self.seed = seed
         self.autocast_dtype = autocast_dtype
+        self.models: List[nn.Module] = []  # what fresh_model handed out
 
     def fresh_model(self) -> nn.Module:
-        return self.backbone.fresh_model()
+        """A trainable copy of the pretrained backbone (:meth:`Backbone.fresh_model`); an episode's are handed
+        back for reuse by the harness when the episode is over."""
+        model = self.backbone.fresh_model()
+        self.models.append(model)
+        return model
 
     def new_head(self, n_way: int) -> nn.Linear:
         """A linear classifier over pooled vectors, initialised from the (seeded) torch RNG."""

@@ -57,6 +57,8 @@ class RunConfig:
     backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N")
     bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
+    threads: int = option(0, help="torch CPU threads per process (0: $OMP_NUM_THREADS if set, else the cores not "
+                                  "busy with other work divided by this job's processes on the machine)", low=0)
     store: str = option("runs/results.sqlite", help="SQLite results store")
     out: str = option("runs/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs (the same as "
@@ -138,7 +140,8 @@ def build_config(args) -> RunConfig:
              "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
              "restarts": getattr(args, "restarts", None),
              "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
-             "source_task": args.source_task, "tuned": getattr(args, "tuned", None)}
+             "source_task": args.source_task, "tuned": getattr(args, "tuned", None),
+             "threads": getattr(args, "threads", None)}
     if flags["tasks"]:
         merged.pop("settings", None)
     overridden = {key for key in ("n_way", "k_shot") if flags[key] is not None} | ({"folds"} if args.fold else set())

@@ -30,6 +30,7 @@ from .run_config import RunConfig, method_specs, settings_of
 from .shards import existing_shards
 from .spec import method_from_spec, method_label, parse_spec
 from .store import ResultsStore
+from .threads import set_threads
 from .tuning import load_tuned, tuned_overrides
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class Run:
         self.device = device
         self.autocast = autocast_dtype(device, config.bf16)
         self.store = store
-        self.run_id = store.start_run(dataclasses.asdict(config), device, config.seed)
+        self.run_id = store.start_run(dataclasses.asdict(config), device, config.seed,
+                                      environment={"torch_threads": torch.get_num_threads()})
         self.finished_elsewhere = finished_elsewhere
         self.specs = method_specs(config)
         self.tuned = tuned
@@ -141,13 +143,8 @@ class Run:
         config, setting = self.config, cell.setting
         backbone = self.prepare(cell)
         episode = setting.target_episode(config.seed, index)
-        cache_before = backbone.embedding_cache_seconds
-        record = run_episode(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index, restart),
-                             autocast_dtype=self.autocast, source_episodes=cell.source_episodes)
-        record.pop("diverged", None)
-        # one-off cost: embedding texts the run's frozen-embedding cache did not hold yet, kept out of wall_seconds
-        record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
-        record["wall_seconds"] -= record["embedding_cache_seconds"]
+        record = episode_record(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index, restart),
+                                autocast=self.autocast, source_episodes=cell.source_episodes)
         record["meta_train_seconds"] = cell.meta_train_seconds
         protocol = cell.method.protocol if cell.source_episodes is not None else "target-only"
         record["same_class_source"] = None if protocol == "target-only" else int(cell.same_class_source)
@@ -169,6 +166,19 @@ def restart_hash(run_hash: str, restart: int) -> str:
     """The store key of a restart: the run hash itself for restart 0 (stores without restarts stay resumable),
     a hash of (run hash, restart) otherwise."""
     return run_hash if restart == 0 else config_hash({"run": run_hash, "restart": restart})
+
+
+def episode_record(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast: Optional[torch.dtype],
+                   source_episodes: Optional[Callable[[int], Episode]]) -> dict:
+    """One episode as ``run`` evaluates it (``bench/bench.py`` times this function): :func:`run_episode` under the
+    run's autocast, the frozen-embedding cache fill it triggered kept out of ``wall_seconds`` (a one-off cost of
+    the run) and reported as ``embedding_cache_seconds``."""
+    cache_before = backbone.embedding_cache_seconds
+    record = run_episode(method, episode, backbone, seed=seed, autocast_dtype=autocast, source_episodes=source_episodes)
+    record.pop("diverged", None)
+    record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
+    record["wall_seconds"] -= record["embedding_cache_seconds"]
+    return record
 
 
 def autocast_dtype(device: str, bf16: bool = True) -> Optional[torch.dtype]:
@@ -203,6 +213,7 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     out round-robin and cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node
     jobs); after ``barrier()`` every rank loads them instead of training again.
     """
+    set_threads(config.threads)  # before the backbone is loaded: torch's default assumes an idle machine
     settings = settings_of(config)
     tuned = load_tuned(config.tuned) if config.tuned else None
     checked = _check_run(config, settings, tuned, store_path or config.store)

@@ -205,11 +205,13 @@ class ResultsStore:
         self.close()
 
     # runs -------------------------------------------------------------------------------------------------------
-    def start_run(self, config: dict, device: str, seed: int) -> str:
-        """Record a run (config, project git commit, library versions) and return its new run_id."""
+    def start_run(self, config: dict, device: str, seed: int, environment: Optional[dict] = None) -> str:
+        """Record a run (config, project git commit, library versions and ``environment``, e.g. the CPU threads)
+        and return its new run_id."""
         run_id = uuid.uuid4().hex
         versions = {"python": platform.python_version(), "fewshot_bench": package_version(),
-                    **{name: _version(name) for name in ("torch", "transformers", "peft", "datasets")}}
+                    **{name: _version(name) for name in ("torch", "transformers", "peft", "datasets")},
+                    **(environment or {})}
         row = (run_id, config_hash(config), json.dumps(config, sort_keys=True, default=str), _git_commit(),
                json.dumps(versions), device, seed, now(), None)
         with self.conn:

@@ -2,8 +2,8 @@
 source-pool gradient g_src, and per-class example selection.
 
 ``train_on_support`` is the whole loop of ``full_ft`` (backbone) and ``lora`` (adapters). When the setting
-has a source task it also measures ``source_alignment`` (cos(g_t, g_src) over the trained backbone
-parameters) without letting g_src change the update.
+has a source task and ``source_every`` > 0 (off by default: a diagnostic) it also measures ``source_alignment``
+(cos(g_t, g_src) over the trained backbone parameters) without letting g_src change the update.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .config import option
 from .errors import UserError
 from .methods import EpisodeContext, MethodConfig, Predictor
 from .hashing import derived_seed
+from .row_adamw import TouchedRowAdamW
 from .search_space import Choice, Range, SearchSpace
 
 
@@ -26,8 +27,10 @@ class SupportTrainingConfig(MethodConfig):
     steps: int = option(10, help="optimisation steps on the support set (batch = whole support set)", low=1)
     head_lr: float = option(1e-2, help="AdamW learning rate of the linear head", low=0)
     weight_decay: float = option(0.01, help="AdamW weight decay", low=0)
-    source_every: int = option(2, help="with a source task: compute g_src (source-pool gradient) every this many "
-                                       "steps (0: never; full_ft/lora only measure it, SGG also uses it)", low=0)
+    source_every: int = option(0, help="with a source task: compute g_src (source-pool gradient) every this many "
+                                       "steps for the source_alignment column (0: never; full_ft/lora only measure "
+                                       "it: off by default, one g_src costs ~7% of a 1-shot MiniLM episode; SGG "
+                                       "uses it and defaults to 2)", low=0)
     source_shots: int = option(2, help="source examples per class in the g_src batch, taken from a source episode's "
                                        "support then query set (0 = the whole source episode; 1 is refused: the "
                                        "prototype loss of one example per class is 0)", low=0)
@@ -61,13 +64,22 @@ def fused_adamw_devices() -> set:
     return set(_get_fused_kernels_supported_devices())
 
 
-def adamw(groups: Sequence[dict], cfg: SupportTrainingConfig) -> torch.optim.AdamW:
+def adamw(groups: Sequence[dict], cfg: SupportTrainingConfig, rows: Sequence[torch.Tensor] = ()) -> TouchedRowAdamW:
     """AdamW over parameter ``groups`` (with their lrs), fused where ``cfg`` asks for it and this torch build has
-    the kernel for the parameters (else torch's default implementation)."""
+    the kernel for the parameters (else torch's default implementation). When fused, the ``rows`` parameters
+    (input-embedding matrices) are updated only in the rows that had a gradient (:mod:`fewshot_bench.row_adamw`:
+    bit-identical, a fraction of the memory traffic)."""
     params = [p for group in groups for p in group["params"]]
     devices = fused_adamw_devices() if cfg.fused_optimizer else set()
     fused = all(p.is_floating_point() and p.device.type in devices for p in params)
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused or None)
+    return TouchedRowAdamW(groups, weight_decay=cfg.weight_decay, fused=fused or None, row_params=rows if fused else ())
+
+
+def embedding_rows(model: nn.Module, trained: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """The model's input-embedding matrix when it is among the ``trained`` tensors (for :func:`adamw`'s ``rows``)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    return [weight] if weight is not None and any(p is weight for p in trained) else []
 
 
 def train_on_support(ctx: EpisodeContext, model: nn.Module, head: nn.Module, trained: Sequence[torch.Tensor],
@@ -75,7 +87,8 @@ def train_on_support(ctx: EpisodeContext, model: nn.Module, head: nn.Module, tra
     """AdamW on ``trained`` (lr) and the head (head_lr) for ``cfg.steps`` full-support steps, recording each."""
     trained, head_params = list(trained), list(head.parameters())
     params = trained + head_params
-    optimizer = adamw([{"params": trained, "lr": lr}, {"params": head_params, "lr": cfg.head_lr}], cfg)
+    optimizer = adamw([{"params": trained, "lr": lr}, {"params": head_params, "lr": cfg.head_lr}], cfg,
+                      rows=embedding_rows(model, trained))
     measure_source = ctx.has_source and cfg.source_every > 0
     src = None
     for t in range(cfg.steps):
@@ -84,7 +97,7 @@ def train_on_support(ctx: EpisodeContext, model: nn.Module, head: nn.Module, tra
             src = source_gradient(ctx, model, trained, t, shots=cfg.source_shots)
         loss = F.cross_entropy(head(ctx.embed(model, ctx.support)), ctx.support.labels)
         loss.backward()
-        ctx.recorder.record(loss, params, source_grads=src)
+        ctx.recorder.record(loss, params, source_grads=src, rows=optimizer.touched_rows(params))
         optimizer.step()
     model.eval()
     head.eval()

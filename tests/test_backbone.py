@@ -123,3 +123,32 @@ def test_frozen_embeddings_do_not_depend_on_batch_composition():
         backbone = load_backbone("minilm", device="cpu")
         vectors.append(backbone.frozen_embeddings(batch)[batch.index(text)])
     assert all(torch.equal(vectors[0], other) for other in vectors[1:])
+
+
+def test_a_recycled_model_is_reset_in_place_to_the_pretrained_weights(demo_episode):
+    from fewshot_bench.adapters import apply_lora
+    from fewshot_bench.baselines.full_ft import FullFineTuning
+    from fewshot_bench.harness import run_episode
+    from fewshot_bench.training import FullFTConfig
+
+    backbone = load_backbone("tiny-encoder", device="cpu")  # its own: the test recycles into it
+    method = FullFineTuning(FullFTConfig(steps=3, lr=1e-2))
+    first = run_episode(method, demo_episode, backbone, seed=5)
+    spare = backbone._spare
+    assert spare is not None and not all(torch.equal(a, b) for a, b in zip(spare.parameters(),
+                                                                            backbone.pristine.parameters()))
+    spare.eval()
+    model = backbone.fresh_model()
+    assert model is spare and model.training and backbone._spare is None
+    for a, b in zip(list(model.parameters()) + list(model.buffers()),
+                    list(backbone.pristine.parameters()) + list(backbone.pristine.buffers())):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    backbone.recycle(model)
+    second = run_episode(method, demo_episode, backbone, seed=5)  # on the recycled model: the same episode
+    for key in ("predictions", "final_loss", "grad_norm_cv", "path_efficiency"):
+        assert second[key] == first[key], key
+    base = backbone.fresh_model()
+    apply_lora(base, 2, 4)  # adapters injected into the base model's layers: not the pretrained layout any more
+    backbone.recycle(base)
+    assert backbone._spare is None

@@ -231,15 +231,18 @@ def test_run_episode_with_and_without_source(backbone, demo):
 def test_full_ft_and_lora_measure_the_same_source_alignment_without_using_it(backbone, demo):
     from fewshot_bench.baselines.lora import LoRA
 
+    from fewshot_bench.baselines.lora import LoRAConfig
+    from fewshot_bench.training import FullFTConfig
+
     episode, source = demo
-    plain_logits, plain = _adapt(FullFineTuning(), backbone, episode)
-    logits, measured = _adapt(FullFineTuning(), backbone, episode, source)
+    plain_logits, plain = _adapt(FullFineTuning(), backbone, episode, source)  # off by default: a diagnostic
+    logits, measured = _adapt(FullFineTuning(FullFTConfig(source_every=2)), backbone, episode, source)
     assert torch.equal(logits, plain_logits)  # g_src is measured, never applied
     assert plain.recorder.summary()["source_alignment"] is None
     _, unguided = _adapt(SGG(_cfg(lambda_dir=0.0, lambda_mag=0.0, lambda_align=0.0)), backbone, episode, source)
     alignment = measured.recorder.summary()["source_alignment"]
     assert alignment == pytest.approx(unguided.recorder.summary()["source_alignment"], abs=1e-6)
-    _, lora = _adapt(LoRA(), backbone, episode, source)
+    _, lora = _adapt(LoRA(LoRAConfig(source_every=2)), backbone, episode, source)
     assert -1.0 <= lora.recorder.summary()["source_alignment"] <= 1.0
     assert len(lora.recorder.source_cosines) == 10  # one cosine per step; g_src refreshed every 2nd step
 

@@ -29,6 +29,8 @@ class SGGConfig(FullFTConfig):
     classes: there every setting tried tied with full_ft (accuracy at the ceiling), so the λs are the
     design values and the source-gradient settings are the cheapest that did not change the result.
     """
+    source_every: int = option(2, help="with a source task: compute g_src (the alignment term's source-pool "
+                                       "gradient) every this many steps (>= 1)", low=0)
     mode: str = option("first_order", help="first_order: gradient transformation (≈ full_ft cost); "
                                            "exact: double backward through the regularisers (eager attention)",
                      choices=MODES)

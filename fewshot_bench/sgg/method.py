@@ -13,7 +13,7 @@ from fewshot_bench.adapters import apply_lora
 from fewshot_bench.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
 from fewshot_bench.hashing import derived_seed
-from fewshot_bench.training import adamw, positions_per_class, source_gradient
+from fewshot_bench.training import adamw, embedding_rows, positions_per_class, source_gradient
 
 from .config import SGG_SPACE, SGGConfig, SGGNoAlignConfig, SGGNoDirConfig, SGGNoMagConfig
 from .guidance import (_safe_cos, apply_coefficients, dot_cosines, exact_guided_gradient, first_order_coefficients,
@@ -72,7 +72,8 @@ class SGG(Method):
         head_params = list(head.parameters())
         params = shared + head_params  # shared first: its gradient is a prefix of the flat gradient
         n_shared, k = len(shared), sum(p.numel() for p in shared)
-        optimizer = adamw([{"params": shared, "lr": backbone_lr}, {"params": head_params, "lr": cfg.head_lr}], cfg)
+        optimizer = adamw([{"params": shared, "lr": backbone_lr}, {"params": head_params, "lr": cfg.head_lr}], cfg,
+                          rows=embedding_rows(model, shared))
         state = GuidanceState(cfg, k)
         weights = {"dir": cfg.lambda_dir, "mag": cfg.lambda_mag, "align": cfg.lambda_align}
         guided = any(w > 0 for w in weights.values())
@@ -138,7 +139,8 @@ class SGG(Method):
                 terms = regulariser_values(dots, tau)
             recorded = task if cfg.record_grad == "task" else step
             ctx.recorder.record(loss, params, grads=unflatten(recorded, params),
-                                source_grads=None if src is None else unflatten(src, shared))  # leading params
+                                source_grads=None if src is None else unflatten(src, shared),  # leading params
+                                rows=optimizer.touched_rows(params))
             task_norm = math.sqrt(dots["gg"])
             cos_ref, cos_src = dot_cosines(dots)
             trace["loss"].append(float(loss.detach()))
