@@ -26,6 +26,7 @@ import numpy as np
 from . import compare
 from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .episodes import episode_set_sha256
+from .environment import markdown_section, store_environments
 from .errors import UserError
 from .figure import leaderboard_figure
 from .folds import FOLD_COLUMNS, fold_summary
@@ -208,6 +209,8 @@ def cli_leaderboard(args) -> int:
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
         write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows)
+        with open(md_tmp, "a", encoding="utf-8") as handle:  # where the runs ran (environment.py)
+            handle.write("\n" + "\n".join(markdown_section(store_environments(args.store))))
         leaderboard_figure(rows, reference).savefig(png_tmp, dpi=110)
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {png}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")
