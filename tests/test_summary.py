@@ -1,10 +1,14 @@
 """The compact outputs: average ranks and critical difference, the pivot table, the summary figure's size."""
 import pytest
+from PIL import Image
 
+from fewshot_bench.cli import main
 from fewshot_bench.columns import COLUMNS
 from fewshot_bench.ranks import choose_design, critical_difference, rank_summary
 from fewshot_bench.summary import pivot_table, setting_groups
 from fewshot_bench.summary_figure import summary_figure
+
+from helpers import build_store
 
 
 def row(method, fold, acc, task="t", delta=None, p_holm=None, flags=None, n_way=5):
@@ -55,3 +59,20 @@ def test_summary_figure_stays_under_2000_px_at_the_committed_size():
     fig = summary_figure(rows, rank_summary(rows), "method0")
     width, height = fig.get_size_inches() * 110
     assert height < 2000 and width < 3000
+
+
+def test_the_leaderboard_command_writes_the_summary_and_a_forest_plot_per_cell(tmp_path, capsys):
+    store, out = tmp_path / "s.sqlite", tmp_path / "board" / "lb.csv"
+    build_store(store)
+    stale = tmp_path / "board" / "lb_cells" / "gone_cell.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    assert main(["leaderboard", "--store", str(store), "--out", str(out), "--bootstrap", "200"]) == 0
+    plots = sorted(p.name for p in stale.parent.iterdir())
+    assert plots == ["demo_fold1_5way5shot15q_bert.png", "demo_fold1_5way5shot15q_minilm.png",
+                     "other_demo_fold1_5way5shot15q_minilm.png"]  # one per cell, the stale one removed
+    summary = (tmp_path / "board" / "lb_summary.md").read_text()
+    assert "![summary](lb.png)" in summary and "| method | demo/5way5shot15q f1 (+bert) |" in summary
+    assert "## Environment" in summary
+    with Image.open(tmp_path / "board" / "lb.png") as image:
+        assert image.size[1] < 2000
