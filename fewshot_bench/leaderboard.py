@@ -26,19 +26,14 @@ import numpy as np
 from . import compare
 from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .episodes import episode_set_sha256
-from .environment import markdown_section, store_environments
 from .errors import UserError
-from .figure import leaderboard_figure
-from .html_report import page_data, provenance, write_html
 from .folds import FOLD_COLUMNS, fold_summary
 from .outputs import atomic_files, check_writable
-from .ranks import rank_summary
 from .registry import did_you_mean
 from .report import write_markdown
 from .stats import bootstrap_ci
 from .store import ResultsStore
-from .summary import forest_plot_paths, write_summary_markdown
-from .summary_figure import summary_figure
+from .summary import Views
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +188,6 @@ def overall(rows: List[Dict]) -> List[Dict]:
                                          r["method"]))
 
 
-def _by_cell(rows: List[Dict], cells: Dict[tuple, Path]) -> List[List[Dict]]:
-    """The rows of each cell of ``cells``, in its order."""
-    return [[r for r in rows if cell_key(r) == key] for key in cells]
-
-
 def cli_leaderboard(args) -> int:
     """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv, <stem>_folds.csv, <stem>.png
     (the summary figure), <stem>_summary.md, <stem>.html and a forest plot per cell in <stem>_cells/ beside it."""
@@ -212,29 +202,17 @@ def cli_leaderboard(args) -> int:
                         f"(methods there: {', '.join(methods)})")
     out = Path(args.out)
     overall_rows, fold_rows = overall(rows), fold_summary(rows)
-    md, overall_csv, folds_csv, png, html, summary_md = (
-        out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", "_folds.csv", ".png", ".html", "_summary.md"))
-    forest_plots = forest_plot_paths(out, rows)
-    ranks, environments = rank_summary(rows), store_environments(args.store)
-    with atomic_files([out, overall_csv, folds_csv, md, png, html, summary_md, *forest_plots.values()]) as temps:
-        out_tmp, overall_tmp, folds_tmp, md_tmp, png_tmp, html_tmp, summary_tmp = temps[:7]
+    md, overall_csv, folds_csv = (out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", "_folds.csv"))
+    views = Views(out, rows, args.store)  # the summary PNG and Markdown, the HTML page, the per-cell forest plots
+    with atomic_files([out, overall_csv, folds_csv, md, *views.paths]) as (out_tmp, overall_tmp, folds_tmp, md_tmp,
+                                                                           *views_tmp):
         write_csv(rows, out_tmp)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
         write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows)
-        with open(md_tmp, "a", encoding="utf-8") as handle:  # where the runs ran (environment.py)
-            handle.write("\n" + "\n".join(markdown_section(environments)))
-        summary_figure(rows, ranks, reference).savefig(png_tmp, dpi=110)
-        write_summary_markdown(rows, ranks, reference, environments, summary_tmp, png.name)
-        for members, plot_tmp in zip(_by_cell(rows, forest_plots), temps[7:]):
-            leaderboard_figure(members, reference).savefig(plot_tmp, dpi=110)
-        write_html(page_data(rows, overall_rows, ranks, reference, provenance(args.store, rows)),
-                   png_tmp.read_bytes(), html_tmp)
-    folder = next(iter(forest_plots.values())).parent
-    for stale in set(folder.glob("*.png")) - set(forest_plots.values()):  # cells no longer on the leaderboard
-        stale.unlink()
-    print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {png} (summary), "
-          f"{summary_md}, {html}, {len(forest_plots)} forest plots in {folder}/")
+        views.write(overall_rows, reference, md_tmp, views_tmp)
+    views.remove_stale_plots()
+    print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {views}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")
     for r in overall_rows[:10]:
         print(f"  {r['method']:<20} {r['backbone']:<16} cells {r['cells']}/{r['cells_total']}  acc {r['acc_mean']}  "

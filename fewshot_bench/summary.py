@@ -1,5 +1,7 @@
-"""The compact leaderboard outputs: ``<stem>_summary.md`` (one pivot table of methods x setting groups, the
-average ranks and the environments) and the per-cell forest plots as files of the ``<stem>_cells/`` folder.
+"""The leaderboard's views beside its CSVs (:class:`Views`): ``<stem>.png`` (the summary figure),
+``<stem>_summary.md`` (one pivot table of methods x setting groups, the average ranks and the environments),
+``<stem>.html`` (:mod:`fewshot_bench.html_report`) and a forest plot per cell in the ``<stem>_cells/`` folder; the
+environments are also appended to the full ``<stem>.md``.
 
 Contracts:
   * A *setting group* (:func:`setting_groups`): the cells of a setting without its fold (``folds.without_fold``)
@@ -18,10 +20,12 @@ import numpy as np
 
 from .columns import cell_key
 from .compare import ALPHA
-from .environment import markdown_section
+from .environment import markdown_section, store_environments
+from .figure import leaderboard_figure
 from .folds import without_fold
-from .ranks import RankSummary
-from .summary_figure import methods_in_order
+from .html_report import page_data, provenance, write_html
+from .ranks import RankSummary, rank_summary
+from .summary_figure import methods_in_order, summary_figure
 
 
 def cell_slug(row: Dict) -> str:
@@ -59,6 +63,7 @@ def setting_groups(rows: List[Dict]) -> Dict[str, List[Dict]]:
 
 
 def _entry(members: List[Dict], best: bool) -> str:
+    """One pivot entry: mean accuracy (bold when ``best``), mean Δ, ▲/▼ counts, cells averaged, † same-class-source."""
     scored = [r for r in members if r["acc_mean"] is not None]
     if not scored:
         return ""
@@ -111,3 +116,42 @@ def write_summary_markdown(rows: List[Dict], ranks: Optional[RankSummary], refer
                  + (f"; Friedman p = {ranks.friedman_p:.3g}" if ranks.friedman_p is not None else "") + ".", ""]
     text += markdown_section(environments)
     Path(path).write_text("\n".join(text), encoding="utf-8")
+
+
+class Views:
+    """The views of one leaderboard written at ``out`` from ``rows`` of the store at ``store_path``."""
+
+    def __init__(self, out: Path, rows: List[Dict], store_path):
+        self.rows, self.store_path = rows, store_path
+        self.png, self.html, self.summary_md = (out.with_name(out.stem + s) for s in (".png", ".html", "_summary.md"))
+        self.forest_plots = forest_plot_paths(out, rows)
+        self.folder = out.with_name(out.stem + "_cells")
+
+    @property
+    def paths(self) -> List[Path]:
+        """Every file :meth:`write` writes, in the order it takes their temporary paths."""
+        return [self.png, self.html, self.summary_md, *self.forest_plots.values()]
+
+    def write(self, overall_rows: List[Dict], reference: str, markdown: Path, temps: List[Path]) -> None:
+        """Write the views to ``temps`` (:attr:`paths` order) and append the environments to ``markdown``."""
+        png, html, summary_md, *plots = temps
+        ranks, environments = rank_summary(self.rows), store_environments(self.store_path)
+        with open(markdown, "a", encoding="utf-8") as handle:
+            handle.write("\n" + "\n".join(markdown_section(environments)))
+        summary_figure(self.rows, ranks, reference).savefig(png, dpi=110)
+        write_summary_markdown(self.rows, ranks, reference, environments, summary_md, self.png.name)
+        cells: Dict[tuple, List[Dict]] = {}
+        for row in self.rows:
+            cells.setdefault(cell_key(row), []).append(row)
+        for key, plot in zip(self.forest_plots, plots):
+            leaderboard_figure(cells[key], reference).savefig(plot, dpi=110)
+        write_html(page_data(self.rows, overall_rows, ranks, reference, provenance(self.store_path, self.rows)),
+                   png.read_bytes(), html)
+
+    def remove_stale_plots(self) -> None:
+        """Delete forest plots of the folder whose cells are no longer on the leaderboard."""
+        for stale in set(self.folder.glob("*.png")) - set(self.forest_plots.values()):
+            stale.unlink()
+
+    def __str__(self) -> str:
+        return f"{self.png} (summary), {self.summary_md}, {self.html}, {len(self.forest_plots)} forest plots in {self.folder}/"
