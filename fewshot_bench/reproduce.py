@@ -33,7 +33,7 @@ import numpy as np
 
 from .backbone import resolve_device
 from .config import from_mapping
-from .environment import differences, fingerprint, of_run
+from .environment import NOT_RECORDED, differences, fingerprint, of_run
 from .errors import UserError
 from .hashing import derived_seed
 from .outputs import print_table
@@ -171,6 +171,14 @@ def _compare(agreement: Agreement, stored: dict, rerun: dict) -> None:
     agreement.deltas.append((rerun["accuracy"] if rerun["status"] == "ok" else 0.0) - stored["accuracy"])
 
 
+def _environment_text(changes: Dict[str, str]) -> str:
+    """``stored -> here`` differences, then the fields the stored runs did not record (older stores)."""
+    unrecorded = [k for k, v in changes.items() if v.startswith(NOT_RECORDED + " -> ")]
+    differing = [f"{k} {v}" for k, v in changes.items() if k not in unrecorded]
+    text = "differs (stored -> here): " + "; ".join(differing) if differing else "no recorded field differs"
+    return text + (f"; not recorded in the store: {', '.join(unrecorded)}" if unrecorded else "")
+
+
 def cli_reproduce(args) -> int:
     """``fewshot-bench reproduce``: the agreement table, the environment differences; exit 1 on drift."""
     if args.sample < 1:
@@ -195,12 +203,13 @@ def cli_reproduce(args) -> int:
     print(f"re-ran up to {args.sample} stored episodes per method of {args.store} here (seed {args.seed}); "
           f"a method drifts when |mean Δ accuracy| > {args.tolerance}")
     print_table(header, table)
+    changes: Dict[str, List[str]] = {}  # text of the differences: the methods that have them
     for a in results:
         for line in a.not_rerun:
             print(f"not re-run: {a.method} {line}")
-        if a.environment_changes:
-            print(f"environment differences for {a.method} (stored -> here): "
-                  + "; ".join(f"{k} {v}" for k, v in a.environment_changes.items()))
+        changes.setdefault(_environment_text(a.environment_changes), []).append(a.method)
+    for text, names in changes.items():
+        print(f"environment of {', '.join(names)}: {text}")
     failed = [a.method for a in results if a.drifts(args.tolerance) or a.not_rerun]
     if failed:
         print(f"not reproduced: {', '.join(failed)}")

@@ -39,7 +39,7 @@ def test_a_store_reproduces_here(store, capsys):
     for method in ("protonet", "full_ft(steps=2)", "maml(meta_steps=2)"):
         line = next(line for line in out.splitlines() if line.startswith(method + " "))
         assert "100.0% of 150" in line and "2/2" in line and "+0.0000 [+0.0000, +0.0000]" in line and line.endswith("ok")
-    assert "environment differences" not in out  # same process environment as the run
+    assert "environment of full_ft(steps=2), maml(meta_steps=2), protonet: no recorded field differs\n" in out
     assert hashlib.sha256(store.read_bytes()).hexdigest() == before  # the store is only read
 
 
@@ -58,7 +58,7 @@ def test_a_changed_result_is_drift_with_the_environment_differences(store, tmp_p
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("protonet "))
     assert "60.0% of 150" in line and "0/2" in line and "-0.2000" in line and line.endswith("DRIFT")
-    assert "environment differences for protonet (stored -> here): torch 1.0 -> " in out and "threads 64 -> " in out
+    assert "environment of protonet: differs (stored -> here): torch 1.0 -> " in out and "threads 64 -> " in out
     assert "not reproduced: protonet" in out
     assert main(["reproduce", "--store", str(changed), "--sample", "2", "--methods", "protonet",
                  "--tolerance", "0.5"]) == 0
@@ -84,3 +84,14 @@ def test_bad_input_is_one_line(store, capsys, argv, message):
     assert main(["reproduce", "--store", str(store), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_fields_an_earlier_store_did_not_record_are_named_apart(store, tmp_path, capsys):
+    changed = tmp_path / "changed.sqlite"
+    changed.write_bytes(store.read_bytes())
+    with sqlite3.connect(changed) as conn:
+        conn.execute("UPDATE runs SET environment_json = NULL")
+    assert main(["reproduce", "--store", str(changed), "--sample", "1", "--methods", "protonet"]) == 0
+    out = capsys.readouterr().out
+    assert "environment of protonet: no recorded field differs; not recorded in the store: device_name, dtype, " \
+           "threads, os" in out
