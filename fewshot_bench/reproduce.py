@@ -115,7 +115,10 @@ class Rebuilder:
             if setting is None:
                 return None, f"setting {record['setting']} is not in its run config"
             for spec in execution.specs:
-                cell = execution.cell(setting, spec)
+                try:
+                    cell = execution.cell(setting, spec)
+                except UserError:  # this tuned file has no entry for the method on the setting: try the next one
+                    continue
                 if cell.label == record["method"] and cell.run_hash == record["config_hash"]:
                     return (execution, cell), None
         return None, "no method config of its run (or of the --tuned files) has its run hash"

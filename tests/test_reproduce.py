@@ -95,3 +95,20 @@ def test_fields_an_earlier_store_did_not_record_are_named_apart(store, tmp_path,
     out = capsys.readouterr().out
     assert "environment of protonet: no recorded field differs; not recorded in the store: device_name, dtype, " \
            "threads, os" in out
+
+
+def test_a_tuned_run_whose_file_moved_is_rebuilt_from_the_tuned_file_given(tmp_path, capsys):
+    setting = "demo_intents/fold1/5way1shot15q"
+    tuned, other = tmp_path / "tuned.yaml", tmp_path / "other.yaml"
+    tuned.write_text(f"settings:\n  {setting}:\n    full_ft: {{tuned: true, overrides: {{steps: 3}}}}\n")
+    other.write_text(f"settings:\n  {setting}:\n    lora: {{tuned: true, overrides: {{steps: 3}}}}\n")
+    store = tmp_path / "s.sqlite"
+    assert main(["run", "--tasks", "demo_intents", "--methods", "full_ft", "--tuned", str(tuned), "--n-way", "5",
+                 "--k-shot", "1", "--episodes", "1", "--backbone", "tiny-encoder", "--store", str(store),
+                 "--out", ""]) == 0
+    moved = tuned.rename(tmp_path / "moved.yaml")
+    assert main(["reproduce", "--store", str(store), "--sample", "1"]) == 1
+    assert f"its tuned file {tuned} is missing" in capsys.readouterr().out
+    assert main(["reproduce", "--store", str(store), "--sample", "1", "--tuned", str(other), "--tuned", str(moved)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("full_ft[tuned] "))
+    assert "100.0% of 75" in line and line.endswith("ok")
