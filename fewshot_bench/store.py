@@ -31,6 +31,7 @@ from .outputs import check_writable
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
                "started_at", "ended_at", "environment_json")  # environment_json: environment.fingerprint (nullable)
+RUN_COLUMNS_ADDED_LATER = ("environment_json",)  # a store written before them lacks them until a writer opens it
 KEY_COLUMNS = ("config_hash", "method", "backbone", "task", "setting", "episode_index")
 EPISODE_TYPES = {
     "run_id": "TEXT NOT NULL", "config_hash": "TEXT NOT NULL", "method": "TEXT NOT NULL",
@@ -153,8 +154,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for column, sql_type in EPISODE_TYPES.items():
         if column not in present:
             conn.execute(f"ALTER TABLE episodes ADD COLUMN {column} {sql_type}")
-    if "environment_json" not in table_columns(conn, "runs"):
-        conn.execute("ALTER TABLE runs ADD COLUMN environment_json TEXT")
+    for column in set(RUN_COLUMNS_ADDED_LATER) - set(table_columns(conn, "runs")):
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
 
 class ResultsStore:

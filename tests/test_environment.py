@@ -9,6 +9,7 @@ import torch
 from fewshot_bench.cli import main
 from fewshot_bench.environment import FIELDS, NOT_RECORDED, differences, fingerprint, of_run, store_environments
 from fewshot_bench.store import ResultsStore
+from fewshot_bench.validate import validate_store
 
 from helpers import build_store, record
 
@@ -42,6 +43,7 @@ def test_an_earlier_store_without_the_column_is_read_unchanged_and_shown(tmp_pat
         conn.execute("ALTER TABLE runs DROP COLUMN environment_json")
         conn.execute("UPDATE episodes SET run_id = (SELECT run_id FROM runs)")
     before = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert validate_store(path) == []  # the column is not required of a store written before it
     (entry,) = store_environments(path)
     env = entry["environment"]
     assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["threads"] == NOT_RECORDED
