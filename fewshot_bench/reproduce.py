@@ -15,7 +15,8 @@ Contracts:
     (``FEWSHOT_BENCH_CACHE=<empty folder>`` forces meta-training again).
   * Per method: share of identical query predictions, share of episodes with identical predictions, paired
     Δ accuracy (re-run minus stored) with a seeded percentile-bootstrap 95% CI, and the environment fields that
-    differ between the stored runs and this process.
+    differ between the stored runs and this process. A re-run that fails or diverges counts as accuracy 0 with no
+    identical prediction.
   * A method **drifts** when |mean Δ accuracy| > ``--tolerance``. Exit 1 when a method drifts or has an episode
     that could not be re-run, else 0.
 """
@@ -166,6 +167,7 @@ def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_
 
 
 def _compare(agreement: Agreement, stored: dict, rerun: dict) -> None:
+    """Add one episode: a re-run that failed or diverged has no identical prediction and accuracy 0."""
     predictions = rerun["predictions"] or []
     same = sum(a == b for a, b in zip(stored["predictions"], predictions)) if len(predictions) == len(stored["predictions"]) else 0
     agreement.same_queries += same
