@@ -1,4 +1,4 @@
-"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,power,validate,merge}``.
+"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,power,reproduce,validate,merge}``.
 
 Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", default="0.01,0.02", help="accuracy differences to detect, comma-separated")
     p.add_argument("--power", type=float, default=0.8, help="probability of detecting each difference")
     p.set_defaults(handler="fewshot_bench.power:cli_power")
+
+    p = sub.add_parser("reproduce", parents=[common],
+                       help="re-run a seeded sample of a store's episodes here and report agreement (exit 1: drift)")
+    p.add_argument("--store", default="runs/results.sqlite", help="the results store to check (only read)")
+    p.add_argument("--sample", type=int, default=5, help="episodes re-run per method (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the bootstrap CI")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="a method drifts when |mean accuracy difference| exceeds this (default 0.01)")
+    p.add_argument("--methods", help="comma-separated method names of the store (default: every method)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--tuned", action="append", default=[], metavar="FILE",
+                   help="tuned-config file to try for runs whose stored --tuned path is missing (repeatable)")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.set_defaults(handler="fewshot_bench.reproduce:cli_reproduce")
 
     p = sub.add_parser("validate", parents=[common], help="check a leaderboard CSV or a results store")
     p.add_argument("file")

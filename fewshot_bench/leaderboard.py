@@ -33,7 +33,6 @@ from .across import across_cells
 from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .episodes import episode_set_sha256
 from .errors import UserError
-from .figure import leaderboard_figure
 from .folds import FOLD_COLUMNS, fold_summary
 from .outputs import atomic_files, check_writable
 from .registry import did_you_mean
@@ -41,6 +40,7 @@ from .restarts import seed_sd_tests, seed_stability
 from .report import write_markdown
 from .stats import bootstrap_ci
 from .store import ResultsStore
+from .summary import Views
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ def overall(rows: List[Dict]) -> List[Dict]:
 
 
 def cli_leaderboard(args) -> int:
-    """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv and <stem>.png beside it."""
+    """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv, <stem>_folds.csv, <stem>.png
+    (the summary figure), <stem>_summary.md, <stem>.html and a forest plot per cell in <stem>_cells/ beside it."""
     check_writable(args.out, "--out")
     reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
     entries = annotated_entries(args.store, args.bootstrap, reference=reference)
@@ -236,16 +237,18 @@ def cli_leaderboard(args) -> int:
                         f"(methods there: {', '.join(methods)})")
     out = Path(args.out)
     overall_rows, fold_rows = overall(rows), fold_summary(rows)
-    md, overall_csv, folds_csv, png = (out.with_name(out.stem + suffix)
-                                       for suffix in (".md", "_overall.csv", "_folds.csv", ".png"))
-    with atomic_files([out, overall_csv, folds_csv, md, png]) as (out_tmp, overall_tmp, folds_tmp, md_tmp, png_tmp):
+    md, overall_csv, folds_csv = (out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", "_folds.csv"))
+    views = Views(out, rows, args.store)  # the summary PNG and Markdown, the HTML page, the per-cell forest plots
+    with atomic_files([out, overall_csv, folds_csv, md, *views.paths]) as (out_tmp, overall_tmp, folds_tmp, md_tmp,
+                                                                           *views_tmp):
         write_csv(rows, out_tmp)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
         write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, across_cells(entries),
                        seed_sd_tests(entries))
-        leaderboard_figure(rows, reference).savefig(png_tmp, dpi=110)
-    print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {png}")
+        views.write(overall_rows, reference, md_tmp, views_tmp)
+    views.remove_stale_plots()
+    print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {views}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")
     for r in overall_rows[:10]:
         print(f"  {r['method']:<20} {r['backbone']:<16} cells {r['cells']}/{r['cells_total']}  acc {r['acc_mean']}  "

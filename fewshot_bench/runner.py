@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 import torch
 
 from .backbone import Backbone, load_backbone, resolve_device
+from .environment import fingerprint
 from .episodes import Episode, Setting
 from .errors import UserError
 from .harness import run_episode
@@ -66,7 +67,7 @@ class Run:
         self.autocast = autocast_dtype(device, config.bf16)
         self.store = store
         self.run_id = store.start_run(dataclasses.asdict(config), device, config.seed,
-                                      environment={"torch_threads": torch.get_num_threads()})
+                                      environment=fingerprint(device, self.autocast))
         self.finished_elsewhere = finished_elsewhere
         self.specs = method_specs(config)
         self.tuned = tuned

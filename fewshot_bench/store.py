@@ -30,7 +30,8 @@ from .hashing import config_hash
 from .outputs import check_writable
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
-               "started_at", "ended_at")
+               "started_at", "ended_at", "environment_json")  # environment_json: environment.fingerprint (nullable)
+RUN_COLUMNS_ADDED_LATER = ("environment_json",)  # a store written before them lacks them until a writer opens it
 KEY_COLUMNS = ("config_hash", "method", "backbone", "task", "setting", "episode_index")
 EPISODE_TYPES = {
     "run_id": "TEXT NOT NULL", "config_hash": "TEXT NOT NULL", "method": "TEXT NOT NULL",
@@ -65,7 +66,7 @@ TRIAL_COLUMNS = tuple(TRIAL_TYPES)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, config_hash TEXT, config_json TEXT, git_commit TEXT, "
-    "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT)",
+    "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT, environment_json TEXT)",
     f"CREATE TABLE IF NOT EXISTS episodes ({', '.join(f'{c} {t}' for c, t in EPISODE_TYPES.items())}, "
     f"UNIQUE ({', '.join(KEY_COLUMNS)}))",
     f"CREATE TABLE IF NOT EXISTS trials ({', '.join(f'{c} {t}' for c, t in TRIAL_TYPES.items())}, "
@@ -101,6 +102,12 @@ def _source_version() -> Optional[str]:
     except (OSError, tomllib.TOMLDecodeError):
         return None
     return project.get("version") if project.get("name") == "fewshot-bench" else None
+
+
+def library_versions() -> Dict[str, Optional[str]]:
+    """Python's, the project's and the main libraries' versions (None: not installed)."""
+    return {"python": platform.python_version(), "fewshot_bench": package_version(),
+            **{name: _version(name) for name in ("torch", "transformers", "peft", "datasets")}}
 
 
 def _version(dist: str) -> Optional[str]:
@@ -149,6 +156,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for column, sql_type in EPISODE_TYPES.items():
         if column not in present:
             conn.execute(f"ALTER TABLE episodes ADD COLUMN {column} {sql_type}")
+    for column in set(RUN_COLUMNS_ADDED_LATER) - set(table_columns(conn, "runs")):
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
 
 class ResultsStore:
@@ -206,14 +215,12 @@ class ResultsStore:
 
     # runs -------------------------------------------------------------------------------------------------------
     def start_run(self, config: dict, device: str, seed: int, environment: Optional[dict] = None) -> str:
-        """Record a run (config, project git commit, library versions and ``environment``, e.g. the CPU threads)
-        and return its new run_id."""
+        """Record a run (config, project git commit, library versions, the ``environment`` fingerprint) and
+        return its new run_id."""
         run_id = uuid.uuid4().hex
-        versions = {"python": platform.python_version(), "fewshot_bench": package_version(),
-                    **{name: _version(name) for name in ("torch", "transformers", "peft", "datasets")},
-                    **(environment or {})}
         row = (run_id, config_hash(config), json.dumps(config, sort_keys=True, default=str), _git_commit(),
-               json.dumps(versions), device, seed, now(), None)
+               json.dumps(library_versions()), device, seed, now(), None,
+               json.dumps(environment, sort_keys=True) if environment is not None else None)
         with self.conn:
             self.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
         return run_id
@@ -223,8 +230,10 @@ class ResultsStore:
             self.conn.execute("UPDATE runs SET ended_at = ? WHERE run_id = ?", (now(), run_id))
 
     def runs(self) -> List[dict]:
-        cursor = self.conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY started_at, run_id")
-        return [dict(zip(RUN_COLUMNS, row)) for row in cursor]
+        """Run rows (every ``RUN_COLUMNS`` key; a column an earlier store lacks reads as None)."""
+        present = [c for c in RUN_COLUMNS if c in table_columns(self.conn, "runs")]
+        cursor = self.conn.execute(f"SELECT {', '.join(present)} FROM runs ORDER BY started_at, run_id")
+        return [{**dict.fromkeys(RUN_COLUMNS), **dict(zip(present, row))} for row in cursor]
 
     # episodes ---------------------------------------------------------------------------------------------------
     def write_episode(self, record: Dict) -> bool:
@@ -325,9 +334,10 @@ class ResultsStore:
             except sqlite3.DatabaseError as exc:
                 raise UserError(f"shard '{path}' cannot be opened ({exc})") from None
             try:
+                shard_columns = {row[1] for row in self.conn.execute("PRAGMA shard.table_info(runs)")}
+                run_columns = ", ".join(c for c in RUN_COLUMNS if c in shard_columns)  # a shard may predate a column
                 with self.conn:
-                    self.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "
-                                      f"SELECT {', '.join(RUN_COLUMNS)} FROM shard.runs WHERE true "
+                    self.conn.execute(f"INSERT INTO runs ({run_columns}) SELECT {run_columns} FROM shard.runs WHERE true "
                                       f"ON CONFLICT (run_id) DO NOTHING")
                     before = self.conn.total_changes
                     # "WHERE true": SQLite's parser needs a WHERE before the upsert clause of INSERT ... SELECT

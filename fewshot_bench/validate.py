@@ -19,7 +19,8 @@ from .columns import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, 
 from .compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
 from .errors import UserError
 from .leaderboard import FORMULA_PREFIXES, planned_episodes
-from .store import EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, SQLITE_MAGIC, STATUSES, table_columns
+from .store import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER, SQLITE_MAGIC,
+                    STATUSES, table_columns)
 
 _SLACK = 1e-6
 _SCHEMA_1 = COLUMNS[:23]
@@ -252,8 +253,8 @@ def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int]]:
     added_later = {c for c, sql in EPISODE_TYPES.items() if "NOT NULL" not in sql} - set(tables["episodes"])
     problems = [f"{table}: missing column(s) {', '.join(c for c in wanted if c not in tables[table])} "
                 f"(expected {', '.join(wanted)})"
-                for table, wanted in (("runs", RUN_COLUMNS), ("episodes", [c for c in EPISODE_COLUMNS
-                                                                           if c not in added_later]))
+                for table, wanted in (("runs", [c for c in RUN_COLUMNS if c not in RUN_COLUMNS_ADDED_LATER]),
+                                      ("episodes", [c for c in EPISODE_COLUMNS if c not in added_later]))
                 if not set(wanted) <= set(tables[table])]
     if problems:
         return problems, [], {}

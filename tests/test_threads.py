@@ -48,7 +48,7 @@ def test_run_sets_logs_and_stores_the_threads(tmp_path, monkeypatch, caplog, res
     assert "torch CPU threads: 2 (--threads)" in caplog.text
     with ResultsStore(str(store)) as opened:
         run = opened.runs()[0]
-    assert json.loads(run["versions_json"])["torch_threads"] == 2 and json.loads(run["config_json"])["threads"] == 2
+    assert json.loads(run["environment_json"])["threads"] == "2" and json.loads(run["config_json"])["threads"] == 2
 
 
 def test_negative_threads_are_refused(tmp_path, capsys):

@@ -1,0 +1,122 @@
+"""leaderboard.html in a real headless Chromium: one row per method, sorting and filtering change the rows,
+a cell's details open, nothing is fetched from the network; a screenshot is saved."""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from html import unescape
+
+import pytest
+
+from fewshot_bench.cli import main
+from fewshot_bench.store import ResultsStore
+
+from helpers import build_store, record
+
+SCRIPT_NAME = "</script><b id=injected>x</b>"  # a method name that must stay text
+
+
+def chromium() -> str:
+    """The Chromium binary; CI installs it (.ci/run), elsewhere the test skips when it is absent."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI"):
+        pytest.fail("CI must provide Chromium (.ci/run installs the OS package 'chromium')")
+    pytest.skip("Chromium is not installed (apt-get install chromium); the HTML page is tested in a real browser")
+
+
+def browse(page, fragment: str = "", *flags: str) -> str:
+    """Chromium headless on ``page#fragment``; returns the DOM after the page's scripts ran (or '' for a
+    screenshot)."""
+    done = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--user-data-dir=" + str(page.parent / "profile"), *flags,
+                           *(() if flags else ("--dump-dom",)), f"file://{page}#{fragment}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def methods_shown(dom: str) -> list:
+    return [unescape(m) for m in re.findall(r'<tr data-method="([^"]*)"', dom)]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("board")
+    store = folder / "s.sqlite"
+    build_store(store)
+    with ResultsStore(store) as opened:
+        for i in range(10):
+            opened.write_episode(record(method=SCRIPT_NAME, episode_index=i, accuracy=0.45))
+    assert main(["leaderboard", "--store", str(store), "--out", str(folder / "leaderboard.csv"),
+                 "--bootstrap", "200"]) == 0
+    with open(folder / "leaderboard.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return folder / "leaderboard.html", rows
+
+
+def _mean_accuracy(rows, method):
+    values = [float(r["acc_mean"]) for r in rows if r["method"].lstrip("'") == method and r["acc_mean"]]
+    return sum(values) / len(values)
+
+
+def test_page_is_self_contained(board):
+    page, _ = board
+    text = page.read_text()
+    assert not re.search(r'<(script|img|link)[^>]+(src|href)="(?!data:)', text)  # no file or network fetch
+    assert SCRIPT_NAME not in text and "<\\/script><b id=injected>" in text  # JSON cannot close its script
+
+
+def test_one_row_per_method_and_sorting_changes_the_order(board):
+    page, rows = board
+    methods = {r["method"].lstrip("'") for r in rows}
+    shown = methods_shown(browse(page))
+    assert sorted(shown) == sorted(methods) and len(shown) == len(methods)
+    by_accuracy = sorted(methods, key=lambda m: -_mean_accuracy(rows, m))
+    descending = methods_shown(browse(page, "sort=acc&dir=desc"))
+    assert descending == by_accuracy and methods_shown(browse(page, "sort=acc&dir=asc")) == by_accuracy[::-1]
+    assert methods_shown(browse(page, "sort=method&dir=asc")) == sorted(methods)
+    assert descending != shown or methods_shown(browse(page, "sort=acc&dir=asc")) != shown
+
+
+def test_filters_change_the_rows_and_cells(board):
+    page, rows = board
+    meta = methods_shown(browse(page, "protocol=meta-trained"))
+    assert sorted(meta) == sorted({r["method"] for r in rows if r["protocol"] == "meta-trained"}) == ["anil", "maml"]
+    dom = browse(page, "backbone=%2Bbert")
+    assert methods_shown(dom) == ["-x"] and "1 methods × 1 cells shown" in dom
+    assert "injected" not in re.sub(r"<script.*?</script>", "", dom, flags=re.S).replace("&lt;b id=injected&gt;", "")
+
+
+def _detail(dom: str) -> str:
+    detail = dom[dom.index('<section id="detail"'):]
+    return detail[:detail.index("</section>")]
+
+
+def test_a_cell_opens_its_forest_plot_rank_groups_and_power(board):
+    page, _ = board
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page.read_text(), re.S)[1])
+    cells = {(c["task"], c["backbone"]): c for c in data["cells"]}
+    demo = cells["demo", "minilm"]["id"]
+    compared = [r for r in data["rows"] if r["cell"] == demo and r["delta_vs_ref"] is not None]
+    dom = browse(page, f"detail={demo}")
+    detail = _detail(dom)
+    assert "hidden" not in detail.split(">", 1)[0] and "Rank groups" in detail
+    assert "<svg" in detail and detail.count("<circle") == len(compared) >= 3 and "detectable difference" in detail
+    assert "did not run in this cell" in _detail(browse(page, f"detail={cells['demo', '+bert']['id']}"))
+    assert "Provenance" in dom and "environment 1" in dom and "threads" in dom
+
+
+def test_screenshot(board):
+    page, _ = board
+    shot = page.parent / "leaderboard_html.png"
+    browse(page, "", f"--screenshot={shot}", "--window-size=1400,1000", "--hide-scrollbars")
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1400, 1000)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 50  # a rendered page, not a blank one

@@ -1,0 +1,114 @@
+"""fewshot-bench reproduce: a seeded sample of stored episodes re-run here agrees with the store; a changed stored
+result is reported as drift (exit 1) with the environment differences; bad input is one line."""
+import hashlib
+import json
+import sqlite3
+
+import pytest
+
+from fewshot_bench.cli import main
+from fewshot_bench.reproduce import sample_episodes
+from fewshot_bench.store import ResultsStore
+
+METHODS = "protonet,full_ft(steps=2),maml(meta_steps=2)"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reproduce") / "s.sqlite"
+    assert main(["run", "--tasks", "demo_intents", "--methods", METHODS, "--n-way", "5", "--k-shot", "1",
+                 "--episodes", "3", "--backbone", "tiny-encoder", "--store", str(path), "--out", ""]) == 0
+    return path
+
+
+def test_the_sample_is_seeded_and_per_method(store):
+    with ResultsStore(store, create=False) as opened:
+        records = opened.episodes()
+    first, again = sample_episodes(records, 2, seed=0), sample_episodes(records, 2, seed=0)
+    assert sorted(first) == sorted(["protonet", "full_ft(steps=2)", "maml(meta_steps=2)"])
+    assert all(len(chosen) == 2 for chosen in first.values())
+    assert {m: [r["episode_index"] for r in c] for m, c in first.items()} == \
+           {m: [r["episode_index"] for r in c] for m, c in again.items()}
+    assert len(sample_episodes(records, 10, seed=0)["protonet"]) == 3  # never more than stored
+
+
+def test_a_store_reproduces_here(store, capsys):
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    assert main(["reproduce", "--store", str(store), "--sample", "2"]) == 0
+    out = capsys.readouterr().out
+    for method in ("protonet", "full_ft(steps=2)", "maml(meta_steps=2)"):
+        line = next(line for line in out.splitlines() if line.startswith(method + " "))
+        assert "100.0% of 150" in line and "2/2" in line and "+0.0000 [+0.0000, +0.0000]" in line and line.endswith("ok")
+    assert "environment of full_ft(steps=2), maml(meta_steps=2), protonet: no recorded field differs\n" in out
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before  # the store is only read
+
+
+def test_a_changed_result_is_drift_with_the_environment_differences(store, tmp_path, capsys):
+    changed = tmp_path / "changed.sqlite"
+    changed.write_bytes(store.read_bytes())
+    with sqlite3.connect(changed) as conn:
+        for rowid, predictions in conn.execute("SELECT rowid, predictions FROM episodes WHERE method = 'protonet'").fetchall():
+            flipped = [(p + 1) % 5 for p in json.loads(predictions)[:30]] + json.loads(predictions)[30:]
+            conn.execute("UPDATE episodes SET predictions = ?, accuracy = accuracy + 0.2 WHERE rowid = ?",
+                         (json.dumps(flipped), rowid))
+        (environment,) = conn.execute("SELECT environment_json FROM runs").fetchone()
+        conn.execute("UPDATE runs SET environment_json = ?", (json.dumps({**json.loads(environment), "threads": "64",
+                                                                         "torch": "1.0"}),))
+    assert main(["reproduce", "--store", str(changed), "--sample", "2", "--methods", "protonet"]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("protonet "))
+    assert "60.0% of 150" in line and "0/2" in line and "-0.2000" in line and line.endswith("DRIFT")
+    assert "environment of protonet: differs (stored -> here): torch 1.0 -> " in out and "threads 64 -> " in out
+    assert "not reproduced: protonet" in out
+    assert main(["reproduce", "--store", str(changed), "--sample", "2", "--methods", "protonet",
+                 "--tolerance", "0.5"]) == 0
+
+
+def test_an_episode_whose_config_cannot_be_rebuilt_is_reported(store, tmp_path, capsys):
+    changed = tmp_path / "changed.sqlite"
+    changed.write_bytes(store.read_bytes())
+    with sqlite3.connect(changed) as conn:
+        conn.execute("UPDATE episodes SET config_hash = 'other' WHERE method = 'protonet'")
+    assert main(["reproduce", "--store", str(changed), "--sample", "1", "--methods", "protonet"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT RE-RUN" in out and "has its run hash" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sample", "0"], "--sample must be >= 1"),
+    (["--tolerance", "-1"], "--tolerance must be >= 0"),
+    (["--methods", "protonett"], "did you mean 'protonet'"),
+    (["--tuned", "missing.yaml"], "--tuned missing.yaml does not exist"),
+])
+def test_bad_input_is_one_line(store, capsys, argv, message):
+    assert main(["reproduce", "--store", str(store), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_fields_an_earlier_store_did_not_record_are_named_apart(store, tmp_path, capsys):
+    changed = tmp_path / "changed.sqlite"
+    changed.write_bytes(store.read_bytes())
+    with sqlite3.connect(changed) as conn:
+        conn.execute("UPDATE runs SET environment_json = NULL")
+    assert main(["reproduce", "--store", str(changed), "--sample", "1", "--methods", "protonet"]) == 0
+    out = capsys.readouterr().out
+    assert "environment of protonet: no recorded field differs; not recorded in the store: device_name, dtype, " \
+           "threads, os" in out
+
+
+def test_a_tuned_run_whose_file_moved_is_rebuilt_from_the_tuned_file_given(tmp_path, capsys):
+    setting = "demo_intents/fold1/5way1shot15q"
+    tuned, other = tmp_path / "tuned.yaml", tmp_path / "other.yaml"
+    tuned.write_text(f"settings:\n  {setting}:\n    full_ft: {{tuned: true, overrides: {{steps: 3}}}}\n")
+    other.write_text(f"settings:\n  {setting}:\n    lora: {{tuned: true, overrides: {{steps: 3}}}}\n")
+    store = tmp_path / "s.sqlite"
+    assert main(["run", "--tasks", "demo_intents", "--methods", "full_ft", "--tuned", str(tuned), "--n-way", "5",
+                 "--k-shot", "1", "--episodes", "1", "--backbone", "tiny-encoder", "--store", str(store),
+                 "--out", ""]) == 0
+    moved = tuned.rename(tmp_path / "moved.yaml")
+    assert main(["reproduce", "--store", str(store), "--sample", "1"]) == 1
+    assert f"its tuned file {tuned} is missing" in capsys.readouterr().out
+    assert main(["reproduce", "--store", str(store), "--sample", "1", "--tuned", str(other), "--tuned", str(moved)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("full_ft[tuned] "))
+    assert "100.0% of 75" in line and line.endswith("ok")
