@@ -11,7 +11,8 @@ so a row's mean accuracy is the mean of its (episode, class) accuracies. Contrac
     replacement and keeping every (episode, class) value of each drawn class (Ren et al. 2010: resample the top
     level only; resampling episodes again within the drawn classes would count the within-class variance
     twice, Davison and Hinkley 1997 §3.8). Seeded, contains the mean; (None, None) without labels or
-    predictions for every episode.
+    predictions for every episode. :func:`grouped_class_ci`: the same for a mean over folds, one class draw
+    shared by the folds (folds sharing target classes resampled as dependent).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def episode_labels(records: Sequence[dict]) -> Dict[str, Tuple[tuple, tuple]]:
             continue
         try:
             episode = _setting(record).target_episode(int(record["seed"]), int(record["episode_index"]))
-        except (UserError, OSError, ValueError, KeyError):
+        except (UserError, OSError, ValueError, KeyError, TypeError):
             return {}
         if episode.fingerprint != record["fingerprint"]:
             return {}
@@ -81,16 +82,24 @@ def class_ci(entry, fingerprints: Sequence[str], labels: Dict[str, tuple], other
              seed: int = 0) -> Tuple[Optional[float], Optional[float]]:
     """Class-level 95% CI (4 decimals) of ``entry``'s mean accuracy over ``fingerprints`` (minus ``other``'s:
     the paired difference), resampling classes; (None, None) when labels or predictions are missing."""
-    found = _values(entry, fingerprints, labels, other) if fingerprints else None
-    if found is None:
+    return grouped_class_ci([(entry, fingerprints, labels, other)], seed)
+
+
+def grouped_class_ci(groups: Sequence[tuple], seed: int = 0) -> Tuple[Optional[float], Optional[float]]:
+    """Class-level 95% CI of the mean over ``groups`` ((entry, fingerprints, labels, other) each: a fold) of
+    each group's mean, with one class draw shared by every group: folds whose target classes overlap are
+    resampled as dependent. (None, None) when a group lacks labels or predictions."""
+    found = [_values(entry, fps, labels, other) if fps else None for entry, fps, labels, other in groups]
+    if not found or any(f is None for f in found):
         return None, None
-    values, owners = found
-    names = sorted(set(owners))
-    index = np.array([names.index(c) for c in owners])
+    names = sorted({c for _, owners in found for c in owners})
     drawn = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1 / len(names)), RESAMPLES)
-    weights = drawn[:, index].astype(float)
-    total = weights.sum(axis=1)
-    means = (weights @ values)[total > 0] / total[total > 0]
-    low, high = np.percentile(means, [2.5, 97.5])
-    mean = float(values.mean())
+    means = []
+    for values, owners in found:
+        weights = drawn[:, [names.index(c) for c in owners]].astype(float)
+        total = weights.sum(axis=1)
+        means.append(np.where(total > 0, weights @ values / np.where(total > 0, total, 1), np.nan))
+    resampled = np.nanmean(np.vstack(means), axis=0)
+    low, high = np.percentile(resampled[~np.isnan(resampled)], [2.5, 97.5])
+    mean = float(np.mean([values.mean() for values, _ in found]))
     return round(float(min(low, mean)), 4), round(float(max(high, mean)), 4)

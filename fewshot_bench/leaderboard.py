@@ -243,7 +243,7 @@ def cli_leaderboard(args) -> int:
         raise UserError(f"--reference '{reference}' has no rows in {args.store}{did_you_mean(reference, methods)} "
                         f"(methods there: {', '.join(methods)})")
     out = Path(args.out)
-    overall_rows, fold_rows = overall(rows), fold_summary(rows)
+    overall_rows, fold_rows = overall(rows), fold_summary(rows, entries)
     md, overall_csv, folds_csv, png = (out.with_name(out.stem + suffix)
                                        for suffix in (".md", "_overall.csv", "_folds.csv", ".png"))
     with atomic_files([out, overall_csv, folds_csv, md, png]) as (out_tmp, overall_tmp, folds_tmp, md_tmp, png_tmp):

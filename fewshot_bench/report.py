@@ -179,11 +179,12 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
               r["grad_dir_consistency"], r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
     if fold_rows:
         text += ["## Averaged over folds", ""] + _md_table(
-            ("setting (all folds)", "method", "folds", "episodes", "accuracy [95% CI over folds]",
-             f"Δ vs {reference} [95% CI over folds]", "flags"),
+            ("setting (all folds)", "method", "folds", "episodes", "accuracy [95% CI over folds; class-level CI]",
+             f"Δ vs {reference} [95% CI over folds; class-level CI]", "flags"),
             [(r["setting"] + ("" if len({x["backbone"] for x in fold_rows}) == 1 else f" ({r['backbone']})"),
-              r["method"], r["folds"], r["episodes"], _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _delta(r, reference), (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
+              r["method"], r["folds"], r["episodes"],
+              _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
+              _classes(_delta(r, reference), r, "delta", signed=True), (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
     text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
     text += [
         "", "## How to read", "",
@@ -192,7 +193,9 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "rows flagged **same-class-source** (trained on a source pool holding the evaluated classes: not few-shot), "
         "which are ranked apart and left out of the overall table.",
         "- **Averaged over folds** (also `*_folds.csv`): mean over folds of each fold's mean accuracy and of each "
-        "fold's paired difference to the reference, Student-t 95% CI over folds (folds are the unit).",
+        "fold's paired difference to the reference, Student-t 95% CI over folds (folds are the unit, taken as "
+        "independent); **classes [...]**: classes resampled once for all folds, so folds sharing target classes "
+        "are dependent.",
         "- **accuracy**: mean query accuracy over ok episodes; 95% CI: percentile bootstrap over episodes "
         f"({bootstrap:,} resamples); **classes [...]**: the class-level CI (classes resampled, every (episode, "
         "class) accuracy of a drawn class kept: episodes sharing classes are not independent), shown where the "

@@ -5,7 +5,7 @@ import pytest
 
 from fewshot_bench.compare import Entry
 from fewshot_bench.episodes import Setting
-from fewshot_bench.hierarchical import class_accuracy, class_ci, episode_labels
+from fewshot_bench.hierarchical import class_accuracy, class_ci, episode_labels, grouped_class_ci
 from fewshot_bench.stats import bootstrap_ci
 
 
@@ -55,3 +55,15 @@ def test_episode_labels_regenerate_only_matching_episodes():
     stored = dict(record, extra={"classes": ["a", "b"], "query_labels": [0, 1]})
     assert episode_labels([stored]) == {episode.fingerprint: (("a", "b"), (0, 1))}
     assert episode_labels([dict(record, fingerprint="0" * 64)]) == {}  # another episode: no class-level CI
+
+
+def test_folds_sharing_classes_are_resampled_as_dependent():
+    """Two folds holding the same classes and results: their average has the CI of one fold (one class draw
+    for both); two folds with disjoint classes average to a narrower CI."""
+    a = _entry(0.15, 1)
+    group = (a, list(a.accuracy), a.labels, None)
+    assert grouped_class_ci([group, group]) == class_ci(a, list(a.accuracy), a.labels)
+    renamed = {f: (tuple("other-" + c for c in classes), query) for f, (classes, query) in a.labels.items()}
+    low, high = grouped_class_ci([group, (a, list(a.accuracy), renamed, None)])
+    one_low, one_high = class_ci(a, list(a.accuracy), a.labels)
+    assert high - low < 0.85 * (one_high - one_low)
