@@ -1,7 +1,6 @@
 """Class-level CI: as wide as the episode-level one without class effects, much wider with them; the
 episodes' classes come from the store's extra or are regenerated (fingerprint-checked)."""
 import numpy as np
-import pytest
 
 from fewshot_bench.compare import Entry
 from fewshot_bench.episodes import Setting
