@@ -148,6 +148,11 @@ LEADERBOARD: Tuple[Column, ...] = (
     _share("seed_sd", "median over episodes of the SD of accuracy over training restarts (empty: one restart)"),
     _share("failed_run_share", "share of runs (episode x restart) that failed or scored <= chance + "
                                "restarts.FAILED_MARGIN (0.05)"),
+    _share("acc_class_ci95_low", "class-level (hierarchical: classes, then episodes) bootstrap 95% CI of acc_mean, "
+                                 "low end (empty: the episodes' classes unknown)"),
+    _share("acc_class_ci95_high", "class-level bootstrap 95% CI of acc_mean, high end"),
+    _delta("delta_class_ci95_low", "class-level bootstrap 95% CI of delta_vs_ref, low end"),
+    _delta("delta_class_ci95_high", "class-level bootstrap 95% CI of delta_vs_ref, high end"),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
 AGGREGATES = tuple(c for c in LEADERBOARD if c.source)

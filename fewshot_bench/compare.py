@@ -16,7 +16,7 @@ so they are ranked together (protocol stays a column). Contracts:
     rank group counts only same-class-source rows, and they never lower the rank group of the other rows. They
     are still compared with the reference (``delta_vs_ref``), which shows what the leak is worth.
   * Against the reference method: mean difference (row minus reference), paired percentile bootstrap 95% CI
-    (episodes resampled, seeded), its d_z, the raw and the Holm-adjusted p of that pair. A cell without the reference
+    (episodes resampled, seeded) and its class-level CI (``hierarchical.class_ci``), its d_z, the raw and the Holm-adjusted p of that pair. A cell without the reference
     gets the flag ``no-reference`` and empty comparison columns; the reference's own row has them empty too.
   * Flags: ``saturated`` (every method >= ``SATURATED_ACCURACY``: the cell is at ceiling), ``narrow-spread``
     (best minus worst mean below the median CI half-width and no significant pair in the cell: the methods'
@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .hierarchical import class_ci
 from .stats import bootstrap_ci, detectable_difference, holm, sign_flip_p
 
 ALPHA = 0.05
@@ -60,6 +61,7 @@ class Entry:
     fingerprints: frozenset = field(default_factory=frozenset)
     same_class_source: bool = False  # trained on a source pool sharing the evaluated classes: ranked apart
     seed_sd: Dict[str, float] = field(default_factory=dict)  # SD of accuracy over training restarts, by fingerprint
+    labels: Dict[str, tuple] = field(default_factory=dict)  # (classes, query labels) by fingerprint: class-level CI
 
     @property
     def method(self) -> str:
@@ -222,10 +224,12 @@ def annotate(entries: List[Entry], reference: str, bootstrap: int = 10000, seed:
             d = differences(entry, ref) if ref is not None and entry is not ref else None
             if d is not None:
                 low, high = bootstrap_ci(d, bootstrap, seed)
+                class_low, class_high = class_ci(entry, common_episodes(entry, ref), entry.labels, ref, seed)
                 _, p, p_holm, dz = tests[(entry, ref)]
                 row.update(delta_vs_ref=round(float(d.mean()), 4), delta_ci95_low=round(low, 4),
                            delta_ci95_high=round(high, 4), p_value=p, p_holm=p_holm,
-                           delta_dz=None if dz is None else round(dz, 3))
+                           delta_dz=None if dz is None else round(dz, 3),
+                           delta_class_ci95_low=class_low, delta_class_ci95_high=class_high)
         groups = clones([e.row for e in members])
         for entry in members:
             entry.row["rank"] = entry.row["rank_group"] = rank_group(beaten_by[entry], groups)

@@ -34,6 +34,7 @@ from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_CO
 from .episodes import episode_set_sha256
 from .errors import UserError
 from .folds import FOLD_COLUMNS, fold_summary
+from .hierarchical import class_ci, episode_labels
 from .outputs import atomic_files, check_writable
 from .registry import did_you_mean
 from .restarts import seed_sd_tests, seed_stability
@@ -131,6 +132,10 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[comp
     for record in sorted(records, key=lambda r: r["created_at"]):  # stable sort: later rows overwrite earlier
         key = (record["task"], record["setting"], record["protocol"], record["backbone"], record["method"])
         groups.setdefault(key, {})[(record["fingerprint"], record["restart"] or 0)] = record
+    by_setting: Dict[tuple, List[dict]] = {}
+    for key, stored in groups.items():
+        by_setting.setdefault(key[:2], []).extend(stored.values())
+    labels = {setting: episode_labels(members) for setting, members in by_setting.items()}
     entries = []
     for key, stored in groups.items():
         # episode order, not write order (ranks, resumes): the bootstrap CI is a function of the episode set
@@ -145,10 +150,13 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[comp
         accuracy, stability = _episode_accuracy(runs), seed_stability(runs, next(iter(runs.values()))[0]["n_way"])
         predictions = {f: next(r["predictions"] for r in runs[f] if r["status"] == "ok" and r["accuracy"] is not None)
                        for f in accuracy}  # the first ok restart's
-        entries.append(compare.Entry(cell=(key[0], key[1], key[3]), row=_summarise(key, runs, planned, bootstrap, seed, stability),
-                                     accuracy=accuracy, predictions=predictions, fingerprints=frozenset(runs),
-                                     same_class_source=any(r.get("same_class_source") == 1 for r in stored.values()),
-                                     seed_sd=stability[3]))
+        entry = compare.Entry(cell=(key[0], key[1], key[3]), row=_summarise(key, runs, planned, bootstrap, seed, stability),
+                              accuracy=accuracy, predictions=predictions, fingerprints=frozenset(runs),
+                              same_class_source=any(r.get("same_class_source") == 1 for r in stored.values()),
+                              seed_sd=stability[3], labels=labels[key[:2]])
+        entry.row["acc_class_ci95_low"], entry.row["acc_class_ci95_high"] = class_ci(entry, list(accuracy),
+                                                                                     entry.labels, seed=seed)
+        entries.append(entry)
     return entries
 
 
@@ -236,7 +244,7 @@ def cli_leaderboard(args) -> int:
         raise UserError(f"--reference '{reference}' has no rows in {args.store}{did_you_mean(reference, methods)} "
                         f"(methods there: {', '.join(methods)})")
     out = Path(args.out)
-    overall_rows, fold_rows = overall(rows), fold_summary(rows)
+    overall_rows, fold_rows = overall(rows), fold_summary(rows, entries)
     md, overall_csv, folds_csv = (out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", "_folds.csv"))
     views = Views(out, rows, args.store)  # the summary PNG and Markdown, the HTML page, the per-cell forest plots
     with atomic_files([out, overall_csv, folds_csv, md, *views.paths]) as (out_tmp, overall_tmp, folds_tmp, md_tmp,

@@ -35,6 +35,15 @@ def _interval(mean, low, high, signed: bool = False):
     return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
+def _classes(text, row: Dict, prefix: str, signed: bool = False):
+    """``text`` plus the class-level CI (``classes [low, high]``) where it differs from the episode-level one."""
+    low, high = row[f"{prefix}_class_ci95_low"], row[f"{prefix}_class_ci95_high"]
+    if text is None or low is None or (low, high) == (row[f"{prefix}_ci95_low"], row[f"{prefix}_ci95_high"]):
+        return text
+    fmt = "{:+.4f}" if signed else "{:.4f}"
+    return f"{text}; classes [{fmt.format(low)}, {fmt.format(high)}]"
+
+
 def _delta(row: Dict, reference: str):
     """The Δ column: the interval, ``reference`` on the reference's own row, ``no reference`` without a
     comparison to it."""
@@ -158,22 +167,24 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
             facts.append(f"detectable difference {first['detectable_diff']:.3f} ({POWER:.0%} power)")
         facts += [f"**{flag}**" for flag in _flags(first, True)]
         text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
-            ("rank group", "method", "protocol", "episodes", "accuracy [95% CI]", f"Δ vs {reference} [95% CI]",
+            ("rank group", "method", "protocol", "episodes", "accuracy [95% CI; class-level CI]",
+             f"Δ vs {reference} [95% CI; class-level CI]",
              "d_z", "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode",
              "SGG terms acting: mag / align share, dir °"),
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
-              _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _delta(r, reference), r["delta_dz"], r["p_value"], r["p_holm"],
+              _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
+              _classes(_delta(r, reference), r, "delta", signed=True), r["delta_dz"], r["p_value"], r["p_holm"],
               (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
               r["grad_dir_consistency"], r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
     if fold_rows:
         text += ["## Averaged over folds", ""] + _md_table(
-            ("setting (all folds)", "method", "folds", "episodes", "accuracy [95% CI over folds]",
-             f"Δ vs {reference} [95% CI over folds]", "flags"),
+            ("setting (all folds)", "method", "folds", "episodes", "accuracy [95% CI over folds; class-level CI]",
+             f"Δ vs {reference} [95% CI over folds; class-level CI]", "flags"),
             [(r["setting"] + ("" if len({x["backbone"] for x in fold_rows}) == 1 else f" ({r['backbone']})"),
-              r["method"], r["folds"], r["episodes"], _interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]),
-              _delta(r, reference), (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
+              r["method"], r["folds"], r["episodes"],
+              _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
+              _classes(_delta(r, reference), r, "delta", signed=True), (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
     text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
     text += [
         "", "## How to read", "",
@@ -182,9 +193,13 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "rows flagged **same-class-source** (trained on a source pool holding the evaluated classes: not few-shot), "
         "which are ranked apart and left out of the overall table.",
         "- **Averaged over folds** (also `*_folds.csv`): mean over folds of each fold's mean accuracy and of each "
-        "fold's paired difference to the reference, Student-t 95% CI over folds (folds are the unit).",
+        "fold's paired difference to the reference, Student-t 95% CI over folds (folds are the unit, taken as "
+        "independent); **classes [...]**: classes resampled once for all folds, so folds sharing target classes "
+        "are dependent.",
         "- **accuracy**: mean query accuracy over ok episodes; 95% CI: percentile bootstrap over episodes "
-        f"({bootstrap:,} resamples).",
+        f"({bootstrap:,} resamples); **classes [...]**: the class-level CI (classes resampled, every (episode, "
+        "class) accuracy of a drawn class kept: episodes sharing classes are not independent), shown where the "
+        "episodes' classes are known (stored by the run or regenerated from the data dir).",
         f"- **Δ vs {reference}**: mean per-episode accuracy difference on the common episodes, paired percentile "
         "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact: convolution over the 1/(N·Q) lattice of accuracy differences); "
         "**d_z**: paired effect size (mean / SD of the per-episode differences); **p (Holm)**: p after Holm's "

@@ -155,7 +155,9 @@ class Run:
             "protocol": protocol,
             "backbone": config.backbone, "task": setting.task, "setting": setting.label, "n_way": episode.n_way,
             "k_shot": k_shot, "q_query": setting.q_query, "fold": setting.fold, "seed": config.seed,
-            "episode_index": index, "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task},
+            "episode_index": index, "fingerprint": episode.fingerprint, "extra": {"source_task": setting.source_task,
+                                                                           "classes": list(episode.classes),
+                                                                           "query_labels": list(episode.query_labels)},
             "restart": restart,
         })
         if record["status"] != "ok":

@@ -31,6 +31,7 @@ def test_a_restarts_run_stores_one_row_per_restart_and_the_leaderboard_shows_sta
     assert float(board["protonet"]["seed_sd"]) == 0  # no training: every restart predicts alike
     assert 0 <= float(board["full_ft(steps=2)"]["failed_run_share"]) <= 1
     assert "## Stability over training restarts" in (tmp_path / "lb.md").read_text()
+    assert board["full_ft(steps=2)"]["acc_class_ci95_low"] != ""  # classes stored with the episodes
     assert main(["validate", str(out)]) == 0 and main(["validate", str(store)]) == 0
     capsys.readouterr()
     assert main(argv) == 0  # without --restarts: restart 0 is the plain run's episode, already stored
