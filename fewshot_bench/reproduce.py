@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +43,6 @@ from .runner import Run, autocast_dtype
 from .stats import bootstrap_ci
 from .store import ResultsStore
 from .tuning import load_tuned
-
-log = logging.getLogger(__name__)
-DEFAULT_TOLERANCE = 0.01
 
 
 @dataclass
