@@ -6,9 +6,10 @@ Contracts:
     without replacement by a numpy Generator seeded with ``derived_seed(seed, method)`` from its episodes in
     (task, setting, backbone, episode index, config hash) order; the same store and seed give the same sample.
   * An episode is rebuilt from its stored run config (``runs.config_json``): the setting with that label, the method
-    spec whose leaderboard name is the stored one, and for a tuned run its tuned file (the stored path, else each
-    ``--tuned`` file in turn). It is used only when the rebuilt method's run hash equals the stored ``config_hash``,
-    so a re-run is the stored configuration or is not made (reported as not re-run, never guessed).
+    spec whose leaderboard name is the stored one, and for a tuned run its tuned file: the stored path, else each
+    ``--tuned`` file, then each tuned-config YAML in the store's folder and its subfolders (e.g. the committed
+    ``leaderboard/tuning/``), in turn. It is used only when the rebuilt method's run hash equals the stored
+    ``config_hash``, so a re-run is the stored configuration or is not made (reported as not re-run, never guessed).
   * The episode runs through the runner (:class:`fewshot_bench.runner.Run`: same episode, training seed, source
     pool and protocol) on ``--device`` into a temporary store that is deleted afterwards; the given store is only
     read. Meta-trained state comes from the meta-training cache when this machine holds it, as in a resumed run
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +44,6 @@ from .runner import Run, autocast_dtype
 from .stats import bootstrap_ci
 from .store import ResultsStore
 from .tuning import load_tuned
-
-log = logging.getLogger(__name__)
-DEFAULT_TOLERANCE = 0.01
 
 
 @dataclass
@@ -99,9 +96,10 @@ class Rebuilder:
         if run_id not in self.built:
             config = from_mapping(RunConfig, _run_options(self.runs[run_id]), f"stored run {run_id}")
             settings = {s.label: s for s in settings_of(config)}
-            paths = [None] if not config.tuned else [p for p in [config.tuned, *self.tuned_files] if Path(p).is_file()]
-            self.built[run_id] = config, [(Run(config, self.device, self.backbones, self.scratch, [],
-                                               load_tuned(p) if p else None), settings) for p in paths]
+            tuned = [None] if not config.tuned else [t for t in map(_tuned_or_none, [config.tuned, *self.tuned_files])
+                                                     if t is not None]
+            self.built[run_id] = config, [(Run(config, self.device, self.backbones, self.scratch, [], t), settings)
+                                          for t in tuned]
         return self.built[run_id]
 
     def cell(self, record: dict):
@@ -109,8 +107,6 @@ class Rebuilder:
         if record["run_id"] not in self.runs:
             return None, "its run is not in the store's runs table"
         config, candidates = self._candidates(record["run_id"])
-        if not candidates:
-            return None, f"its tuned file {config.tuned} is missing; pass that file (or a copy) with --tuned"
         for execution, settings in candidates:
             setting = settings.get(record["setting"])
             if setting is None:
@@ -122,7 +118,24 @@ class Rebuilder:
                     continue
                 if cell.label == record["method"] and cell.run_hash == record["config_hash"]:
                     return (execution, cell), None
-        return None, "no method config of its run (or of the --tuned files) has its run hash"
+        if config.tuned and not Path(config.tuned).is_file():
+            return None, (f"its tuned file {config.tuned} is missing and no --tuned file (nor a YAML beside the store) "
+                          f"gives its run hash; pass that file (or a copy) with --tuned")
+        return None, "no method config of its run has its run hash"
+
+
+def _tuned_or_none(path) -> Optional[dict]:
+    """The tuned configs of ``path``; None when it is missing or not a tuned-config file."""
+    try:
+        return load_tuned(str(path)) if Path(path).is_file() else None
+    except UserError:
+        return None
+
+
+def tuned_files_beside(store_path) -> List[Path]:
+    """YAML files in the store's folder and its subfolders: candidate tuned-config files for moved tuned runs."""
+    folder = Path(store_path).parent
+    return sorted(folder.glob("*.yaml")) + sorted(folder.glob("*/*.yaml"))
 
 
 def _run_options(run: dict) -> dict:
@@ -144,7 +157,7 @@ def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_
     results = []
     with tempfile.TemporaryDirectory(prefix="fewshot-reproduce-") as scratch_dir, \
             ResultsStore(Path(scratch_dir) / "rerun.sqlite") as scratch:
-        rebuilder = Rebuilder(runs, device, scratch, list(tuned_files))
+        rebuilder = Rebuilder(runs, device, scratch, [*tuned_files, *tuned_files_beside(store_path)])
         for method, chosen in sample.items():
             agreement = Agreement(method)
             for record in chosen:

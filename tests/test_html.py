@@ -13,7 +13,7 @@ import pytest
 from fewshot_bench.cli import main
 from fewshot_bench.store import ResultsStore
 
-from helpers import build_store, record
+from helpers import REPO, build_store, record
 
 SCRIPT_NAME = "</script><b id=injected>x</b>"  # a method name that must stay text
 
@@ -120,3 +120,17 @@ def test_screenshot(board):
         assert image.size == (1400, 1000)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 50  # a rendered page, not a blank one
+
+
+def test_the_committed_page_shows_every_committed_method(tmp_path):
+    committed = REPO / "leaderboard"
+    page = tmp_path / "leaderboard.html"  # a copy: Chromium's profile folder goes beside it, not into the repo
+    page.write_bytes((committed / "leaderboard.html").read_bytes())
+    with open(committed / "leaderboard.csv", newline="") as handle:
+        methods = {r["method"] for r in csv.DictReader(handle)}
+    assert sorted(methods_shown(browse(page))) == sorted(methods)
+    from PIL import Image
+
+    for picture in ("leaderboard.png", "leaderboard_page.png"):  # the summary figure and the page's screenshot
+        with Image.open(committed / picture) as image:
+            assert image.size[1] < 2000

@@ -83,8 +83,7 @@ def test_readme_task_and_run_commands_work(tmp_path, capsys, monkeypatch):
             continue  # bare `run` = the main command, `merge` needs shards: both run in test_run
         argv = [str(data) if a == "../shared/data" else a for a in argv]
         if argv[0] == "reproduce":  # the committed store takes minutes: the README's own small run store stands in
-            argv = ["runs/results.sqlite" if a == "leaderboard/results.sqlite" else
-                    str(REPO / a) if a.startswith("leaderboard/") else a for a in argv]
+            argv = ["runs/results.sqlite" if a == "leaderboard/results.sqlite" else a for a in argv]
         for flag, value in SCALE_DOWN.items():
             if flag in argv:
                 argv[argv.index(flag) + 1] = value

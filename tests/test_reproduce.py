@@ -102,7 +102,7 @@ def test_a_tuned_run_whose_file_moved_is_rebuilt_from_the_tuned_file_given(tmp_p
     tuned, other = tmp_path / "tuned.yaml", tmp_path / "other.yaml"
     tuned.write_text(f"settings:\n  {setting}:\n    full_ft: {{tuned: true, overrides: {{steps: 3}}}}\n")
     other.write_text(f"settings:\n  {setting}:\n    lora: {{tuned: true, overrides: {{steps: 3}}}}\n")
-    store = tmp_path / "s.sqlite"
+    store = tmp_path / "board" / "s.sqlite"
     assert main(["run", "--tasks", "demo_intents", "--methods", "full_ft", "--tuned", str(tuned), "--n-way", "5",
                  "--k-shot", "1", "--episodes", "1", "--backbone", "tiny-encoder", "--store", str(store),
                  "--out", ""]) == 0
@@ -112,3 +112,6 @@ def test_a_tuned_run_whose_file_moved_is_rebuilt_from_the_tuned_file_given(tmp_p
     assert main(["reproduce", "--store", str(store), "--sample", "1", "--tuned", str(other), "--tuned", str(moved)]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("full_ft[tuned] "))
     assert "100.0% of 75" in line and line.endswith("ok")
+    (tmp_path / "board" / "tuning").mkdir()
+    moved.rename(tmp_path / "board" / "tuning" / "chosen.yaml")  # beside the store (a subfolder): found without --tuned
+    assert main(["reproduce", "--store", str(store), "--sample", "1"]) == 0
