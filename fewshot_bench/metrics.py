@@ -60,7 +60,7 @@ def _wide(scratch: Optional[torch.Tensor], rows: int, device: torch.device, dtyp
 
 
 def _sq_sum(tensors: Sequence[torch.Tensor]) -> float:
-    """Σ ‖t‖² over ``tensors``, accumulated in float64 one cache-sized slice at a time (no float64 copies)."""
+    """Σ ‖t‖² over ``tensors``, accumulated in float64 one cache-sized slice at a time (no model-sized float64 copy)."""
     parts, scratch = [], None
     for tensor in tensors:
         for (part,) in _slices(tensor):
