@@ -270,12 +270,23 @@ def bench_plain(args) -> dict:
 def bench_paired(spec: str, args) -> dict:
     """Method ``spec`` and the reference (``--paired-against``: the plain loop or another method) alternated
     episode by episode in one process (order swapped every episode), so that load on the machine hits both
-    alike: the paired time ratio."""
+    alike: the paired time ratio, of process CPU seconds on a CPU (other processes' load does not count; run it
+    with one thread) and of wall seconds on a GPU."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.backbone import load_backbone
     from fewshot_bench.runner import autocast_dtype, episode_record
 
     backbones = {}
+    clock = time.process_time if torch.device(device).type == "cpu" else time.perf_counter
+
+    def timed(episode):
+        def run(i):
+            _sync(torch, torch.device(device))
+            start = clock()
+            episode(i)
+            _sync(torch, torch.device(device))
+            return clock() - start
+        return run
 
     def runner_of(method, source):
         if method.attn_implementation not in backbones:
@@ -283,16 +294,16 @@ def bench_paired(spec: str, args) -> dict:
                                                                   attn_implementation=method.attn_implementation)
         backbone = backbones[method.attn_implementation]
         autocast = autocast_dtype(str(device))
-        return lambda i: episode_record(method, episodes[i], backbone, seed=seeds[i], autocast=autocast,
-                                        source_episodes=source)["wall_seconds"]
+        return timed(lambda i: episode_record(method, episodes[i], backbone, seed=seeds[i], autocast=autocast,
+                                              source_episodes=source))
 
     if args.paired_against == PLAIN:
         framework = runner_of(build_method(spec, args.steps)[0], None)
         plain_device = torch.device(device)
         pretrained, tokenizer = _load_plain(args, torch, plain_device)
 
-        def reference(i):
-            return plain_episode(torch, pretrained, tokenizer, episodes[i], seeds[i], args.steps, plain_device)[0]
+        reference = timed(lambda i: plain_episode(torch, pretrained, tokenizer, episodes[i], seeds[i], args.steps,
+                                                  plain_device))
     else:
         source = setting.source_episodes(args.seed)
         framework = runner_of(build_method(spec, args.steps)[0], source)
@@ -306,7 +317,7 @@ def bench_paired(spec: str, args) -> dict:
         else:
             r = reference(i)
             pairs.append((framework(i), r))
-    return {"method": spec, "reference": args.paired_against, "seconds": [a for a, _ in pairs],
+    return {"method": spec, "reference": args.paired_against, "clock": clock.__name__, "seconds": [a for a, _ in pairs],
             "reference_seconds": [b for _, b in pairs], "ratio": sum(a for a, _ in pairs) / sum(b for _, b in pairs),
             "fingerprints": [e.fingerprint for e in episodes[1:]]}
 
@@ -404,7 +415,7 @@ def main(argv=None) -> int:
             continue
         each = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(pair["seconds"], pair["reference_seconds"]))
         print(f"\npaired {pair['method']} / {pair['reference']} time ratio (alternating episodes, one process): "
-              f"{pair['ratio']:.2f}  (s per episode, {pair['method']}/{pair['reference']}: {each})")
+              f"{pair['ratio']:.2f}  ({pair['clock']} s per episode, {pair['method']}/{pair['reference']}: {each})")
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     return 0 if all("error" not in r for r in results + paired) else 1

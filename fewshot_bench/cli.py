@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: $OMP_NUM_THREADS if set, else "
                                                 "the idle cores divided by the processes of this job)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells, episodes and estimated CPU/GPU-hours per "
+                                                           "method (from a short calibration here); write nothing")
     p.set_defaults(handler="fewshot_bench.cli:cmd_run")
 
     p = sub.add_parser("tune", parents=[common, episode_flags],
@@ -210,6 +212,10 @@ def cmd_run(args) -> int:
     from .run_config import build_config
 
     config = build_config(args)
+    if args.dry_run:
+        from .plan import dry_run
+
+        return dry_run(config)
     store_path = run_distributed_or_local(config)
     if store_path and config.out:
         from .leaderboard import cli_leaderboard

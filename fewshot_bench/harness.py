@@ -58,7 +58,9 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
 
     The method sees an :class:`~fewshot_bench.sealed.EpisodeView` (``adapt``) and the query texts tokenized
     without labels, in length buckets (the predictor, :func:`predict_queries`); the query labels stay here and
-    score the predictions. A method that raises or yields non-finite logits gets status 'failed' / 'diverged' with the error text; the run goes on.
+    score the predictions. A method that raises or yields non-finite logits gets status 'failed' / 'diverged'
+    with the error text; the run goes on. The models the method took from ``ctx.fresh_model`` are handed back
+    to the backbone when the episode is over (:meth:`Backbone.recycle`).
     """
     torch.manual_seed(seed)
     if backbone.device.type == "cuda":

@@ -60,7 +60,7 @@ def _wide(scratch: Optional[torch.Tensor], rows: int, device: torch.device, dtyp
 
 
 def _sq_sum(tensors: Sequence[torch.Tensor]) -> float:
-    """Σ ‖t‖² over ``tensors``, accumulated in float64 one cache-sized slice at a time (no float64 copies)."""
+    """Σ ‖t‖² over ``tensors``, accumulated in float64 one cache-sized slice at a time (no model-sized float64 copy)."""
     parts, scratch = [], None
     for tensor in tensors:
         for (part,) in _slices(tensor):
@@ -70,18 +70,28 @@ def _sq_sum(tensors: Sequence[torch.Tensor]) -> float:
     return _total(parts)
 
 
-def float64_gram(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Gram matrix [n, n] of ``n`` equally long flat ``vectors``, accumulated in float64 one cache-sized slice at a
-    time (no float64 copy of a whole vector)."""
-    gram = torch.zeros(len(vectors), len(vectors), dtype=torch.float64, device=vectors[0].device)
-    scratch = None
-    for sl in _slices(*vectors):
-        scratch = _wide(scratch, len(vectors), sl[0].device)
-        block = scratch[: len(vectors), : sl[0].numel()]
-        for row, part in zip(block, sl):
-            row.copy_(part)
-        gram += block @ block.T
-    return gram
+def gram(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gram matrix [n, n] (float64) of ``n`` equally long flat ``vectors``: float32 dots one cache-sized slice at a
+    time (each vector read from memory once), summed in float64; a slice where a squared norm is below ``TINY``
+    (products may have underflowed: a near-zero g_src) is computed again in float64."""
+    n = len(vectors)
+    pairs = [(i, j) for i in range(n) for j in range(i, n)]
+    slices = list(_slices(*vectors))
+
+    def dots(parts):
+        return torch.stack([torch.dot(parts[i], parts[j]) for i, j in pairs])
+
+    if not slices:  # empty vectors
+        return torch.zeros(n, n, dtype=torch.float64, device=vectors[0].device)
+    blocks = torch.stack([dots(sl) for sl in slices]).double()  # [slices, pairs]
+    diagonal = [pairs.index((i, i)) for i in range(n)]
+    for redo in (blocks[:, diagonal] < TINY).any(1).nonzero().reshape(-1).tolist():
+        blocks[redo] = dots([part.double() for part in slices[redo]])
+    rows, cols = zip(*pairs)
+    total = torch.zeros(n, n, dtype=torch.float64, device=blocks.device)
+    total[list(rows), list(cols)] = blocks.sum(0)
+    total[list(cols), list(rows)] = blocks.sum(0)
+    return total
 
 
 def _total(parts: List[torch.Tensor]) -> float:

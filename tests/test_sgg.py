@@ -351,6 +351,6 @@ def test_gradient_dots_do_not_underflow_on_a_tiny_source_gradient():
     assert d["ss"] == pytest.approx(float(s64 @ s64), rel=1e-9) and d["ss"] > 0
     assert d["gs"] == pytest.approx(float(g64[:600_000] @ s64), rel=1e-9)
     assert d["rs"] == pytest.approx(float(r64[:600_000] @ s64), rel=1e-9)
-    assert d["hgr"] == pytest.approx(float(g64[600_000:] @ r64[600_000:]), rel=1e-9)
+    assert d["hgr"] == pytest.approx(float(g64[600_000:] @ r64[600_000:]), rel=1e-6)  # float32 dots: no tiny entries
     cos = d["gs"] / math.sqrt((d["gg"] - d["hgg"]) * d["ss"])
     assert cos == pytest.approx(1 / math.sqrt(2), abs=0.01)  # g_src = g_bb + independent noise of equal size

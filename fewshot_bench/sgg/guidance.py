@@ -11,7 +11,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ..metrics import float64_gram
+from ..metrics import gram
 
 EPS = 1e-12
 
@@ -66,12 +66,13 @@ def regularisers(grads: Sequence[torch.Tensor], n_shared: int, *, ref=None, tau:
 
 
 def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Optional[torch.Tensor]) -> Dict[str, float]:
-    """The few inner products everything per step is computed from, accumulated in float64 (float32 products of
-    entries below ~1e-19 underflow: a near-zero g_src would give |cos| > 1): gg, gr, rr, gs, rs, ss, and the
-    head-part (index >= k) ones, so backbone-only norms are gg − head part."""
+    """The few inner products everything per step is computed from (:func:`fewshot_bench.metrics.gram`: float32 per
+    slice, float64 where float32 products of entries below ~1e-19 may have underflowed, e.g. a near-zero g_src,
+    which would give |cos| > 1): gg, gr, rr, gs, rs, ss, and the head-part (index >= k) ones, so backbone-only
+    norms are gg − head part."""
     vectors = [g] + ([ref] if ref is not None else [])
-    head = float64_gram([v[k:] for v in vectors]).tolist()
-    shared = float64_gram([v[:k] for v in vectors] + ([src] if src is not None else [])).tolist()
+    head = gram([v[k:] for v in vectors]).tolist()
+    shared = gram([v[:k] for v in vectors] + ([src] if src is not None else [])).tolist()
     d = {"hgg": head[0][0], "gg": shared[0][0] + head[0][0]}
     if ref is not None:
         d.update(gr=shared[0][1] + head[0][1], rr=shared[1][1] + head[1][1], hgr=head[0][1], hrr=head[1][1])
