@@ -10,22 +10,20 @@ can be drawn from it):
     A - B on the common episodes (``compare.differences``), per unit the mean over its cells holding both;
     a two-sided Wilcoxon signed-rank test (scipy) over the units; Holm over the method pairs. A is better
     than B over the suite when the Holm p < ``compare.ALPHA`` and the mean unit difference is positive.
-  * **Friedman + Nemenyi** (Demšar 2006) over the methods present in every unit: per unit each method's mean
-    accuracy (over the unit's cells) ranked, 1 = best (ties averaged); average ranks, the Friedman p (three
-    or more methods), and the critical difference CD = q_alpha * sqrt(k (k + 1) / (6 N)) (q_alpha: the
-    studentized range quantile / sqrt 2): two average ranks further apart than CD differ.
+  * **Friedman + Nemenyi** (Demšar 2006): per unit each method's mean accuracy (over the unit's cells), handed
+    to :func:`fewshot_bench.ranks.rank_summary` (the complete block design with the most observations, average
+    ranks, the Friedman p, the critical difference and the groups it cannot separate).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from scipy import stats
 
 from . import compare
+from .ranks import RankSummary, rank_summary
 from .stats import holm, wilcoxon_p
 
 
@@ -57,10 +55,7 @@ class SuiteComparison:
     units: int
     merged: List[List[str]]
     pairs: List[SuitePair]
-    methods: List[str] = field(default_factory=list)  # present in every unit (Friedman / CD)
-    average_ranks: Dict[str, float] = field(default_factory=dict)
-    friedman_p: Optional[float] = None
-    critical_difference: Optional[float] = None
+    ranks: Optional[RankSummary] = None  # Friedman average ranks and Nemenyi CD over the units
 
 
 def units(entries: List[compare.Entry]) -> List[List[tuple]]:
@@ -96,26 +91,17 @@ def _pairs(grouped: List[List[List[compare.Entry]]]) -> List[SuitePair]:
     return pairs
 
 
-def _friedman(grouped: List[List[List[compare.Entry]]], alpha: float) -> tuple:
-    """(methods in every unit, average ranks, Friedman p, CD) over the units."""
-    scores: List[Dict[str, float]] = []
-    for unit in grouped:
+def _unit_scores(grouped: List[List[List[compare.Entry]]]) -> Dict[int, Dict[str, float]]:
+    """{unit index: {method: mean accuracy over the unit's cells holding it}}."""
+    scores: Dict[int, Dict[str, float]] = {}
+    for index, unit in enumerate(grouped):
         by_method: Dict[str, List[float]] = {}
         for members in unit:
             for e in members:
                 if e.row["acc_mean"] is not None:
                     by_method.setdefault(e.method, []).append(e.row["acc_mean"])
-        scores.append({m: float(np.mean(v)) for m, v in by_method.items()})
-    methods = sorted(set.intersection(*(set(s) for s in scores))) if scores else []
-    if len(methods) < 2:
-        return methods, {}, None, None
-    table = np.array([[s[m] for m in methods] for s in scores])
-    ranks = np.vstack([stats.rankdata(-row) for row in table]).mean(axis=0)
-    k, n = len(methods), len(scores)
-    friedman = float(stats.friedmanchisquare(*table.T).pvalue) if k >= 3 and n >= 2 else None
-    q_alpha = float(stats.studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
-    cd = q_alpha * math.sqrt(k * (k + 1) / (6 * n))
-    return methods, dict(zip(methods, ranks.round(4).tolist())), friedman, cd
+        scores[index] = {m: float(np.mean(v)) for m, v in by_method.items()}
+    return scores
 
 
 def across_cells(entries: List[compare.Entry], alpha: float = compare.ALPHA) -> SuiteComparison:
@@ -124,6 +110,5 @@ def across_cells(entries: List[compare.Entry], alpha: float = compare.ALPHA) -> 
     cells = compare.by_cell(kept)
     unit_cells = units(kept)
     grouped = [[cells[c] for c in unit] for unit in unit_cells]
-    methods, ranks, friedman, cd = _friedman(grouped, alpha)
     return SuiteComparison(len(unit_cells), [[c[1] for c in unit] for unit in unit_cells if len(unit) > 1],
-                           _pairs(grouped), methods, ranks, friedman, cd)
+                           _pairs(grouped), rank_summary(_unit_scores(grouped), alpha))

@@ -252,9 +252,9 @@ def cli_leaderboard(args) -> int:
         write_csv(rows, out_tmp)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
-        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, across_cells(entries),
-                       seed_sd_tests(entries))
-        views.write(overall_rows, reference, md_tmp, views_tmp)
+        suite = across_cells(entries)
+        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, suite, seed_sd_tests(entries))
+        views.write(overall_rows, suite.ranks, reference, md_tmp, views_tmp)
     views.remove_stale_plots()
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {views}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")

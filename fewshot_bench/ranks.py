@@ -37,7 +37,7 @@ class RankSummary:
     groups: List[Tuple[int, int]]  # (first, last) indices into ``methods``, inclusive
 
 
-def _accuracies(rows: List[Dict]) -> Dict[tuple, Dict[str, float]]:
+def row_scores(rows: List[Dict]) -> Dict[tuple, Dict[str, float]]:
     """{cell: {method: mean accuracy}} of the few-shot rows that have an accuracy."""
     cells: Dict[tuple, Dict[str, float]] = {}
     for row in rows:
@@ -46,13 +46,12 @@ def _accuracies(rows: List[Dict]) -> Dict[tuple, Dict[str, float]]:
     return cells
 
 
-def choose_design(rows: List[Dict]) -> Tuple[List[str], List[tuple]]:
-    """(methods, cells) of the complete block design with the most observations (see the module docstring);
-    ([], []) when no two methods share two cells."""
-    cells = _accuracies(rows)
+def choose_design(scores: Dict[tuple, Dict[str, float]]) -> Tuple[List[str], List[tuple]]:
+    """(methods, blocks) of the complete block design with the most observations (see the module docstring);
+    ([], []) when no two methods share two blocks. ``scores``: {block: {method: score}}."""
     best = ((0, 0, ()), [], [])
-    for method_set in {frozenset(m) for m in cells.values() if len(m) >= 2}:
-        holding = [c for c, methods in cells.items() if method_set <= set(methods)]
+    for method_set in {frozenset(m) for m in scores.values() if len(m) >= 2}:
+        holding = [c for c, methods in scores.items() if method_set <= set(methods)]
         score = (len(method_set) * len(holding), len(method_set), tuple(sorted(method_set)))
         if len(holding) >= 2 and score > best[0]:
             best = (score, sorted(method_set), holding)
@@ -65,13 +64,13 @@ def critical_difference(k: int, n: int, alpha: float = ALPHA) -> float:
     return float(q_alpha * math.sqrt(k * (k + 1) / (6 * n)))
 
 
-def rank_summary(rows: List[Dict], alpha: float = ALPHA) -> Optional[RankSummary]:
-    """Average ranks, CD, Friedman p and groups over :func:`choose_design`'s design; None without one."""
-    methods, design = choose_design(rows)
+def rank_summary(scores: Dict[tuple, Dict[str, float]], alpha: float = ALPHA) -> Optional[RankSummary]:
+    """Average ranks, CD, Friedman p and groups over :func:`choose_design`'s design of ``scores`` ({block:
+    {method: mean accuracy}}: cells, or units of cells sharing episodes); None without a design."""
+    methods, design = choose_design(scores)
     if not methods:
         return None
-    cells = _accuracies(rows)
-    accuracy = np.array([[cells[c][m] for m in methods] for c in design])
+    accuracy = np.array([[scores[c][m] for m in methods] for c in design])
     ranks = np.array([stats.rankdata(-line) for line in accuracy]).mean(0)
     order = sorted(range(len(methods)), key=lambda i: (ranks[i], methods[i]))
     methods, ranks = [methods[i] for i in order], [round(float(ranks[i]), 4) for i in order]

@@ -122,11 +122,12 @@ def _across(suite: SuiteComparison) -> List[str]:
                        [(p.a, p.b, p.units, f"{p.mean_diff:+.4f}", "" if p.dz is None else f"{p.dz:+.2f}",
                          f"{p.a_ahead} / {p.b_ahead}", f"{p.p:.4g}",
                          f"{p.p_holm:.4g}", p.winner or "undecided") for p in suite.pairs])
-    if suite.critical_difference is not None:
-        ranks = ", ".join(f"{m} {r:.2f}" for m, r in sorted(suite.average_ranks.items(), key=lambda x: x[1]))
-        lines += ["", f"Average ranks over the {suite.units} units of the {len(suite.methods)} methods present in "
-                  f"every unit (1 = best): {ranks}; Nemenyi critical difference {suite.critical_difference:.3f}"
-                  + ("" if suite.friedman_p is None else f"; Friedman p {suite.friedman_p:.4g}") + "."]
+    if suite.ranks is not None:
+        r = suite.ranks
+        ranks = ", ".join(f"{m} {rank:.2f}" for m, rank in zip(r.methods, r.average_ranks))
+        lines += ["", f"Average ranks over the {r.cells} units holding all of the {len(r.methods)} methods "
+                  f"(1 = best): {ranks}; Nemenyi critical difference {r.cd:.3f}"
+                  + ("" if r.friedman_p is None else f"; Friedman p {r.friedman_p:.4g}") + "."]
     return lines + [""]
 
 

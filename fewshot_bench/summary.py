@@ -24,7 +24,7 @@ from .environment import markdown_section, store_environments
 from .figure import leaderboard_figure
 from .folds import without_fold
 from .html_report import page_data, provenance, write_html
-from .ranks import RankSummary, rank_summary
+from .ranks import RankSummary
 from .summary_figure import methods_in_order, summary_figure
 
 
@@ -110,7 +110,7 @@ def write_summary_markdown(rows: List[Dict], ranks: Optional[RankSummary], refer
     text += pivot_table(rows, ranks) + [""]
     if ranks is not None:
         text += ["## Average ranks", "",
-                 f"Over the {ranks.cells} cells holding all of {', '.join(ranks.methods)} (1 = best): "
+                 f"Over the {ranks.cells} units (cells sharing target episodes counted once) holding all of {', '.join(ranks.methods)} (1 = best): "
                  + ", ".join(f"{m} {r:.2f}" for m, r in zip(ranks.methods, ranks.average_ranks))
                  + f"; Nemenyi critical difference {ranks.cd:.2f} at alpha {ALPHA}"
                  + (f"; Friedman p = {ranks.friedman_p:.3g}" if ranks.friedman_p is not None else "") + ".", ""]
@@ -132,10 +132,12 @@ class Views:
         """Every file :meth:`write` writes, in the order it takes their temporary paths."""
         return [self.png, self.html, self.summary_md, *self.forest_plots.values()]
 
-    def write(self, overall_rows: List[Dict], reference: str, markdown: Path, temps: List[Path]) -> None:
-        """Write the views to ``temps`` (:attr:`paths` order) and append the environments to ``markdown``."""
+    def write(self, overall_rows: List[Dict], ranks: Optional[RankSummary], reference: str, markdown: Path,
+              temps: List[Path]) -> None:
+        """Write the views to ``temps`` (:attr:`paths` order) and append the environments to ``markdown``;
+        ``ranks``: the across-cell average ranks (``across.across_cells(...).ranks``)."""
         png, html, summary_md, *plots = temps
-        ranks, environments = rank_summary(self.rows), store_environments(self.store_path)
+        environments = store_environments(self.store_path)
         with open(markdown, "a", encoding="utf-8") as handle:
             handle.write("\n" + "\n".join(markdown_section(environments)))
         summary_figure(self.rows, ranks, reference).savefig(png, dpi=110)

@@ -100,5 +100,5 @@ def cd_diagram(axis, ranks: Optional[RankSummary]) -> None:
     axis.plot([1, 1 + ranks.cd], [1.45, 1.45], color="black", linewidth=2)
     friedman = f", Friedman p = {ranks.friedman_p:.3g}" if ranks.friedman_p is not None else ""
     axis.text(1 + ranks.cd / 2, 1.5, f"CD = {ranks.cd:.2f}", ha="center", va="bottom", fontsize="small")
-    axis.set_title(f"Average rank over the {ranks.cells} cells holding all {k} methods (1 = best)\nred: not told "
+    axis.set_title(f"Average rank over the {ranks.cells} units holding all {k} methods (1 = best)\nred: not told "
                    f"apart by Nemenyi's CD at alpha {ALPHA}{friedman}", fontsize="medium")

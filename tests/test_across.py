@@ -72,12 +72,13 @@ def test_the_across_cell_test_finds_the_planted_method_and_nothing_else(planted)
     winners = {(p.a, p.b): p.winner for p in suite.pairs}
     assert all(winners[("m0", m)] == "m0" for m in METHODS[1:])
     assert all(w is None for (a, _), w in winners.items() if a != "m0")
-    assert suite.methods == METHODS and min(suite.average_ranks, key=suite.average_ranks.get) == "m0"
-    others = [suite.average_ranks[m] for m in METHODS[1:]]
-    assert suite.average_ranks["m0"] + suite.critical_difference < min(others)  # m0 apart in a CD diagram
-    assert max(others) - min(others) < suite.critical_difference and suite.friedman_p < 1e-6
+    ranks = suite.ranks
+    assert sorted(ranks.methods) == METHODS and ranks.methods[0] == "m0" and ranks.cells == 60
+    others = ranks.average_ranks[1:]
+    assert ranks.average_ranks[0] + ranks.cd < min(others)  # m0 apart in a CD diagram
+    assert max(others) - min(others) < ranks.cd and ranks.friedman_p < 1e-6
     # CD = q_0.05(10) / sqrt 2 * sqrt(k (k + 1) / 6N), q_0.05 = 3.164 for 10 methods (Demsar 2006, Table 5)
-    assert suite.critical_difference == pytest.approx(3.164 * np.sqrt(10 * 11 / (6 * 60)), rel=1e-3)
+    assert ranks.cd == pytest.approx(3.164 * np.sqrt(10 * 11 / (6 * 60)), rel=1e-3)
 
 
 def test_a_planted_null_stays_null_at_the_nominal_rate():
@@ -98,4 +99,4 @@ def test_cells_sharing_target_episodes_count_once():
     assert [len(u) for u in units(entries)] == [1, 2, 1]
     suite = across_cells(entries)
     assert suite.units == 3 and suite.merged == [["task1/fold1/5way1shot15q", "task3/fold1/5way1shot15q"]]
-    assert all(p.units == 3 for p in suite.pairs)
+    assert all(p.units == 3 for p in suite.pairs) and suite.ranks.cells == 3

@@ -4,7 +4,7 @@ from PIL import Image
 
 from fewshot_bench.cli import main
 from fewshot_bench.columns import COLUMNS
-from fewshot_bench.ranks import choose_design, critical_difference, rank_summary
+from fewshot_bench.ranks import choose_design, critical_difference, rank_summary, row_scores
 from fewshot_bench.summary import pivot_table, setting_groups
 from fewshot_bench.summary_figure import summary_figure
 
@@ -27,15 +27,15 @@ def test_critical_difference_matches_demsars_table():
 def test_average_ranks_over_the_complete_design():
     rows = [row(m, fold, acc) for fold in range(1, 6) for m, acc in (("a", 0.9), ("b", 0.8), ("c", 0.7))]
     rows += [row("d", 1, 0.95), row("c", 6, 0.5), row("e", 6, 0.6)]  # d in one cell only; fold 6 lacks a, b
-    assert choose_design(rows)[0] == ["a", "b", "c"] and len(choose_design(rows)[1]) == 5
-    summary = rank_summary(rows)
+    assert choose_design(row_scores(rows))[0] == ["a", "b", "c"] and len(choose_design(row_scores(rows))[1]) == 5
+    summary = rank_summary(row_scores(rows))
     assert summary.methods == ["a", "b", "c"] and summary.average_ranks == [1.0, 2.0, 3.0] and summary.cells == 5
     assert summary.cd == pytest.approx(2.343 * (12 / 30) ** 0.5, abs=2e-3)
     assert summary.friedman_p == pytest.approx(0.006738, abs=1e-5)  # chi2 = 10 on 2 df
     assert summary.groups == [(0, 1), (1, 2)]  # a-c differ by 2 > CD; neighbours do not
     ties = [row(m, fold, 0.5) for fold in (1, 2) for m in ("a", "b")]
-    assert rank_summary(ties).average_ranks == [1.5, 1.5] and rank_summary(ties).friedman_p is None
-    assert rank_summary([row("a", 1, 0.5), row("b", 1, 0.4)]) is None  # no two cells
+    assert rank_summary(row_scores(ties)).average_ranks == [1.5, 1.5] and rank_summary(row_scores(ties)).friedman_p is None
+    assert rank_summary(row_scores([row("a", 1, 0.5), row("b", 1, 0.4)])) is None  # no two cells
 
 
 def test_setting_groups_average_each_method_over_the_same_cells():
@@ -44,7 +44,7 @@ def test_setting_groups_average_each_method_over_the_same_cells():
     groups = setting_groups(rows)
     assert sorted(groups) == ["t/5way1shot15q f1", "t/5way1shot15q f2-3"]
     rows[0].update(delta_vs_ref=0.1, p_holm=0.01)
-    table = pivot_table(rows, rank_summary(rows))
+    table = pivot_table(rows, rank_summary(row_scores(rows)))
     assert table[0] == "| method | t/5way1shot15q f1 | t/5way1shot15q f2-3 |"
     lines = {line.split(" | ")[0][2:]: line for line in table[2:]}
     assert "| 0.900 +0.100 ▲1 | **0.700** /2 |" in lines["a"] and "**0.950**" in lines["c"]
@@ -56,7 +56,7 @@ def test_summary_figure_stays_under_2000_px_at_the_committed_size():
     methods = [f"method{i}" for i in range(13)]
     rows = [row(m, 1, 0.5 + 0.01 * j, task=t, delta=0.01 * j - 0.05, p_holm=0.01 if j % 3 else 0.5)
             for t in tasks for j, m in enumerate(methods)]
-    fig = summary_figure(rows, rank_summary(rows), "method0")
+    fig = summary_figure(rows, rank_summary(row_scores(rows)), "method0")
     width, height = fig.get_size_inches() * 110
     assert height < 2000 and width < 3000
 
