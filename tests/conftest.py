@@ -20,6 +20,22 @@ def hermetic_environment(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def restored_data_dir():
+    """$FEWSHOT_BENCH_DATA as it was before the test (bench scripts and set_data_dir change it), with the
+    task-data cache cleared when it changed, so no test reads another test's temporary data folder."""
+    before = os.environ.get("FEWSHOT_BENCH_DATA")
+    yield
+    if os.environ.get("FEWSHOT_BENCH_DATA") != before:
+        from fewshot_bench.data import load_task_data
+
+        if before is None:
+            os.environ.pop("FEWSHOT_BENCH_DATA", None)
+        else:
+            os.environ["FEWSHOT_BENCH_DATA"] = before
+        load_task_data.cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def restored_registries():
     """Tasks, methods and backbones registered by a test are removed when it ends, even when it fails."""
     from fewshot_bench.registry import BACKBONES, METHODS, TASKS

@@ -14,10 +14,9 @@ from fewshot_bench.errors import UserError
 from helpers import HERE, shared_data_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def data_dir():
     path = shared_data_dir()
-    os.environ["FEWSHOT_BENCH_DATA"] = str(path)
     set_data_dir(path)
     return path
 

@@ -46,10 +46,9 @@ class Planted(Method):
 
         labels = ctx.support.labels.cpu()
         centroids = torch.stack([bag(ctx.support_texts)[labels == c].mean(0) for c in range(ctx.n_way)])
-        query_texts = list(ctx.episode.query_texts)  # the harness predicts exactly this episode's query set
 
         def predict(batch):
-            logits = bag(query_texts) @ centroids.T
+            logits = bag(batch.texts) @ centroids.T
             return torch.roll(logits, shifts=self.config.shift, dims=1)
 
         return Predictor(predict, 0)
