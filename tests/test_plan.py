@@ -4,14 +4,25 @@ import os
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.plan import Calibration
+from fewshot_bench.plan import Calibration, Timing
 
 
-def test_episode_estimate_scales_adaptation_by_support_and_prediction_by_queries():
-    calibration = Calibration(adapt_seconds=2.0, predict_seconds=1.0, support=5, queries=75)
+def test_one_point_scales_adaptation_by_support_and_prediction_by_queries():
+    calibration = Calibration([Timing(adapt_seconds=2.0, predict_seconds=1.0, support=5, queries=75)])
     assert calibration.episode_seconds(5, 75) == pytest.approx(3.0)
     assert calibration.episode_seconds(25, 75) == pytest.approx(2.0 * 5 + 1.0)
     assert calibration.episode_seconds(10, 300) == pytest.approx(2.0 * 2 + 1.0 * 4)
+
+
+def test_two_points_give_a_fixed_cost_plus_a_cost_per_text():
+    calibration = Calibration([Timing(adapt_seconds=2.0, predict_seconds=1.0, support=5, queries=75),
+                               Timing(adapt_seconds=3.0, predict_seconds=4.0, support=25, queries=375)])
+    assert calibration.episode_seconds(5, 75) == pytest.approx(3.0)
+    assert calibration.episode_seconds(25, 375) == pytest.approx(7.0)
+    assert calibration.episode_seconds(15, 225) == pytest.approx(2.5 + 2.5)  # halfway on both lines
+    assert calibration.episode_seconds(45, 75) == pytest.approx(4.0 + 1.0)  # extrapolated: 2 + 0.05 s per text
+    noisy = Calibration([Timing(2.0, 1.0, 5, 75), Timing(1.5, 0.5, 25, 375)])  # larger setting timed faster
+    assert noisy.episode_seconds(25, 375) == pytest.approx(3.0)  # slopes clamped at 0, never below the small one
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, capsys):
