@@ -28,6 +28,7 @@ import yaml
 
 from .config import from_mapping, option, read_yaml
 from .errors import UserError
+from .interrupts import watch_sigint
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "grid")
@@ -243,8 +244,9 @@ def tune(config: TuneConfig) -> dict:
     studies = [(s, _Study(tuner, s, name, pinned.get(name, {}))) for s in tuner.settings for name in names]
     chosen: Dict[str, Dict[str, dict]] = {}
     try:
-        for setting, study in studies:
-            chosen.setdefault(target_label(setting), {})[study.name] = study.run()
+        with watch_sigint():  # a method raising KeyboardInterrupt fails its episode; a real Ctrl-C stops the study
+            for setting, study in studies:
+                chosen.setdefault(target_label(setting), {})[study.name] = study.run()
     finally:
         tuner.store.close()
     budget = {"study": tuner.study_id, "trials": config.trials, "episodes": config.episodes, "sampler": config.sampler,
