@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 from .errors import UserError
 
@@ -28,6 +28,66 @@ def check_writable(path, flag: str) -> None:
         raise UserError(f"{flag} {path}: {folder} is a file, not a folder; choose another path")
     if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise UserError(f"{flag} {path}: no permission to write in {folder}; choose a writable path")
+
+
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+LEADERBOARD_SUFFIXES = ("", ".md", "_overall.csv", "_folds.csv", ".png", "_summary.md", ".html")
+
+
+def leaderboard_paths(out) -> List[Path]:
+    """The fixed files of a leaderboard written at ``out`` (its forest plots go in the ``<stem>_cells/`` folder)."""
+    out = Path(out)
+    return [out if not suffix else out.with_name(out.stem + suffix) for suffix in LEADERBOARD_SUFFIXES] + \
+        [out.with_name(out.stem + "_cells") / "cell.png"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b) or a.resolve() == b.resolve()
+
+
+def check_store_path(path, flag: str = "--store") -> None:
+    """Refuse a results-store path SQLite would not keep on disk (``:memory:``, empty, a ``file:`` URI)."""
+    text = str(path)
+    if not text.strip() or text.startswith(":memory:") or text.startswith("file:") or text.startswith(":"):
+        raise UserError(f"{flag} '{text}' is not a file path (SQLite would keep it in memory or parse it as a URI, "
+                        f"and every episode would be lost); give a file such as runs/results.sqlite")
+
+
+def _with_companions(path, what: str) -> List[tuple]:
+    """(path, description) of ``path`` and, for a results store, its -wal/-shm/-journal files."""
+    store = "store" in what or str(path).endswith((".sqlite", ".db"))
+    return [(Path(f"{path}{c}"), f"{what} {path}" + (f" (its {c[1:]} file)" if c else ""))
+            for c in (SQLITE_COMPANIONS if store else ("",))]
+
+
+def check_outputs(outputs: Iterable[tuple], inputs: Iterable[tuple] = ()) -> None:
+    """Refuse before anything is written: an output path that cannot be written (:func:`check_writable`), that is
+    an input (or a store's -wal/-shm/-journal file) or that two outputs share. ``outputs``/``inputs``: (path,
+    what it is, e.g. '--out'); a results store is named by a ``what`` holding 'store'. None/'' paths are skipped."""
+    named_inputs = [pair for path, what in inputs if path not in (None, "") for pair in _with_companions(path, what)]
+    seen: List[tuple] = []
+    done = set()
+    for path, what in outputs:
+        if path in (None, "") or str(path) in done:  # the same path named twice (a store that is its own shard)
+            continue
+        done.add(str(path))
+        target = Path(path)
+        if "store" in what:
+            check_store_path(path, what)
+        check_writable(target, what)
+        for other, name in named_inputs:
+            if _same_file(target, other):
+                raise UserError(f"{what} {path} is {name}, an input of this command; writing it would destroy it: "
+                                f"choose another output path")
+        for other, name in seen:
+            if _same_file(target, other):
+                raise UserError(f"{what} {path} and {name} are the same file; choose different paths")
+        seen += _with_companions(path, what)
 
 
 @contextlib.contextmanager

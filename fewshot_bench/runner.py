@@ -26,7 +26,7 @@ from .interrupts import is_method_failure, watch_sigint
 from .hashing import config_hash, hash_seed
 from .meta_cache import load_meta_state, meta_state_path, save_meta_state
 from .methods import MetaContext, Method
-from .outputs import check_writable
+from .outputs import check_outputs, leaderboard_paths
 from .progress import Progress
 from .run_config import RunConfig, method_specs, settings_of
 from .shards import existing_shards
@@ -213,11 +213,26 @@ def _check_run(config: RunConfig, settings: List[Setting], tuned: Optional[dict]
         if not setting.has_source_pool and meta_trained:  # has_source_pool also loads the source task
             raise UserError(f"method(s) {', '.join(meta_trained)} meta-train on a source pool, but {setting.label} has "
                             f"none; pass --source-task TASK or drop them from --methods")
-    for path in dict.fromkeys([config.store, store_path]):  # the store, and this rank's shard
-        check_writable(path, "--store")
-    if config.out:
-        check_writable(config.out, "--out")
+    check_run_outputs(config, store_path)
     return checked
+
+
+def run_inputs(config: RunConfig, config_file: Optional[str] = None, tasks_dirs=()) -> List[Tuple[str, str]]:
+    """(path, what) of the files a run reads that no output may name: --config, --tuned, method files, the cards
+    of --tasks-dir."""
+    inputs = [(config_file, "--config"), (config.tuned, "--tuned")]
+    inputs += [(parse_spec(spec)[0].rpartition(":")[0], f"the method file of {spec}")
+               for spec in method_specs(config) if ":" in parse_spec(spec)[0]]
+    inputs += [(str(card), "the task card") for folder in tasks_dirs for card in sorted(Path(folder).glob("*.yaml"))]
+    return inputs
+
+
+def check_run_outputs(config: RunConfig, store_path: Optional[str] = None, config_file: Optional[str] = None,
+                      tasks_dirs=()) -> None:
+    """The run's store (and this rank's shard) and leaderboard files: writable, distinct, none of them an input."""
+    check_outputs([(config.store, "--store"), (store_path, "--store (this rank's shard)"),
+                   *((path, "--out") for path in (leaderboard_paths(config.out) if config.out else ()))],
+                  run_inputs(config, config_file, tasks_dirs))
 
 
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,

@@ -39,6 +39,8 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
         field, sep, value = item.partition("=")
         if not sep or not field.strip():
             raise UserError(f"method '{spec}': '{item}' must look like field=value, e.g. sgg(mode=exact)")
+        if field.strip() in overrides:
+            raise UserError(f"method '{spec}' sets '{field.strip()}' twice; keep one value")
         overrides[field.strip()] = value.strip()
     return name, overrides
 
@@ -70,6 +72,9 @@ def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method
         raise UserError(f"method '{name}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
     if not cls.name:
         cls.name = name.rpartition(":")[2] if ":" in name else name
+    if ":" in name and cls.name in METHODS and METHODS.get(cls.name) is not cls:
+        raise UserError(f"method file {name} is named '{cls.name}' like the built-in method; its rows would be "
+                        f"mixed with the built-in's: set another name (class attribute name = '...')")
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     hints = typing.get_type_hints(cls.config_class)
     values = {}

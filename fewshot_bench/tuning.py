@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .config import from_mapping, option, read_yaml
+from .config import from_mapping, option, read_yaml, validate
 from .errors import UserError
 from .interrupts import watch_sigint
 
@@ -57,9 +57,14 @@ class TuneConfig:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise UserError(f"tune: sampler is '{self.sampler}'; use one of {', '.join(SAMPLERS)}")
+        validate(self, "tune")
         for name in ("episodes", "trials", "query"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"tune: {name} must be >= 1, got {getattr(self, name)}")
+        from .run_config import _check_methods_value, check_device
+
+        _check_methods_value(self.methods, "tune: methods")
+        check_device(self.device, "tune")
 
 
 def _optuna():
@@ -235,12 +240,19 @@ def tune(config: TuneConfig) -> dict:
     from .run_config import spec_list
     from .spec import parse_method_config
 
-    tuner = Tuner(config)
+    from .outputs import check_outputs
+    from .spec import method_from_spec
+
     names = spec_list(config.methods)
     pinned = parse_method_config(config.method_config)  # same METHOD.FIELD=VALUE syntax as run
     unknown = set(pinned) - set(names)
     if unknown:
         raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this tune run")
+    for name in names:  # every method and pinned config checked before the store is created
+        method_from_spec(name, pinned.get(name, {}))
+    inputs = [(name.rpartition(":")[0], f"the method file of {name}") for name in names if ":" in name]
+    check_outputs([(config.store, "--store"), (config.out, "--out")], inputs)
+    tuner = Tuner(config)
     studies = [(s, _Study(tuner, s, name, pinned.get(name, {}))) for s in tuner.settings for name in names]
     chosen: Dict[str, Dict[str, dict]] = {}
     try:
