@@ -100,6 +100,22 @@ def _check_utf8(path: Path) -> None:
         line = raw[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); re-encode the file as UTF-8 "
                         f"(rows are refused, not skipped, so no example silently disappears)") from None
+    if path.suffix == ".jsonl":
+        _check_json_lines(path, raw)
+
+
+def _check_json_lines(path: Path, raw: bytes) -> None:
+    """Every non-blank line of a .jsonl file is a JSON object (the loader's own errors are multi-line tracebacks)."""
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: a {type(row).__name__}, not a JSON object; write one object "
+                            f"(field: value, ...) per line") from None
 
 
 def _load_split(config: TaskConfig, split: str):

@@ -73,9 +73,9 @@ def check_outputs(outputs: Iterable[tuple], inputs: Iterable[tuple] = ()) -> Non
     seen: List[tuple] = []
     done = set()
     for path, what in outputs:
-        if path in (None, "") or str(path) in done:  # the same path named twice (a store that is its own shard)
+        if path in (None, "") or (str(path), what) in done:  # the same output named twice
             continue
-        done.add(str(path))
+        done.add((str(path), what))
         target = Path(path)
         if "store" in what:
             check_store_path(path, what)

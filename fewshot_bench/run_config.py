@@ -166,9 +166,15 @@ def build_config(args) -> RunConfig:
                             f"got a {type(values).__name__}")
         if isinstance(values.get("tasks"), str):
             values["tasks"] = _split(values["tasks"])
+        if isinstance(values.get("methods"), str) and values["methods"] != "all":
+            values["methods"] = split_specs(values["methods"])
+        # the file on its own is a valid run config, even where flags override some of its values
+        from_mapping(RunConfig, {k: v for k, v in values.items() if k != "demo"}, f"--config {args.config}")
     tasks_given = bool(_flag_list(args.tasks, "--tasks")) or bool(values.get("tasks") or values.get("settings"))
     merged = _with_demo(load_suite(args.suite or "default"), tasks_given)
     suite_method_config = list(merged.pop("method_config", None) or [])
+    if values.get("tasks") and "settings" not in values:  # the file's tasks replace the suite's settings
+        merged.pop("settings", None)
     merged.update(_with_demo(values, tasks_given))
     flags = {"tasks": _flag_list(args.tasks, "--tasks"), "methods": _flag_list(args.methods, "--methods", split_specs),
              "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,

@@ -230,7 +230,8 @@ def run_inputs(config: RunConfig, config_file: Optional[str] = None, tasks_dirs=
 def check_run_outputs(config: RunConfig, store_path: Optional[str] = None, config_file: Optional[str] = None,
                       tasks_dirs=()) -> None:
     """The run's store (and this rank's shard) and leaderboard files: writable, distinct, none of them an input."""
-    check_outputs([(config.store, "--store"), (store_path, "--store (this rank's shard)"),
+    shard = store_path if store_path not in (None, config.store) else None
+    check_outputs([(config.store, "--store"), (shard, "--store (this rank's shard)"),
                    *((path, "--out") for path in (leaderboard_paths(config.out) if config.out else ()))],
                   run_inputs(config, config_file, tasks_dirs))
 
