@@ -261,9 +261,12 @@ def _positive_int(value, flag: str) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        args = parser.parse_args(["run"] + list(argv if argv is not None else sys.argv[1:]))
+    try:  # argparse's own errors (one line, exit 2) and --help end here, returned like every other exit code
+        args = parser.parse_args(argv)
+        if not args.command:
+            args = parser.parse_args(["run"] + list(argv if argv is not None else sys.argv[1:]))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
