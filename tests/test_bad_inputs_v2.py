@@ -639,3 +639,27 @@ def test_harness_checks_figures_directly(tiny_backbone, demo_episode):
     record = run_episode(Overwrites(), demo_episode, tiny_backbone, seed=0)
     assert record["status"] == "failed" and record.get("accuracy") is None
     assert "undeclared figure 'accuracy'" in record["error"]
+
+
+def test_reading_committed_stores_leaves_no_wal_or_shm_files(capsys):
+    """Committed stores use a rollback journal: a read-only reader (validate) creates no -wal/-shm beside them."""
+    from helpers import REPO
+
+    stores = sorted((REPO / "leaderboard").rglob("*.sqlite"))
+    assert stores
+    for path in stores:
+        assert open(path, "rb").read(20)[18:20] == b"\x01\x01", f"{path} is in WAL mode: PRAGMA journal_mode=DELETE"
+        assert main(["validate", str(path)]) in (0, 1)
+        assert not [p for p in path.parent.iterdir() if p.name.endswith(("-wal", "-shm"))]
+    capsys.readouterr()
+
+
+def test_check_task_lists_every_duplicate_on_request(workdir, capsys):
+    rows = [{"text": f"text {c} {i}", "label": c} for c in "abcdefghij" for i in range(6)]
+    data_task(workdir, rows=rows + rows[:40])  # 40 texts twice, each within its pool
+    code, out, err = invoke(CHECK, workdir, capsys)
+    assert code == 0, err
+    assert "--all-duplicates lists every one" in out and out.count("text ") < 40
+    code, out, err = invoke(CHECK + ["--all-duplicates"], workdir, capsys)
+    assert code == 0, err
+    assert "--all-duplicates lists" not in out and out.count("text ") >= 40
