@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
@@ -99,6 +100,7 @@ def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
     targets = [Path(p) for p in paths]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(target)
     temps = [t.with_name(f".{t.stem}.tmp{os.getpid()}{t.suffix}") for t in targets]
     try:
         yield temps
@@ -107,6 +109,21 @@ def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove the temporary files of ``target`` left by a killed writer (``.<stem>.tmp<PID><suffix>`` whose process
+    is gone); a live writer's are left alone."""
+    for temp in target.parent.glob(f".{glob_escape(target.stem)}.tmp*{glob_escape(target.suffix)}"):
+        pid = temp.name[len(target.stem) + 5:len(temp.name) - len(target.suffix) or None]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            temp.unlink(missing_ok=True)
+        except OSError:  # alive, another user's
+            continue
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -663,3 +663,50 @@ def test_check_task_lists_every_duplicate_on_request(workdir, capsys):
     code, out, err = invoke(CHECK + ["--all-duplicates"], workdir, capsys)
     assert code == 0, err
     assert "--all-duplicates lists" not in out and out.count("text ") >= 40
+
+
+def test_store_locked_mid_run_is_one_line_and_keeps_finished_rows(workdir, capsys, monkeypatch):
+    from fewshot_bench.store import ResultsStore
+
+    real_write, calls = ResultsStore.write_episode, []
+
+    def write_then_locked(self, record):
+        calls.append(record)
+        if len(calls) > 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real_write(self, record)
+
+    monkeypatch.setattr(ResultsStore, "write_episode", write_then_locked)
+    code, _, err = invoke(RUN + ["--episodes", "3"], workdir, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "locked" in lines[0] and "Traceback" not in err, err
+    assert len(_rows(workdir / "s.sqlite")) == 1
+
+
+def test_unreadable_split_file_is_one_line(workdir, capsys, monkeypatch):
+    data_task(workdir)
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "train.jsonl" and "data" in self.parts:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    before = snapshot(workdir)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    code, _, err = invoke(CHECK, workdir, capsys)
+    monkeypatch.setattr(Path, "read_bytes", real)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Permission denied" in lines[0] and "Traceback" not in err, err
+    assert snapshot(workdir) == before
+
+
+def test_a_killed_writers_temporary_files_are_removed(workdir):
+    from fewshot_bench.outputs import atomic_files
+
+    stale, live = workdir / ".lb.tmp999999999.csv", workdir / f".lb.tmp{os.getppid()}.csv"
+    write(stale, "half")
+    write(live, "being written")
+    with atomic_files([workdir / "lb.csv"]) as (temp,):
+        temp.write_text("new", encoding="utf-8")
+    assert not stale.exists() and live.exists() and (workdir / "lb.csv").read_text() == "new"
