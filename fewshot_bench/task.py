@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Union
 
 
 from .checks import check_inside, check_name
-from .config import from_mapping, option, read_yaml
+from .config import from_mapping, option, read_yaml, validate
 from .errors import UserError
 from .registry import TASKS
 
@@ -18,8 +18,16 @@ POOLS = ("source", "validation", "target")
 PLACEHOLDER = "FILL IN"  # what `fewshot-bench new-task` writes where the user must decide a value
 
 
+class _Checked:
+    """Card sections validate their field types, limits and finite numbers at construction (also when built in
+    Python, e.g. for ``register_task``)."""
+
+    def __post_init__(self):
+        validate(self, f"task card section {type(self).__name__}")
+
+
 @dataclass
-class SourceConfig:
+class SourceConfig(_Checked):
     local_dir: str = option(help="folder under the data dir holding the split files (<split>.jsonl|.csv|.parquet)")
     hub_id: Optional[str] = option(None, help="Hugging Face hub dataset id, used when no local copy exists and you are online")
     hub_config: Optional[str] = option(None, help="configuration name of the hub dataset")
@@ -27,7 +35,7 @@ class SourceConfig:
 
 
 @dataclass
-class InputConfig:
+class InputConfig(_Checked):
     text_field: str = option("text", help="field holding the input text")
     pair_field: Optional[str] = option(None, help="second text of a sentence-pair task (joined with the separator token)")
     head_field: Optional[str] = option(None, help="relation input: field naming the head entity (marked [E1] ... [/E1])")
@@ -38,7 +46,7 @@ class InputConfig:
 
 
 @dataclass
-class PoolConfig:
+class PoolConfig(_Checked):
     strategy: str = option("classes", help="'classes': class-disjoint pools; 'examples': every pool has all classes, disjoint examples")
     class_splits_file: Optional[str] = option(None, help="JSON file in the data folder with source/validation/target classes (a 'folds' list or train/validation/test keys)")
     folds: int = option(1, help="number of folds in class_splits_file")
@@ -50,14 +58,14 @@ class PoolConfig:
 
 
 @dataclass
-class EpisodeDefaults:
+class EpisodeDefaults(_Checked):
     n_way: Union[int, str] = option(5, help="classes per episode, or 'all'")
     k_shot: Union[int, List[int]] = option(5, help="support examples per class, or [min, max] for variable shot")
     q_query: int = option(15, help="query examples per class")
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(_Checked):
     name: str = option(help="registry name of the task")
     version: int = option(help="bump when the card changes episodes; part of every episode's identity")
     description: str = option(help="one paragraph: what the task is")

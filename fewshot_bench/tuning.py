@@ -28,7 +28,7 @@ import yaml
 
 from .config import from_mapping, option, read_yaml, validate
 from .errors import UserError
-from .interrupts import watch_sigint
+from .interrupts import is_method_failure, watch_sigint
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "grid")
@@ -111,9 +111,16 @@ class _Study:
         if method.protocol == "meta-trained":
             if source is None:
                 raise UserError(f"method '{self.name}' meta-trains on a source pool, but {setting.label} has none")
-            method.meta_train(MetaContext(backbone, tuner.config.seed, source, autocast_dtype=tuner.autocast,
-                                          validation_episodes=setting.validation_episodes(tuner.config.seed)))
-        for i, episode in enumerate(tuner.episodes(setting)):
+            try:
+                method.meta_train(MetaContext(backbone, tuner.config.seed, source, autocast_dtype=tuner.autocast,
+                                              validation_episodes=setting.validation_episodes(tuner.config.seed)))
+            except BaseException as exc:  # the method's failure scores this config 0; a real Ctrl-C stops tune
+                if not is_method_failure(exc):
+                    raise
+                log.warning("%s on %s: meta_train failed (%s: %s); the trial scores 0", self.name, setting.label,
+                            type(exc).__name__, exc)
+                method = None
+        for i, episode in enumerate(tuner.episodes(setting) if method is not None else ()):
             records.append(run_episode(method, episode, backbone, seed=tuner.episode_seed(setting, i),
                                        autocast_dtype=tuner.autocast, source_episodes=source))
             scores.append(_score(records[-1]))
@@ -122,6 +129,9 @@ class _Study:
                 if trial.should_prune():
                     state = "pruned"
                     break
+        if method is None:
+            scores, state = [0.0] * len(tuner.episodes(setting)), "failed"
+            method = method_from_spec(self.name, {**self.base, **overrides})
         accuracy = sum(scores) / len(scores)
         low, high = bootstrap_ci(scores)
         config = method.config_dict()

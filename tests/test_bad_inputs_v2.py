@@ -726,3 +726,24 @@ def test_a_killed_writers_temporary_files_are_removed(workdir):
     with atomic_files([workdir / "lb.csv"]) as (temp,):
         temp.write_text("new", encoding="utf-8")
     assert not stale.exists() and live.exists() and (workdir / "lb.csv").read_text() == "new"
+
+
+def test_tune_scores_a_failing_meta_training_zero_and_goes_on(workdir, capsys):
+    write(workdir / "m.py", METHODS)
+    argv = ["tune", "--tasks", "demo_intents", *TINY, "--k-shot", "1", "--query", "2", "--episodes", "2", "--trials",
+            "1", "--methods", "protonet,{tmp}/m.py:MetaFails", "--store", "{tmp}/t.sqlite", "--out", "{tmp}/t.yaml"]
+    code, out, err = invoke(argv, workdir, capsys)
+    assert code == 0, err
+    chosen = yaml.safe_load((workdir / "t.yaml").read_text())["settings"]
+    (entry,) = chosen.values()
+    assert entry["{tmp}/m.py:MetaFails".replace("{tmp}", str(workdir))]["val_accuracy"] == 0.0
+    assert entry["protonet"]["val_accuracy"] > 0.0
+
+
+def test_alias_bomb_is_refused_fast(workdir, capsys):
+    import time
+
+    card(workdir, yaml.safe_dump(CARD) + BOMB.replace("a:", "aa:"))
+    started = time.perf_counter()
+    code, _, err = invoke(["list", "tasks", *CARDS], workdir, capsys)
+    assert code == 2 and "aliases" in err and time.perf_counter() - started < 5
