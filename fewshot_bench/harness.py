@@ -134,8 +134,8 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
     if stability.pop("diverged", False) and record["status"] == "ok":
         record.update(status="diverged", error="non-finite loss or gradient during adaptation")
     record.update(figures)  # first: the harness's figures below are written over anything of the same name
-    record.update({k: v for k, v in stability.items() if k in METRIC or k == "diverged"})
-    if record["status"] == "ok":
+    record.update({k: v for k, v in stability.items() if k in METRIC})
+    if record["status"] != "failed":  # a run diverged in training still scored its (finite) predictions
         record.update(scores)
     for model in ctx.models:  # the episode is over: the next fresh_model resets one in place instead of copying
         backbone.recycle(model)
