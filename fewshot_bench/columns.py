@@ -129,7 +129,8 @@ LEADERBOARD: Tuple[Column, ...] = (
     Column("rank_group", "int", "1 + the number of methods of the cell that beat this one significantly "
                                 "(identical-prediction clones count once)", 1),
     Column("beaten_by", "text", "methods of the cell that beat this one significantly (Holm), ';'-separated"),
-    _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired)"),
+    _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired; "
+                              "1.0: none)"),
     Column("flags", "text", "saturated, narrow-spread, unfinished, mixed-episodes, no-reference, "
                             "indistinguishable:METHOD(SHARE), "
                             "same-class-source (ranked apart: its rank group counts only same-class-source rows)"),
