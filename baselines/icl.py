@@ -43,6 +43,7 @@ class ICLConfig(MethodConfig):
     batch_size: int = option(16, help="prompt+label sequences per forward pass")
 
     def __post_init__(self):
+        super().__post_init__()  # types, limits, finite numbers
         self.validate()
 
     def validate(self) -> None:

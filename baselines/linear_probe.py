@@ -18,7 +18,7 @@ from fewshot_bench.search_space import Range, SearchSpace
 
 @dataclass
 class LinearProbeConfig(MethodConfig):
-    C: float = option(1.0, help="inverse L2 regularisation strength of the logistic regression", low=0)
+    C: float = option(1.0, help="inverse L2 regularisation strength of the logistic regression", above=0)
     max_iter: int = option(1000, help="solver (lbfgs) iterations", low=1)
 
 

@@ -37,14 +37,16 @@ class SetFitConfig(MethodConfig):
     num_iterations: int = option(2, help="setfit's num_iterations: each support example gets this many positive and "
                                          "as many negative pairs (the library's default is 20; 2 keeps a MiniLM "
                                          "episode on a CPU near full_ft's cost)")
-    num_epochs: int = option(1, help="epochs of contrastive body training over the generated pairs")
-    batch_size: int = option(16, help="pairs per body optimisation step")
-    body_lr: float = option(2e-5, help="learning rate of the sentence-encoder body")
-    warmup_proportion: float = option(0.1, help="fraction of body steps with linear learning-rate warm-up")
-    head_C: float = option(1.0, help="inverse L2 regularisation strength of the logistic-regression head")
-    head_max_iter: int = option(1000, help="solver (lbfgs) iterations of the head")
+    num_epochs: int = option(1, help="epochs of contrastive body training over the generated pairs", low=1)
+    batch_size: int = option(16, help="pairs per body optimisation step", low=1)
+    body_lr: float = option(2e-5, help="learning rate of the sentence-encoder body", low=0)
+    warmup_proportion: float = option(0.1, help="fraction of body steps with linear learning-rate warm-up", low=0,
+                                      high=1)
+    head_C: float = option(1.0, help="inverse L2 regularisation strength of the logistic-regression head", above=0)
+    head_max_iter: int = option(1000, help="solver (lbfgs) iterations of the head", low=1)
 
     def __post_init__(self):
+        super().__post_init__()  # types, limits, finite numbers
         self.validate()
 
     def validate(self) -> None:

@@ -19,6 +19,7 @@ import yaml
 
 from .data import FILE_FORMATS, data_dir
 from .errors import UserError
+from .checks import check_inside, check_name
 from .outputs import check_writable
 from .task import PLACEHOLDER, TaskConfig
 
@@ -133,6 +134,9 @@ def skeleton(name: str, local_dir: str, found: Optional[FolderSummary]) -> str:
 
 def cmd_new_task(args) -> int:
     """``fewshot-bench new-task NAME [--local-dir FOLDER] [--out FILE]``."""
+    check_name(args.name, "new-task: the task name")
+    if args.local_dir is not None:
+        check_inside(args.local_dir, "new-task --local-dir", "the data dir")
     out = Path(args.out or f"{args.name}.yaml")
     if out.exists():
         raise UserError(f"{out} exists; pass --out another path (new-task never overwrites a card)")
@@ -142,6 +146,7 @@ def cmd_new_task(args) -> int:
     text = skeleton(args.name, local_dir, inspect_folder(root / local_dir) if root else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
+    data_flag = f"--data-dir {root}" if root else "--data-dir DIR"
     print(f"wrote {out}: replace every '{PLACEHOLDER}' and choose the pools, then run "
-          f"`fewshot-bench check-task {args.name} --tasks-dir {out.parent}`")
+          f"`fewshot-bench check-task {args.name} --tasks-dir {out.parent} {data_flag}`")
     return 0

@@ -8,9 +8,11 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from typing import List, Optional
 
+from .config import bounded_int, finite_float, positive_int
 from .errors import UserError
 from .outputs import print_table
 from .registry import import_object
@@ -39,9 +41,9 @@ def _episode_flags() -> argparse.ArgumentParser:
                                          "with config overrides, e.g. full_ft,sgg(mode=exact,steps=5)")
     flags.add_argument("--n-way", help="classes per episode (comma-separated list allowed, or 'all')")
     flags.add_argument("--k-shot", help="shots per class, comma-separated (e.g. 1,5); MIN-MAX for variable shot")
-    flags.add_argument("--query", type=int, help="queries per class")
-    flags.add_argument("--fold", type=int, help="class-split fold (1-based)")
-    flags.add_argument("--seed", type=int, help="episode and training seed")
+    flags.add_argument("--query", type=bounded_int, help="queries per class")
+    flags.add_argument("--fold", type=bounded_int, help="class-split fold (1-based)")
+    flags.add_argument("--seed", type=bounded_int, help="episode and training seed")
     flags.add_argument("--backbone", help="backbone name, Hugging Face id or local path (default: minilm)")
     flags.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     flags.add_argument("--method-config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", parents=[common], help="list registered tasks, methods or backbones")
     p.add_argument("what", choices=["tasks", "methods", "backbones"])
-    p.add_argument("--fold", type=int, default=1, help="fold used to count classes per pool")
+    p.add_argument("--fold", type=bounded_int, default=1, help="fold used to count classes per pool")
     p.set_defaults(handler="fewshot_bench.cli:cmd_list")
 
     p = sub.add_parser("episodes", parents=[common], help="print one episode as JSON")
@@ -66,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="target", choices=["source", "validation", "target"])
     p.add_argument("--n-way", default=None, help="classes per episode, or 'all' (default: the card's)")
     p.add_argument("--k-shot", default=None, help="shots per class, or MIN-MAX for variable shot (default: the card's)")
-    p.add_argument("--query", type=int, default=None, help="queries per class (default: the card's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--index", type=int, default=0)
-    p.add_argument("--fold", type=int, default=1)
+    p.add_argument("--query", type=bounded_int, default=None, help="queries per class (default: the card's)")
+    p.add_argument("--seed", type=bounded_int, default=0)
+    p.add_argument("--index", type=bounded_int, default=0)
+    p.add_argument("--fold", type=bounded_int, default=1)
     p.set_defaults(handler="fewshot_bench.cli:cmd_episodes")
 
     p = sub.add_parser("new-task", parents=[common], help="write a commented task-card skeleton listing every field")
@@ -84,25 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("--n-way", default=None, help="classes per episode, or 'all' (default: the card's)")
     p.add_argument("--k-shot", default=None, help="shots per class, or MIN-MAX (default: the card's)")
-    p.add_argument("--query", type=int, default=None, help="queries per class (default: the card's)")
-    p.add_argument("--fold", type=int, default=1)
+    p.add_argument("--query", type=bounded_int, default=None, help="queries per class (default: the card's)")
+    p.add_argument("--fold", type=bounded_int, default=1)
     p.add_argument("--strict", action="store_true", help="exit 1 when the report has findings")
+    p.add_argument("--all-duplicates", action="store_true",
+                   help="list every duplicate text (default: the first 5 of each kind)")
     p.set_defaults(handler="fewshot_bench.taskcheck:cmd_check_task")
 
     p = sub.add_parser("run", parents=[common, episode_flags], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
     p.add_argument("--suite", help="named suite (smoke, default, core, cross-domain) choosing task x setting combinations")
     p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
-    p.add_argument("--episodes", type=int, help="episodes per task x setting")
+    p.add_argument("--episodes", type=bounded_int, help="episodes per task x setting")
     p.add_argument("--pool", choices=["target", "validation"],
                    help="evaluate on target-pool episodes (default) or validation-pool ones (hyperparameter choice)")
     p.add_argument("--store", help="SQLite results store (default: runs/results.sqlite)")
     p.add_argument("--out", help="leaderboard CSV written at the end (default: runs/leaderboard.csv)")
-    p.add_argument("--limit", type=int, help="smoke runs: at most this many episodes per task x setting")
-    p.add_argument("--restarts", type=int, help="train each episode with this many training seeds (default 1): "
+    p.add_argument("--limit", type=bounded_int, help="smoke runs: at most this many episodes per task x setting")
+    p.add_argument("--restarts", type=bounded_int, help="train each episode with this many training seeds (default 1): "
                                                 "the leaderboard then shows seed SD and failed-run share")
     p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: $OMP_NUM_THREADS if set, else "
+    p.add_argument("--threads", type=bounded_int, help="torch CPU threads per process (default: $OMP_NUM_THREADS if set, else "
                                                 "the idle cores divided by the processes of this job)")
     p.add_argument("--dry-run", action="store_true", help="print the cells, episodes and estimated CPU/GPU-hours per "
                                                            "method (from a short calibration here); write nothing")
@@ -110,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", parents=[common, episode_flags],
                        help="choose each method's config on validation-pool episodes, same budget for every method")
-    p.add_argument("--episodes", type=int, help="validation episodes every trial is scored on (default 10)")
-    p.add_argument("--trials", type=int, help="configurations per method (default 20)")
+    p.add_argument("--episodes", type=bounded_int, help="validation episodes every trial is scored on (default 10)")
+    p.add_argument("--trials", type=positive_int, help="configurations per method (default 20)")
     p.add_argument("--sampler", choices=["tpe", "grid"], help="Optuna sampler (default tpe), seeded with --seed")
     p.add_argument("--prune", action="store_true", help="Optuna MedianPruner: stop hopeless trials early")
     p.add_argument("--store", help="results store for the trials (default: runs/results.sqlite)")
@@ -121,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
     p.add_argument("--store", default="runs/results.sqlite")
     p.add_argument("--out", default="runs/leaderboard.csv")
-    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
     p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft)")
     p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
 
@@ -129,27 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="runs/results.sqlite")
     p.add_argument("--pair", action="append", default=[], metavar="METHOD=OTHER",
                    help="compare METHOD with OTHER in every cell holding both (repeatable), e.g. 'sgg[tuned]=sgg'")
-    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
     p.set_defaults(handler="fewshot_bench.pairs:cli_compare")
 
     p = sub.add_parser("power", parents=[common], help="episodes needed to tell adjacent methods apart, per cell")
     p.add_argument("--store", default="runs/results.sqlite")
     p.add_argument("--delta", default="0.01,0.02", help="accuracy differences to detect, comma-separated")
-    p.add_argument("--power", type=float, default=0.8, help="probability of detecting each difference")
+    p.add_argument("--power", type=finite_float, default=0.8, help="probability of detecting each difference")
     p.set_defaults(handler="fewshot_bench.power:cli_power")
 
     p = sub.add_parser("reproduce", parents=[common],
                        help="re-run a seeded sample of a store's episodes here and report agreement (exit 1: drift)")
     p.add_argument("--store", default="runs/results.sqlite", help="the results store to check (only read)")
-    p.add_argument("--sample", type=int, default=5, help="episodes re-run per method (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the bootstrap CI")
-    p.add_argument("--tolerance", type=float, default=0.01,
+    p.add_argument("--sample", type=positive_int, default=5, help="episodes re-run per method (default 5)")
+    p.add_argument("--seed", type=bounded_int, default=0, help="seed of the sample and of the bootstrap CI")
+    p.add_argument("--tolerance", type=finite_float, default=0.01,
                    help="a method drifts when |mean accuracy difference| exceeds this (default 0.01)")
     p.add_argument("--methods", help="comma-separated method names of the store (default: every method)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--tuned", action="append", default=[], metavar="FILE",
                    help="tuned-config file to try for runs whose stored --tuned path is missing (repeatable)")
-    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
     p.set_defaults(handler="fewshot_bench.reproduce:cli_reproduce")
 
     p = sub.add_parser("validate", parents=[common], help="check a leaderboard CSV or a results store")
@@ -211,7 +215,10 @@ def cmd_run(args) -> int:
     from .distributed import run_distributed_or_local
     from .run_config import build_config
 
+    from .runner import check_run_outputs
+
     config = build_config(args)
+    check_run_outputs(config, config_file=args.config, tasks_dirs=args.tasks_dir)
     if args.dry_run:
         from .plan import dry_run
 
@@ -254,9 +261,12 @@ def _positive_int(value, flag: str) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        args = parser.parse_args(["run"] + list(argv if argv is not None else sys.argv[1:]))
+    try:  # argparse's own errors (one line, exit 2) and --help end here, returned like every other exit code
+        args = parser.parse_args(argv)
+        if not args.command:
+            args = parser.parse_args(["run"] + list(argv if argv is not None else sys.argv[1:]))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
@@ -270,6 +280,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished episodes are kept in the store", file=sys.stderr)
         return 130
+    except sqlite3.OperationalError as exc:  # another process held the store's write lock past the timeout
+        if args.debug or "locked" not in str(exc):
+            raise
+        print(f"error: the results store is locked by another process ({exc}) and stayed locked past the 60 s "
+              f"wait; finished episodes are kept: wait for the other writer to finish, then run the command again "
+              f"(it resumes)", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

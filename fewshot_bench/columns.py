@@ -24,6 +24,7 @@ class Metric:
     high: float
     help: str
     higher_is_better: Optional[bool] = None  # None: a diagnostic, neither better nor worse
+    method_figure: bool = False  # True: a method may report it (``Method.figures``); else only the harness writes it
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,14 @@ METRICS: Tuple[Metric, ...] = (
     # rows are ranked apart), 0: on a class-disjoint source pool, NULL: no source data used (target-only)
     Metric("same_class_source", "INTEGER", 0, 1, "whether the source pool the method used shares evaluated classes"),
     # SGG only (fewshot_bench.sgg.term_activity): which guidance terms changed the update (NULL: not SGG)
-    Metric("sgg_mag_active", "REAL", 0, 1, "share of steps the SGG magnitude bound acted"),
-    Metric("sgg_align_active", "REAL", 0, 1, "share of steps the SGG alignment projection fired"),
-    Metric("sgg_dir_angle", "REAL", 0, 180, "mean degrees the SGG direction term rotated g"),
-    Metric("sgg_step_angle", "REAL", 0, 180, "mean degrees between the task gradient and the applied step"),
+    Metric("sgg_mag_active", "REAL", 0, 1, "share of steps the SGG magnitude bound acted", method_figure=True),
+    Metric("sgg_align_active", "REAL", 0, 1, "share of steps the SGG alignment projection fired", method_figure=True),
+    Metric("sgg_dir_angle", "REAL", 0, 180, "mean degrees the SGG direction term rotated g", method_figure=True),
+    Metric("sgg_step_angle", "REAL", 0, 180, "mean degrees between the task gradient and the applied step",
+           method_figure=True),
 )
 METRIC = {m.name: m for m in METRICS}
+METHOD_FIGURES = tuple(m.name for m in METRICS if m.method_figure)  # what a method may declare and report
 
 
 def mean_of(metric: str, name: Optional[str] = None, decimals: int = 4, aggregate: str = "mean") -> Column:
@@ -126,7 +129,8 @@ LEADERBOARD: Tuple[Column, ...] = (
     Column("rank_group", "int", "1 + the number of methods of the cell that beat this one significantly "
                                 "(identical-prediction clones count once)", 1),
     Column("beaten_by", "text", "methods of the cell that beat this one significantly (Holm), ';'-separated"),
-    _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired)"),
+    _delta("detectable_diff", "smallest accuracy difference the cell detects (80% power, alpha 0.05, paired; "
+                              "1.0: none)"),
     Column("flags", "text", "saturated, narrow-spread, unfinished, mixed-episodes, no-reference, "
                             "indistinguishable:METHOD(SHARE), "
                             "same-class-source (ranked apart: its rank group counts only same-class-source rows)"),

@@ -121,12 +121,14 @@ def adjacent_pairs(members: List[Entry]) -> List[AdjacentPair]:
 
 
 def cell_detectable_difference(members: List[Entry], power: float = POWER) -> Optional[float]:
-    """Smallest mean difference the cell's episode count detects (median positive adjacent-pair SD)."""
+    """Smallest mean difference the cell's episode count detects (median positive adjacent-pair SD); 1.0: none."""
     sds = [p.sd for p in adjacent_pairs(members) if p.sd]
     if not sds:
         return None
     episodes = min(len(e.accuracy) for e in members if e.accuracy)
-    return detectable_difference(float(np.median(sds)), episodes, power, ALPHA)
+    # capped at 1.0: a cell that needs more than the whole accuracy range detects no difference at all
+    detectable = detectable_difference(float(np.median(sds)), episodes, power, ALPHA)
+    return None if detectable is None else min(1.0, detectable)
 
 
 def effect_size(d: np.ndarray) -> Optional[float]:

@@ -7,7 +7,9 @@ names the file in the error. :func:`read_yaml` reads a YAML file with one-line e
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -19,9 +21,11 @@ from .registry import did_you_mean
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, low: Optional[float] = None,
-           high: Optional[float] = None, choices: Optional[Sequence] = None):
-    """A dataclass field with help text and optional limits: ``low <= value <= high``, ``value in choices``."""
-    metadata = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None}
+           high: Optional[float] = None, choices: Optional[Sequence] = None, above: Optional[float] = None):
+    """A dataclass field with help text and optional limits: ``low <= value <= high``, ``value > above``,
+    ``value in choices``. Every number must be finite (NaN and inf are refused for every field)."""
+    metadata = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None,
+                "above": above}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -58,14 +62,67 @@ def check_values(cls, values: Mapping[str, Any], where: str) -> None:
         help_text = f" ({meta['help']})" if meta.get("help") else ""
         if not _matches(value, hints[name]):
             raise UserError(f"{where}: field '{name}' must be {_describe(hints[name])}, got {value!r}{help_text}")
+        bad = _out_of_bounds_number(value)
+        if bad is not None:
+            raise UserError(f"{where}: field '{name}' holds {bad!r}; {_FINITE_FIX}{help_text}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high = meta.get("low"), meta.get("high")
             if (low is not None and value < low) or (high is not None and value > high):
                 bounds = (f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]")
                 raise UserError(f"{where}: field '{name}' must be {bounds}, got {value!r}{help_text}")
+            above = meta.get("above")
+            if above is not None and not value > above:
+                raise UserError(f"{where}: field '{name}' must be > {above}, got {value!r}{help_text}")
         choices = meta.get("choices")
         if choices and value not in choices:
             raise UserError(f"{where}: field '{name}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+MAX_INT = 2**63 - 1  # SQLite's INTEGER; JSON and numpy seeds are fine below it
+_FINITE_FIX = f"use a finite number (not nan or inf), integers within +-{MAX_INT}"
+
+
+def _out_of_bounds_number(value, depth: int = 0):
+    """The first number in ``value`` (nested lists/mappings too) that is NaN, infinite or an integer beyond
+    SQLite's, else None."""
+    if isinstance(value, bool) or depth > 20:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return value
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for bad in (_out_of_bounds_number(v, depth + 1) for v in items) if bad is not None), None)
+
+
+def finite_float(text) -> float:
+    """``text`` as a finite float (argparse ``type=`` of every float option; NaN and inf refused)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give a number such as 0.05")
+    return value
+
+
+def bounded_int(text) -> int:
+    """``text`` as an integer within SQLite's range (argparse ``type=`` of every integer option)."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text} is beyond the largest integer allowed ({MAX_INT})")
+    return value
+
+
+def positive_int(text) -> int:
+    """``text`` as an integer >= 1 (argparse ``type=`` of counts such as ``--bootstrap``)."""
+    value = bounded_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer; give 1 or more")
+    return value
 
 
 def validate(config, where: Optional[str] = None) -> None:
@@ -125,20 +182,72 @@ def field_help(cls) -> dict:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def read_yaml(path: Union[str, Path], what: str):
-    """The parsed YAML file ``path``; ``what`` names it in errors (e.g. "task card", "--config")."""
-    path = Path(path)
+MAX_YAML_BYTES = 1_000_000  # cards and run configs are a few KB
+MAX_YAML_VALUES = 100_000  # values after alias expansion: a nested-alias "bomb" is refused, not walked
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate mapping keys (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                break
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(value, limit: int) -> int:
+    """Values in ``value`` counting every alias expansion, stopping past ``limit``."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
+
+
+def parse_yaml(text: str, where: str):
+    """Parsed YAML ``text`` (safe, no duplicate keys, bounded size and alias expansion); one-line errors."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{where} is {len(text)} characters, over the {MAX_YAML_BYTES} allowed for a YAML file; "
+                        f"cards and run configs are a few KB")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{what} {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
-    try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise UserError(f"malformed YAML in {where}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        place = f"{where}:{mark.line + 1}" if mark else where
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"malformed YAML in {what} {where}: {problem}") from None
+        raise UserError(f"malformed YAML in {place}: {problem}") from None
+    if _expanded_size(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise UserError(f"{where}: more than {MAX_YAML_VALUES} values once its aliases (&anchor/*alias) are "
+                        f"expanded; write the values out instead of nesting aliases")
+    return data
 
+
+def read_yaml(path: Union[str, Path], what: str):
+    """The parsed YAML file ``path`` (:func:`parse_yaml`); ``what`` names it in errors (e.g. "task card")."""
+    path = Path(path)
+    try:
+        if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
+            raise UserError(f"{what} {path} is {path.stat().st_size} bytes, over the {MAX_YAML_BYTES} allowed; "
+                            f"cards and run configs are a few KB")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    return parse_yaml(text, f"{what} {path}")

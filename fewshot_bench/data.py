@@ -86,15 +86,36 @@ def _find_split_file(folder: Optional[Path], split: str) -> Optional[Path]:
 
 
 def _check_utf8(path: Path) -> None:
-    if path.suffix == ".parquet":
-        return
-    raw = path.read_bytes()
+    try:
+        if path.stat().st_size == 0:
+            raise UserError(f"{path} is empty; put the split's rows in it, or drop the split from the card's splits")
+        if path.suffix == ".parquet":
+            return
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}; check the file's permissions") from None
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); re-encode the file as UTF-8 "
                         f"(rows are refused, not skipped, so no example silently disappears)") from None
+    if path.suffix == ".jsonl":
+        _check_json_lines(path, raw)
+
+
+def _check_json_lines(path: Path, raw: bytes) -> None:
+    """Every non-blank line of a .jsonl file is a JSON object (the loader's own errors are multi-line tracebacks)."""
+    for number, line in enumerate(raw.decode("utf-8").split("\n"), 1):  # not splitlines(): U+2028 is in texts
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: a {type(row).__name__}, not a JSON object; write one object "
+                            f"(field: value, ...) per line") from None
 
 
 def _load_split(config: TaskConfig, split: str):
@@ -108,7 +129,9 @@ def _load_split(config: TaskConfig, split: str):
         try:
             return datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # datasets wraps parser errors in several types
-            raise UserError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+            message = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot parse {path}: {message}; fix the file (one JSON object per line for .jsonl)") \
+                from None
     if folder is not None and folder.is_dir():  # a local copy exists: the split name is what is wrong
         files = sorted(p.name for p in folder.iterdir() if p.suffix in FILE_FORMATS and p.is_file())
         raise UserError(f"task '{config.name}': split '{split}' in the card's splits has no file {split}.jsonl|.json|"
@@ -180,13 +203,14 @@ def load_task_data(name: str, fold: int, data_root: str) -> TaskData:
                 raise UserError(f"task '{name}', split '{split}': field '{field_name}' named in the card is not in "
                                 f"the data (fields: {', '.join(table.column_names)}); fix the card's input/label_field")
         for i, row in enumerate(table):
-            label = str(row[config.label_field])
+            label = _label(row[config.label_field], name, split, i, config.label_field)
             if label in excluded:
                 continue
             raw = row[config.input.text_field]
-            if raw is None or not str(raw).strip():
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
                 skipped += 1
                 continue
+            _check_text_fields(row, config, name, split, i)
             ids.append(f"{split}:{i}")
             texts.append(render_input(row, config))
             labels.append(label)
@@ -198,6 +222,24 @@ def load_task_data(name: str, fold: int, data_root: str) -> TaskData:
     data = TaskData(config, fold, ids, texts, labels, skipped_empty=skipped)
     data.pools = _form_pools(config, fold, np.array(labels), np.array(split_of))
     return data
+
+
+def _label(value, task: str, split: str, row: int, field_name: str) -> str:
+    """A row's label as a class name; a missing (null) or non-scalar label is refused, never a class 'None'."""
+    if value is None or isinstance(value, (list, dict)) or (isinstance(value, float) and value != value):
+        raise UserError(f"task '{task}', split '{split}' row {row + 1}: label field '{field_name}' is {value!r}; "
+                        f"give every row a label (or drop the row)")
+    return str(value)
+
+
+def _check_text_fields(row: dict, config: TaskConfig, task: str, split: str, index: int) -> None:
+    """The text fields of a row must be text (a list or number in a text field is refused, not stringified)."""
+    spec = config.input
+    for field_name in (spec.text_field, spec.pair_field):
+        if field_name and isinstance(row[field_name], (list, dict, tuple)):
+            raise UserError(f"task '{task}', split '{split}' row {index + 1}: field '{field_name}' is a "
+                            f"{type(row[field_name]).__name__} ({str(row[field_name])[:40]!r}), not text; fix the "
+                            f"data or point the card's input fields at a text field")
 
 
 def _seeded_split(items: list, fractions: Dict[str, float], key: str) -> Dict[str, list]:
@@ -220,8 +262,15 @@ def _class_lists(config: TaskConfig, fold: int, present: List[str]) -> Dict[str,
             spec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UserError(f"task '{config.name}': cannot read class split file {path}: {exc}") from None
+        if not isinstance(spec, dict):
+            raise UserError(f"{path}: expected a JSON object with source/validation/target (or train/test) lists, "
+                            f"or a 'folds' list of them")
         if "folds" in spec:
-            spec = spec["folds"][fold - 1]
+            folds = spec["folds"]
+            if not isinstance(folds, list) or len(folds) < fold or not isinstance(folds[fold - 1], dict):
+                raise UserError(f"{path}: 'folds' must be a list of at least {fold} objects with source/validation/"
+                                f"target lists (the card's pools.folds)")
+            spec = folds[fold - 1]
         aliases = {"source": ("source", "train"), "validation": ("validation", "valid"), "target": ("target", "test")}
         spec = {pool: next((spec[k] for k in keys if isinstance(spec.get(k), list)), None)
                 for pool, keys in aliases.items()}
@@ -230,6 +279,11 @@ def _class_lists(config: TaskConfig, fold: int, present: List[str]) -> Dict[str,
         if absent:
             raise UserError(f"{path}: names {len(absent)} class(es) absent from the data of task '{config.name}' "
                             f"(e.g. {', '.join(absent[:3])}); fix the file or the card's splits")
+        shared = sorted(set(lists["source"]) & set(lists["target"]) | set(lists["validation"]) & set(lists["target"])
+                        | set(lists["source"]) & set(lists["validation"]))
+        if shared:
+            raise UserError(f"{path}: class(es) {', '.join(shared[:3])} are in more than one pool; pools must be "
+                            f"class-disjoint, fix the file")
         return lists
     if pools.fractions:
         return _seeded_split(sorted(present), pools.fractions, f"{config.name}:{config.version}:{pools.seed}")

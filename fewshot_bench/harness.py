@@ -5,6 +5,7 @@ label-free view and returns a :class:`~fewshot_bench.methods.Predictor`; scoring
 """
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -14,7 +15,9 @@ from typing import Callable, Optional
 import torch
 
 from .backbone import Backbone
+from .columns import METRIC, METHOD_FIGURES, RANGE_TOLERANCE
 from .episodes import Episode
+from .interrupts import is_method_failure
 from .methods import EpisodeContext, Method, Predictor
 from .metrics import query_scores
 from .sealed import EpisodeView
@@ -52,15 +55,48 @@ def predict_queries(predictor: Predictor, backbone: Backbone, texts, n_way: int,
     return torch.empty_like(logits).index_copy_(0, positions, logits)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The stored error text of a method's failure: type, message and the innermost frames."""
+    return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
+
+
+def checked_figures(method: Method, figures) -> dict:
+    """The figures ``method`` put in ``ctx.figures``, each declared in ``method.figures`` (a store column a method
+    may write) and None or a finite number in that column's range; raises ValueError naming the first that is not."""
+    if not isinstance(figures, dict):
+        raise ValueError(f"ctx.figures is a {type(figures).__name__}, not a dict of declared figures")
+    declared = set(getattr(method, "figures", ()) or ()) & set(METHOD_FIGURES)
+    checked = {}
+    for name, value in figures.items():
+        if name not in declared:
+            owner = "the harness measures it" if name in METRIC else "it is not a store column"
+            raise ValueError(f"undeclared figure {name!r} in ctx.figures ({owner}); a method may report only the "
+                             f"figures it declares in {type(method).__name__}.figures, out of "
+                             f"{', '.join(METHOD_FIGURES)}")
+        if value is not None:
+            metric = METRIC[name]
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not metric.low - RANGE_TOLERANCE <= value <= metric.high + RANGE_TOLERANCE:
+                raise ValueError(f"figure {name!r} = {value!r} is not a finite number in [{metric.low}, {metric.high}]")
+            value = float(value)
+        checked[name] = value
+    return checked
+
+
 def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast_dtype=None,
                 source_episodes: Optional[Callable[[int], Episode]] = None) -> dict:
     """Adapt ``method`` on the support set, predict the query set, return the per-episode record.
 
     The method sees an :class:`~fewshot_bench.sealed.EpisodeView` (``adapt``) and the query texts tokenized
     without labels, in length buckets (the predictor, :func:`predict_queries`); the query labels stay here and
-    score the predictions. A method that raises or yields non-finite logits gets status 'failed' / 'diverged'
-    with the error text; the run goes on. The models the method took from ``ctx.fresh_model`` are handed back
-    to the backbone when the episode is over (:meth:`Backbone.recycle`).
+    score the predictions. Anything escaping the method's code (an exception, ``SystemExit``, a
+    ``KeyboardInterrupt`` no Ctrl-C sent: :func:`~fewshot_bench.interrupts.is_method_failure`), logits of the wrong
+    shape, or an undeclared or out-of-range figure gives status 'failed' with the reason; non-finite logits give
+    'diverged'; the run goes on. Method figures never replace the harness's (accuracy, losses, timings). The models
+    the method took from ``ctx.fresh_model`` are handed back to the backbone when the episode is over
+    (:meth:`Backbone.recycle`).
     """
     torch.manual_seed(seed)
     if backbone.device.type == "cuda":
@@ -69,23 +105,38 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
     view = EpisodeView.of(episode)
     ctx = EpisodeContext(backbone, view, seed, autocast_dtype=autocast_dtype, source_episodes=source_episodes)
     record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None}
+    scores, figures = {}, {}
     try:
         predictor = method.adapt(ctx)
-        record["trainable_params"] = int(predictor.trainable_params)
+        trainable = predictor.trainable_params
+        if isinstance(trainable, bool) or not isinstance(trainable, int) or trainable < 0:
+            raise TypeError(f"Predictor.trainable_params is {trainable!r}, not a count of parameters")
         logits = predict_queries(predictor, backbone, view.query_texts, view.n_way)
+        figures = checked_figures(method, ctx.figures)
+        record["trainable_params"] = trainable
         if not torch.isfinite(logits).all():
             record.update(status="diverged", error="non-finite logits on the query set")
         else:
             predictions = logits.argmax(-1).tolist()
-            record["predictions"] = predictions
-            record.update(query_scores(episode.query_labels, predictions))
-    except Exception as exc:  # one bad episode must not end the run
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
-    stability = ctx.recorder.summary()
-    if stability.pop("diverged") and record["status"] == "ok":
+            scores = {"predictions": predictions, **query_scores(episode.query_labels, predictions)}
+    except BaseException as exc:  # one bad episode must not end the run; a real Ctrl-C does
+        if not is_method_failure(exc):
+            raise
+        record.update(status="failed", error=failure_reason(exc))
+        figures = {}
+    try:
+        stability = ctx.recorder.summary()
+    except Exception as exc:  # the method broke the recorder it was given
+        stability = {"diverged": False}
+        if record["status"] == "ok":
+            record.update(status="failed", error=failure_reason(exc))
+            scores = {}
+    if stability.pop("diverged", False) and record["status"] == "ok":
         record.update(status="diverged", error="non-finite loss or gradient during adaptation")
-    record.update(stability)
-    record.update(ctx.figures)
+    record.update(figures)  # first: the harness's figures below are written over anything of the same name
+    record.update({k: v for k, v in stability.items() if k in METRIC})
+    if record["status"] != "failed":  # a run diverged in training still scored its (finite) predictions
+        record.update(scores)
     for model in ctx.models:  # the episode is over: the next fresh_model resets one in place instead of copying
         backbone.recycle(model)
     record["wall_seconds"] = time.perf_counter() - start

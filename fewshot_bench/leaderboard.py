@@ -35,7 +35,7 @@ from .episodes import episode_set_sha256
 from .errors import UserError
 from .folds import FOLD_COLUMNS, fold_summary
 from .hierarchical import class_ci, episode_labels
-from .outputs import atomic_files, check_writable
+from .outputs import atomic_files, check_outputs, leaderboard_paths
 from .registry import did_you_mean
 from .restarts import seed_sd_tests, seed_stability
 from .report import write_markdown
@@ -233,7 +233,7 @@ def overall(rows: List[Dict]) -> List[Dict]:
 def cli_leaderboard(args) -> int:
     """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv, <stem>_folds.csv, <stem>.png
     (the summary figure), <stem>_summary.md, <stem>.html and a forest plot per cell in <stem>_cells/ beside it."""
-    check_writable(args.out, "--out")
+    check_outputs([(path, "--out") for path in leaderboard_paths(args.out)], [(args.store, "--store")])
     reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
     entries = annotated_entries(args.store, args.bootstrap, reference=reference)
     rows = [entry.row for entry in entries]

@@ -3,7 +3,11 @@ contexts a method is given (:class:`EpisodeContext` while adapting, :class:`Meta
 
 A method subclasses :class:`Method`, sets ``config_class`` (a dataclass with defaults and help text)
 and implements ``adapt(ctx) -> Predictor``. Methods that learn from source-pool episodes also implement
-``meta_train(ctx)`` and set ``protocol = "meta-trained"``. Register with ``@register_method("name")``,
+``meta_train(ctx)`` and set ``protocol = "meta-trained"``. Per-episode figures a method reports go in
+``ctx.figures`` under names it declares in ``figures`` (store columns a method may write:
+``fewshot_bench.columns.METHOD_FIGURES``); the harness checks them (a finite number in the column's range, or
+None) and never lets them replace its own figures (accuracy, losses, timings): an undeclared or bad figure
+fails the episode. Register with ``@register_method("name")``,
 the ``fewshot_bench.methods`` entry-point group, or ``--methods path/to/file.py:Class``.
 """
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Optional, Union
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -51,6 +55,7 @@ class Method:
     attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
     search_space: ClassVar[Optional[SearchSpace]] = None  # what ``tune`` may choose; None: runs its defaults
     opt_in: ClassVar[bool] = False  # True: run only when named, not by `--methods all` (optional extra, backbone kind)
+    figures: ClassVar[Tuple[str, ...]] = ()  # names the method may report in ctx.figures (columns.METHOD_FIGURES)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -137,7 +142,7 @@ class EpisodeContext(_Shared):
         self.support = self.batch(episode, "support")
         self.support_texts = episode.support_texts
         self.recorder = GradientRecorder()
-        self.figures: Dict[str, float] = {}  # per-episode figures the method reports (results-store columns)
+        self.figures: Dict[str, float] = {}  # per-episode figures the method reports (declared in Method.figures)
         self._source_episodes = source_episodes
 
     def source_episode(self, index: int) -> Episode:

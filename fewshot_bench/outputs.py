@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from glob import escape as glob_escape
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 from .errors import UserError
 
@@ -30,6 +31,66 @@ def check_writable(path, flag: str) -> None:
         raise UserError(f"{flag} {path}: no permission to write in {folder}; choose a writable path")
 
 
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+LEADERBOARD_SUFFIXES = ("", ".md", "_overall.csv", "_folds.csv", ".png", "_summary.md", ".html")
+
+
+def leaderboard_paths(out) -> List[Path]:
+    """The fixed files of a leaderboard written at ``out`` (its forest plots go in the ``<stem>_cells/`` folder)."""
+    out = Path(out)
+    return [out if not suffix else out.with_name(out.stem + suffix) for suffix in LEADERBOARD_SUFFIXES] + \
+        [out.with_name(out.stem + "_cells") / "cell.png"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b) or a.resolve() == b.resolve()
+
+
+def check_store_path(path, flag: str = "--store") -> None:
+    """Refuse a results-store path SQLite would not keep on disk (``:memory:``, empty, a ``file:`` URI)."""
+    text = str(path)
+    if not text.strip() or text.startswith(":memory:") or text.startswith("file:") or text.startswith(":"):
+        raise UserError(f"{flag} '{text}' is not a file path (SQLite would keep it in memory or parse it as a URI, "
+                        f"and every episode would be lost); give a file such as runs/results.sqlite")
+
+
+def _with_companions(path, what: str) -> List[tuple]:
+    """(path, description) of ``path`` and, for a results store, its -wal/-shm/-journal files."""
+    store = "store" in what or str(path).endswith((".sqlite", ".db"))
+    return [(Path(f"{path}{c}"), f"{what} {path}" + (f" (its {c[1:]} file)" if c else ""))
+            for c in (SQLITE_COMPANIONS if store else ("",))]
+
+
+def check_outputs(outputs: Iterable[tuple], inputs: Iterable[tuple] = ()) -> None:
+    """Refuse before anything is written: an output path that cannot be written (:func:`check_writable`), that is
+    an input (or a store's -wal/-shm/-journal file) or that two outputs share. ``outputs``/``inputs``: (path,
+    what it is, e.g. '--out'); a results store is named by a ``what`` holding 'store'. None/'' paths are skipped."""
+    named_inputs = [pair for path, what in inputs if path not in (None, "") for pair in _with_companions(path, what)]
+    seen: List[tuple] = []
+    done = set()
+    for path, what in outputs:
+        if path in (None, "") or (str(path), what) in done:  # the same output named twice
+            continue
+        done.add((str(path), what))
+        target = Path(path)
+        if "store" in what:
+            check_store_path(path, what)
+        check_writable(target, what)
+        for other, name in named_inputs:
+            if _same_file(target, other):
+                raise UserError(f"{what} {path} is {name}, an input of this command; writing it would destroy it: "
+                                f"choose another output path")
+        for other, name in seen:
+            if _same_file(target, other):
+                raise UserError(f"{what} {path} and {name} are the same file; choose different paths")
+        seen += _with_companions(path, what)
+
+
 @contextlib.contextmanager
 def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
     """Yield temporary paths (same folder and suffix as ``paths``); on success rename each onto its target.
@@ -39,6 +100,7 @@ def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
     targets = [Path(p) for p in paths]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(target)
     temps = [t.with_name(f".{t.stem}.tmp{os.getpid()}{t.suffix}") for t in targets]
     try:
         yield temps
@@ -47,6 +109,21 @@ def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove the temporary files of ``target`` left by a killed writer (``.<stem>.tmp<PID><suffix>`` whose process
+    is gone); a live writer's are left alone."""
+    for temp in target.parent.glob(f".{glob_escape(target.stem)}.tmp*{glob_escape(target.suffix)}"):
+        pid = temp.name[len(target.stem) + 5:len(temp.name) - len(target.suffix) or None]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            temp.unlink(missing_ok=True)
+        except OSError:  # alive, another user's
+            continue
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -74,6 +74,7 @@ class RunConfig:
     def __post_init__(self):
         """Types and limits of every field; n_way and k_shot entries parsed (``'5'`` -> 5, ``'1-5'`` -> (1, 5))."""
         validate(self, "run config")
+        _check_methods_value(self.methods, "run config: methods")
         self.n_way = [parse_n_way(v) for v in self.n_way]
         self.k_shot = [parse_shot(v) for v in self.k_shot]
         self.folds = parse_folds(self.folds, "run config: folds")
@@ -82,8 +83,26 @@ class RunConfig:
             s.n_way = None if s.n_way is None else [parse_n_way(v) for v in _as_list(s.n_way)]
             s.k_shot = None if s.k_shot is None else [parse_shot(v) for v in _as_list(s.k_shot)]
             s.folds = parse_folds(s.folds, f"run config: settings[{i}].folds")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise UserError(f"run config: device '{self.device}' is not one of auto, cpu, mps, cuda, cuda:N")
+        check_device(self.device, "run config")
+
+
+def check_device(device, where: str) -> None:
+    """Refuse a device name other than auto, cpu, mps, cuda, cuda:N (before anything is loaded or written)."""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise UserError(f"{where}: device '{device}' is not one of auto, cpu, mps, cuda, cuda:N")
+
+
+def _check_methods_value(methods, where: str) -> None:
+    """``methods`` must be 'all', a comma-separated string of specs or a list of them, naming at least one."""
+    if isinstance(methods, str):
+        specs = split_specs(methods)
+    elif isinstance(methods, (list, tuple)) and all(isinstance(m, str) for m in methods):
+        specs = [m for m in methods if m.strip()]
+    else:
+        raise UserError(f"{where}: expected method names (a list, or 'all'), got {methods!r}; "
+                        f"e.g. methods: [protonet, full_ft]")
+    if not specs:
+        raise UserError(f"{where}: names no method; give at least one, e.g. protonet, or 'all'")
 
 
 def _as_list(value) -> list:
@@ -125,17 +144,39 @@ def _with_demo(values: dict, tasks_given: bool) -> dict:
     return values
 
 
+def _flag_list(value, flag: str, split=None) -> Optional[list]:
+    """The items of a comma-separated flag (None when not given); a flag given with no item is refused."""
+    if value is None:
+        return None
+    items = (split or _split)(value)
+    if not items:
+        raise UserError(f"{flag} '{value}' names nothing; give a comma-separated list, e.g. {flag} protonet")
+    return items
+
+
 def build_config(args) -> RunConfig:
-    """Suite (default 'default') < --config YAML < flags; a suite's ``demo`` block applies without a data dir."""
-    tasks_given = bool(_split(args.tasks))
-    merged = _with_demo(load_suite(args.suite or "default"), tasks_given)
+    """Suite (default 'default') < --config YAML < flags; a suite's ``demo`` block applies without a data dir
+    (unless the flags or the --config file name tasks). The suite's own method_config entries apply to the methods
+    of the run only (``--methods protonet`` leaves the suite's maml.meta_steps aside)."""
+    values = {}
     if args.config:
         values = read_yaml(args.config, "--config") or {}
         if not isinstance(values, dict):
             raise UserError(f"--config {args.config}: expected a mapping of run options (e.g. 'episodes: 5'), "
                             f"got a {type(values).__name__}")
-        merged.update(_with_demo(values, tasks_given))
-    flags = {"tasks": _split(args.tasks) or None, "methods": split_specs(args.methods or "") or None,
+        if isinstance(values.get("tasks"), str):
+            values["tasks"] = _split(values["tasks"])
+        if isinstance(values.get("methods"), str) and values["methods"] != "all":
+            values["methods"] = split_specs(values["methods"])
+        # the file on its own is a valid run config, even where flags override some of its values
+        from_mapping(RunConfig, {k: v for k, v in values.items() if k != "demo"}, f"--config {args.config}")
+    tasks_given = bool(_flag_list(args.tasks, "--tasks")) or bool(values.get("tasks") or values.get("settings"))
+    merged = _with_demo(load_suite(args.suite or "default"), tasks_given)
+    suite_method_config = list(merged.pop("method_config", None) or [])
+    if values.get("tasks") and "settings" not in values:  # the file's tasks replace the suite's settings
+        merged.pop("settings", None)
+    merged.update(_with_demo(values, tasks_given))
+    flags = {"tasks": _flag_list(args.tasks, "--tasks"), "methods": _flag_list(args.methods, "--methods", split_specs),
              "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
              "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
              "restarts": getattr(args, "restarts", None),
@@ -150,7 +191,13 @@ def build_config(args) -> RunConfig:
     if args.fold:
         merged.pop("folds", None)
     merged.update({k: v for k, v in flags.items() if v is not None})
-    merged["method_config"] = list(merged.get("method_config", [])) + list(args.method_config)
+    _check_methods_value(merged.get("methods", "all"), f"{args.config or 'suite'}: methods")
+    if not isinstance(merged.get("method_config", []), list):
+        raise UserError(f"{args.config or 'suite'}: method_config must be a list of METHOD.FIELD=VALUE strings")
+    run_methods = {parse_spec(spec)[0] for spec in spec_list(merged.get("methods", "all"))}
+    suite_method_config = [item for item in suite_method_config
+                           if str(item).partition(".")[0] in run_methods]  # the suite's, for methods of this run
+    merged["method_config"] = suite_method_config + list(merged.get("method_config", [])) + list(args.method_config)
     return from_mapping(RunConfig, merged, f"{args.config or 'suite ' + repr(args.suite or 'default')} + flags")
 
 

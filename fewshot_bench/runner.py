@@ -21,11 +21,12 @@ from .backbone import Backbone, load_backbone, resolve_device
 from .environment import fingerprint
 from .episodes import Episode, Setting
 from .errors import UserError
-from .harness import run_episode
+from .harness import failure_reason, run_episode
+from .interrupts import is_method_failure, watch_sigint
 from .hashing import config_hash, hash_seed
 from .meta_cache import load_meta_state, meta_state_path, save_meta_state
 from .methods import MetaContext, Method
-from .outputs import check_writable
+from .outputs import check_outputs, leaderboard_paths
 from .progress import Progress
 from .run_config import RunConfig, method_specs, settings_of
 from .shards import existing_shards
@@ -55,6 +56,7 @@ class Cell:
     meta_trained: bool = False
     meta_train_seconds: Optional[float] = None  # wall time of the meta-training (also when its state was cached)
     same_class_source: bool = False  # the source pool shares classes with the evaluated pool (rows ranked apart)
+    meta_error: Optional[str] = None  # why meta-training (or loading its state) failed: every episode fails with it
 
 
 class Run:
@@ -108,8 +110,14 @@ class Run:
         """The cell's backbone, loaded; a meta-trained method meta-trained (or its cached state loaded) once."""
         backbone = self.backbone_for(cell.method)
         if cell.method.protocol == "meta-trained" and not cell.meta_trained:
-            self.meta_train(cell, backbone)
             cell.meta_trained = True
+            try:
+                self.meta_train(cell, backbone)
+            except BaseException as exc:  # the method's failure fails the cell's episodes; a real Ctrl-C stops the run
+                if not is_method_failure(exc):
+                    raise
+                cell.meta_error = "meta_train failed: " + failure_reason(exc)
+                log.warning("%s on %s: %s", cell.label, cell.setting.label, cell.meta_error.splitlines()[0])
         return backbone
 
     def meta_train(self, cell: Cell, backbone: Backbone) -> None:
@@ -144,8 +152,12 @@ class Run:
         config, setting = self.config, cell.setting
         backbone = self.prepare(cell)
         episode = setting.target_episode(config.seed, index)
-        record = episode_record(cell.method, episode, backbone, seed=episode_seed(config.seed, setting, index, restart),
-                                autocast=self.autocast, source_episodes=cell.source_episodes)
+        if cell.meta_error is not None:
+            record = {"status": "failed", "error": cell.meta_error, "trainable_params": 0, "predictions": None}
+        else:
+            record = episode_record(cell.method, episode, backbone,
+                                    seed=episode_seed(config.seed, setting, index, restart),
+                                    autocast=self.autocast, source_episodes=cell.source_episodes)
         record["meta_train_seconds"] = cell.meta_train_seconds
         protocol = cell.method.protocol if cell.source_episodes is not None else "target-only"
         record["same_class_source"] = None if protocol == "target-only" else int(cell.same_class_source)
@@ -201,11 +213,27 @@ def _check_run(config: RunConfig, settings: List[Setting], tuned: Optional[dict]
         if not setting.has_source_pool and meta_trained:  # has_source_pool also loads the source task
             raise UserError(f"method(s) {', '.join(meta_trained)} meta-train on a source pool, but {setting.label} has "
                             f"none; pass --source-task TASK or drop them from --methods")
-    for path in dict.fromkeys([config.store, store_path]):  # the store, and this rank's shard
-        check_writable(path, "--store")
-    if config.out:
-        check_writable(config.out, "--out")
+    check_run_outputs(config, store_path)
     return checked
+
+
+def run_inputs(config: RunConfig, config_file: Optional[str] = None, tasks_dirs=()) -> List[Tuple[str, str]]:
+    """(path, what) of the files a run reads that no output may name: --config, --tuned, method files, the cards
+    of --tasks-dir."""
+    inputs = [(config_file, "--config"), (config.tuned, "--tuned")]
+    inputs += [(parse_spec(spec)[0].rpartition(":")[0], f"the method file of {spec}")
+               for spec in method_specs(config) if ":" in parse_spec(spec)[0]]
+    inputs += [(str(card), "the task card") for folder in tasks_dirs for card in sorted(Path(folder).glob("*.yaml"))]
+    return inputs
+
+
+def check_run_outputs(config: RunConfig, store_path: Optional[str] = None, config_file: Optional[str] = None,
+                      tasks_dirs=()) -> None:
+    """The run's store (and this rank's shard) and leaderboard files: writable, distinct, none of them an input."""
+    shard = store_path if store_path not in (None, config.store) else None
+    check_outputs([(config.store, "--store"), (shard, "--store (this rank's shard)"),
+                   *((path, "--out") for path in (leaderboard_paths(config.out) if config.out else ()))],
+                  run_inputs(config, config_file, tasks_dirs))
 
 
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
@@ -243,16 +271,19 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
         barrier()
     mine = units[rank::world_size]
     bar = Progress(len(mine), "episodes", every=config.progress_every, interval=config.progress_seconds)
-    for setting, spec, index, restart in mine:
-        cell = execution.cell(setting, spec)
-        if (index, restart) in cell.done:  # resume: stored in this store or a shard of a killed job
-            bar.skip(1)
-            continue
-        bar.set_current(f"{cell.label} | {setting.label}")
-        execution.evaluate(cell, index, restart)
-        bar.update(1)
-    bar.close()
-    store.end_run(execution.run_id)
-    for opened in (store, *finished_elsewhere):
-        opened.close()
+    try:
+        with watch_sigint():  # Ctrl-C stops the run (finished episodes are committed); a method's own raise does not
+            for setting, spec, index, restart in mine:
+                cell = execution.cell(setting, spec)
+                if (index, restart) in cell.done:  # resume: stored in this store or a shard of a killed job
+                    bar.skip(1)
+                    continue
+                bar.set_current(f"{cell.label} | {setting.label}")
+                execution.evaluate(cell, index, restart)
+                bar.update(1)
+        store.end_run(execution.run_id)
+    finally:
+        bar.close()
+        for opened in (store, *finished_elsewhere):
+            opened.close()
     return store.path

@@ -4,7 +4,10 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import List, Tuple
+from pathlib import Path
+from typing import Dict, Iterable, List, Tuple
+
+from .errors import UserError
 
 
 def world() -> Tuple[int, int]:
@@ -19,3 +22,31 @@ def shard_path(store: str, rank: int) -> str:
 def existing_shards(store: str) -> List[str]:
     """Shard stores of ``store`` on disk (``<store>.rank<r>``; not their -wal/-shm companions)."""
     return sorted(path for path in glob.glob(glob.escape(store) + ".rank*") if re.search(r"\.rank\d+$", path))
+
+
+# what must agree between two stored rows of one episode key (a failed row is retried, so it never conflicts)
+_SIGNATURE = ("status", "fingerprint", "accuracy", "predictions", "restart")
+
+
+def check_no_conflicts(paths: Iterable) -> None:
+    """Refuse (before anything is merged) when two of the stores in ``paths`` hold different non-failed rows for
+    the same episode key: merging would keep one silently. Identical rows (a shard merged again) are fine."""
+    from .store import KEY_COLUMNS, ResultsStore
+
+    seen: Dict[tuple, Tuple[tuple, str]] = {}
+    columns = ", ".join(KEY_COLUMNS + _SIGNATURE)
+    for path in paths:
+        if not Path(path).is_file():
+            continue
+        with ResultsStore(path, create=False) as store:
+            present = set(store._columns)
+            if not set(_SIGNATURE) <= present:
+                continue  # an earlier version's store: no restart column, nothing to compare it on
+            rows = store.conn.execute(f"SELECT {columns} FROM episodes WHERE status != 'failed'").fetchall()
+        for row in rows:
+            key, signature = row[:len(KEY_COLUMNS)], row[len(KEY_COLUMNS):]
+            first = seen.setdefault(key, (signature, str(path)))
+            if first[0] != signature:
+                raise UserError(f"{first[1]} and {path} hold different results for the same episode ({key[1]} on "
+                                f"{key[4]}, episode {key[5]}); merging would keep one silently: merge only shards of "
+                                f"one run, or remove the stale one")

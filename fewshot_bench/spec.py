@@ -39,6 +39,8 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
         field, sep, value = item.partition("=")
         if not sep or not field.strip():
             raise UserError(f"method '{spec}': '{item}' must look like field=value, e.g. sgg(mode=exact)")
+        if field.strip() in overrides:
+            raise UserError(f"method '{spec}' sets '{field.strip()}' twice; keep one value")
         overrides[field.strip()] = value.strip()
     return name, overrides
 
@@ -70,6 +72,9 @@ def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method
         raise UserError(f"method '{name}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
     if not cls.name:
         cls.name = name.rpartition(":")[2] if ":" in name else name
+    if ":" in name and cls.name in METHODS and METHODS.get(cls.name) is not cls:
+        raise UserError(f"method file {name} is named '{cls.name}' like the built-in method; its rows would be "
+                        f"mixed with the built-in's: set another name (class attribute name = '...')")
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     hints = typing.get_type_hints(cls.config_class)
     values = {}
@@ -78,9 +83,41 @@ def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method
             raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(sorted(fields))})")
         values[key] = _coerce(hints[key], value, f"method '{cls.name}' config field '{key}'")
     try:
-        return cls(cls.config_class(**values))
+        config = cls.config_class(**values)
     except UserError as exc:
         raise UserError(f"--method-config {cls.name}: {exc}") from None
+    except Exception as exc:  # a config class of a method file that raises something else
+        raise UserError(f"method '{cls.name}': its config {cls.config_class.__name__} could not be built "
+                        f"({type(exc).__name__}: {exc}); fix the config class or the values") from None
+    try:
+        return check_declarations(cls(config))
+    except UserError as exc:
+        raise UserError(f"--method-config {cls.name}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a method file's __init__: refused before anything is written
+        raise UserError(f"method '{cls.name}': {cls.__name__}.__init__ raised {type(exc).__name__}: {exc}; "
+                        f"fix the method (or its config values)") from None
+
+
+def check_declarations(method: Method) -> Method:
+    """``method``, unless its ``protocol``, ``attn_implementation`` or ``figures`` are ones the harness cannot use."""
+    from .columns import METHOD_FIGURES
+
+    cls = type(method)
+
+    protocols = ("target-only", "source-guided", "meta-trained")
+    if method.protocol not in protocols:
+        raise UserError(f"method '{cls.name}': protocol {method.protocol!r} is not one of {', '.join(protocols)}; "
+                        f"set {cls.__name__}.protocol to one of them")
+    if method.attn_implementation not in ("sdpa", "eager"):
+        raise UserError(f"method '{cls.name}': attn_implementation {method.attn_implementation!r} is not sdpa or "
+                        f"eager")
+    figures = method.figures
+    if isinstance(figures, str) or not isinstance(figures, (tuple, list)) \
+            or any(f not in METHOD_FIGURES for f in figures):
+        raise UserError(f"method '{cls.name}': figures {figures!r} must be a tuple of the figure columns a method "
+                        f"may report ({', '.join(METHOD_FIGURES)}); accuracy and the other harness figures are "
+                        f"measured by the harness")
+    return method
 
 
 def _coerce(hint, value, where: str):

@@ -27,7 +27,7 @@ import numpy as np
 from .columns import METRICS
 from .errors import UserError
 from .hashing import config_hash
-from .outputs import check_writable
+from .outputs import check_outputs
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
                "started_at", "ended_at", "environment_json")  # environment_json: environment.fingerprint (nullable)
@@ -201,6 +201,11 @@ class ResultsStore:
             # a reader leaves an earlier version's store as it is: columns added since read as NULL
             present = set(table_columns(self.conn, "episodes"))
             self._columns = tuple(c for c in EPISODE_COLUMNS if c in present)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise UserError(f"{self.path}: locked by another process for more than 60 s ({exc}); wait for the "
+                                f"other writer to finish, then run the command again") from None
+            raise UserError(f"{self.path}: not a usable results store ({exc})") from None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable results store ({exc})") from None
 
@@ -359,9 +364,12 @@ class ResultsStore:
 
 def cli_merge(args) -> int:
     """``fewshot-bench merge SHARD... --store STORE``: every shard is checked before the store is opened."""
-    check_writable(args.store, "--store")
+    from .shards import check_no_conflicts
+
+    check_outputs([(args.store, "--store")], [(shard, "shard store") for shard in args.shards])
     for shard in args.shards:
         ResultsStore(shard, create=False).close()
+    check_no_conflicts([args.store, *args.shards])
     with ResultsStore(args.store) as store:
         added = store.merge_from(args.shards)
     print(f"merged {added} episode rows from {len(args.shards)} shards into {args.store}")

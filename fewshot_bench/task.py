@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 
-from .config import from_mapping, option, read_yaml
+from .checks import check_inside, check_name
+from .config import from_mapping, option, read_yaml, validate
 from .errors import UserError
 from .registry import TASKS
 
@@ -17,8 +18,16 @@ POOLS = ("source", "validation", "target")
 PLACEHOLDER = "FILL IN"  # what `fewshot-bench new-task` writes where the user must decide a value
 
 
+class _Checked:
+    """Card sections validate their field types, limits and finite numbers at construction (also when built in
+    Python, e.g. for ``register_task``)."""
+
+    def __post_init__(self):
+        validate(self, f"task card section {type(self).__name__}")
+
+
 @dataclass
-class SourceConfig:
+class SourceConfig(_Checked):
     local_dir: str = option(help="folder under the data dir holding the split files (<split>.jsonl|.csv|.parquet)")
     hub_id: Optional[str] = option(None, help="Hugging Face hub dataset id, used when no local copy exists and you are online")
     hub_config: Optional[str] = option(None, help="configuration name of the hub dataset")
@@ -26,7 +35,7 @@ class SourceConfig:
 
 
 @dataclass
-class InputConfig:
+class InputConfig(_Checked):
     text_field: str = option("text", help="field holding the input text")
     pair_field: Optional[str] = option(None, help="second text of a sentence-pair task (joined with the separator token)")
     head_field: Optional[str] = option(None, help="relation input: field naming the head entity (marked [E1] ... [/E1])")
@@ -37,7 +46,7 @@ class InputConfig:
 
 
 @dataclass
-class PoolConfig:
+class PoolConfig(_Checked):
     strategy: str = option("classes", help="'classes': class-disjoint pools; 'examples': every pool has all classes, disjoint examples")
     class_splits_file: Optional[str] = option(None, help="JSON file in the data folder with source/validation/target classes (a 'folds' list or train/validation/test keys)")
     folds: int = option(1, help="number of folds in class_splits_file")
@@ -49,14 +58,14 @@ class PoolConfig:
 
 
 @dataclass
-class EpisodeDefaults:
+class EpisodeDefaults(_Checked):
     n_way: Union[int, str] = option(5, help="classes per episode, or 'all'")
     k_shot: Union[int, List[int]] = option(5, help="support examples per class, or [min, max] for variable shot")
     q_query: int = option(15, help="query examples per class")
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(_Checked):
     name: str = option(help="registry name of the task")
     version: int = option(help="bump when the card changes episodes; part of every episode's identity")
     description: str = option(help="one paragraph: what the task is")
@@ -99,13 +108,23 @@ def _refuse_placeholders(data: dict, path, prefix: str = "") -> None:
 
 
 def _check(config: TaskConfig, path) -> None:
+    check_name(config.name, f"{path}: field 'name'")
+    if not config.source.packaged:
+        check_inside(config.source.local_dir, f"{path}: source.local_dir", "the data dir")
+    if config.pools.class_splits_file is not None:
+        check_inside(config.pools.class_splits_file, f"{path}: pools.class_splits_file", "the task's data folder")
+    for split in config.splits:
+        check_inside(split, f"{path}: splits entry", "the task's data folder")
     pools = config.pools
     if pools.strategy not in ("classes", "examples"):
         raise UserError(f"{path}: pools.strategy is '{pools.strategy}'; use 'classes' or 'examples'")
     if pools.fractions is not None:
         bad = set(pools.fractions) - set(POOLS)
-        if bad or abs(sum(pools.fractions.values()) - 1.0) > 1e-6:
-            raise UserError(f"{path}: pools.fractions must have keys from {POOLS} summing to 1, got {pools.fractions}")
+        negative = {k: v for k, v in pools.fractions.items() if not 0 <= v <= 1}
+        if bad or negative or abs(sum(pools.fractions.values()) - 1.0) > 1e-6:
+            raise UserError(f"{path}: pools.fractions must have keys from {POOLS}, each in [0, 1], summing to 1, "
+                            f"got {pools.fractions}")
+    _check_explicit_pools(pools, path)
     explicit = any(getattr(pools, p) is not None for p in POOLS)
     given = sum([pools.class_splits_file is not None, pools.fractions is not None, explicit])
     if given != 1:
@@ -115,6 +134,22 @@ def _check(config: TaskConfig, path) -> None:
     template = config.prompt_template
     if not (template.count("{text}") == template.count("{label}") == 1 and template.index("{text}") < template.index("{label}")):
         raise UserError(f"{path}: prompt_template {template!r} needs one {{text}} followed by one {{label}}")
+
+
+def _check_explicit_pools(pools: PoolConfig, path) -> None:
+    """Explicit pool lists: each a list of names without repeats, no name in two pools (the target pool must not
+    hold source classes or split files)."""
+    owner = {}
+    for pool in POOLS:
+        names = getattr(pools, pool)
+        for item in names or ():
+            if item is None or isinstance(item, (list, dict)):
+                raise UserError(f"{path}: pools.{pool} holds {item!r}; list class names (or split names)")
+            if str(item) in owner:
+                where = "twice in pools." + pool if owner[str(item)] == pool else \
+                    f"in both pools.{owner[str(item)]} and pools.{pool}"
+                raise UserError(f"{path}: '{item}' is {where}; pools must not overlap, keep it in one")
+            owner[str(item)] = pool
 
 
 def register_cards(directory: Union[str, Path], *, overwrite: bool = False) -> List[str]:

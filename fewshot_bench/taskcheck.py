@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import sys
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -136,7 +137,8 @@ def check_task(data: TaskData, *, n_way: Union[int, str], k_shot, q_query: int) 
                       pools, find_duplicates(data))
 
 
-def format_report(report: TaskReport) -> str:
+def format_report(report: TaskReport, limit: Optional[int] = SHOWN) -> str:
+    """The report as text; ``limit``: duplicates listed per kind (None: every one)."""
     lines = [f"task '{report.task}' fold {report.fold}: {report.rows} rows; episode shape {report.shape}", "",
              "pools:"]
     for pool in report.pools:
@@ -149,13 +151,14 @@ def format_report(report: TaskReport) -> str:
             more = f" and {len(pool.too_small) - 20} more" if len(pool.too_small) > 20 else ""
             lines.append(f"    {len(pool.too_small)} class(es) too small for K+Q: {shown}{more}")
         lines.append(f"    episodes: {pool.episodes}")
+    shown = limit if limit is not None else sys.maxsize
     lines += ["", "duplicate texts (exact after normalisation: case, punctuation, whitespace):"]
     for kind in DUPLICATE_KINDS:
         found = report.duplicates.get(kind, [])
         lines.append(f"  {kind}: {len(found)} text(s)" + (":" if found else ""))
-        lines += [f"    {d.describe()}" for d in found[:SHOWN]]
-        if len(found) > SHOWN:
-            lines.append(f"    ... and {len(found) - SHOWN} more")
+        lines += [f"    {d.describe()}" for d in found[:shown]]
+        if len(found) > shown:
+            lines.append(f"    ... and {len(found) - shown} more (--all-duplicates lists every one)")
     lines += ["", f"{report.problems} finding(s)" if report.problems else "no findings"]
     return "\n".join(lines)
 
@@ -169,5 +172,5 @@ def cmd_check_task(args) -> int:
     config = get_task_config(args.task)
     n_way, k_shot, q_query = episode_shape(args, config)
     report = check_task(get_task_data(args.task, args.fold), n_way=n_way, k_shot=k_shot, q_query=q_query)
-    print(format_report(report))
+    print(format_report(report, limit=None if getattr(args, "all_duplicates", False) else SHOWN))
     return 1 if args.strict and report.problems else 0

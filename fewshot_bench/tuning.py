@@ -26,8 +26,9 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .config import from_mapping, option, read_yaml
+from .config import from_mapping, option, read_yaml, validate
 from .errors import UserError
+from .interrupts import is_method_failure, watch_sigint
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "grid")
@@ -56,9 +57,14 @@ class TuneConfig:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise UserError(f"tune: sampler is '{self.sampler}'; use one of {', '.join(SAMPLERS)}")
+        validate(self, "tune")
         for name in ("episodes", "trials", "query"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"tune: {name} must be >= 1, got {getattr(self, name)}")
+        from .run_config import _check_methods_value, check_device
+
+        _check_methods_value(self.methods, "tune: methods")
+        check_device(self.device, "tune")
 
 
 def _optuna():
@@ -105,9 +111,16 @@ class _Study:
         if method.protocol == "meta-trained":
             if source is None:
                 raise UserError(f"method '{self.name}' meta-trains on a source pool, but {setting.label} has none")
-            method.meta_train(MetaContext(backbone, tuner.config.seed, source, autocast_dtype=tuner.autocast,
-                                          validation_episodes=setting.validation_episodes(tuner.config.seed)))
-        for i, episode in enumerate(tuner.episodes(setting)):
+            try:
+                method.meta_train(MetaContext(backbone, tuner.config.seed, source, autocast_dtype=tuner.autocast,
+                                              validation_episodes=setting.validation_episodes(tuner.config.seed)))
+            except BaseException as exc:  # the method's failure scores this config 0; a real Ctrl-C stops tune
+                if not is_method_failure(exc):
+                    raise
+                log.warning("%s on %s: meta_train failed (%s: %s); the trial scores 0", self.name, setting.label,
+                            type(exc).__name__, exc)
+                method = None
+        for i, episode in enumerate(tuner.episodes(setting) if method is not None else ()):
             records.append(run_episode(method, episode, backbone, seed=tuner.episode_seed(setting, i),
                                        autocast_dtype=tuner.autocast, source_episodes=source))
             scores.append(_score(records[-1]))
@@ -116,6 +129,9 @@ class _Study:
                 if trial.should_prune():
                     state = "pruned"
                     break
+        if method is None:
+            scores, state = [0.0] * len(tuner.episodes(setting)), "failed"
+            method = method_from_spec(self.name, {**self.base, **overrides})
         accuracy = sum(scores) / len(scores)
         low, high = bootstrap_ci(scores)
         config = method.config_dict()
@@ -234,17 +250,25 @@ def tune(config: TuneConfig) -> dict:
     from .run_config import spec_list
     from .spec import parse_method_config
 
-    tuner = Tuner(config)
+    from .outputs import check_outputs
+    from .spec import method_from_spec
+
     names = spec_list(config.methods)
     pinned = parse_method_config(config.method_config)  # same METHOD.FIELD=VALUE syntax as run
     unknown = set(pinned) - set(names)
     if unknown:
         raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this tune run")
+    for name in names:  # every method and pinned config checked before the store is created
+        method_from_spec(name, pinned.get(name, {}))
+    inputs = [(name.rpartition(":")[0], f"the method file of {name}") for name in names if ":" in name]
+    check_outputs([(config.store, "--store"), (config.out, "--out")], inputs)
+    tuner = Tuner(config)
     studies = [(s, _Study(tuner, s, name, pinned.get(name, {}))) for s in tuner.settings for name in names]
     chosen: Dict[str, Dict[str, dict]] = {}
     try:
-        for setting, study in studies:
-            chosen.setdefault(target_label(setting), {})[study.name] = study.run()
+        with watch_sigint():  # a method raising KeyboardInterrupt fails its episode; a real Ctrl-C stops the study
+            for setting, study in studies:
+                chosen.setdefault(target_label(setting), {})[study.name] = study.run()
     finally:
         tuner.store.close()
     budget = {"study": tuner.study_id, "trials": config.trials, "episodes": config.episodes, "sampler": config.sampler,

@@ -75,7 +75,7 @@ def test_an_episode_whose_config_cannot_be_rebuilt_is_reported(store, tmp_path, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--sample", "0"], "--sample must be >= 1"),
+    (["--sample", "0"], "--sample: 0 is not a positive integer"),
     (["--tolerance", "-1"], "--tolerance must be >= 0"),
     (["--methods", "protonett"], "did you mean 'protonet'"),
     (["--tuned", "missing.yaml"], "--tuned missing.yaml does not exist"),

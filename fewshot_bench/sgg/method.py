@@ -36,6 +36,7 @@ class SGG(Method):
     name = "sgg"
     config_class = SGGConfig
     search_space = SGG_SPACE
+    figures = ("sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle")  # term_activity()
 
     def __init__(self, config=None):
         super().__init__(config)
