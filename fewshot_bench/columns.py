@@ -163,12 +163,19 @@ OVERALL: Tuple[Column, ...] = (
     Column("protocol", "text", "protocol(s) of its rows"),
     Column("cells", "int", "cells (task x setting x backbone) with a row of this method", 1),
     Column("cells_total", "int", "cells of the leaderboard on this backbone", 1),
-    *_accuracy("mean over its cells of the cell mean accuracy",
-               "95% CI of acc_mean (per-cell bootstrap CIs combined, cells independent)"),
-    Column("wins", "int", "cells where it beats the reference significantly (Holm)", 0, optional=True),
-    Column("ties", "int", "cells where it and the reference cannot be told apart", 0, optional=True),
-    Column("losses", "int", "cells where the reference beats it significantly (Holm)", 0, optional=True),
-    Column("mean_rank_group", "float", "mean rank group over its cells", 1),
+    Column("units", "int", "units (cells sharing target episodes counted once, e.g. clinc150->hwu64 and hwu64 "
+                           "fold 1) with a row of this method", 1),
+    Column("units_total", "int", "units of the leaderboard on this backbone", 1),
+    *_accuracy("mean over its units of the unit mean accuracy (a unit: mean over its cells)",
+               "95% CI of acc_mean (per-cell bootstrap CIs; within a unit half-widths averaged (same episodes: "
+               "dependent), across units combined in quadrature (independent))"),
+    Column("wins", "int", "units where it beats the reference significantly (Holm) in a cell and loses in none",
+           0, optional=True),
+    Column("ties", "int", "units where it and the reference cannot be told apart (or the unit's cells disagree)",
+           0, optional=True),
+    Column("losses", "int", "units where the reference beats it significantly (Holm) in a cell and it wins in none",
+           0, optional=True),
+    Column("mean_rank_group", "float", "mean over its units of the unit mean rank group", 1),
     Column("flags", "text", "incomplete: missing from some cells (same-class-source rows count as missing), its "
                             "means are not comparable to complete rows"),
 )

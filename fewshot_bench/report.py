@@ -216,9 +216,12 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         f"- **detectable difference**: the true accuracy difference a paired test on this many episodes finds with "
         f"{POWER:.0%} power at alpha {ALPHA} (normal approximation, median SD of adjacent methods' per-episode "
         "differences, no multiplicity correction); `fewshot-bench power` gives the episodes needed per difference.",
-        "- **Overall**: per method, cells covered, mean of its cell accuracies (CI from the per-cell CIs, cells "
-        f"independent), wins/ties/losses against {reference} after Holm, mean rank group; `incomplete` rows miss "
-        "cells, so their means are not comparable with complete ones.",
+        "- **Overall**: per method, cells and units covered (a **unit**: cells sharing target episodes, e.g. "
+        "clinc150->hwu64 and hwu64 fold 1, counted once, as in the across-cell tests), mean over its units of "
+        "its unit accuracies (a unit: the mean over its cells; CI from the per-cell CIs, dependent within a unit, "
+        f"independent across units), wins/ties/losses against {reference} per unit after Holm (a unit whose cells "
+        "disagree is a tie), mean rank group over units; `incomplete` rows miss cells, so their means are not "
+        "comparable with complete ones.",
         "- **failed** episodes (crashed or diverged) are excluded from accuracy; gradient columns are empty for "
         "methods without gradient steps.",
         "- **SGG terms acting** (CSV `sgg_mag_active`, `sgg_align_active`, `sgg_dir_angle`): mean over episodes of "
