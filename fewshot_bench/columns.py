@@ -46,6 +46,8 @@ METRICS: Tuple[Metric, ...] = (
     Metric("accuracy", "REAL", 0, 1, "query accuracy", True),
     Metric("macro_f1", "REAL", 0, 1, "query macro-F1 (scikit-learn)", True),
     Metric("final_loss", "REAL", 0, INF, "support loss at the last step", False),
+    # the four gradient diagnostics: over the trainable parameters, so comparable only at equal trainable_params
+    # (gradients.py); the leaderboard help of their columns says so
     Metric("grad_norm_cv", "REAL", 0, INF, "std/mean of the step gradient norms"),
     Metric("grad_dir_consistency", "REAL", -1, 1, "mean cosine of successive step gradients"),
     Metric("path_efficiency", "REAL", 0, 1, "|theta_T - theta_0| / path length"),
@@ -71,12 +73,20 @@ METRICS: Tuple[Metric, ...] = (
 METRIC = {m.name: m for m in METRICS}
 
 
+GRADIENT_BASIS = ("; a diagnostic computed over the trained parameters: comparable only between rows with equal "
+                  "trainable_params (the same trainable set, e.g. 22.7M full vs 75.7k LoRA are not), and it does not "
+                  "track accuracy (leaderboard.md, Gradient diagnostics)")
+
+
 def mean_of(metric: str, name: Optional[str] = None, decimals: int = 4, aggregate: str = "mean") -> Column:
     """Leaderboard column = mean (or sum) of ``metric`` over a row's ok episodes (range and direction from the
-    metric)."""
+    metric); the gradient diagnostics' help names their basis (``GRADIENT_BASIS``)."""
     m = METRIC[metric]
-    return Column(name or metric, "int" if m.sql == "INTEGER" else "float", f"{aggregate} of {m.help} over ok episodes",
-                  m.low, m.high, True, metric, aggregate, decimals, m.higher_is_better)
+    basis = GRADIENT_BASIS if metric in ("grad_norm_cv", "grad_dir_consistency", "path_efficiency",
+                                         "source_alignment") else ""
+    return Column(name or metric, "int" if m.sql == "INTEGER" else "float",
+                  f"{aggregate} of {m.help} over ok episodes{basis}", m.low, m.high, True, metric, aggregate, decimals,
+                  m.higher_is_better)
 
 
 def _share(name: str, help: str, optional: bool = True) -> Column:

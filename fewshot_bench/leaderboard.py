@@ -34,6 +34,7 @@ from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_CO
 from .episodes import episode_set_sha256
 from .errors import UserError
 from .folds import FOLD_COLUMNS, fold_summary
+from .gradients import accuracy_spearman
 from .hierarchical import class_ci, episode_labels
 from .outputs import atomic_files, check_writable
 from .registry import did_you_mean
@@ -275,6 +276,8 @@ def cli_leaderboard(args) -> int:
     reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
     entries = annotated_entries(args.store, args.bootstrap, reference=reference)
     rows = [entry.row for entry in entries]
+    with ResultsStore(args.store, create=False) as store:
+        records = store.episodes()
     if not rows:
         raise UserError(f"no episodes in {args.store}; run `fewshot-bench run` first")
     methods = sorted({r["method"] for r in rows})
@@ -291,7 +294,8 @@ def cli_leaderboard(args) -> int:
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
         suite = across_cells(entries)
-        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, suite, seed_sd_tests(entries))
+        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, suite, seed_sd_tests(entries),
+                       accuracy_spearman(records))
         views.write(overall_rows, suite.ranks, reference, md_tmp, views_tmp)
     views.remove_stale_plots()
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {views}")
