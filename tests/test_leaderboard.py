@@ -8,7 +8,8 @@ from fewshot_bench.across import cell_units, units
 from fewshot_bench.cli import main
 from fewshot_bench.columns import COLUMNS, OVERALL_COLUMNS
 from fewshot_bench.figure import leaderboard_figure
-from fewshot_bench.leaderboard import aggregate, annotated_entries, overall, write_csv
+from fewshot_bench.leaderboard import aggregate, annotated_entries, load_entries, overall, write_csv
+from fewshot_bench.pairs import pair_table
 from fewshot_bench.stats import bootstrap_ci
 from fewshot_bench.store import ResultsStore
 
@@ -170,14 +171,15 @@ def test_sgg_term_activity_is_aggregated_per_row(tmp_path):
     assert rows["full_ft"]["sgg_mag_active"] is None and rows["sgg"]["sgg_step_angle"] is None
 
 
-def test_overall_counts_cells_sharing_target_episodes_once(tmp_path):
-    """other->demo draws exactly demo fold 1's episodes (like clinc150->hwu64 and hwu64 fold 1) and its target-only
-    rows repeat them; demo fold 2 is another unit. Counted twice, protonet's mean would be (2 A + C) / 3 and its
-    losses 2; counted once: (A + C) / 2 and 1 loss. The same episodes on another backbone stay their own unit."""
-    path, twin = tmp_path / "dup.sqlite", "other->" + SETTING
+TWIN = "other->" + SETTING
+
+
+def _twin_store(path):
+    """full_ft > protonet on demo fold 1 and on other->demo (the same episodes, the same accuracies); equal on
+    demo fold 2; the fold 1 episodes again on backbone bert."""
     with ResultsStore(path) as store:
         for i in range(10):
-            for setting in (SETTING, twin):
+            for setting in (SETTING, TWIN):
                 fingerprint = record(episode_index=i)["fingerprint"]
                 store.write_episode(record(method="full_ft", setting=setting, fingerprint=fingerprint, episode_index=i,
                                            accuracy=0.9))
@@ -187,6 +189,14 @@ def test_overall_counts_cells_sharing_target_episodes_once(tmp_path):
                 store.write_episode(record(method=method, setting="demo/fold2/5way5shot15q", fold=2, episode_index=i,
                                            accuracy=accuracy))
                 store.write_episode(record(method=method, backbone="bert", episode_index=i, accuracy=accuracy))
+    return path
+
+
+def test_overall_counts_cells_sharing_target_episodes_once(tmp_path):
+    """other->demo draws exactly demo fold 1's episodes (like clinc150->hwu64 and hwu64 fold 1) and its target-only
+    rows repeat them; demo fold 2 is another unit. Counted twice, protonet's mean would be (2 A + C) / 3 and its
+    losses 2; counted once: (A + C) / 2 and 1 loss. The same episodes on another backbone stay their own unit."""
+    path = _twin_store(tmp_path / "dup.sqlite")
     entries = annotated_entries(path, bootstrap=200)
     rows = [e.row for e in entries]
     assert sorted(map(len, units(entries))) == [1, 1, 2]
@@ -202,3 +212,19 @@ def test_overall_counts_cells_sharing_target_episodes_once(tmp_path):
         assert protonet["acc_ci95_high"] - protonet["acc_mean"] == pytest.approx(np.hypot(*half) / 2, abs=2e-4)
         assert {(r["method"], r["units"], r["units_total"]) for r in table if r["backbone"] == "bert"} == \
             {("full_ft", 1, 1), ("protonet", 1, 1)}
+
+
+def test_compare_counts_a_comparison_repeated_on_the_same_episodes_once(tmp_path, capsys):
+    """protonet=full_ft in demo fold 1 and in other->demo: the same 10 differences, one member of the Holm family
+    (with demo fold 2 and bert: 3 comparisons, not 4)."""
+    path = _twin_store(tmp_path / "dup.sqlite")
+    table = {(r["setting"], r["backbone"]): r
+             for r in pair_table(load_entries(path, bootstrap=1), [("protonet", "full_ft")], 100)}
+    first, repeat = table[(SETTING, "minilm")], table[(TWIN, "minilm")]
+    assert repeat["same_as"] == SETTING and first["same_as"] is None and table[(SETTING, "bert")]["same_as"] is None
+    assert first["p"] == pytest.approx(2 / 2 ** 10)
+    assert repeat["p_holm"] == first["p_holm"] == pytest.approx(3 * 2 / 2 ** 10)  # Holm over 3 (the others: p = 1)
+    assert main(["compare", "--store", str(path), "--pair", "protonet=full_ft", "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "Holm over these 3 comparisons, 1 repeating another on the same episodes counted once (=)" in out
+    assert f"(= {SETTING})" in out
