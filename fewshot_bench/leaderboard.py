@@ -254,7 +254,7 @@ def overall(rows: List[Dict], units: Optional[Dict[tuple, int]] = None) -> List[
     result = []
     for (method, backbone), by_unit in groups.items():
         members = [r for unit in by_unit.values() for r in unit]
-        scored = [_unit_accuracy(s) for unit in by_unit.values() for s in [[r for r in unit if r["acc_mean"] is not None]]
+        scored = [_unit_accuracy(s) for s in ([r for r in unit if r["acc_mean"] is not None] for unit in by_unit.values())
                   if s]
         decisions = [d for unit in by_unit.values() for d in [_unit_decision(unit)] if d is not None]
         total = len(cells_on[backbone])

@@ -6,8 +6,8 @@ p-value, the paired d_z and Holm's correction over every comparison printed (one
 functions as the leaderboard (``compare.differences``, ``stats``). A comparison that repeats an earlier one
 (same backbone and pair, the same episodes with the same per-episode differences: e.g. two target-only
 methods in clinc150->hwu64 and hwu64 fold 1, which hold the same episodes) is counted once in the Holm family:
-it gets the earlier one's adjusted p and ``same_as`` names the earlier setting. A same-class-source row's method carries the
-leak mark (``compare.LEAK_MARK``). Pairs whose episode sets do not nest are not compared.
+it gets the earlier one's adjusted p and ``same_as`` names the earlier setting. A same-class-source row's method
+carries the leak mark (``compare.LEAK_MARK``). Pairs whose episode sets do not nest are not compared.
 """
 from __future__ import annotations
 

@@ -169,10 +169,12 @@ def _gradients(spearman: Sequence[Dict]) -> List[str]:
     table: Dict[tuple, Dict[str, Dict]] = {}
     for r in spearman:
         table.setdefault((r["method"], r["basis"]), {})[r["column"]] = r
-    return lines + _md_table(("method", "trainable set", *GRADIENT_COLUMNS), [
-        (method, trained, *("" if c not in by else f"{by[c]['median']:+.2f} [{by[c]['low']:+.2f}, {by[c]['high']:+.2f}] "
-                                                   f"({by[c]['cells']})" for c in GRADIENT_COLUMNS))
-        for (method, trained), by in table.items()]) + [""]
+
+    def entry(r: Optional[Dict]) -> str:
+        return "" if r is None else f"{r['median']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] ({r['cells']})"
+    return lines + _md_table(("method", "trainable set", *GRADIENT_COLUMNS),
+                             [(method, trained, *(entry(by.get(c)) for c in GRADIENT_COLUMNS))
+                              for (method, trained), by in table.items()]) + [""]
 
 
 def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: int = 10000,
@@ -196,8 +198,8 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
             ("rank group", "method", "protocol", "episodes", "accuracy [95% CI; class-level CI]",
              f"Δ vs {reference} [95% CI; class-level CI]",
-             "d_z", "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency @ trainable set", "s/episode",
-             "SGG terms acting: mag / align share, dir °"),
+             "d_z", "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency @ trainable set",
+             "s/episode", "SGG terms acting: mag / align share, dir °"),
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
