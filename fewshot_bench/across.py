@@ -2,9 +2,11 @@
 
 Contracts (:func:`across_cells`, a plain function returning data, so a report or a critical-difference diagram
 can be drawn from it):
-  * **Units.** Cells whose episode sets share a fingerprint hold the same target episodes (e.g. clinc150->hwu64
-    5-way 1-shot draws exactly hwu64 fold 1's 5-way 1-shot episodes): they are merged into one unit, detected
-    from the fingerprints, never from names. Every other cell is a unit of its own. Rows flagged
+  * **Units.** Cells of one backbone whose episode sets share a fingerprint hold the same target episodes (e.g.
+    clinc150->hwu64 5-way 1-shot draws exactly hwu64 fold 1's 5-way 1-shot episodes): they are merged into one
+    unit, detected from the fingerprints, never from names (fingerprints do not name the backbone, so cells of
+    two backbones never merge). Every other cell is a unit of its own. :func:`cell_units` hands the same units
+    to the overall table (``leaderboard.overall``). Rows flagged
     same-class-source (not few-shot) are left out.
   * **Pairwise** (every two methods with a common unit): per cell the mean paired per-episode difference
     A - B on the common episodes (``compare.differences``), per unit the mean over its cells holding both;
@@ -23,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from . import compare
+from .columns import cell_key
 from .ranks import RankSummary, rank_summary
 from .stats import holm, wilcoxon_p
 
@@ -59,10 +62,12 @@ class SuiteComparison:
 
 
 def units(entries: List[compare.Entry]) -> List[List[tuple]]:
-    """Cells grouped into units: cells whose episode fingerprints overlap share a unit (connected groups)."""
+    """Cells grouped into units: cells of one backbone whose episode fingerprints overlap share a unit
+    (connected groups); sorted lists of ``Entry.cell``."""
     fingerprints: Dict[tuple, set] = {}
     for entry in entries:
-        fingerprints.setdefault(entry.cell, set()).update(entry.fingerprints)
+        backbone = entry.cell[-1]
+        fingerprints.setdefault(entry.cell, set()).update((backbone, f) for f in entry.fingerprints)
     groups: List[Tuple[List[tuple], set]] = []
     for cell in sorted(fingerprints):
         joined = [g for g in groups if g[1] & fingerprints[cell]]
@@ -70,6 +75,13 @@ def units(entries: List[compare.Entry]) -> List[List[tuple]]:
         groups.append((sorted([cell, *(c for g in joined for c in g[0])]),
                        set(fingerprints[cell]).union(*(g[1] for g in joined))))
     return sorted(g[0] for g in groups)
+
+
+def cell_units(entries: List[compare.Entry]) -> Dict[tuple, int]:
+    """{``columns.cell_key`` of each entry's row: index of its unit in :func:`units` (all entries, same-class-source
+    rows included)}: the key the overall table groups a method's cells by."""
+    index = {cell: i for i, unit in enumerate(units(entries)) for cell in unit}
+    return {cell_key(e.row): index[e.cell] for e in entries}
 
 
 def _pairs(grouped: List[List[List[compare.Entry]]]) -> List[SuitePair]:

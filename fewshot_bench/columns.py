@@ -47,6 +47,8 @@ METRICS: Tuple[Metric, ...] = (
     Metric("accuracy", "REAL", 0, 1, "query accuracy", True),
     Metric("macro_f1", "REAL", 0, 1, "query macro-F1 (scikit-learn)", True),
     Metric("final_loss", "REAL", 0, INF, "support loss at the last step", False),
+    # the four gradient diagnostics: over the trainable parameters, so comparable only at equal trainable_params
+    # (gradients.py); the leaderboard help of their columns says so
     Metric("grad_norm_cv", "REAL", 0, INF, "std/mean of the step gradient norms"),
     Metric("grad_dir_consistency", "REAL", -1, 1, "mean cosine of successive step gradients"),
     Metric("path_efficiency", "REAL", 0, 1, "|theta_T - theta_0| / path length"),
@@ -74,12 +76,20 @@ METRIC = {m.name: m for m in METRICS}
 METHOD_FIGURES = tuple(m.name for m in METRICS if m.method_figure)  # what a method may declare and report
 
 
+GRADIENT_BASIS = ("; a diagnostic computed over the trained parameters: comparable only between rows with equal "
+                  "trainable_params (the same trainable set, e.g. 22.7M full vs 75.7k LoRA are not), and it does not "
+                  "track accuracy (leaderboard.md, Gradient diagnostics)")
+
+
 def mean_of(metric: str, name: Optional[str] = None, decimals: int = 4, aggregate: str = "mean") -> Column:
     """Leaderboard column = mean (or sum) of ``metric`` over a row's ok episodes (range and direction from the
-    metric)."""
+    metric); the gradient diagnostics' help names their basis (``GRADIENT_BASIS``)."""
     m = METRIC[metric]
-    return Column(name or metric, "int" if m.sql == "INTEGER" else "float", f"{aggregate} of {m.help} over ok episodes",
-                  m.low, m.high, True, metric, aggregate, decimals, m.higher_is_better)
+    basis = GRADIENT_BASIS if metric in ("grad_norm_cv", "grad_dir_consistency", "path_efficiency",
+                                         "source_alignment") else ""
+    return Column(name or metric, "int" if m.sql == "INTEGER" else "float",
+                  f"{aggregate} of {m.help} over ok episodes{basis}", m.low, m.high, True, metric, aggregate, decimals,
+                  m.higher_is_better)
 
 
 def _share(name: str, help: str, optional: bool = True) -> Column:
@@ -167,12 +177,19 @@ OVERALL: Tuple[Column, ...] = (
     Column("protocol", "text", "protocol(s) of its rows"),
     Column("cells", "int", "cells (task x setting x backbone) with a row of this method", 1),
     Column("cells_total", "int", "cells of the leaderboard on this backbone", 1),
-    *_accuracy("mean over its cells of the cell mean accuracy",
-               "95% CI of acc_mean (per-cell bootstrap CIs combined, cells independent)"),
-    Column("wins", "int", "cells where it beats the reference significantly (Holm)", 0, optional=True),
-    Column("ties", "int", "cells where it and the reference cannot be told apart", 0, optional=True),
-    Column("losses", "int", "cells where the reference beats it significantly (Holm)", 0, optional=True),
-    Column("mean_rank_group", "float", "mean rank group over its cells", 1),
+    Column("units", "int", "units (cells sharing target episodes counted once, e.g. clinc150->hwu64 and hwu64 "
+                           "fold 1) with a row of this method", 1),
+    Column("units_total", "int", "units of the leaderboard on this backbone", 1),
+    *_accuracy("mean over its units of the unit mean accuracy (a unit: mean over its cells)",
+               "95% CI of acc_mean (per-cell bootstrap CIs; within a unit half-widths averaged (same episodes: "
+               "dependent), across units combined in quadrature (independent))"),
+    Column("wins", "int", "units where it beats the reference significantly (Holm) in a cell and loses in none",
+           0, optional=True),
+    Column("ties", "int", "units where it and the reference cannot be told apart (or the unit's cells disagree)",
+           0, optional=True),
+    Column("losses", "int", "units where the reference beats it significantly (Holm) in a cell and it wins in none",
+           0, optional=True),
+    Column("mean_rank_group", "float", "mean over its units of the unit mean rank group", 1),
     Column("flags", "text", "incomplete: missing from some cells (same-class-source rows count as missing), its "
                             "means are not comparable to complete rows"),
 )

@@ -29,11 +29,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import compare
-from .across import across_cells
+from .across import across_cells, cell_units
 from .columns import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .episodes import episode_set_sha256
 from .errors import UserError
 from .folds import FOLD_COLUMNS, fold_summary
+from .gradients import accuracy_spearman
 from .hierarchical import class_ci, episode_labels
 from .outputs import atomic_files, check_outputs, leaderboard_paths
 from .registry import did_you_mean
@@ -47,11 +48,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REFERENCE = "full_ft"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _mean(values, digits: int) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return round(float(np.mean(values)), digits) if values else None
 
 
 def _task_label(task: str, setting: str) -> str:
@@ -193,7 +189,7 @@ def write_csv(rows: List[Dict], out_path, columns: Sequence[str] = COLUMNS) -> N
 
 
 def _combined_ci(members: List[Dict]) -> tuple:
-    """Mean of the cell means and its 95% CI from the per-cell CIs (cells independent: half-widths add in
+    """Mean of the members' means and its 95% CI from their CIs (members independent: half-widths add in
     quadrature, each side separately)."""
     means = np.array([r["acc_mean"] for r in members])
     mean, k = float(means.mean()), len(members)
@@ -202,30 +198,73 @@ def _combined_ci(members: List[Dict]) -> tuple:
     return round(mean, 4), round(max(0.0, low), 4), round(min(1.0, high), 4)
 
 
-def overall(rows: List[Dict]) -> List[Dict]:
-    """Per method x backbone: cells covered, mean accuracy over them with a CI, significant wins/ties/losses
-    against the reference and mean rank group; complete methods first, then by mean rank group. Rows flagged
+def _unit_accuracy(members: List[Dict]) -> Dict:
+    """One unit's accuracy from its cells' rows (same target episodes, so dependent): mean of the cell means,
+    half-widths averaged (the worst case, perfectly correlated cells)."""
+    mean = float(np.mean([r["acc_mean"] for r in members]))
+    return dict(acc_mean=mean, acc_ci95_low=mean - float(np.mean([r["acc_mean"] - r["acc_ci95_low"] for r in members])),
+                acc_ci95_high=mean + float(np.mean([r["acc_ci95_high"] - r["acc_mean"] for r in members])))
+
+
+def _unit_decision(members: List[Dict]) -> Optional[int]:
+    """+1 (win), -1 (loss) or 0 (tie) of a unit against the reference from its cells' rows compared with it: a
+    significant (Holm) win in a cell and no significant loss is a win, and vice versa; None when none compared."""
+    compared = [r for r in members if r["p_holm"] is not None]
+    if not compared:
+        return None
+    signs = {1 if r["delta_vs_ref"] > 0 else -1 for r in compared if r["p_holm"] < compare.ALPHA}
+    return signs.pop() if len(signs) == 1 else 0
+
+
+def row_units(rows: List[Dict]) -> Dict[tuple, int]:
+    """{cell_key: unit index} from the rows alone, for callers without the episodes (``across.cell_units`` is the
+    exact rule): cells of one backbone holding rows with the same ``episode_set_sha256`` share a unit."""
+    parent: Dict[tuple, tuple] = {}
+    owner: Dict[tuple, tuple] = {}
+
+    def root(key):
+        while parent[key] != key:
+            key = parent[key]
+        return key
+    for row in rows:
+        key, shared = cell_key(row), (row["backbone"], row["episode_set_sha256"])
+        parent.setdefault(key, key)
+        if shared in owner:
+            parent[root(key)] = root(owner[shared])
+        else:
+            owner[shared] = key
+    index: Dict[tuple, int] = {}
+    return {key: index.setdefault(root(key), len(index)) for key in parent}
+
+
+def overall(rows: List[Dict], units: Optional[Dict[tuple, int]] = None) -> List[Dict]:
+    """Per method x backbone: cells and units covered, mean accuracy over its units with a CI, significant
+    wins/ties/losses against the reference per unit and mean rank group over units; complete methods first, then
+    by mean rank group. A unit: cells sharing target episodes (``units``: {cell_key: unit}, default
+    :func:`row_units`), counted once (a method's unit value: the mean over its cells in the unit). Rows flagged
     ``same-class-source`` are left out (not few-shot on their cells' classes): such a cell counts as missing."""
-    cells_on = {}
+    units = units if units is not None else row_units(rows)
+    cells_on: Dict[str, set] = {}
     for row in rows:
         cells_on.setdefault(row["backbone"], set()).add(cell_key(row))
-    groups: Dict[tuple, List[dict]] = {}
+    groups: Dict[tuple, Dict[int, List[dict]]] = {}
     for row in rows:
-        if "same-class-source" in (row["flags"] or "").split(";"):
-            continue
-        groups.setdefault((row["method"], row["backbone"]), []).append(row)
+        if "same-class-source" not in (row["flags"] or "").split(";"):
+            groups.setdefault((row["method"], row["backbone"]), {}).setdefault(units[cell_key(row)], []).append(row)
     result = []
-    for (method, backbone), members in groups.items():
-        scored = [r for r in members if r["acc_mean"] is not None]
-        compared = [r for r in members if r["p_holm"] is not None]
-        significant = [r for r in compared if r["p_holm"] < compare.ALPHA]
+    for (method, backbone), by_unit in groups.items():
+        members = [r for unit in by_unit.values() for r in unit]
+        scored = [_unit_accuracy(s) for s in ([r for r in unit if r["acc_mean"] is not None] for unit in by_unit.values())
+                  if s]
+        decisions = [d for unit in by_unit.values() for d in [_unit_decision(unit)] if d is not None]
         total = len(cells_on[backbone])
         result.append(dict(zip(OVERALL_COLUMNS, (
             method, backbone, ";".join(sorted({r["protocol"] for r in members})), len(members), total,
+            len(by_unit), len({units[c] for c in cells_on[backbone]}),
             *(_combined_ci(scored) if scored else (None, None, None)),
-            *((sum(r["delta_vs_ref"] > 0 for r in significant), len(compared) - len(significant),
-               sum(r["delta_vs_ref"] < 0 for r in significant)) if compared else (None, None, None)),
-            _mean([r["rank_group"] for r in members], 4), "incomplete" if len(members) < total else None))))
+            *((decisions.count(1), decisions.count(0), decisions.count(-1)) if decisions else (None, None, None)),
+            round(float(np.mean([np.mean([r["rank_group"] for r in unit]) for unit in by_unit.values()])), 4),
+            "incomplete" if len(members) < total else None))))
     return sorted(result, key=lambda r: (r["flags"] is not None, r["mean_rank_group"], -(r["acc_mean"] or 0),
                                          r["method"]))
 
@@ -237,6 +276,8 @@ def cli_leaderboard(args) -> int:
     reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
     entries = annotated_entries(args.store, args.bootstrap, reference=reference)
     rows = [entry.row for entry in entries]
+    with ResultsStore(args.store, create=False) as store:
+        records = store.episodes()
     if not rows:
         raise UserError(f"no episodes in {args.store}; run `fewshot-bench run` first")
     methods = sorted({r["method"] for r in rows})
@@ -244,7 +285,7 @@ def cli_leaderboard(args) -> int:
         raise UserError(f"--reference '{reference}' has no rows in {args.store}{did_you_mean(reference, methods)} "
                         f"(methods there: {', '.join(methods)})")
     out = Path(args.out)
-    overall_rows, fold_rows = overall(rows), fold_summary(rows, entries)
+    overall_rows, fold_rows = overall(rows, cell_units(entries)), fold_summary(rows, entries)
     md, overall_csv, folds_csv = (out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", "_folds.csv"))
     views = Views(out, rows, args.store)  # the summary PNG and Markdown, the HTML page, the per-cell forest plots
     with atomic_files([out, overall_csv, folds_csv, md, *views.paths]) as (out_tmp, overall_tmp, folds_tmp, md_tmp,
@@ -253,12 +294,14 @@ def cli_leaderboard(args) -> int:
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
         suite = across_cells(entries)
-        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, suite, seed_sd_tests(entries))
+        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, suite, seed_sd_tests(entries),
+                       accuracy_spearman(records))
         views.write(overall_rows, suite.ranks, reference, md_tmp, views_tmp)
     views.remove_stale_plots()
     print(f"wrote {out} ({len(rows)} rows), {md}, {overall_csv}, {folds_csv} ({len(fold_rows)} rows), {views}")
     print(f"overall (reference {reference}; wins/ties/losses significant after Holm):")
     for r in overall_rows[:10]:
-        print(f"  {r['method']:<20} {r['backbone']:<16} cells {r['cells']}/{r['cells_total']}  acc {r['acc_mean']}  "
+        print(f"  {r['method']:<20} {r['backbone']:<16} cells {r['cells']}/{r['cells_total']} (units {r['units']}/"
+              f"{r['units_total']})  acc {r['acc_mean']}  "
               f"w/t/l {r['wins']}/{r['ties']}/{r['losses']}  rank group {r['mean_rank_group']}")
     return 0

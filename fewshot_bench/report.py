@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 from .columns import LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
 from .across import SuiteComparison
 from .compare import ALPHA, IDENTICAL_SHARE, LEAK_MARK, POWER, SATURATED_ACCURACY, connected_groups, marked
+from .gradients import BASIS_HELP, COLUMNS as GRADIENT_COLUMNS, basis
 from .restarts import FAILED_MARGIN
 
 CELL_FLAGS = ("saturated", "narrow-spread", "mixed-episodes", "no-reference")
@@ -151,11 +152,38 @@ def _stability(cells: Dict[tuple, List[Dict]], tests: Sequence[Dict]) -> List[st
     return lines + [""]
 
 
+def _gradient_value(row: Dict):
+    """``grad_dir_consistency @ trainable set`` (e.g. ``0.6840 @ 22.7M``): comparable only at equal sets."""
+    value, trained = row["grad_dir_consistency"], basis(row["trainable_params"])
+    return value if value is None or trained is None else f"{value} @ {trained}"
+
+
+def _gradients(spearman: Sequence[Dict]) -> List[str]:
+    """The gradient-diagnostics section: where the columns are comparable, and their within-cell Spearman
+    correlation with accuracy per method and trainable set (``gradients.accuracy_spearman``)."""
+    lines = ["## Gradient diagnostics", "",
+             f"`{'`, `'.join(GRADIENT_COLUMNS)}` are diagnostics, not a stability or quality measure: each is "
+             f"{BASIS_HELP} (the per-cell tables write the set as `@ 22.7M`). Their Spearman correlation with "
+             "accuracy over a method's episodes within a cell (median [min, max] over cells, cells counted) shows "
+             "whether they track accuracy:", ""]
+    table: Dict[tuple, Dict[str, Dict]] = {}
+    for r in spearman:
+        table.setdefault((r["method"], r["basis"]), {})[r["column"]] = r
+
+    def entry(r: Optional[Dict]) -> str:
+        return "" if r is None else f"{r['median']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] ({r['cells']})"
+    return lines + _md_table(("method", "trainable set", *GRADIENT_COLUMNS),
+                             [(method, trained, *(entry(by.get(c)) for c in GRADIENT_COLUMNS))
+                              for (method, trained), by in table.items()]) + [""]
+
+
 def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: int = 10000,
                    reference: str = "full_ft", fold_rows: Sequence[Dict] = (),
-                   suite: Optional[SuiteComparison] = None, seed_sd_tests: Sequence[Dict] = ()) -> None:
+                   suite: Optional[SuiteComparison] = None, seed_sd_tests: Sequence[Dict] = (),
+                   gradient_spearman: Sequence[Dict] = ()) -> None:
     """leaderboard.md: findings, the across-cell tests, the restarts section (when a row has restarts), one table
-    per cell, the fold averages, the overall table and how to read them."""
+    per cell, the fold averages, the gradient diagnostics (when ``gradient_spearman`` holds any), the overall
+    table and how to read them."""
     cells = _cells(rows)
     text = [f"# Leaderboard (schema {LEADERBOARD_SCHEMA_VERSION}, reference `{reference}`)", ""] + _findings(cells, reference, rows)
     text += _across(suite) if suite is not None else []
@@ -170,14 +198,14 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
             ("rank group", "method", "protocol", "episodes", "accuracy [95% CI; class-level CI]",
              f"Δ vs {reference} [95% CI; class-level CI]",
-             "d_z", "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency", "s/episode",
-             "SGG terms acting: mag / align share, dir °"),
+             "d_z", "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency @ trainable set",
+             "s/episode", "SGG terms acting: mag / align share, dir °"),
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
               _classes(_delta(r, reference), r, "delta", signed=True), r["delta_dz"], r["p_value"], r["p_holm"],
               (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
-              r["grad_dir_consistency"], r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
+              _gradient_value(r), r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
     if fold_rows:
         text += ["## Averaged over folds", ""] + _md_table(
             ("setting (all folds)", "method", "folds", "episodes", "accuracy [95% CI over folds; class-level CI]",
@@ -186,6 +214,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
               r["method"], r["folds"], r["episodes"],
               _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
               _classes(_delta(r, reference), r, "delta", signed=True), (r["flags"] or "").replace(";", ", ")) for r in fold_rows]) + [""]
+    text += _gradients(gradient_spearman) if gradient_spearman else []
     text += ["## Overall", ""] + _md_table(OVERALL_COLUMNS, [[r[c] for c in OVERALL_COLUMNS] for r in overall_rows])
     text += [
         "", "## How to read", "",
@@ -216,11 +245,15 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         f"- **detectable difference**: the true accuracy difference a paired test on this many episodes finds with "
         f"{POWER:.0%} power at alpha {ALPHA} (normal approximation, median SD of adjacent methods' per-episode "
         "differences, no multiplicity correction); `fewshot-bench power` gives the episodes needed per difference.",
-        "- **Overall**: per method, cells covered, mean of its cell accuracies (CI from the per-cell CIs, cells "
-        f"independent), wins/ties/losses against {reference} after Holm, mean rank group; `incomplete` rows miss "
-        "cells, so their means are not comparable with complete ones.",
+        "- **Overall**: per method, cells and units covered (a **unit**: cells sharing target episodes, e.g. "
+        "clinc150->hwu64 and hwu64 fold 1, counted once, as in the across-cell tests), mean over its units of "
+        "its unit accuracies (a unit: the mean over its cells; CI from the per-cell CIs, dependent within a unit, "
+        f"independent across units), wins/ties/losses against {reference} per unit after Holm (a unit whose cells "
+        "disagree is a tie), mean rank group over units; `incomplete` rows miss cells, so their means are not "
+        "comparable with complete ones.",
         "- **failed** episodes (crashed or diverged) are excluded from accuracy; gradient columns are empty for "
-        "methods without gradient steps.",
+        "methods without gradient steps and comparable only between rows with the same trainable set "
+        "(`@ 22.7M`: the trainable parameters they are computed on; see *Gradient diagnostics*).",
         "- **SGG terms acting** (CSV `sgg_mag_active`, `sgg_align_active`, `sgg_dir_angle`): mean over episodes of "
         "the share of steps the magnitude bound acted and the alignment projection fired, and of the mean angle "
         "the direction term rotated the step; 0 / 0 / small angle means the variant is plain fine-tuning.",

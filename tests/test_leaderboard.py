@@ -1,16 +1,19 @@
 """Leaderboard: bootstrap CI, rank groups from paired tests, comparison with the reference, overall, CSV safety, CLI."""
 import csv
 
+import numpy as np
 import pytest
 
+from fewshot_bench.across import cell_units, units
 from fewshot_bench.cli import main
 from fewshot_bench.columns import COLUMNS, OVERALL_COLUMNS
 from fewshot_bench.figure import leaderboard_figure
-from fewshot_bench.leaderboard import aggregate, overall, write_csv
+from fewshot_bench.leaderboard import aggregate, annotated_entries, load_entries, overall, write_csv
+from fewshot_bench.pairs import pair_table
 from fewshot_bench.stats import bootstrap_ci
 from fewshot_bench.store import ResultsStore
 
-from helpers import build_store, record
+from helpers import SETTING, build_store, record
 
 
 @pytest.fixture
@@ -166,3 +169,62 @@ def test_sgg_term_activity_is_aggregated_per_row(tmp_path):
     assert (rows["sgg"]["sgg_mag_active"], rows["sgg"]["sgg_align_active"], rows["sgg"]["sgg_dir_angle"]) == \
         (0.375, 0.5, 11.5)
     assert rows["full_ft"]["sgg_mag_active"] is None and rows["sgg"]["sgg_step_angle"] is None
+
+
+TWIN = "other->" + SETTING
+
+
+def _twin_store(path):
+    """full_ft > protonet on demo fold 1 and on other->demo (the same episodes, the same accuracies); equal on
+    demo fold 2; the fold 1 episodes again on backbone bert."""
+    with ResultsStore(path) as store:
+        for i in range(10):
+            for setting in (SETTING, TWIN):
+                fingerprint = record(episode_index=i)["fingerprint"]
+                store.write_episode(record(method="full_ft", setting=setting, fingerprint=fingerprint, episode_index=i,
+                                           accuracy=0.9))
+                store.write_episode(record(method="protonet", setting=setting, fingerprint=fingerprint,
+                                           episode_index=i, accuracy=0.5 + 0.01 * i))
+            for method, accuracy in (("full_ft", 0.6 + 0.01 * i), ("protonet", 0.6 + 0.01 * i)):
+                store.write_episode(record(method=method, setting="demo/fold2/5way5shot15q", fold=2, episode_index=i,
+                                           accuracy=accuracy))
+                store.write_episode(record(method=method, backbone="bert", episode_index=i, accuracy=accuracy))
+    return path
+
+
+def test_overall_counts_cells_sharing_target_episodes_once(tmp_path):
+    """other->demo draws exactly demo fold 1's episodes (like clinc150->hwu64 and hwu64 fold 1) and its target-only
+    rows repeat them; demo fold 2 is another unit. Counted twice, protonet's mean would be (2 A + C) / 3 and its
+    losses 2; counted once: (A + C) / 2 and 1 loss. The same episodes on another backbone stay their own unit."""
+    path = _twin_store(tmp_path / "dup.sqlite")
+    entries = annotated_entries(path, bootstrap=200)
+    rows = [e.row for e in entries]
+    assert sorted(map(len, units(entries))) == [1, 1, 2]
+    for table in (overall(rows), overall(rows, cell_units(entries))):  # from the rows' episode sets; from fingerprints
+        protonet = {(r["method"], r["backbone"]): r for r in table}[("protonet", "minilm")]
+        a, c = 0.545, 0.645
+        assert (protonet["cells"], protonet["cells_total"], protonet["units"], protonet["units_total"]) == (3, 3, 2, 2)
+        assert protonet["acc_mean"] == pytest.approx((a + c) / 2, abs=1e-4) != pytest.approx((2 * a + c) / 3, abs=1e-3)
+        assert (protonet["wins"], protonet["ties"], protonet["losses"]) == (0, 1, 1)
+        assert protonet["mean_rank_group"] == 1.5  # (2 + 1) / 2; counted twice: (2 + 2 + 1) / 3
+        cells = {r["setting"]: r for r in rows if r["method"] == "protonet" and r["backbone"] == "minilm"}
+        half = [cells[s]["acc_ci95_high"] - cells[s]["acc_mean"] for s in (SETTING, "demo/fold2/5way5shot15q")]
+        assert protonet["acc_ci95_high"] - protonet["acc_mean"] == pytest.approx(np.hypot(*half) / 2, abs=2e-4)
+        assert {(r["method"], r["units"], r["units_total"]) for r in table if r["backbone"] == "bert"} == \
+            {("full_ft", 1, 1), ("protonet", 1, 1)}
+
+
+def test_compare_counts_a_comparison_repeated_on_the_same_episodes_once(tmp_path, capsys):
+    """protonet=full_ft in demo fold 1 and in other->demo: the same 10 differences, one member of the Holm family
+    (with demo fold 2 and bert: 3 comparisons, not 4)."""
+    path = _twin_store(tmp_path / "dup.sqlite")
+    table = {(r["setting"], r["backbone"]): r
+             for r in pair_table(load_entries(path, bootstrap=1), [("protonet", "full_ft")], 100)}
+    first, repeat = table[(SETTING, "minilm")], table[(TWIN, "minilm")]
+    assert repeat["same_as"] == SETTING and first["same_as"] is None and table[(SETTING, "bert")]["same_as"] is None
+    assert first["p"] == pytest.approx(2 / 2 ** 10)
+    assert repeat["p_holm"] == first["p_holm"] == pytest.approx(3 * 2 / 2 ** 10)  # Holm over 3 (the others: p = 1)
+    assert main(["compare", "--store", str(path), "--pair", "protonet=full_ft", "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "Holm over these 3 comparisons, 1 repeating another on the same episodes counted once (=)" in out
+    assert f"(= {SETTING})" in out

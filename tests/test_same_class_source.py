@@ -105,7 +105,7 @@ def test_the_leak_mark_is_everywhere_a_leaked_rows_number_appears(tmp_path, caps
         fig = real(rows, reference)
         labels.extend(t.get_text() for ax in fig.axes for t in ax.get_yticklabels())
         return fig
-    monkeypatch.setattr("fewshot_bench.summary.leaderboard_figure", spy)
+    monkeypatch.setattr("fewshot_bench.summary.leaderboard_figure", spy)  # the forest plots are drawn by summary.Views
     out_csv = tmp_path / "lb.csv"
     assert main(["leaderboard", "--store", str(tmp_path / "s.sqlite"), "--out", str(out_csv), "--bootstrap", "100"]) == 0
     findings = next(l for l in (tmp_path / "lb.md").read_text().splitlines() if l.startswith("- **demo fold 1"))
