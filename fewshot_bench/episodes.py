@@ -11,6 +11,7 @@ import numpy as np
 from .data import TaskData, get_task_data
 from .errors import UserError
 from .hashing import hash_seed
+from .task import TaskConfig
 
 Shot = Union[int, Sequence[int]]
 
@@ -83,6 +84,19 @@ def parse_n_way(n_way) -> Union[int, str]:
     if value is None or value < 2:
         raise UserError(f"n_way '{n_way}' is not a number of classes; use an integer >= 2 or 'all'")
     return value
+
+
+def episode_shape(config: TaskConfig, n_way=None, k_shot=None, q_query=None) -> tuple:
+    """(n_way, k_shot, q_query) as given (``--n-way``/``--k-shot``/``--query``), each defaulting to the card's
+    ``episodes``; an n_way other than 'all' must be an integer."""
+    defaults = config.episodes
+    n_way = n_way if n_way is not None else defaults.n_way
+    if n_way != "all":
+        try:
+            n_way = int(n_way)
+        except (TypeError, ValueError):
+            raise UserError(f"--n-way expects an integer (or 'all'), got '{n_way}'") from None
+    return n_way, k_shot if k_shot is not None else defaults.k_shot, q_query if q_query is not None else defaults.q_query
 
 
 def sample_episode(data: TaskData, *, pool: str = "target", n_way: Union[int, str] = 5, k_shot: Shot = 5,
@@ -163,8 +177,6 @@ class Setting:
 
     def source_episode(self, seed: int, index: int) -> Episode:
         """Episodes for meta-training: the source pool of ``source_task`` (default: the same task)."""
-        from .sealed import SourcePool
-
         return SourcePool(self, seed)(index)
 
     @property
@@ -188,17 +200,36 @@ class Setting:
         return tuple(sorted(set(source_pool.classes) & set(evaluated.classes)))
 
     def source_episodes(self, seed: int) -> Optional[Callable[[int], Episode]]:
-        """index -> source-pool episode (a :class:`~fewshot_bench.sealed.SourcePool`), or None when the
+        """index -> source-pool episode (a :class:`SourcePool`), or None when the
         setting has no source pool."""
-        from .sealed import SourcePool
-
         return SourcePool(self, seed) if self.has_source_pool else None
 
     def validation_episodes(self, seed: int) -> Callable[[int], Episode]:
         """index -> episode of the source task's validation pool (early stopping while meta-training)."""
-        from .sealed import SourcePool
-
         return SourcePool(self, seed, pool="validation")
+
+
+class SourcePool:
+    """``index -> source-pool episode`` of a setting (the setting's shape, the run's seed); nothing else.
+    ``pool="validation"``: the source task's validation pool instead (early stopping while meta-training).
+
+    It holds the source task's name and the episode shape, not the :class:`Setting`, so a method cannot
+    reach ``Setting.target_episode`` through it.
+    """
+
+    __slots__ = ("_task", "_fold", "_shape", "_seed", "_pool")
+
+    def __init__(self, setting: Setting, seed: int, pool: str = "source"):
+        self._task = setting.source_task or setting.task
+        self._fold = setting.fold if self._task == setting.task else 1
+        self._shape = (setting.n_way, setting.k_shot, setting.q_query)
+        self._seed = seed
+        self._pool = pool
+
+    def __call__(self, index: int) -> Episode:
+        n_way, k_shot, q_query = self._shape
+        return sample_episode(get_task_data(self._task, self._fold), pool=self._pool, n_way=n_way, k_shot=k_shot,
+                              q_query=q_query, seed=self._seed, index=index)
 
 
 def episode_set_sha256(fingerprints: List[str]) -> str:
