@@ -43,7 +43,7 @@ from .run_config import RunConfig, settings_of
 from .runner import Run, autocast_dtype
 from .stats import bootstrap_ci
 from .store import ResultsStore
-from .tuning import load_tuned
+from .tuned import load_tuned
 
 
 @dataclass

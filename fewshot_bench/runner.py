@@ -33,7 +33,7 @@ from .shards import existing_shards
 from .spec import method_from_spec, method_label, parse_spec
 from .store import ResultsStore
 from .threads import set_threads
-from .tuning import load_tuned, tuned_overrides
+from .tuned import load_tuned, tuned_overrides
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Contract:
     how many episodes it used); off by default, so every trial uses every episode.
   * Every trial is a row of the store's ``trials`` table (config, accuracy with its bootstrap 95% CI, wall
     time, mean per-episode figures such as SGG's term activity); the chosen configs are written to a YAML
-    file that ``fewshot-bench run --tuned FILE`` reads (:func:`tuned_overrides`).
+    file that ``fewshot-bench run --tuned FILE`` reads (:mod:`fewshot_bench.tuned`).
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import yaml
 
-from .config import from_mapping, option, read_yaml, validate
+from .config import from_mapping, option, validate
 from .errors import UserError
 from .interrupts import is_method_failure, watch_sigint
 
@@ -279,23 +279,6 @@ def tune(config: TuneConfig) -> dict:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         Path(config.out).write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return document
-
-
-def load_tuned(path: str) -> dict:
-    """The ``settings`` mapping of a tuned-config file, checked: {target setting label: {method: entry}}."""
-    document = read_yaml(path, "--tuned")
-    if not isinstance(document, dict) or not isinstance(document.get("settings"), dict):
-        raise UserError(f"--tuned {path}: no 'settings' mapping; write the file with fewshot-bench tune")
-    return document["settings"]
-
-
-def tuned_overrides(tuned: dict, path: str, setting_label: str, method: str) -> Optional[dict]:
-    """The chosen overrides of ``method`` for ``setting_label`` (None when that method is untuned there)."""
-    entry = tuned.get(setting_label, {}).get(method)
-    if entry is None:
-        raise UserError(f"--tuned {path} has no config for {method} on {setting_label}; tune that setting "
-                        f"(fewshot-bench tune --tasks ...) or leave {method} out")
-    return entry["overrides"] if entry.get("tuned") else None
 
 
 def cli_tune(args) -> int:
