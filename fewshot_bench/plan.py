@@ -5,8 +5,8 @@ Calibration: each method of the run adapts to one warm-up and one timed episode 
 adaptation and query prediction timed apart. Adaptation seconds are affine in the support texts (a fixed
 per-step cost, e.g. the optimizer over every parameter, plus a cost per text), prediction seconds affine in the
 query texts; both lines go through the two calibration points (through the origin and the one point when there
-is one setting). A method's hours are the sum over its cells of episodes × that estimate. Meta-training is not in the estimate (the method is
-calibrated from the pretrained weights), nor are tuned configs. Nothing is written: no store, no leaderboard,
+is one setting). A method's hours are the sum over its cells of episodes × that estimate. Meta-training is not
+in the estimate (the method is calibrated from the pretrained weights), nor are tuned configs. Nothing is written: no store, no leaderboard,
 no meta-training cache.
 """
 from __future__ import annotations

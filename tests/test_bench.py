@@ -1,6 +1,5 @@
 """bench/bench.py times what `fewshot-bench run` evaluates (runner.episode_record), not a loop of its own."""
 import importlib.util
-import os
 
 import pytest
 
@@ -26,7 +25,6 @@ def test_bench_times_the_run_episode_path(bench, monkeypatch, tmp_path):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "episode_record", spy)
-    monkeypatch.setenv("FEWSHOT_BENCH_DATA", os.environ.get("FEWSHOT_BENCH_DATA", ""))  # bench sets it; restored after
     args = bench.parse_args(["--backbone", "tiny-encoder", "--task", "demo_intents", "--n-way", "3", "--k-shot", "1",
                              "--query", "2", "--episodes", "2", "--steps", "2", "--device", "cpu", "--threads", "1",
                              "--data-dir", str(tmp_path)])

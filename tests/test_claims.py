@@ -40,7 +40,8 @@ def test_planted_effects_decide_the_claims(claims):
     entries = [_entry("sgg", "a/fold1/5way1shot15q", base + 0.1), _entry("full_ft", "a/fold1/5way1shot15q", base),
                _entry("sgg", "b/fold1/5way1shot15q", base), _entry("full_ft", "b/fold1/5way1shot15q", base + 0.1),
                _entry("lora", "a/fold1/5way1shot15q", base + 0.1 + rng.normal(0, 0.001, 40)),
-               _entry("sgg", "x->y/fold1/5way1shot15q", base + 0.1), _entry("sgg-no-align", "x->y/fold1/5way1shot15q", base),
+               _entry("sgg", "x->y/fold1/5way1shot15q", base + 0.1),
+               _entry("sgg-no-align", "x->y/fold1/5way1shot15q", base),
                _entry("maml", "a/fold1/5way1shot15q", base - 0.2, planned=100)]  # incomplete: not compared
     verdicts = _verdicts(claims, entries)
     assert verdicts["SGG is more accurate than full fine-tuning"].startswith("mixed (better in 1, worse in 1 of 2")
