@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 INF = float("inf")
-LEADERBOARD_SCHEMA_VERSION = 4
+LEADERBOARD_SCHEMA_VERSION = 5
 RANGE_TOLERANCE = 1e-4  # float32 cosines and ratios over millions of parameters overshoot [-1, 1] by rounding
 
 
@@ -71,6 +71,11 @@ METRICS: Tuple[Metric, ...] = (
     Metric("sgg_dir_angle", "REAL", 0, 180, "mean degrees the SGG direction term rotated g", method_figure=True),
     Metric("sgg_step_angle", "REAL", 0, 180, "mean degrees between the task gradient and the applied step",
            method_figure=True),
+    # what adaptation did, for methods whose predictor also gives its un-adapted model (Predictor.initial: MAML,
+    # FOMAML); NULL for the others
+    Metric("support_loss_before", "REAL", 0, INF, "support cross-entropy of the un-adapted model"),
+    Metric("support_loss_after", "REAL", 0, INF, "support cross-entropy of the adapted model"),
+    Metric("adapt_changed", "REAL", 0, 1, "share of query predictions adaptation changed (vs the un-adapted model)"),
 )
 METRIC = {m.name: m for m in METRICS}
 METHOD_FIGURES = tuple(m.name for m in METRICS if m.method_figure)  # what a method may declare and report
@@ -167,6 +172,10 @@ LEADERBOARD: Tuple[Column, ...] = (
     _share("acc_class_ci95_high", "class-level bootstrap 95% CI of acc_mean, high end"),
     _delta("delta_class_ci95_low", "class-level bootstrap 95% CI of delta_vs_ref, low end"),
     _delta("delta_class_ci95_high", "class-level bootstrap 95% CI of delta_vs_ref, high end"),
+    # schema 5
+    mean_of("support_loss_before"),
+    mean_of("support_loss_after"),
+    mean_of("adapt_changed"),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
 AGGREGATES = tuple(c for c in LEADERBOARD if c.source)

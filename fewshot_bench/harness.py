@@ -55,6 +55,24 @@ def predict_queries(predictor: Predictor, backbone: Backbone, texts, n_way: int,
     return torch.empty_like(logits).index_copy_(0, positions, logits)
 
 
+@torch.no_grad()
+def adaptation_figures(predictor: Predictor, backbone: Backbone, episode: Episode, logits: torch.Tensor) -> dict:
+    """What adaptation did, for a predictor that also gives its un-adapted model (``Predictor.initial``): the
+    support cross-entropy before and after, and the share of query predictions (``logits``, the adapted model's)
+    that differ from the un-adapted model's. Figures of non-finite logits are None."""
+    initial = Predictor(predictor.initial)
+    before_query = predict_queries(initial, backbone, episode.query_texts, episode.n_way)
+    labels = torch.tensor(episode.support_labels, device=logits.device)
+
+    def support_loss(model: Predictor):
+        support = predict_queries(model, backbone, episode.support_texts, episode.n_way)
+        return float(torch.nn.functional.cross_entropy(support, labels)) if torch.isfinite(support).all() else None
+
+    changed = (before_query.argmax(-1) != logits.argmax(-1)).float().mean().item()
+    return {"support_loss_before": support_loss(initial), "support_loss_after": support_loss(predictor),
+            "adapt_changed": changed if torch.isfinite(before_query).all() else None}
+
+
 def failure_reason(exc: BaseException) -> str:
     """The stored error text of a method's failure: type, message and the innermost frames."""
     return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
@@ -112,13 +130,15 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
         if isinstance(trainable, bool) or not isinstance(trainable, int) or trainable < 0:
             raise TypeError(f"Predictor.trainable_params is {trainable!r}, not a count of parameters")
         logits = predict_queries(predictor, backbone, view.query_texts, view.n_way)
+        adaptation = (adaptation_figures(predictor, backbone, episode, logits)
+                      if predictor.initial is not None and torch.isfinite(logits).all() else {})
         figures = checked_figures(method, ctx.figures)
         record["trainable_params"] = trainable
         if not torch.isfinite(logits).all():
             record.update(status="diverged", error="non-finite logits on the query set")
         else:
             predictions = logits.argmax(-1).tolist()
-            scores = {"predictions": predictions, **query_scores(episode.query_labels, predictions)}
+            scores = {"predictions": predictions, **query_scores(episode.query_labels, predictions), **adaptation}
     except BaseException as exc:  # one bad episode must not end the run; a real Ctrl-C does
         if not is_method_failure(exc):
             raise

@@ -41,9 +41,14 @@ class MethodConfig:
 
 @dataclass
 class Predictor:
-    """What ``adapt`` returns: ``predict(batch) -> logits [B, n_way]``, and how many parameters were trained."""
+    """What ``adapt`` returns: ``predict(batch) -> logits [B, n_way]``, and how many parameters were trained.
+
+    ``initial`` (optional): the same classifier before the method's training steps (e.g. MAML's meta-learned
+    model with its initial episode head). Given it, the harness measures how much adaptation did: the support
+    loss before and after, and the share of query predictions adaptation changed."""
     predict: Callable[[Batch], torch.Tensor]
     trainable_params: int = 0
+    initial: Optional[Callable[[Batch], torch.Tensor]] = None
 
 
 class Method:

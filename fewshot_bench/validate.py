@@ -37,6 +37,9 @@ def _check_header(path, header: List[str]) -> List[str]:
     if header == list(_SCHEMA_1):
         return [f"{path}:1: header: a schema 1 leaderboard (no paired comparisons) "
                 f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
+    if header == list(COLUMNS[:COLUMNS.index("support_loss_before")]):
+        return [f"{path}:1: header: a schema 4 leaderboard (no adaptation figures) (expected schema "
+                f"{LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
     if header == list(COLUMNS[:COLUMNS.index("delta_dz")]):
         return [f"{path}:1: header: a schema 3 leaderboard (no d_z; one Holm family over the whole leaderboard) "
                 f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "

@@ -34,11 +34,11 @@ def one_thread():
 
 
 # ------------------------------------------------------------------------------------------- reference implementation
-def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order):
+def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order, head_scale=MAMLConfig().head_scale):
     """Hand-unrolled MAML with torch.autograd.grad(create_graph=True), no torch.func transforms.
 
     Returns (query loss, {meta name: grad}, {lr name: grad}). The head is initialised from prototypes of a
-    separate step-0 forward; each step's gradient is taken w.r.t. per-step aliases of the adapted tensors
+    separate step-0 forward (scaled by ``head_scale``); each step's gradient is taken w.r.t. per-step aliases of the adapted tensors
     and of the head, i.e. partial derivatives with the head held fixed — the definition in maml.py.
     """
     leaves = {n: p.detach().clone().requires_grad_(n in meta) for n, p in model.named_parameters()}
@@ -54,7 +54,7 @@ def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order):
     e0 = embed(leaves, support)
     onehot = F.one_hot(support.labels, episode.n_way).double()
     protos = onehot.T @ e0 / onehot.sum(0).unsqueeze(1)
-    weight, bias = 2 * protos, -(protos ** 2).sum(1)
+    weight, bias = 2 * head_scale * protos, -head_scale * (protos ** 2).sum(1)
     for _ in range(steps):
         alias = {n: fast[n].view_as(fast[n]) for n in adapt}
         w_alias, b_alias = weight.view_as(weight), bias.view_as(bias)
@@ -161,7 +161,7 @@ def test_fomaml_equals_unrolled_with_detached_inner_gradients(backbone, demo, ad
 def test_zero_inner_steps_is_the_prototype_head_on_pristine_weights(backbone, demo):
     episode = demo[0]
     ctx = EpisodeContext(backbone, episode, 0)
-    predictor = method_from_spec(MAML_SPEC, {"inner_steps": 0}).adapt(ctx)
+    predictor = method_from_spec(MAML_SPEC, {"inner_steps": 0, "head_scale": 1.0}).adapt(ctx)
     query = ctx.batch(episode, "query")
     with torch.no_grad():
         logits = predictor.predict(query)
@@ -369,3 +369,77 @@ def test_cache_file_is_checked_against_the_config_it_claims(backbone, demo, tmp_
     restored.load_state_dict(state)
     a, b = run_episode(reference, demo[0], backbone, seed=0), run_episode(restored, demo[0], backbone, seed=0)
     assert a["status"] == "ok" and a["predictions"] == b["predictions"]
+
+
+# ------------------------------------------------------------------------------------------- adaptation is measured
+def test_default_inner_loop_changes_planted_one_shot_logits():
+    """A planted 1-shot episode with MiniLM-sized pooled vectors (norm 5.5): at the defaults the support loss before
+    the inner loop is clearly non-zero and the inner steps move the query logits; at head_scale 1 (the 0.3
+    default) the loss is ~0 and nothing moves."""
+    from fewshot_bench.baselines.maml_inner import _head_loss, init_head
+
+    g = torch.Generator().manual_seed(0)
+    support = 5.5 * F.normalize(torch.randn(5, 32, generator=g), dim=1)
+    query = support.repeat(3, 1) + 2.0 * torch.randn(15, 32, generator=g)
+    labels = torch.arange(5)
+
+    def adapt(config):
+        weight, bias = init_head(support, labels, 5, "proto", config.head_scale)
+        before = query @ weight.T + bias
+        first = None
+        for _ in range(config.inner_steps):
+            weight, bias = weight.detach().requires_grad_(True), bias.detach().requires_grad_(True)
+            loss = _head_loss(support, weight, bias, labels)
+            first = float(loss.detach()) if first is None else first
+            g_w, g_b = torch.autograd.grad(loss, (weight, bias))
+            weight, bias = weight - config.inner_lr * g_w, bias - config.inner_lr * g_b
+        return first, (query @ weight.T + bias - before).abs().max().item()
+
+    loss, moved = adapt(MAMLConfig())
+    assert loss >= 0.1 and moved > 1e-3
+    loss, moved = adapt(MAMLConfig(head_scale=1.0, inner_lr=1e-2))
+    assert loss < 1e-4 and moved < 1e-4
+
+
+@pytest.mark.parametrize("spec", [MAML_SPEC, FOMAML_SPEC])
+def test_harness_reports_what_the_default_inner_loop_did(backbone, spec):
+    """The harness stores the support loss before/after the inner loop and the share of changed query predictions."""
+    episode = sample_episode(get_task_data("demo_intents"), pool="target", n_way=5, k_shot=1, q_query=5, seed=0, index=0)
+    record = run_episode(method_from_spec(spec), episode, backbone, seed=0)
+    assert record["status"] == "ok", record["error"]
+    assert record["support_loss_before"] >= 0.1
+    assert record["support_loss_after"] < record["support_loss_before"]
+    assert 0.0 <= record["adapt_changed"] <= 1.0
+    unadapted = run_episode(method_from_spec(spec, {"inner_steps": 0}), episode, backbone, seed=0)
+    assert unadapted["status"] == "ok" and unadapted.get("adapt_changed") is None  # no inner step: nothing to measure
+
+
+def test_adaptation_figures_are_the_harness_measure_of_the_two_predictors(tiny_backbone, demo_episode):
+    """adapt_changed is the share of query argmaxes that differ; a method without an un-adapted model gets none."""
+    from fewshot_bench.methods import Method, Predictor
+
+    n_way = demo_episode.n_way
+
+    def constant(cls):
+        return lambda batch: F.one_hot(torch.full((batch.input_ids.shape[0],), cls), n_way).float() * 5
+
+    class Flip(Method):
+        name = "flip"
+
+        def adapt(self, ctx):
+            return Predictor(constant(0), initial=constant(1))
+
+    class Plain(Method):
+        name = "plain"
+
+        def adapt(self, ctx):
+            return Predictor(constant(0))
+
+    record = run_episode(Flip(), demo_episode, tiny_backbone, seed=0)
+    assert record["adapt_changed"] == 1.0
+    labels = torch.tensor(demo_episode.support_labels)
+    expected = {cls: float(F.cross_entropy(F.one_hot(torch.full((len(labels),), cls), n_way).float() * 5, labels))
+                for cls in (0, 1)}
+    assert record["support_loss_after"] == pytest.approx(expected[0], rel=1e-5)
+    assert record["support_loss_before"] == pytest.approx(expected[1], rel=1e-5)
+    assert "adapt_changed" not in run_episode(Plain(), demo_episode, tiny_backbone, seed=0)
