@@ -152,3 +152,22 @@ def test_a_recycled_model_is_reset_in_place_to_the_pretrained_weights(demo_episo
     apply_lora(base, 2, 4)  # adapters injected into the base model's layers: not the pretrained layout any more
     backbone.recycle(base)
     assert backbone._spare is None
+
+
+def test_cache_fill_batches_of_one_token_length_equal_batches_of_one():
+    """On one CPU thread the cache embeds texts of equal token length together, each row equal to the text
+    embedded alone bit for bit (MiniLM); with more threads (where that does not hold) it embeds them alone."""
+    texts = ["my card was declined at the shop", "why was my transfer to a friend late",
+             "how long does a top up take", "can i change my pin at an atm"]
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            backbone = load_backbone("minilm", device="cpu")
+            lengths = [len(ids) for ids in backbone._token_ids(texts)]
+            filled = backbone.frozen_embeddings(texts)
+            with torch.no_grad():
+                alone = torch.stack([backbone.embed(backbone.pristine, backbone.tokenize([t]))[0].float() for t in texts])
+            assert len(set(lengths)) < len(texts) and torch.equal(filled, alone), threads
+    finally:
+        torch.set_num_threads(before)
