@@ -1,4 +1,5 @@
-"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,power,reproduce,validate,merge}``.
+"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,power,reproduce,validate,merge,
+campaign}``.
 
 Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
@@ -164,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+")
     p.add_argument("--store", required=True, help="the store to merge into")
     p.set_defaults(handler="fewshot_bench.store:cli_merge")
+
+    p = sub.add_parser("campaign", parents=[common],
+                       help="a resumable compute queue: status (what is missing, CPU-hours), run (worker processes "
+                            "into shards), merge (complete units into the store)")
+    p.add_argument("action", choices=["status", "run", "merge"])
+    p.add_argument("--file", default="leaderboard/campaign.yaml", help="campaign file: 'entries', an ordered list of "
+                                                                        "run configurations (default: %(default)s)")
+    p.add_argument("--store", default="leaderboard/results.sqlite",
+                   help="results store, only read by status and run (default: %(default)s)")
+    p.add_argument("--shards", default="runs/campaign", help="folder of the workers' shard stores "
+                                                             "shard<i>.sqlite and logs (default: %(default)s)")
+    p.add_argument("--processes", type=bounded_int, default=1, help="run: worker processes, 1 to 64 (default 1)")
+    p.add_argument("--threads", type=bounded_int, default=1, help="run: torch threads per worker (default 1)")
+    p.set_defaults(handler="fewshot_bench.cli:cmd_campaign")
     return parser
 
 
@@ -229,6 +244,17 @@ def cmd_run(args) -> int:
 
         cli_leaderboard(argparse.Namespace(store=store_path, out=config.out, bootstrap=10000))
     return 0
+
+
+def cmd_campaign(args) -> int:
+    from . import campaign
+
+    if args.action == "status":
+        return campaign.status(args.file, args.store, args.shards)
+    if args.action == "merge":
+        return campaign.merge(args.file, args.store, args.shards)
+    return campaign.run(args.file, args.store, args.shards, processes=args.processes, threads=args.threads,
+                        tasks_dirs=args.tasks_dir)
 
 
 def cmd_episodes(args) -> int:

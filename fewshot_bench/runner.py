@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -80,12 +80,8 @@ class Run:
         """The cell of (setting, spec), created once with the episodes already stored anywhere."""
         key = (setting, spec)
         if key not in self.cells:
-            config, overrides, name = self.config, self.specs[spec], parse_spec(spec)[0]
-            chosen = tuned_overrides(self.tuned, config.tuned, setting.label, name) if self.tuned is not None else None
-            method = method_from_spec(name, {**(chosen or {}), **overrides})
-            label = method_label(method.name, overrides) + ("[tuned]" if chosen is not None else "")
-            run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
-                                    "backbone": config.backbone, "source_task": setting.source_task})
+            config = self.config
+            method, label, run_hash = cell_identity(config, spec, self.specs[spec], setting, self.tuned)
             done = {(index, restart) for restart in range(config.restarts)
                     for store in [self.store, *self.finished_elsewhere]
                     for index in store.done_indices(restart_hash(run_hash, restart), label, config.backbone,
@@ -177,6 +173,20 @@ class Run:
                         (record["error"] or "").splitlines()[0])
 
 
+def cell_identity(config: RunConfig, spec: str, overrides: Dict[str, str], setting: Setting,
+                  tuned: Optional[dict] = None) -> Tuple[Method, str, str]:
+    """(method instance, leaderboard label, run hash) of the run's method ``spec`` (with its ``overrides``, from
+    :func:`method_specs`) on ``setting``. Its episodes are stored under (:func:`restart_hash` of the run hash,
+    label, backbone, task, setting label): :meth:`Run.cell` and ``fewshot-bench campaign`` both key on this."""
+    name = parse_spec(spec)[0]
+    chosen = tuned_overrides(tuned, config.tuned, setting.label, name) if tuned is not None else None
+    method = method_from_spec(name, {**(chosen or {}), **overrides})
+    label = method_label(method.name, overrides) + ("[tuned]" if chosen is not None else "")
+    run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
+                            "backbone": config.backbone, "source_task": setting.source_task})
+    return method, label, run_hash
+
+
 def restart_hash(run_hash: str, restart: int) -> str:
     """The store key of a restart: the run hash itself for restart 0 (stores without restarts stay resumable),
     a hash of (run hash, restart) otherwise."""
@@ -237,8 +247,12 @@ def check_run_outputs(config: RunConfig, store_path: Optional[str] = None, confi
 
 
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
-        barrier=None) -> str:
+        barrier=None, only: Optional[Set[Tuple[str, str, int]]] = None, finished: Sequence = ()) -> str:
     """Execute the run; returns the store path written (a shard path when ``world_size > 1``).
+
+    ``only``: run just these (setting label, method spec, restart) units, each with all its episodes (None: every
+    unit of the config). ``finished``: more stores, read-only (objects with ``done_indices``, e.g.
+    ``campaign.Finished``), whose finished episodes count as done; the caller opens and closes them.
 
     With several ranks, the meta-trainings (meta-trained method x setting with episodes left) are shared
     out round-robin and cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node
@@ -259,9 +273,9 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     # resume: episodes finished in the run's store or in any shard of an earlier (killed) torchrun job
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
-    execution = Run(config, device, backbones, store, finished_elsewhere, tuned)
+    execution = Run(config, device, backbones, store, [*finished_elsewhere, *finished], tuned)
     units = [(s, m, i, r) for s in settings for m in execution.specs for i in range(n_episodes)
-             for r in range(config.restarts)]
+             for r in range(config.restarts) if only is None or (s.label, m, r) in only]
     if world_size > 1:  # meta-training shared out round-robin, cached on disk, then loaded by every rank
         cells = [execution.cell(s, m) for s, m in dict.fromkeys((s, m) for s, m, _, _ in units)]
         pending = [c for c in cells if c.method.protocol == "meta-trained"

@@ -1,0 +1,212 @@
+"""`fewshot-bench campaign` (status, run, merge) on the tiny backbone and the demo task: the same rows as a plain
+`run`, kill and resume, merge of complete units only, bad input, and the committed store's units read as done
+(config hashes stay stable across refactors)."""
+import csv
+import hashlib
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from fewshot_bench.campaign import Finished, load_campaign
+from fewshot_bench.cli import main
+from fewshot_bench.store import ResultsStore
+
+from helpers import REPO, committed_rows, record, shared_data_dir
+
+TINY = {"tasks": ["demo_intents"], "backbone": "tiny-encoder", "query": 2, "seed": 0}
+ENTRIES = [{**TINY, "methods": ["full_ft", "protonet"], "method_config": ["full_ft.steps=2"], "n_way": 5, "k_shot": 1,
+            "episodes": 3},
+           {**TINY, "methods": ["full_ft"], "method_config": ["full_ft.steps=2"], "k_shot": 2, "episodes": 2,
+            "restarts": 2}]
+# full_ft and lora on banking77 and hwu64 5-way 1-shot were stored on 2026-11-26 with source_every=2, their default
+# until commit 74035f6 (2026-12-03) set it to 0: a config change, so today's run hash differs and `run` (and the
+# campaign) would compute them again under the new one.
+STALE_CONFIG = {(cell, method) for cell in ("banking77/fold1/5way1shot15q", "hwu64/fold1/5way1shot15q")
+                for method in ("full_ft", "lora")}
+ROWS = "SELECT method, setting, episode_index, COALESCE(restart, 0), predictions, accuracy, config_hash FROM episodes"
+
+
+@pytest.fixture(autouse=True)
+def no_data_dir(monkeypatch):
+    monkeypatch.setenv("FEWSHOT_BENCH_DATA", "")
+
+
+def write_campaign(path, entries):
+    path.write_text(yaml.safe_dump({"entries": entries}))
+    return str(path)
+
+
+def empty_store(path):
+    """A new results store in rollback-journal mode, as the committed one is."""
+    ResultsStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+    return str(path)
+
+
+def rows(path):
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return sorted(conn.execute(ROWS).fetchall())
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def args(action, file, store, shards, *extra):
+    return ["campaign", action, "--file", str(file), "--store", str(store), "--shards", str(shards), *extra]
+
+
+def test_campaign_in_two_processes_then_merged_equals_a_plain_run(tmp_path, capsys):
+    file, store, shards = write_campaign(tmp_path / "c.yaml", ENTRIES), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    before = digest(store)
+    assert main(args("run", file, store, shards, "--processes", "2")) == 0
+    assert digest(store) == before, "campaign run must only read the store"
+    assert sorted(p.name for p in shards.glob("shard*.sqlite")) == ["shard0.sqlite", "shard1.sqlite"]
+    assert "units 4/4 | episodes 10/10" in capsys.readouterr().out
+    assert main(args("merge", file, store, shards)) == 0
+    assert "merged 4 complete units (10 episode rows)" in capsys.readouterr().out
+    plain = tmp_path / "plain.sqlite"
+    base = ["run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0", "--threads",
+            "1", "--method-config", "full_ft.steps=2", "--store", str(plain), "--out", ""]
+    assert main(base + ["--methods", "full_ft,protonet", "--n-way", "5", "--k-shot", "1", "--episodes", "3"]) == 0
+    assert main(base + ["--methods", "full_ft", "--k-shot", "2", "--episodes", "2", "--restarts", "2"]) == 0
+    assert rows(store) == rows(plain) and len(rows(store)) == 10
+    assert not (tmp_path / "s.sqlite-wal").exists()
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    capsys.readouterr()
+    assert main(args("status", file, store, shards)) == 0
+    assert capsys.readouterr().out.startswith("nothing to do: all 4 units")
+
+
+def test_killed_campaign_resumes_without_recomputing(tmp_path):
+    entry = {**TINY, "methods": ["full_ft"], "method_config": ["full_ft.steps=30"], "k_shot": 2, "episodes": 20}
+    file, store, shards = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    cmd = [sys.executable, "-m", "fewshot_bench", *args("run", file, store, shards, "--processes", "1")]
+    shard, log = shards / "shard0.sqlite", tmp_path / "campaign.log"
+    with open(log, "w") as output:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while committed_rows(shard) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # `kill`: the campaign stops its worker, which loses at most its episode
+        proc.wait(timeout=120)
+    done = committed_rows(shard)
+    assert 2 <= done < 20, f"the campaign must be killed mid-way ({done} episodes): {log.read_text()}"
+    with sqlite3.connect(shard) as conn:
+        before = dict(conn.execute("SELECT episode_index, created_at FROM episodes").fetchall())
+    resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr + (shards / "shard0.log").read_text()
+    with sqlite3.connect(shard) as conn:
+        after = dict(conn.execute("SELECT episode_index, created_at FROM episodes WHERE status = 'ok'").fetchall())
+    assert sorted(after) == list(range(20))
+    assert all(after[i] == before[i] for i in before), "stored episodes must be skipped, not recomputed"
+    assert committed_rows(store) == 0
+
+
+def test_merge_takes_complete_units_only(tmp_path, capsys):
+    entry = {**TINY, "methods": ["protonet", "linear_probe"], "k_shot": 1, "episodes": 3}
+    file, store, shards = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    protonet, probe = load_campaign(file).units
+    shards.mkdir()
+    with ResultsStore(shards / "shard0.sqlite") as shard:
+        for unit, indices in ((protonet, [0, 1, 2]), (probe, [0, 1])):
+            for i in indices:
+                shard.write_episode(unit_record(unit, i))
+        shard.write_episode(unit_record(probe, 2, status="failed", accuracy=None))  # a failed episode is not done
+    assert main(args("merge", file, store, shards)) == 0
+    out = capsys.readouterr().out
+    assert "merged 1 complete units (3 episode rows)" in out and "1 incomplete units" in out and "2/3 episodes" in out
+    assert {r[0] for r in rows(store)} == {"protonet"} and len(rows(store)) == 3
+    assert {r[0] for r in rows(shards / "shard0.sqlite")} == {"protonet", "linear_probe"}
+    assert not (tmp_path / "s.sqlite-wal").exists()
+    assert main(args("status", file, store, shards)) == 0
+    out = capsys.readouterr().out
+    assert "linear_probe" in out and "2/3" in out and "protonet" not in out
+
+
+def unit_record(unit, index, **overrides):
+    """A synthetic stored episode of ``unit`` under the keys `run` writes."""
+    config_hash, method, backbone, task, setting = unit.key
+    return record(config_hash=config_hash, method=method, backbone=backbone, task=task, setting=setting,
+                  episode_index=index, restart=unit.restart, **overrides)
+
+
+def test_status_on_a_store_holding_everything_lists_nothing(tmp_path, capsys):
+    file, store, shards = write_campaign(tmp_path / "c.yaml", ENTRIES), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    units = load_campaign(file).units
+    assert [(u.label, u.restart) for u in units] == [("full_ft(steps=2)", 0), ("protonet", 0), ("full_ft(steps=2)", 0),
+                                                      ("full_ft(steps=2)", 1)]
+    assert main(args("status", file, store, shards)) == 0
+    assert "4 of 4 units to do (10 episodes)" in capsys.readouterr().out
+    with ResultsStore(store) as opened:
+        for unit in units:
+            for i in range(unit.episodes):
+                opened.write_episode(unit_record(unit, i))
+    assert main(args("status", file, store, shards)) == 0
+    assert capsys.readouterr().out == f"nothing to do: all 4 units of {file} are done\n"
+    assert main(args("run", file, store, shards)) == 0 and not shards.exists()
+
+
+def test_committed_store_units_read_as_done(tmp_path, capsys, monkeypatch):
+    """Hash stability: every core-suite row of the committed leaderboard with all its planned episodes ok is a unit
+    `campaign status` finds done in (a copy of) the committed store, which it leaves byte for byte unchanged; the
+    only exceptions are the rows of :data:`STALE_CONFIG`, which it names as stored under another config hash."""
+    monkeypatch.setenv("FEWSHOT_BENCH_DATA", str(shared_data_dir()))
+    store = tmp_path / "results.sqlite"
+    shutil.copyfile(REPO / "leaderboard" / "results.sqlite", store)
+    before = digest(store)
+    file = REPO / "leaderboard" / "campaign.yaml"
+    campaign = load_campaign(file)
+    core = load_campaign(write_campaign(tmp_path / "core.yaml", [{"suite": "core"}]))
+    cells, methods = {u.setting.label for u in core.units}, {u.label for u in core.units}
+    with open(REPO / "leaderboard" / "leaderboard.csv", newline="", encoding="utf-8") as handle:
+        complete = {(r["setting"], r["method"]) for r in csv.DictReader(handle)
+                    if r["setting"] in cells and r["method"] in methods and r["failed_episodes"] == "0"
+                    and r["episodes"] == r["episodes_planned"] == "100"}
+    assert len(complete) >= 30
+    finished = Finished([store])
+    units = {(u.setting.label, u.label): u for u in campaign.units if u.restart == 0}
+    assert {(u.setting.label, u.label) for u in core.units} <= set(units), "the campaign covers the core suite"
+    not_done = {cell for cell in complete if len(finished.done_indices(*units[cell].key)) < 100}
+    assert not_done == STALE_CONFIG & complete, "a config hash changed: `run` would recompute stored episodes"
+    assert main(args("status", file, store, tmp_path / "no-shards")) == 0
+    out = capsys.readouterr().out
+    listed = {tuple(line.split()[1:4]) for line in out.splitlines() if line[:1].isdigit()}
+    assert {(setting, method, "0") for setting, method in complete} & listed == {(s, m, "0") for s, m in not_done}
+    assert all(f"{method} | {setting} | restart 0" in out.split("warning: ")[1] for setting, method in not_done)
+    assert digest(store) == before and not (tmp_path / "results.sqlite-wal").exists()
+
+
+@pytest.mark.parametrize("case", ["missing file", "unknown method", "processes 0", "processes 65", "shards file",
+                                  "missing store"])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, case):
+    file, store, shards = write_campaign(tmp_path / "c.yaml", ENTRIES), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    extra, expected = [], {"missing file": "nope.yaml", "unknown method": "ful_ft", "processes 0": "--processes 0",
+                           "processes 65": "--processes 65", "shards file": "is a file",
+                           "missing store": "gone.sqlite"}[case]
+    if case == "missing file":
+        file = tmp_path / "nope.yaml"
+    elif case == "unknown method":
+        file = write_campaign(tmp_path / "bad.yaml", [{**ENTRIES[0], "methods": ["ful_ft"]}])
+    elif case.startswith("processes"):
+        extra = ["--processes", case.split()[1]]
+    elif case == "shards file":
+        shards = tmp_path / "c.yaml"
+    else:
+        store = tmp_path / "gone.sqlite"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for action in ("status", "run", "merge"):
+        code = main(args(action, file, store, shards, *extra))
+        err = capsys.readouterr().err
+        if case.startswith("processes") and action != "run":
+            continue  # --processes matters to run only
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and expected in err, (action, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
