@@ -1,5 +1,6 @@
 """leaderboard/claims.py: each claim one Holm family over the cells both rows complete; verdicts follow the signs of
-the significant cells; the README's claims table is the script's output on the committed store."""
+the significant cells; the README's claims table is the script's output on the committed store; the stress,
+gradient-stability and ablation claims; docs/sgg.md's term table is the script's --terms output."""
 import importlib.util
 import re
 
@@ -7,10 +8,13 @@ import numpy as np
 import pytest
 
 from fewshot_bench.compare import Entry
+from fewshot_bench.leaderboard import load_entries
+from fewshot_bench.store import ResultsStore
 
-from helpers import REPO
+from helpers import REPO, record
 
 CLAIMS_TABLE = re.compile(r"<!-- claims -->\n(.*?)<!-- /claims -->", re.S)
+TERMS_TABLE = re.compile(r"<!-- terms -->\n(.*?)<!-- /terms -->", re.S)
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +25,14 @@ def claims():
     return module
 
 
-def _entry(method, setting, accuracy, planned=None, same_class_source=False):
+def _entry(method, setting, accuracy, planned=None, same_class_source=False, failed=()):
+    """A row of ``len(accuracy)`` episodes; those at the indices ``failed`` failed (no accuracy)."""
     fingerprints = [f"{setting}#{i}" for i in range(len(accuracy))]  # distinct episodes per cell
-    row = dict(method=method, episodes=len(accuracy), failed_episodes=0,
+    row = dict(method=method, episodes=len(accuracy), failed_episodes=len(failed),
                episodes_planned=len(accuracy) if planned is None else planned, restarts=1)
-    return Entry(cell=("t", setting, "b"), row=row, accuracy=dict(zip(fingerprints, accuracy)),
-                 predictions={f: [0] for f in fingerprints}, fingerprints=frozenset(fingerprints),
-                 same_class_source=same_class_source)
+    ok = {f: a for i, (f, a) in enumerate(zip(fingerprints, accuracy)) if i not in failed}
+    return Entry(cell=("t", setting, "b"), row=row, accuracy=ok, predictions={f: [0] for f in ok},
+                 fingerprints=frozenset(fingerprints), same_class_source=same_class_source)
 
 
 def _verdicts(claims, entries):
@@ -69,4 +74,86 @@ def test_the_readme_claims_table_is_the_scripts_output(claims, capsys):
     stated = CLAIMS_TABLE.search((REPO / "leaderboard" / "README.md").read_text(encoding="utf-8"))
     assert stated, "leaderboard/README.md has no claims table"
     assert claims.main(["--store", str(REPO / "leaderboard" / "results.sqlite")]) == 0  # the README's command
+    assert stated.group(1) == capsys.readouterr().out
+
+
+def _row(claims, rows, prefix):
+    return next(r for r in rows if r["claim"].startswith(prefix))
+
+
+def test_planted_gradient_figures_decide_the_stability_claims(claims, tmp_path):
+    """A store (per-episode figures read back from its episodes table): sgg's grad_norm_cv planted lower in both
+    cells (supported), its path_efficiency lower (not supported), grad_dir_consistency equal (undecided); a third
+    cell where the two train different parameter sets is not compared."""
+    path, rng = tmp_path / "store.sqlite", np.random.default_rng(2)
+    with ResultsStore(path) as store:
+        run = store.start_run({"episodes": 12}, "cpu", 0)
+        for task, trainable in (("a", 1000), ("b", 1000), ("c", 2000)):
+            for i in range(12):
+                cv, path_eff = rng.uniform(0.8, 1.2), rng.uniform(0.9, 0.95)
+                for method, protocol, shift, params in (("sgg", "source-guided", -0.05, trainable),
+                                                        ("full_ft", "target-only", 0.0, 1000)):
+                    store.write_episode(record(
+                        run_id=run, method=method, protocol=protocol, task=task, setting=f"{task}/fold1/5way1shot15q",
+                        episode_index=i, accuracy=0.6, grad_norm_cv=cv + shift, grad_dir_consistency=0.5,
+                        path_efficiency=path_eff + shift, trainable_params=params))
+    rows = claims.claim_rows(load_entries(path, bootstrap=1), claims.episode_metrics(path))
+    norms = _row(claims, rows, "SGG's gradient norms vary less")
+    assert norms["comparison"] == "full_ft - sgg" and "1.0k in both" in norms["claim"]
+    assert norms["verdict"] == "supported in 2 of 2 cells (worse in none)"
+    assert norms["cells"].count("+0.050 [+0.050, +0.050]") == 2 and "n=12" in norms["cells"]
+    assert "not compared: c/fold1/5way1shot15q (trainable 2.0k vs 1.0k)" in norms["cells"]
+    path_row = _row(claims, rows, "SGG's parameter path is straighter")
+    assert path_row["verdict"] == "not supported (worse in 2 of 2 cells, better in none)"
+    assert "partly by construction" in path_row["claim"]
+    consistency = _row(claims, rows, "SGG's gradient directions are more consistent")
+    assert consistency["verdict"] == "undecided (no significant difference in 2 cells)"
+    # without the per-episode figures the gradient claims are not computed
+    rows = claims.claim_rows(load_entries(path, bootstrap=1))
+    assert _row(claims, rows, "SGG's gradient norms")["verdict"] == "undecided (not computed)"
+
+
+def test_stress_claims_count_failed_episodes(claims):
+    """At 10x full_ft fails on 10 of 20 episodes and sgg on none: SGG fails less (10 discordant episodes, exact
+    p = 2/2^10); the accuracy claim pairs the 10 episodes both finished ok. At 3x neither fails."""
+    (_, _, sgg3, ft3), (_, lr10, sgg10, ft10) = claims.stress_pairs()
+    assert lr10 == "0.0005" and sgg10 == "sgg(lr=0.0005)" and ft10 == "full_ft(lr=0.0005)"
+    base = np.random.default_rng(3).uniform(0.4, 0.8, 20)
+    setting = "banking77/fold1/5way1shot15q"
+    entries = [_entry(sgg10, setting, base), _entry(ft10, setting, base - 0.1, failed=range(10)),
+               _entry(sgg3, setting, base), _entry(ft3, setting, base)]
+    rows = claims.claim_rows(entries)
+    fails10 = _row(claims, rows, "SGG diverges or fails less than full fine-tuning at 10x")
+    assert fails10["comparison"] == f"failed: {ft10} - {sgg10}"
+    assert fails10["verdict"] == "supported in 1 of 1 cells (worse in none)"
+    assert f"failed {sgg10} 0.000 vs {ft10} 0.500" in fails10["cells"] and "10 discordant" in fails10["cells"]
+    assert "p_Holm 0.002" in fails10["cells"] and "n=20" in fails10["cells"]
+    accuracy10 = _row(claims, rows, "SGG is more accurate than full fine-tuning at 10x")
+    assert accuracy10["verdict"].startswith("supported in 1 of 1") and "n=10" in accuracy10["cells"]
+    fails3 = _row(claims, rows, "SGG diverges or fails less than full fine-tuning at 3x")
+    assert fails3["verdict"] == "undecided (no significant difference in 1 cells)" and "0 discordant" in fails3["cells"]
+
+
+def test_ablation_rows_say_which_comparison_and_not_computed_without_rows(claims):
+    rng = np.random.default_rng(4)
+    base = rng.uniform(0.4, 0.8, 12)
+    setting = "hwu64/fold1/5way1shot15q"
+    entries = [_entry("sgg", setting, base), _entry("full_ft", setting, base),
+               _entry("sgg-no-dir", setting, base - 0.05), _entry("sgg[tuned]", setting, base + 0.05),
+               _entry("full_ft[tuned]", setting, base)]
+    rows = claims.claim_rows(entries)
+    assert _row(claims, rows, "The direction term helps")["verdict"].startswith("supported in 1 of 1")
+    magnitude = _row(claims, rows, "The magnitude term helps")
+    assert magnitude["verdict"] == "undecided (not computed)" and magnitude["cells"] == "-"
+    assert _row(claims, rows, "The alignment term helps")["verdict"] == "undecided (not computed)"
+    defaults = _row(claims, rows, "SGG is more accurate than full fine-tuning at equal budget, both at defaults")
+    tuned = _row(claims, rows, "SGG is more accurate than full fine-tuning at equal budget, both tuned")
+    assert defaults["verdict"].startswith("undecided (no significant") and "validation classes" in tuned["claim"]
+    assert tuned["comparison"] == "sgg[tuned] - full_ft[tuned]" and tuned["verdict"].startswith("supported in 1")
+
+
+def test_the_docs_term_table_is_the_scripts_output(claims, capsys):
+    stated = TERMS_TABLE.search((REPO / "docs" / "sgg.md").read_text(encoding="utf-8"))
+    assert stated, "docs/sgg.md has no terms table"
+    assert claims.main(["--store", str(REPO / "leaderboard" / "results.sqlite"), "--terms"]) == 0
     assert stated.group(1) == capsys.readouterr().out

@@ -41,3 +41,31 @@ def test_flags_override_the_suites_per_setting_values(tmp_path):
     args = build_parser().parse_args(["run", "--config", str(config_file), "--fold", "2", "--k-shot", "5"])
     labels = _labels(build_config(args))
     assert labels == ["banking77/fold2/5way5shot15q", "huffpost/fold1/allway5shot15q"]
+
+
+def test_the_stress_suite_runs_sgg_and_full_ft_at_3x_and_10x_their_default_learning_rate(monkeypatch):
+    """tasks/suites/stress.yaml: the two core cells, 100 episodes of 15 queries, seed 0; each method's lr a 3x and a
+    10x multiple of its config dataclass's default, labelled with the override; the demo block without data."""
+    import dataclasses
+    import math
+
+    from fewshot_bench.config import from_mapping
+    from fewshot_bench.run_config import load_suite, method_specs
+    from fewshot_bench.spec import method_from_spec, method_label, parse_spec
+
+    config = from_mapping(RunConfig, {k: v for k, v in load_suite("stress").items() if k != "demo"}, "suite stress")
+    assert _labels(config) == ["banking77/fold1/5way1shot15q", "fewrel->fewrel_pubmed/fold1/5way1shot15q"]
+    assert (config.episodes, config.query, config.seed) == (100, 15, 0)
+    factors = {}
+    for spec, overrides in method_specs(config).items():
+        name = parse_spec(spec)[0]
+        method = method_from_spec(name, overrides)
+        default = next(f.default for f in dataclasses.fields(type(method.config)) if f.name == "lr")
+        factors.setdefault(name, []).append(method.config.lr / default)
+        assert method_label(name, overrides) == spec and spec.startswith(f"{name}(lr=")
+    assert set(factors) == {"sgg", "full_ft"}
+    for name, found in factors.items():
+        assert len(found) == 2 and all(math.isclose(f, e) for f, e in zip(sorted(found), (3, 10))), (name, found)
+    monkeypatch.delenv("FEWSHOT_BENCH_DATA", raising=False)
+    demo = build_config(build_parser().parse_args(["run", "--suite", "stress"]))
+    assert _labels(demo) == ["demo_intents/fold1/5way1shot5q"] and demo.methods == config.methods
