@@ -27,14 +27,14 @@ import numpy as np
 from . import compare
 from .columns import cell_key
 from .ranks import RankSummary, rank_summary
-from .stats import holm, wilcoxon_p
+from .stats import effect_size, holm, wilcoxon_p
 
 
 @dataclass
 class SuitePair:
     """Method ``a`` against ``b`` over the units holding both: mean of the unit mean differences a - b and its
-    d_z over the units, the units where a (b) was ahead, Wilcoxon p, Holm p over the method pairs, and the
-    decision."""
+    d_z over the units (None: undefined, e.g. equal unit differences), the units where a (b) was ahead, Wilcoxon
+    p, Holm p over the method pairs, and the decision."""
     a: str
     b: str
     units: int
@@ -96,7 +96,7 @@ def _pairs(grouped: List[List[List[compare.Entry]]]) -> List[SuitePair]:
                     sums.setdefault((x.method, y.method), []).append(float(d.mean()))
         for key, values in sums.items():
             per_pair.setdefault(key, []).append(float(np.mean(values)))
-    pairs = [SuitePair(a, b, len(v), float(np.mean(v)), compare.effect_size(np.array(v)), int(np.sum(np.array(v) > 0)),
+    pairs = [SuitePair(a, b, len(v), float(np.mean(v)), effect_size(v), int(np.sum(np.array(v) > 0)),
                        int(np.sum(np.array(v) < 0)), wilcoxon_p(np.array(v))) for (a, b), v in sorted(per_pair.items())]
     for pair, adjusted in zip(pairs, holm([p.p for p in pairs]) if pairs else []):
         pair.p_holm = adjusted

@@ -7,7 +7,7 @@ so they are ranked together (protocol stays a column). Contracts:
   * Each comparison is a two-sided paired sign-flip test (``stats.sign_flip_p``, exact). One Holm family per
     cell: every comparable pair of the cell (a cell's decisions do not change when other cells are added;
     "better over the suite" is ``across.across_cells``). A beats B when the Holm-adjusted p < ``ALPHA`` and
-    A's mean per-episode accuracy on the common episodes is higher. Effect size: paired d_z (``effect_size``).
+    A's mean per-episode accuracy on the common episodes is higher. Effect size: paired d_z (``stats.effect_size``).
   * ``rank_group`` = 1 + the number of distinct winners of the cell over the row, where clones (identical
     predictions on 100.0% of the common queries and equal mean accuracy: ``clones``) count once, so a
     duplicated method cannot move anyone's group; methods that cannot be told apart share a group.
@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .hierarchical import class_ci
-from .stats import bootstrap_ci, detectable_difference, holm, sign_flip_p
+from .stats import bootstrap_ci, detectable_difference, effect_size, holm, sign_flip_p
 
 ALPHA = 0.05
 SATURATED_ACCURACY = 0.97
@@ -129,13 +129,6 @@ def cell_detectable_difference(members: List[Entry], power: float = POWER) -> Op
     # capped at 1.0: a cell that needs more than the whole accuracy range detects no difference at all
     detectable = detectable_difference(float(np.median(sds)), episodes, power, ALPHA)
     return None if detectable is None else min(1.0, detectable)
-
-
-def effect_size(d: np.ndarray) -> Optional[float]:
-    """Paired Cohen's d_z = mean / SD (ddof 1) of the per-episode differences; None when the SD is 0 or
-    undefined (fewer than two episodes)."""
-    sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
-    return float(d.mean()) / sd if sd > 0 else None
 
 
 def _pairwise(cells: Dict[tuple, List[Entry]]) -> Dict[tuple, tuple]:

@@ -1,4 +1,8 @@
-"""Loading a task's rows (through Hugging Face ``datasets``) and forming its class pools."""
+"""Loading a task's rows (through Hugging Face ``datasets``) and forming its class pools.
+
+Rows come from the data dir (or the package, for packaged tasks); else from the hub id in the card, unless
+``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` is set or the hub does not answer one connect within
+``HUB_PROBE_SECONDS``: then the load fails in one line, without the hub client's retry loops."""
 from __future__ import annotations
 
 import functools
@@ -19,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DATA_ENV = "FEWSHOT_BENCH_DATA"
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+HUB_PROBE_SECONDS = 5.0  # an unreachable hub is reported after this, before the hub client's retries
 
 
 def data_dir() -> Optional[Path]:
@@ -34,6 +39,45 @@ def set_data_dir(path) -> None:
 
 def hub_allowed() -> bool:
     return not any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> Optional[str]:
+    """Why the hub (``$HF_ENDPOINT``, through the HTTPS proxy when one is set) cannot be reached: one TCP connect
+    within ``timeout`` s, so an offline machine fails in seconds, not in the hub client's retry loops; None when
+    it answers."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    proxy = getproxies().get(endpoint.scheme or "https")
+    if proxy and host and not proxy_bypass(host):
+        parsed = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parsed.hostname, parsed.port or 80
+    failure = [f"{host}:{port} did not answer within {timeout:g} s"]
+
+    def connect():  # in a thread: a name lookup can hang past any socket timeout
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            failure[0] = None
+        except (OSError, ValueError) as exc:  # ValueError: a malformed endpoint or proxy
+            failure[0] = f"{host}:{port} not reachable: {exc}"
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return failure[0]
+
+
+def local_copy(name: str) -> bool:
+    """Whether task ``name``'s rows can be read without the hub: packaged, or every split file is in the data dir."""
+    try:
+        config = get_task_config(name)
+    except UserError:
+        return False
+    folder = _local_dir(config)
+    return all(_find_split_file(folder, split) is not None for split in config.splits)
 
 
 @dataclass
@@ -139,11 +183,14 @@ def _load_split(config: TaskConfig, split: str):
                         f"after these files, without the extension")
     tried = [str(folder / f"{split}{s}") for s in FILE_FORMATS] if folder else []
     hub = config.source.hub_id
-    if hub and hub_allowed():
+    unreachable = hub_unreachable() if hub and hub_allowed() else None
+    if hub and hub_allowed() and unreachable:
+        hub_note = f"hub dataset '{hub}' not tried ({unreachable})"
+    elif hub and hub_allowed():
         try:
             return datasets.load_dataset(hub, config.source.hub_config, split=split)
         except Exception as exc:
-            hub_note = f"hub dataset '{hub}' failed too ({str(exc).splitlines()[0]})"
+            hub_note = f"hub dataset '{hub}' failed too ({(str(exc).splitlines() or [type(exc).__name__])[0]})"
     else:
         hub_note = f"hub dataset '{hub}' not tried (offline)" if hub else "no hub id in the card"
     where = f"tried {', '.join(tried)}" if tried else "no data dir is set"

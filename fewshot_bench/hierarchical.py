@@ -4,8 +4,10 @@ An episode's accuracy is the mean over its N classes of the per-class query accu
 so a row's mean accuracy is the mean of its (episode, class) accuracies. Contracts:
   * :func:`episode_labels`: {fingerprint: (classes, query labels)} of the stored episodes: from the record's
     ``extra`` (``classes`` and ``query_labels``, written by ``run`` from this version on), else regenerated
-    from the data dir (``Setting.target_episode``) and kept only when the regenerated fingerprint matches; {}
-    when neither works (no data dir, another task version): the class-level CIs are then left empty.
+    from the task's local rows (data dir or package: ``data.local_copy``; never downloaded, so aggregating a store
+    needs no network) with ``Setting.target_episode`` and kept only when the regenerated fingerprint matches;
+    left out when neither works (no local data, another task version): a row holding such an episode gets no
+    class-level CI.
   * :func:`class_ci`: 95% percentile CI of a row's mean accuracy (or of its paired difference to the reference)
     from the (episode, class) values of its first ok restart's predictions, resampling **classes** with
     replacement and keeping every (episode, class) value of each drawn class (Ren et al. 2010: resample the top
@@ -20,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .data import local_copy
 from .episodes import Setting, parse_shot
 from .errors import UserError
 
@@ -35,8 +38,10 @@ def _setting(record: dict) -> Setting:
 
 
 def episode_labels(records: Sequence[dict]) -> Dict[str, Tuple[tuple, tuple]]:
-    """{fingerprint: (classes, query labels)} for every record, or {} when one cannot be recovered."""
+    """{fingerprint: (classes, query labels)} of the records whose labels are stored or regenerated from local
+    rows with a matching fingerprint; the others are left out (their rows get no class-level CI)."""
     labels: Dict[str, Tuple[tuple, tuple]] = {}
+    regenerate = None  # decided at the first record without stored labels; False after a failed regeneration
     for record in records:
         if record["fingerprint"] in labels:
             continue
@@ -44,13 +49,17 @@ def episode_labels(records: Sequence[dict]) -> Dict[str, Tuple[tuple, tuple]]:
         if extra.get("classes") and extra.get("query_labels"):
             labels[record["fingerprint"]] = (tuple(extra["classes"]), tuple(extra["query_labels"]))
             continue
+        if regenerate is None:
+            regenerate = local_copy(record["task"])
+        if not regenerate:
+            continue
         try:
             episode = _setting(record).target_episode(int(record["seed"]), int(record["episode_index"]))
         except (UserError, OSError, ValueError, KeyError, TypeError):
-            return {}
-        if episode.fingerprint != record["fingerprint"]:
-            return {}
-        labels[record["fingerprint"]] = (episode.classes, episode.query_labels)
+            regenerate = False
+            continue
+        if episode.fingerprint == record["fingerprint"]:
+            labels[record["fingerprint"]] = (episode.classes, episode.query_labels)
     return labels
 
 

@@ -3,7 +3,8 @@
 While :func:`watch_sigint` is active (``run`` and ``tune`` wrap their episode loops in it), SIGINT sets a flag
 before raising ``KeyboardInterrupt``. The harness treats any exception escaping a method as that episode's
 failure, unless :func:`interrupted` says the user pressed Ctrl-C: then it is re-raised and the run stops
-cleanly (finished episodes are already committed).
+cleanly (finished episodes are already committed). :func:`interrupt_message` is the line the CLI prints then: it
+says results were kept only for a command that writes them to a store as it goes.
 """
 from __future__ import annotations
 
@@ -47,3 +48,21 @@ def is_method_failure(exc: BaseException) -> bool:
     if isinstance(exc, KeyboardInterrupt):
         return not interrupted()
     return isinstance(exc, (Exception, SystemExit, GeneratorExit))
+
+
+STORE_WRITERS = ("run", "tune")  # commands that commit each finished episode to their results store
+
+
+def interrupt_message(args) -> str:
+    """The line printed when Ctrl-C stops the command of the parsed ``args``: "finished episodes are kept" only
+    for a command that commits episodes to a store as it goes (``run`` but not ``run --dry-run``, ``tune``,
+    ``campaign run``: its shards); ``merge`` keeps what it merged; every other command (``reproduce``: a scratch
+    store, deleted) wrote nothing that stays."""
+    command, action = getattr(args, "command", None), getattr(args, "action", None)
+    if command in STORE_WRITERS and not getattr(args, "dry_run", False):
+        return "interrupted; finished episodes are kept in the store"
+    if command == "campaign" and action == "run":
+        return "interrupted; finished episodes are kept in the campaign's shard stores"
+    if command == "merge" or (command == "campaign" and action == "merge"):
+        return "interrupted; what was merged before it is kept in the store; merge again to add the rest"
+    return "interrupted; nothing was written"

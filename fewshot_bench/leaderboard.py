@@ -115,8 +115,10 @@ def _episode_accuracy(runs: Dict[str, List[dict]]) -> Dict[str, float]:
     return means
 
 
-def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[compare.Entry]:
-    """One ``compare.Entry`` per leaderboard row (rows without the comparison columns filled)."""
+def load_entries(store_path, bootstrap: int = 10000, seed: int = 0, class_level: bool = True) -> List[compare.Entry]:
+    """One ``compare.Entry`` per leaderboard row (rows without the comparison columns filled). ``class_level``:
+    recover the episodes' classes (``hierarchical.episode_labels``) for the class-level CIs; settings whose
+    classes are neither stored nor local are left without them, with one logged note."""
     path = Path(store_path)
     if not path.is_file():
         raise UserError(f"results store '{path}' does not exist; run `fewshot-bench run` first or pass --store")
@@ -131,7 +133,12 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0) -> List[comp
     by_setting: Dict[tuple, List[dict]] = {}
     for key, stored in groups.items():
         by_setting.setdefault(key[:2], []).extend(stored.values())
-    labels = {setting: episode_labels(members) for setting, members in by_setting.items()}
+    labels = {setting: episode_labels(members) if class_level else {} for setting, members in by_setting.items()}
+    unknown = [key for key, members in by_setting.items() if any(r["fingerprint"] not in labels[key] for r in members)]
+    if class_level and unknown:
+        log.warning("class-level CIs left empty for rows of %d of %d settings (tasks %s): their episodes' classes "
+                    "are neither in the store nor regenerable from local task rows; set --data-dir DIR to fill them",
+                    len(unknown), len(labels), ", ".join(sorted({task for task, _ in unknown})))
     entries = []
     for key, stored in groups.items():
         # episode order, not write order (ranks, resumes): the bootstrap CI is a function of the episode set

@@ -17,7 +17,7 @@ from . import compare
 from .errors import UserError
 from .outputs import print_table
 from .registry import did_you_mean
-from .stats import bootstrap_ci, holm, sign_flip_p
+from .stats import bootstrap_ci, effect_size, format_dz, holm, sign_flip_p
 
 
 def parse_pairs(texts: List[str]) -> List[Tuple[str, str]]:
@@ -56,7 +56,7 @@ def pair_table(entries: List[compare.Entry], pairs: List[Tuple[str, str]], boots
                               b=compare.marked(b, by_method[b].same_class_source), leaked=leaked, episodes=len(d),
                               acc_a=sum(by_method[a].accuracy[f] for f in common) / len(common),
                               acc_b=sum(by_method[b].accuracy[f] for f in common) / len(common),
-                              delta=float(d.mean()), low=low, high=high, dz=compare.effect_size(d), p=sign_flip_p(d),
+                              delta=float(d.mean()), low=low, high=high, dz=effect_size(d), p=sign_flip_p(d),
                               same_as=first.setdefault((backbone, a, b, tuple(zip(common, d.round(9)))), setting)))
     family = [r for r in table if r["same_as"] == r["setting"]]
     adjusted = dict(zip(((r["backbone"], r["a"], r["b"], r["setting"]) for r in family),
@@ -71,7 +71,8 @@ def cli_compare(args) -> int:
     from .leaderboard import load_entries
 
     pairs = parse_pairs(args.pair)
-    table = pair_table(load_entries(args.store, bootstrap=1), pairs, args.bootstrap)
+    # from the stored predictions alone (no class-level CIs): no data dir, no network
+    table = pair_table(load_entries(args.store, bootstrap=1, class_level=False), pairs, args.bootstrap)
     if not table:
         raise UserError(f"no cell of {args.store} holds both methods of any --pair with common episodes")
     repeats = sum(r["same_as"] is not None for r in table)
@@ -81,7 +82,7 @@ def cli_compare(args) -> int:
     header = ["setting", "backbone", "A", "B", "episodes", "acc A", "acc B", "A - B [95% CI]", "d_z", "p", "p (Holm)"]
     lines = [[r["setting"], r["backbone"], r["a"], r["b"], str(r["episodes"]), f"{r['acc_a']:.4f}",
               f"{r['acc_b']:.4f}", f"{r['delta']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
-              "-" if r["dz"] is None else f"{r['dz']:+.3f}", f"{r['p']:.4g}",
+              format_dz(r["dz"], "+.3f", "-"), f"{r['p']:.4g}",
               f"{r['p_holm']:.4g}" + ("" if r["same_as"] is None else f" (= {r['same_as']})")] for r in table]
     print_table(header, lines)
     if any(r["leaked"] for r in table):

@@ -19,6 +19,16 @@ def import_object(spec: str) -> Any:
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise UserError(f"'{spec}' is not an import spec; write it as 'package.module:Object' or 'path/to/file.py:Object'")
+    module = import_module(module_name, spec)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        names = [n for n in vars(module) if not n.startswith("_")]
+        raise UserError(f"'{module_name}' has no '{attr}'{did_you_mean(attr, names)}") from None
+
+
+def import_module(module_name: str, spec: str):
+    """The module ``"package.module"`` or ``"path/to/file.py"`` (imported for ``spec``, named in errors)."""
     try:
         if module_name.endswith(".py"):
             module = _import_file(module_name)
@@ -31,11 +41,7 @@ def import_object(spec: str) -> Any:
     except Exception as exc:  # the user's module raised while being imported
         raise UserError(f"importing '{module_name}' for '{spec}' raised {type(exc).__name__}: "
                         f"{(str(exc).splitlines() or [''])[0]}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        names = [n for n in vars(module) if not n.startswith("_")]
-        raise UserError(f"'{module_name}' has no '{attr}'{did_you_mean(attr, names)}") from None
+    return module
 
 
 def _import_file(path: str):

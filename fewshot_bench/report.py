@@ -9,6 +9,7 @@ from .across import SuiteComparison
 from .compare import ALPHA, IDENTICAL_SHARE, LEAK_MARK, POWER, SATURATED_ACCURACY, connected_groups, marked
 from .gradients import BASIS_HELP, COLUMNS as GRADIENT_COLUMNS, basis
 from .restarts import FAILED_MARGIN
+from .stats import format_dz
 
 CELL_FLAGS = ("saturated", "narrow-spread", "mixed-episodes", "no-reference")
 RULE = (f"**Decision rule.** Within a cell: every pair of its methods is compared paired on the common episodes "
@@ -51,6 +52,11 @@ def _delta(row: Dict, reference: str):
     if row["delta_vs_ref"] is not None:
         return _interval(row["delta_vs_ref"], row["delta_ci95_low"], row["delta_ci95_high"], signed=True)
     return "reference" if row["method"] == reference else "no reference"
+
+
+def _dz(row: Dict) -> Optional[str]:
+    """The d_z column: empty without a comparison to the reference, "undefined" when its SD is ~0."""
+    return None if row["delta_vs_ref"] is None else format_dz(row["delta_dz"], "")
 
 
 def _flags(row: Dict, cell_level: bool) -> List[str]:
@@ -96,7 +102,8 @@ def _findings(cells: Dict[tuple, List[Dict]], reference: str, rows: List[Dict]) 
         name = {r["method"]: marked(r["method"], "same-class-source" in _flags(r, False)) for r in members}
         beaten = [f"{name[r['method']]} < {', '.join(name[m] for m in r['beaten_by'].split(';'))}"
                   for r in members if r["beaten_by"]]
-        nominal = [f"{name[r['method']]} {r['delta_vs_ref']:+.4f} (d_z {r['delta_dz']}, p {r['p_value']})"
+        nominal = [f"{name[r['method']]} {r['delta_vs_ref']:+.4f} (d_z {format_dz(r['delta_dz'], '')}, "
+                   f"p {r['p_value']})"
                    for r in members if r["p_value"] is not None and r["p_value"] < ALPHA]
         pairs = {tuple(sorted((r["method"], other))): share for r in members for other, share in _identical(r)}
         total = len(members) * (len(members) - 1) // 2
@@ -120,7 +127,7 @@ def _across(suite: SuiteComparison) -> List[str]:
                 if suite.merged else "") + ".", ""]
     lines += _md_table(("A", "B", "units", "mean A − B", "d_z", "units A ahead / B ahead", "Wilcoxon p", "p (Holm)",
                         "better over the suite"),
-                       [(p.a, p.b, p.units, f"{p.mean_diff:+.4f}", "" if p.dz is None else f"{p.dz:+.2f}",
+                       [(p.a, p.b, p.units, f"{p.mean_diff:+.4f}", format_dz(p.dz),
                          f"{p.a_ahead} / {p.b_ahead}", f"{p.p:.4g}",
                          f"{p.p_holm:.4g}", p.winner or "undecided") for p in suite.pairs])
     if suite.ranks is not None:
@@ -203,7 +210,7 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
             [(r["rank_group"], r["method"], r["protocol"],
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
-              _classes(_delta(r, reference), r, "delta", signed=True), r["delta_dz"], r["p_value"], r["p_holm"],
+              _classes(_delta(r, reference), r, "delta", signed=True), _dz(r), r["p_value"], r["p_holm"],
               (r["beaten_by"] or "").replace(";", ", "), _row_flags(r), r["macro_f1_mean"],
               _gradient_value(r), r["sec_per_episode"], _sgg_terms(r)) for r in members]) + [""]
     if fold_rows:
@@ -232,8 +239,9 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         "episodes' classes are known (stored by the run or regenerated from the data dir).",
         f"- **Δ vs {reference}**: mean per-episode accuracy difference on the common episodes, paired percentile "
         "bootstrap 95% CI; **p**: two-sided paired sign-flip test (exact: convolution over the 1/(N·Q) lattice of accuracy differences); "
-        "**d_z**: paired effect size (mean / SD of the per-episode differences); **p (Holm)**: p after Holm's "
-        "correction over every pairwise comparison of the cell (one family per cell).",
+        "**d_z**: paired effect size (mean / SD of the per-episode differences; *undefined* when they are all "
+        "equal, SD ~0); **p (Holm)**: p after Holm's correction over every pairwise comparison of the cell (one "
+        "family per cell).",
         f"- **rank group** = 1 + the number of distinct methods of the cell that beat the method significantly "
         f"(Holm p < {ALPHA}), clones (identical predictions on 100.0% of the queries, equal accuracy) counted once; "
         "methods that cannot be told apart share a group. **beaten by** names them.",

@@ -9,13 +9,14 @@ in sorted order, so different configurations never share a row.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .errors import UserError
 from .methods import Method
-from .registry import METHODS, import_object
+from .registry import METHODS, did_you_mean, import_module, import_object
 
 Overrides = Dict[str, object]
 _SPEC = re.compile(r"^\s*([^()\s]+)\s*(?:\((.*)\))?\s*$")
@@ -67,9 +68,7 @@ def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method
     ``(field=value,...)``), with further config ``overrides`` on top (command-line strings are converted to each field's annotated
     type; the config validates itself)."""
     name, from_spec = parse_spec(spec) if "(" in spec else (spec, {})
-    cls = import_object(name) if ":" in name else METHODS.get(name)
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise UserError(f"method '{name}' is {cls!r}, not a subclass of fewshot_bench.methods.Method")
+    cls = method_class(name)
     if not cls.name:
         cls.name = name.rpartition(":")[2] if ":" in name else name
     if ":" in name and cls.name in METHODS and METHODS.get(cls.name) is not cls:
@@ -96,6 +95,46 @@ def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method
     except Exception as exc:  # noqa: BLE001 - a method file's __init__: refused before anything is written
         raise UserError(f"method '{cls.name}': {cls.__name__}.__init__ raised {type(exc).__name__}: {exc}; "
                         f"fix the method (or its config values)") from None
+
+
+def method_class(name: str) -> type:
+    """The Method subclass ``name`` names: a registered method, ``module:Class`` or ``path/to/file.py:Class``. A
+    method file's errors (no ``:Class``, a misspelt or wrong class) list the Method subclasses defined in it."""
+    path, sep, attr = name.rpartition(":")
+    if not sep and name.endswith(".py") and name not in METHODS:
+        if not os.path.isfile(name):
+            raise UserError(f"method '{name}': no such file, and no registered method has that name (known: "
+                            f"{', '.join(METHODS.names())}); give path/to/file.py:ClassName")
+        raise UserError(f"method file '{name}' needs the class after the path, '{name}:ClassName'"
+                        f"{_defined_in(name, import_module(name, name))}")
+    if not sep:
+        cls = METHODS.get(name)
+    elif path.endswith(".py"):
+        module = import_module(path, name)
+        cls = getattr(module, attr, None)
+        if cls is None:
+            close = did_you_mean(attr, method_classes(module))
+            raise UserError(f"method file '{path}' has no '{attr}'{close}{_defined_in(path, module, not close)}")
+    else:
+        cls = import_object(name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        where = _defined_in(path, import_module(path, name)) if sep and path.endswith(".py") else ""
+        raise UserError(f"method '{name}' is {cls!r}, not a subclass of fewshot_bench.methods.Method{where}")
+    return cls
+
+
+def method_classes(module) -> List[str]:
+    """Names of the Method subclasses defined in ``module`` (not imported into it), in file order."""
+    return [n for n, obj in vars(module).items() if isinstance(obj, type) and issubclass(obj, Method)
+            and obj is not Method and obj.__module__ == module.__name__]
+
+
+def _defined_in(path: str, module, example: bool = True) -> str:
+    """" (Method subclasses in PATH: A, B; e.g. PATH:A)", or that it defines none."""
+    classes = method_classes(module)
+    if not classes:
+        return f" ({path} defines no subclass of fewshot_bench.methods.Method)"
+    return f" (Method subclasses in {path}: {', '.join(classes)}" + (f"; e.g. {path}:{classes[0]})" if example else ")")
 
 
 def check_declarations(method: Method) -> Method:

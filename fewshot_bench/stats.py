@@ -9,6 +9,9 @@ Contracts:
     equal wins give 2/2^100). Off-lattice data: every sign pattern enumerated (in two halves) up to
     ``EXACT_MAX`` differences; beyond, the differences rounded onto a grid of ``GRID`` steps of their
     absolute sum, then convolved.
+  * ``effect_size``: paired Cohen's d_z = mean / SD (ddof 1) of the differences; None (undefined) with fewer
+    than two differences or an SD at or below ``SD_TOLERANCE`` * max(1, |mean|) (equal differences give an SD of
+    float rounding error, not a scale). ``format_dz``: every printer's text for a d_z ("undefined" for None).
   * ``holm``: Holm step-down adjusted p-values (monotone, capped at 1), same order as the input.
   * ``episodes_needed`` / ``detectable_difference``: normal approximation of a two-sided paired test
     at level ``alpha`` with power ``power``: n = ((z_{1-alpha/2} + z_power) * sd / delta)^2, never below
@@ -28,6 +31,7 @@ EXACT_MAX = 30
 MAX_DENOMINATOR = 100_000  # lattice unit at least 1e-5 (an accuracy over at most 100,000 queries)
 MAX_LATTICE = 4_000_000  # largest sum of |multiples| convolved (its distribution: 32 MB of float64)
 GRID = 2 ** 20
+SD_TOLERANCE = 1e-12  # relative: an SD this small next to the mean is float rounding of equal differences
 _CHUNK = 1000  # bootstrap resamples drawn at once (bounds memory)
 
 
@@ -116,6 +120,23 @@ def wilcoxon_p(differences: Sequence[float]) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on a single non-zero difference
         return float(stats.wilcoxon(d).pvalue)
+
+
+def effect_size(differences: Sequence[float]) -> Optional[float]:
+    """Paired Cohen's d_z = mean / SD (ddof 1) of the paired differences; None when it is undefined: fewer than
+    two differences, or an SD <= ``SD_TOLERANCE`` * max(1, |mean|) (all differences equal up to rounding)."""
+    d = np.asarray(differences, dtype=float)
+    if d.size < 2 or np.ptp(d) == 0:
+        return None
+    mean, sd = float(d.mean()), float(np.std(d, ddof=1))
+    if not math.isfinite(sd) or sd <= SD_TOLERANCE * max(1.0, abs(mean)):
+        return None
+    return mean / sd
+
+
+def format_dz(dz: Optional[float], spec: str = "+.2f", undefined: str = "undefined") -> str:
+    """A d_z as printed (``spec``), or ``undefined`` (a table whose empty cells read "-" passes "-") for None."""
+    return undefined if dz is None else format(dz, spec)
 
 
 def holm(p_values: Sequence[float]) -> List[float]:
