@@ -56,20 +56,37 @@ def predict_queries(predictor: Predictor, backbone: Backbone, texts, n_way: int,
 
 
 @torch.no_grad()
-def adaptation_figures(predictor: Predictor, backbone: Backbone, episode: Episode, logits: torch.Tensor) -> dict:
+def adaptation_figures(predictor: Predictor, backbone: Backbone, episode, logits: torch.Tensor) -> dict:
     """What adaptation did, for a predictor that also gives its un-adapted model (``Predictor.initial``): the
     support cross-entropy before and after, and the share of query predictions (``logits``, the adapted model's)
-    that differ from the un-adapted model's. Figures of non-finite logits are None."""
+    that differ from the un-adapted model's (:func:`adaptation_from_logits` of :func:`adaptation_logits`)."""
+    return adaptation_from_logits(**adaptation_logits(predictor, backbone, episode), logits=logits,
+                                  support_labels=episode.support_labels)
+
+
+@torch.no_grad()
+def adaptation_logits(predictor: Predictor, backbone: Backbone, episode) -> dict:
+    """The logits :func:`adaptation_from_logits` needs: the un-adapted model's on the query and support texts,
+    the adapted model's on the support texts (``episode``: an Episode or its label-free view)."""
     initial = Predictor(predictor.initial)
-    before_query = predict_queries(initial, backbone, episode.query_texts, episode.n_way)
-    labels = torch.tensor(episode.support_labels, device=logits.device)
+    return {"before_query": predict_queries(initial, backbone, episode.query_texts, episode.n_way),
+            "before_support": predict_queries(initial, backbone, episode.support_texts, episode.n_way),
+            "after_support": predict_queries(predictor, backbone, episode.support_texts, episode.n_way)}
 
-    def support_loss(model: Predictor):
-        support = predict_queries(model, backbone, episode.support_texts, episode.n_way)
-        return float(torch.nn.functional.cross_entropy(support, labels)) if torch.isfinite(support).all() else None
 
-    changed = (before_query.argmax(-1) != logits.argmax(-1)).float().mean().item()
-    return {"support_loss_before": support_loss(initial), "support_loss_after": support_loss(predictor),
+def adaptation_from_logits(*, before_query: torch.Tensor, before_support: torch.Tensor, after_support: torch.Tensor,
+                           support_labels, logits: torch.Tensor) -> dict:
+    """support_loss_before / support_loss_after (cross-entropy of the support logits before / after adaptation) and
+    adapt_changed (share of query argmaxes ``logits`` changed from ``before_query``). Figures of non-finite logits
+    are None."""
+    labels = torch.tensor(list(support_labels), device=before_support.device)
+
+    def support_loss(support: torch.Tensor):
+        return float(torch.nn.functional.cross_entropy(support.float(), labels)) \
+            if torch.isfinite(support).all() else None
+
+    changed = (before_query.argmax(-1).cpu() != logits.argmax(-1).cpu()).float().mean().item()
+    return {"support_loss_before": support_loss(before_support), "support_loss_after": support_loss(after_support),
             "adapt_changed": changed if torch.isfinite(before_query).all() else None}
 
 
@@ -103,8 +120,119 @@ def checked_figures(method: Method, figures) -> dict:
     return checked
 
 
-def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast_dtype=None,
-                source_episodes: Optional[Callable[[int], Episode]] = None) -> dict:
+def episode_outcome(method: Method, backbone: Backbone, view: EpisodeView, seed: int, *, autocast_dtype=None,
+                    source_episodes: Optional[Callable[[int], Episode]] = None,
+                    is_failure: Callable[[BaseException], bool] = is_method_failure) -> dict:
+    """Run the method's code on one episode and return what it produced, unchecked: ``logits`` (query, float32),
+    ``trainable_params``, ``figures`` (``ctx.figures``), ``stability`` (the gradient recorder's summary), ``initial``
+    (:func:`adaptation_logits`, for a predictor with ``initial`` and finite logits), ``error`` (why the method's
+    code failed, else None) and ``stability_error``. Sees no query label: :func:`run_episode` runs this in the
+    harness's process, the sealed worker (:mod:`fewshot_bench.worker`) in its own, and the harness checks and
+    scores the outcome (:func:`record_from_outcome`). Exceptions ``is_failure`` calls the user's are re-raised."""
+    torch.manual_seed(seed)
+    if backbone.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backbone.device)
+    ctx = EpisodeContext(backbone, view, seed, autocast_dtype=autocast_dtype, source_episodes=source_episodes)
+    outcome = {"error": None, "logits": None, "trainable_params": 0, "figures": {}, "initial": None,
+               "stability": {}, "stability_error": None}
+    try:
+        predictor = method.adapt(ctx)
+        outcome["trainable_params"] = predictor.trainable_params
+        logits = predict_queries(predictor, backbone, view.query_texts, view.n_way)
+        if predictor.initial is not None and torch.isfinite(logits).all():
+            outcome["initial"] = adaptation_logits(predictor, backbone, view)
+        outcome.update(logits=logits, figures=ctx.figures)
+    except BaseException as exc:  # one bad episode must not end the run; a real Ctrl-C does
+        if not is_failure(exc):
+            raise
+        outcome.update(error=failure_reason(exc), figures={})
+    try:
+        outcome["stability"] = ctx.recorder.summary()
+    except Exception as exc:  # the method broke the recorder it was given
+        outcome["stability_error"] = failure_reason(exc)
+    for model in ctx.models:  # the episode is over: the next fresh_model resets one in place instead of copying
+        backbone.recycle(model)
+    return outcome
+
+
+class _Refused(Exception):
+    """An outcome the harness does not accept (its message is the stored error)."""
+
+
+def _checked_logits(logits, rows: int, n_way: int, what: str = "logits") -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise _Refused(f"RuntimeError: the predictor's {what} are a {type(logits).__name__}, not a float tensor")
+    if tuple(logits.shape) != (rows, n_way):
+        raise _Refused(f"RuntimeError: predictor returned {what} of shape {tuple(logits.shape)} for {rows} texts, "
+                       f"expected {(rows, n_way)}")
+    return logits.float()
+
+
+def _checked_stability(stability) -> dict:
+    if not isinstance(stability, dict) or any(not isinstance(k, str) or not (
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) or (k == "diverged" and
+                                                                                     isinstance(v, bool)))
+            for k, v in stability.items()):
+        raise _Refused("ValueError: the gradient recorder's summary is not a dict of numbers")
+    return dict(stability)
+
+
+def record_from_outcome(method: Method, episode: Episode, outcome: dict) -> dict:
+    """The per-episode record of an :func:`episode_outcome` (from this process or a sealed worker, whose outcome
+    is checked as untrusted): trainable_params a count, logits of shape [queries, n_way], declared figures in
+    range, scores from the query labels kept here. A failure (an error in the method's code, or an outcome
+    refused here) gives status 'failed' with the reason; non-finite logits or training give 'diverged'."""
+    record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None}
+    scores, figures = {}, {}
+    try:
+        if outcome.get("error") is not None:
+            raise _Refused(str(outcome["error"]))
+        trainable = outcome.get("trainable_params")
+        if isinstance(trainable, bool) or not isinstance(trainable, int) or trainable < 0:
+            raise _Refused(f"TypeError: Predictor.trainable_params is {trainable!r}, not a count of parameters")
+        logits = _checked_logits(outcome.get("logits"), len(episode.query_texts), episode.n_way)
+        adaptation, initial = {}, outcome.get("initial")
+        if initial is not None and torch.isfinite(logits).all():
+            if not isinstance(initial, dict):
+                raise _Refused("RuntimeError: the un-adapted model's logits are missing")
+            rows = {"before_query": len(episode.query_texts), "before_support": len(episode.support_texts),
+                    "after_support": len(episode.support_texts)}
+            adaptation = adaptation_from_logits(
+                **{k: _checked_logits(initial.get(k), n, episode.n_way, k.replace("_", " ") + " logits")
+                   for k, n in rows.items()}, support_labels=episode.support_labels, logits=logits)
+        try:
+            figures = checked_figures(method, outcome.get("figures"))
+        except ValueError as exc:
+            raise _Refused(f"ValueError: {exc}") from None
+        record["trainable_params"] = trainable
+        if not torch.isfinite(logits).all():
+            record.update(status="diverged", error="non-finite logits on the query set")
+        else:
+            predictions = logits.argmax(-1).tolist()
+            scores = {"predictions": predictions, **query_scores(episode.query_labels, predictions), **adaptation}
+    except _Refused as exc:
+        record.update(status="failed", error=str(exc))
+        figures = {}
+    try:
+        stability = _checked_stability(outcome.get("stability") or {})
+        if outcome.get("stability_error") is not None:
+            raise _Refused(str(outcome["stability_error"]))
+    except _Refused as exc:
+        stability = {"diverged": False}
+        if record["status"] == "ok":
+            record.update(status="failed", error=str(exc))
+            scores = {}
+    if stability.pop("diverged", False) and record["status"] == "ok":
+        record.update(status="diverged", error="non-finite loss or gradient during adaptation")
+    record.update(figures)  # first: the harness's figures below are written over anything of the same name
+    record.update({k: v for k, v in stability.items() if k in METRIC})
+    if record["status"] != "failed":  # a run diverged in training still scored its (finite) predictions
+        record.update(scores)
+    return record
+
+
+def run_episode(method: Method, episode: Episode, backbone: Optional[Backbone], *, seed: int, autocast_dtype=None,
+                source_episodes: Optional[Callable[[int], Episode]] = None, worker=None) -> dict:
     """Adapt ``method`` on the support set, predict the query set, return the per-episode record.
 
     The method sees an :class:`~fewshot_bench.sealed.EpisodeView` (``adapt``) and the query texts tokenized
@@ -115,50 +243,33 @@ def run_episode(method: Method, episode: Episode, backbone: Backbone, *, seed: i
     'diverged'; the run goes on. Method figures never replace the harness's (accuracy, losses, timings). The models
     the method took from ``ctx.fresh_model`` are handed back to the backbone when the episode is over
     (:meth:`Backbone.recycle`).
+
+    ``worker`` (a :class:`fewshot_bench.worker.SealedWorker`): the method's code runs in that sealed process (its
+    own backbone; ``backbone`` may be None), under its time limit; a timeout or the worker's death fails the
+    episode. The record then also has ``embedding_cache_seconds`` (measured in the worker). ``isolation`` says
+    where the code ran: ``in-process``, ``process`` or ``sandboxed``.
     """
-    torch.manual_seed(seed)
-    if backbone.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(backbone.device)
-    start = time.perf_counter()
     view = EpisodeView.of(episode)
-    ctx = EpisodeContext(backbone, view, seed, autocast_dtype=autocast_dtype, source_episodes=source_episodes)
-    record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None}
-    scores, figures = {}, {}
-    try:
-        predictor = method.adapt(ctx)
-        trainable = predictor.trainable_params
-        if isinstance(trainable, bool) or not isinstance(trainable, int) or trainable < 0:
-            raise TypeError(f"Predictor.trainable_params is {trainable!r}, not a count of parameters")
-        logits = predict_queries(predictor, backbone, view.query_texts, view.n_way)
-        adaptation = (adaptation_figures(predictor, backbone, episode, logits)
-                      if predictor.initial is not None and torch.isfinite(logits).all() else {})
-        figures = checked_figures(method, ctx.figures)
-        record["trainable_params"] = trainable
-        if not torch.isfinite(logits).all():
-            record.update(status="diverged", error="non-finite logits on the query set")
-        else:
-            predictions = logits.argmax(-1).tolist()
-            scores = {"predictions": predictions, **query_scores(episode.query_labels, predictions), **adaptation}
-    except BaseException as exc:  # one bad episode must not end the run; a real Ctrl-C does
-        if not is_method_failure(exc):
-            raise
-        record.update(status="failed", error=failure_reason(exc))
-        figures = {}
-    try:
-        stability = ctx.recorder.summary()
-    except Exception as exc:  # the method broke the recorder it was given
-        stability = {"diverged": False}
-        if record["status"] == "ok":
-            record.update(status="failed", error=failure_reason(exc))
-            scores = {}
-    if stability.pop("diverged", False) and record["status"] == "ok":
-        record.update(status="diverged", error="non-finite loss or gradient during adaptation")
-    record.update(figures)  # first: the harness's figures below are written over anything of the same name
-    record.update({k: v for k, v in stability.items() if k in METRIC})
-    if record["status"] != "failed":  # a run diverged in training still scored its (finite) predictions
-        record.update(scores)
-    for model in ctx.models:  # the episode is over: the next fresh_model resets one in place instead of copying
-        backbone.recycle(model)
+    if worker is not None:
+        outcome = worker.episode(method, view, seed=seed, autocast_dtype=autocast_dtype,
+                                 source_episodes=source_episodes)
+        record = record_from_outcome(method, episode, outcome)
+        record.update(wall_seconds=outcome["seconds"], peak_mem_mb=outcome.get("peak_mem_mb"),
+                      embedding_cache_seconds=outcome.get("embedding_cache_seconds") or 0.0,
+                      isolation=outcome["isolation"])
+        return record
+    start = time.perf_counter()
+    outcome = episode_outcome(method, backbone, view, seed, autocast_dtype=autocast_dtype,
+                              source_episodes=source_episodes)
+    record = record_from_outcome(method, episode, outcome)
     record["wall_seconds"] = time.perf_counter() - start
     record["peak_mem_mb"] = peak_memory_mb(backbone.device)
+    if _store_has_isolation():  # until the store has the column, an in-process record stays as the runner writes it
+        record["isolation"] = "in-process"
     return record
+
+
+def _store_has_isolation() -> bool:
+    from .store import EPISODE_COLUMNS
+
+    return "isolation" in EPISODE_COLUMNS
