@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from .config import bounded_int, finite_float, positive_int
 from .errors import UserError
+from .interrupts import interrupt_message
 from .outputs import print_table
 from .registry import import_object
 
@@ -304,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished episodes are kept in the store", file=sys.stderr)
+        print(interrupt_message(args), file=sys.stderr)
         return 130
     except sqlite3.OperationalError as exc:  # another process held the store's write lock past the timeout
         if args.debug or "locked" not in str(exc):
