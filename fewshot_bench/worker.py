@@ -10,7 +10,7 @@ model's logits for ``Predictor.initial``) and answers with logits, figures and t
 :func:`fewshot_bench.harness.record_from_outcome` checks and scores them in the harness. Source- and validation-pool
 episodes (SGG's alignment, meta-training) are served by the harness on request; the worker never opens the data.
 
-After loading the backbone the worker confines itself (:mod:`fewshot_bench.worker_sandbox`): level ``sandboxed``
+After loading the backbone the worker confines itself (:mod:`fewshot_bench.worker_process`): level ``sandboxed``
 (Landlock: no reading of the data, the store or the caches, writing only in a scratch folder), else ``process``
 (separate memory only: the query labels are out of reach, files are not). A per-episode time limit kills the
 worker's process group; a worker that dies fails only its episode; a memory cap turns runaway allocation into a
@@ -37,7 +37,8 @@ from .episodes import Episode
 from .errors import UserError
 from .methods import Method
 from .sealed import EpisodeView
-from .worker_sandbox import default_denied, default_memory_limit_mb, exit_description, pack, unpack
+from .worker_process import default_denied, default_memory_limit_mb, exit_description, pack, unpack, \
+    worker_main
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class _Process:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe(duplex=True)
         self.scratch = tempfile.mkdtemp(prefix="fewshot_worker_")
-        self.process = context.Process(target=_worker_main, args=(child, {**self.init, "scratch": self.scratch}),
+        self.process = context.Process(target=worker_main, args=(child, {**self.init, "scratch": self.scratch}),
                                        daemon=True, name="fewshot-sealed-worker")
         self.process.start()
         child.close()
@@ -373,127 +374,3 @@ class SealedWorker:
         self._replay.pop(token, None)
         for slot in self._slots.values():
             slot.hosted.discard(token)
-
-
-# ---------------------------------------------------------------------- the worker process
-def _worker_main(conn, init: dict) -> None:
-    """Entry point of the worker process: prepare, confine, then answer the harness until told to quit."""
-    from . import worker_sandbox as sandbox
-
-    os.setsid()  # its own process group: killed as one; the terminal's Ctrl-C goes to the harness only
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sandbox.die_with_parent()
-    os.environ.pop("FEWSHOT_BENCH_DATA", None)
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        os.environ[name] = init["scratch"]
-    tempfile.tempdir = init["scratch"]
-    try:
-        sandbox.cap_memory(init["memory_limit_mb"])
-        torch.set_num_threads(init["threads"])
-        from .backbone import load_backbone
-        import importlib
-
-        for name in ("builtins", "harness", "methods", "spec", "baselines", "sgg", "tasks"):
-            importlib.import_module(f"fewshot_bench.{name}")  # their folders are readable after confinement
-        backbones = {a: load_backbone(init["backbone"], device=init["device"], attn_implementation=a)
-                     for a in init["attn"]}
-        level, note = "process", None
-        if init["isolation"] == "sandboxed":
-            note = sandbox.confine(read=init["read"], write=[init["scratch"]], deny=init["deny"])
-            level = "sandboxed" if note is None else "process"
-            if note is None:
-                sandbox.drop_capabilities()
-        conn.send_bytes(pack(("ready", level, note)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the harness
-        conn.send_bytes(pack(("fatal", f"{type(exc).__name__}: {exc}")))
-        return
-    _serve_harness(conn, init, backbones)
-
-
-def _serve_harness(conn, init: dict, backbones: dict) -> None:
-    from .backbone import load_backbone
-    from .harness import episode_outcome, failure_reason, peak_memory_mb
-    from .methods import MetaContext
-    from .spec import method_from_spec
-
-    hosted: Dict[int, Method] = {}
-
-    def send(*message):
-        conn.send_bytes(pack(tuple(message)))
-
-    def pool(name: str):
-        def fetch(index: int) -> Episode:
-            send("pool", name, index)
-            reply = unpack(conn.recv_bytes(), trusted=True)
-            if reply[0] != "episode":
-                raise UserError(reply[1])
-            return reply[1]
-        return fetch
-
-    def backbone_for(attn: str):
-        if attn not in backbones:
-            backbones[attn] = load_backbone(init["backbone"], device=init["device"], attn_implementation=attn)
-        return backbones[attn]
-
-    while True:
-        message = unpack(conn.recv_bytes(), trusted=True)
-        kind = message[0]
-        if kind == "quit":
-            return
-        try:
-            if kind == "host":
-                _, token, spec, overrides, attn, state = message
-                method = method_from_spec(spec, overrides)
-                if state is not None:
-                    method.load_state_dict({k: v.to(init["device"]) for k, v in state.items()})
-                hosted[token] = method
-                backbone_for(attn)
-                send("ok")
-            elif kind == "episode":
-                _, token, view, seed, autocast, has_source = message
-                method = hosted[token]
-                backbone = backbone_for(method.attn_implementation)
-                cache_before = backbone.embedding_cache_seconds
-                outcome = episode_outcome(method, backbone, view, seed, autocast_dtype=autocast,
-                                          source_episodes=pool("source") if has_source else None,
-                                          is_failure=lambda exc: True)
-                send("outcome", _plain_outcome(outcome, backbone, cache_before, peak_memory_mb(backbone.device)))
-            elif kind == "meta_train":
-                _, token, seed, autocast, has_validation = message
-                method = hosted[token]
-                backbone = backbone_for(method.attn_implementation)
-                method.meta_train(MetaContext(backbone, seed, pool("source"), autocast_dtype=autocast,
-                                              validation_episodes=pool("validation") if has_validation else None))
-                state = method.state_dict()
-                if isinstance(state, dict):
-                    state = {str(k): v.detach().cpu() if isinstance(v, torch.Tensor) else repr(v)
-                             for k, v in state.items()}
-                send("state", state if state is None or isinstance(state, dict) else repr(state))
-        except BaseException as exc:  # noqa: BLE001 - the method's failure, reported with its episode
-            send("error", failure_reason(exc)[:20000])
-
-
-def _plain_outcome(outcome: dict, backbone, cache_before: float, peak: float) -> dict:
-    """``outcome`` as tensors, numbers and strings only (what the harness reads back with weights_only)."""
-    def number(value):
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return repr(value)[:200]
-
-    figures = outcome["figures"]
-    figures = ({str(k): number(v) for k, v in figures.items()} if isinstance(figures, dict)
-               else repr(type(figures).__name__))
-    stability = outcome["stability"]
-    logits, initial = outcome["logits"], outcome["initial"]
-    return {"error": outcome["error"], "stability_error": outcome["stability_error"],
-            "trainable_params": number(outcome["trainable_params"]),
-            "logits": logits.detach().float().cpu() if isinstance(logits, torch.Tensor) else logits,
-            "initial": None if initial is None else {k: v.detach().float().cpu() for k, v in initial.items()},
-            "figures": figures,
-            "stability": {str(k): number(v) for k, v in stability.items()} if isinstance(stability, dict) else None,
-            "peak_mem_mb": float(peak), "embedding_cache_seconds": backbone.embedding_cache_seconds - cache_before}

@@ -1,5 +1,5 @@
-"""What the sealed worker (:mod:`fewshot_bench.worker`) does to itself before it runs a method: Landlock confinement,
-a memory cap, no capabilities; and the wire format between the worker and the harness.
+"""The sealed worker's process (:mod:`fewshot_bench.worker` starts it): what it does to itself before it runs a
+method (Landlock confinement, a memory cap, no capabilities), its main loop, and the wire format.
 
 Confinement (``landlockpy``, the optional extra ``sandbox``): reads only beneath the Python installation, the
 system folders, the folders of the modules imported so far (this package, torch, transformers, ...), the backbone
@@ -21,10 +21,14 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
+
+from .episodes import Episode
+from .errors import UserError
 
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys")
 
@@ -49,8 +53,8 @@ def exit_description(exitcode: Optional[int]) -> str:
         except ValueError:
             name = f"signal {-exitcode}"
         cause = " (the OOM killer or a kill from outside)" if name == "SIGKILL" else ""
-        return f"the sealed worker died from {name}{cause} during the method's code"
-    return f"the sealed worker exited with status {exitcode} during the method's code (os._exit or exit in the method)"
+        return f"the sealed worker died from {name}{cause}"
+    return f"the sealed worker exited with status {exitcode} (os._exit or an exit in the method's code)"
 
 
 def default_memory_limit_mb() -> int:
@@ -193,3 +197,127 @@ def _allow_except(ruleset, root: Path, access, denied: List[Path]) -> None:
                 _allow_except(ruleset, real, access, denied)
         return
     ruleset.allow_path(root, access if root.is_dir() else access & _FILE_RIGHTS)
+
+
+# ---------------------------------------------------------------------- the worker's main loop
+def worker_main(conn, init: dict) -> None:
+    """Entry point of the worker process: prepare, confine, then answer the harness until told to quit."""
+    os.setsid()  # its own process group: killed as one; the terminal's Ctrl-C goes to the harness only
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    os.environ.pop("FEWSHOT_BENCH_DATA", None)
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        os.environ[name] = init["scratch"]
+    tempfile.tempdir = init["scratch"]
+    try:
+        cap_memory(init["memory_limit_mb"])
+        torch.set_num_threads(init["threads"])
+        import importlib
+
+        from .backbone import load_backbone
+
+        for name in ("builtins", "harness", "methods", "spec", "baselines", "sgg", "tasks"):
+            importlib.import_module(f"fewshot_bench.{name}")  # their folders are readable after confinement
+        backbones = {a: load_backbone(init["backbone"], device=init["device"], attn_implementation=a)
+                     for a in init["attn"]}
+        level, note = "process", None
+        if init["isolation"] == "sandboxed":
+            note = confine(read=init["read"], write=[init["scratch"]], deny=init["deny"])
+            level = "sandboxed" if note is None else "process"
+            if note is None:
+                drop_capabilities()
+        conn.send_bytes(pack(("ready", level, note)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the harness
+        conn.send_bytes(pack(("fatal", f"{type(exc).__name__}: {exc}")))
+        return
+    _serve_harness(conn, init, backbones)
+
+
+def _serve_harness(conn, init: dict, backbones: dict) -> None:
+    from .backbone import load_backbone
+    from .harness import episode_outcome, failure_reason, peak_memory_mb
+    from .methods import MetaContext
+    from .spec import method_from_spec
+
+    hosted: Dict[int, object] = {}  # token -> method instance
+
+    def send(*message):
+        conn.send_bytes(pack(tuple(message)))
+
+    def pool(name: str):
+        def fetch(index: int) -> Episode:
+            send("pool", name, index)
+            reply = unpack(conn.recv_bytes(), trusted=True)
+            if reply[0] != "episode":
+                raise UserError(reply[1])
+            return reply[1]
+        return fetch
+
+    def backbone_for(attn: str):
+        if attn not in backbones:
+            backbones[attn] = load_backbone(init["backbone"], device=init["device"], attn_implementation=attn)
+        return backbones[attn]
+
+    while True:
+        message = unpack(conn.recv_bytes(), trusted=True)
+        kind = message[0]
+        if kind == "quit":
+            return
+        try:
+            if kind == "host":
+                _, token, spec, overrides, attn, state = message
+                method = method_from_spec(spec, overrides)
+                if state is not None:
+                    method.load_state_dict({k: v.to(init["device"]) for k, v in state.items()})
+                hosted[token] = method
+                backbone_for(attn)
+                send("ok")
+            elif kind == "episode":
+                _, token, view, seed, autocast, has_source = message
+                method = hosted[token]
+                backbone = backbone_for(method.attn_implementation)
+                cache_before = backbone.embedding_cache_seconds
+                outcome = episode_outcome(method, backbone, view, seed, autocast_dtype=autocast,
+                                          source_episodes=pool("source") if has_source else None,
+                                          is_failure=lambda exc: True)
+                send("outcome", _plain_outcome(outcome, backbone, cache_before, peak_memory_mb(backbone.device)))
+            elif kind == "meta_train":
+                _, token, seed, autocast, has_validation = message
+                method = hosted[token]
+                backbone = backbone_for(method.attn_implementation)
+                method.meta_train(MetaContext(backbone, seed, pool("source"), autocast_dtype=autocast,
+                                              validation_episodes=pool("validation") if has_validation else None))
+                state = method.state_dict()
+                if isinstance(state, dict):
+                    state = {str(k): v.detach().cpu() if isinstance(v, torch.Tensor) else repr(v)
+                             for k, v in state.items()}
+                send("state", state if state is None or isinstance(state, dict) else repr(state))
+        except BaseException as exc:  # noqa: BLE001 - the method's failure, reported with its episode
+            send("error", failure_reason(exc)[:20000])
+
+
+def _plain_outcome(outcome: dict, backbone, cache_before: float, peak: float) -> dict:
+    """``outcome`` as tensors, numbers and strings only (what the harness reads back with weights_only)."""
+    def number(value):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return repr(value)[:200]
+
+    figures, error = outcome["figures"], outcome["error"]
+    if not isinstance(figures, dict):
+        error = error or f"ValueError: ctx.figures is a {type(figures).__name__}, not a dict of declared figures"
+        figures = {}
+    stability = outcome["stability"]
+    logits, initial = outcome["logits"], outcome["initial"]
+    return {"error": error, "stability_error": outcome["stability_error"],
+            "trainable_params": number(outcome["trainable_params"]),
+            "logits": logits.detach().float().cpu() if isinstance(logits, torch.Tensor) else logits,
+            "initial": None if initial is None else {k: v.detach().float().cpu() for k, v in initial.items()},
+            "figures": {str(k): number(v) for k, v in figures.items()},
+            "stability": {str(k): number(v) for k, v in stability.items()} if isinstance(stability, dict) else None,
+            "peak_mem_mb": float(peak), "embedding_cache_seconds": backbone.embedding_cache_seconds - cache_before}

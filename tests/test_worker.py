@@ -61,10 +61,13 @@ def bad_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bad_worker():
-    """Process isolation (no Landlock needed), a 5 s limit and a 3 GB memory cap."""
+def bad_worker(bad_file):
+    """Process isolation (no Landlock needed), a 5 s limit and a 3 GB memory cap; the built-ins' process and the
+    method file's started here (a method file runs in a process of its own)."""
     with SealedWorker("tiny-encoder", device="cpu", isolation="process", timeout=5,
                       memory_limit_mb=3000) as sealed:
+        assert sealed.start() == sealed.start(f"{bad_file}:Bad") == "process"
+        assert len(sealed._slots) == 2
         yield sealed
 
 
