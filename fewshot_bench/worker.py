@@ -51,10 +51,54 @@ class WorkerFailure(Exception):
     """The worker timed out, died or broke the protocol; the message is the episode's stored error."""
 
 
+class MethodStub(Method):
+    """A method as the harness holds it when its code runs only in a sealed worker (:meth:`SealedWorker.describe`):
+    its declarations (name, protocol, attention, figures, opt-in) and config, never its code."""
+
+    def __init__(self, spec: str, info: dict):
+        super().__init__(None)
+        self.spec = spec
+        self.name, self.protocol = info["name"], info["protocol"]
+        self.attn_implementation, self.figures, self.opt_in = info["attn"], tuple(info["figures"]), info["opt_in"]
+        self._config = dict(info["config"])
+
+    def config_dict(self) -> dict:
+        return dict(self._config)
+
+    def adapt(self, ctx):
+        raise RuntimeError(f"{self.name} runs in a sealed worker only: run_episode(..., worker=...)")
+
+
+def canonical_spec(name: str) -> str:
+    """``module:Class`` or ``/abs/path/file.py:Class`` of a method name (a registered name, ``module:Class`` or
+    ``path/file.py:Class``), without importing it."""
+    from .builtins import BUILTIN_METHODS
+    from .registry import METHODS
+
+    path, sep, attr = name.rpartition(":")
+    if sep:
+        return f"{os.path.abspath(path)}:{attr}" if path.endswith(".py") else name
+    if name in BUILTIN_METHODS:
+        return BUILTIN_METHODS[name]
+    METHODS.names()  # entry points loaded
+    entry = METHODS._entries.get(name)  # the import string, never imported here
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, type):
+        return _class_spec(entry)
+    METHODS.get(name)  # raises: unknown method, with "did you mean"
+    raise UserError(f"method '{name}' is registered as {entry!r}, not a class a sealed worker can import")
+
+
 def method_spec(method: Method) -> Tuple[str, dict]:
     """(spec, config overrides) the worker rebuilds ``method`` from: ``path/file.py:Class`` for a method file,
     ``module:Class`` otherwise; the overrides are its whole config."""
-    cls = type(method)
+    if isinstance(method, MethodStub):
+        return method.spec, method.config_dict()
+    return _class_spec(type(method)), method.config_dict()
+
+
+def _class_spec(cls: type) -> str:
     module = sys.modules.get(cls.__module__)
     path = getattr(module, "__file__", None)
     if "<locals>" in cls.__qualname__:
@@ -63,8 +107,8 @@ def method_spec(method: Method) -> Tuple[str, dict]:
     if cls.__module__.startswith("fewshot_bench_user_") or cls.__module__ in ("__main__", "__mp_main__"):
         if not path:
             raise UserError(f"method class {cls.__qualname__} has no file a sealed worker could import")
-        return f"{os.path.abspath(path)}:{cls.__qualname__}", method.config_dict()
-    return f"{cls.__module__}:{cls.__qualname__}", method.config_dict()
+        return f"{os.path.abspath(path)}:{cls.__qualname__}"
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _grants_for(spec: str) -> Tuple[str, ...]:
@@ -248,7 +292,7 @@ class SealedWorker:
 
     def start(self, spec: str = "fewshot_bench.baselines.protonet:PrototypicalNetwork") -> str:
         """Start the worker process ``spec`` runs in (the package's methods': by default); its isolation level."""
-        slot = self._slot(spec)
+        slot = self._slot(canonical_spec(spec))
         slot.start()
         return slot.isolation
 
@@ -270,10 +314,37 @@ class SealedWorker:
             pass
 
     def _slot(self, spec: str) -> _Process:
+        """The process ``spec`` (canonical: ``module:Class`` or ``/path/file.py:Class``) runs in."""
         key = "fewshot_bench" if spec.startswith("fewshot_bench.") else spec.rpartition(":")[0]
         if key not in self._slots:
             self._slots[key] = _Process({**self.init, "read": [*self.init["read"], *_grants_for(spec)]})
         return self._slots[key]
+
+    def describe(self, spec: str, overrides: Optional[dict] = None) -> MethodStub:
+        """The method ``spec`` (``NAME(field=value,...)`` as ``--methods`` takes it) with config ``overrides``, built
+        and checked in its worker (a method file is imported there, never in this process): a
+        :class:`MethodStub` to give :func:`~fewshot_bench.harness.run_episode` and :meth:`meta_train`. Raises
+        UserError with the worker's reason when the method cannot be built."""
+        from .spec import parse_spec
+
+        name, from_spec = parse_spec(spec)
+        target = canonical_spec(name)
+        slot = self._slot(target)
+        slot.start()
+        try:
+            reply = slot.call(("describe", target, {**from_spec, **(overrides or {})}), self.timeout, {})
+        except WorkerFailure as exc:
+            raise UserError(f"method '{spec}': {exc}") from None
+        info = reply[1] if reply[0] == "described" and len(reply) > 1 else None
+        if not isinstance(info, dict):
+            raise UserError(str(reply[1]) if reply[0] == "error" and len(reply) > 1 else f"method '{spec}': the "
+                            f"sealed worker broke the protocol")
+        if not (isinstance(info.get("name"), str) and isinstance(info.get("config"), dict)
+                and all(isinstance(f, str) for f in info.get("figures", (1,)))):
+            raise UserError(f"method '{spec}': the sealed worker described it wrongly")
+        from .spec import check_declarations
+
+        return check_declarations(MethodStub(target, info))
 
     def _token(self, method: Method) -> int:
         if method not in self._tokens:

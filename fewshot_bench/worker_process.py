@@ -264,7 +264,17 @@ def _serve_harness(conn, init: dict, backbones: dict) -> None:
         if kind == "quit":
             return
         try:
-            if kind == "host":
+            if kind == "describe":
+                _, spec, overrides = message
+                try:
+                    method = method_from_spec(spec, overrides)
+                except UserError as exc:
+                    send("error", str(exc))
+                    continue
+                send("described", {"name": str(method.name), "protocol": str(method.protocol),
+                                   "attn": str(method.attn_implementation), "opt_in": bool(method.opt_in),
+                                   "figures": [str(f) for f in method.figures], "config": method.config_dict()})
+            elif kind == "host":
                 _, token, spec, overrides, attn, state = message
                 method = method_from_spec(spec, overrides)
                 if state is not None:

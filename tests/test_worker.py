@@ -163,3 +163,25 @@ def test_runaway_allocation_is_a_memory_error(bad_worker, bad_file, episode):
     assert record["status"] == "failed" and "MemoryError" in record["error"]
     ok = run_episode(method_from_spec(f"{bad_file}:Bad"), episode, None, seed=0, worker=bad_worker)
     assert ok["status"] == "ok", ok["error"]
+
+
+def test_describe_builds_the_method_in_the_worker_only(worker, tiny_backbone, episode, tmp_path):
+    """A method file described through the worker is never imported here; its stub runs episodes there."""
+    import sys
+
+    from fewshot_bench.errors import UserError
+
+    path = tmp_path / "head.py"
+    path.write_text(BAD.replace('name = "bad_method"', 'name = "stubbed"'))
+    stub = worker.describe(f"{path}:Bad(mode=ok)")
+    assert (stub.name, stub.protocol, stub.config_dict()) == ("stubbed", "target-only", {"mode": "ok"})
+    assert not any(getattr(m, "__file__", None) == str(path) for m in list(sys.modules.values()))
+    record = run_episode(stub, episode, None, seed=0, worker=worker)
+    assert record["status"] == "ok" and record["accuracy"] == pytest.approx(1 / episode.n_way), record["error"]
+    protonet = worker.describe("protonet(temperature=0.5)")
+    assert protonet.config_dict() == method_from_spec("protonet", {"temperature": 0.5}).config_dict()
+    assert protonet.config_hash() == method_from_spec("protonet", {"temperature": 0.5}).config_hash()
+    with pytest.raises(UserError, match="no config field 'nope'"):
+        worker.describe("protonet(nope=1)")
+    with pytest.raises(UserError, match="unknown method"):
+        worker.describe("protonett")
