@@ -279,7 +279,8 @@ class SealedWorker:
                      "deny": [*default_denied(), *(str(p) for p in deny)],
                      "read": [w] if (w := _weights_path(backbone)) else []}
         self._slots: Dict[str, _Process] = {}
-        self._tokens: "weakref.WeakKeyDictionary[Method, int]" = weakref.WeakKeyDictionary()
+        self._tokens: Dict[int, int] = {}  # id(method instance) -> token
+        self._pinned: list = []
         self._count = 0
         self._states: Dict[int, Optional[dict]] = {}  # token -> state tensors (meta-trained or loaded)
         self._replay: Dict[int, tuple] = {}  # token -> meta-training arguments (methods without a state_dict)
@@ -347,13 +348,19 @@ class SealedWorker:
         return check_declarations(MethodStub(target, info))
 
     def _token(self, method: Method) -> int:
-        if method not in self._tokens:
+        """A number per method instance (its worker copy, its state), forgotten when the instance is."""
+        key = id(method)
+        if key not in self._tokens:
             self._count += 1
-            self._tokens[method] = self._count
-            weakref.finalize(method, self._forget, self._count)
-        return self._tokens[method]
+            self._tokens[key] = self._count
+            try:
+                weakref.finalize(method, self._forget, key)
+            except TypeError:  # not weak-referenceable: kept alive, so its id is never another instance's
+                self._pinned.append(method)
+        return self._tokens[key]
 
-    def _forget(self, token: int) -> None:
+    def _forget(self, key: int) -> None:
+        token = self._tokens.pop(key, None)
         self._states.pop(token, None)
         self._replay.pop(token, None)
 

@@ -22,6 +22,7 @@ import resource
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -150,8 +151,9 @@ def default_denied() -> List[str]:
 
 def confine(*, read: Sequence[str], write: Sequence[str], deny: Sequence[str]) -> Optional[str]:
     """Restrict this thread and its future children with Landlock (see the module docstring): reads beneath
-    :data:`SYSTEM_READ`, the Python installation, :func:`module_roots` and ``read``, except beneath ``deny``;
-    read-write beneath ``write`` and on devices. Returns None when enforced, else why not (nothing restricted)."""
+    :data:`SYSTEM_READ`, the Python installation and :func:`module_roots`, except beneath ``deny``; beneath the paths
+    ``read`` names (the backbone weights, method files), even inside a denied folder; read-write beneath ``write``
+    and on devices. Returns None when enforced, else why not (nothing restricted)."""
     try:
         import landlockpy as landlock
     except ImportError:
@@ -167,16 +169,20 @@ def confine(*, read: Sequence[str], write: Sequence[str], deny: Sequence[str]) -
         ruleset = landlock.Ruleset(handled_fs=handled, handled_net=landlock.net_for_abi(abi),
                                    scoped=landlock.Scope.ABSTRACT_UNIX_SOCKET | landlock.Scope.SIGNAL)
         denied = [p for p in (_real(d) for d in deny) if p is not None]
-        roots = [*SYSTEM_READ, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *module_roots(),
-                 *read]
+        roots = [*SYSTEM_READ, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *module_roots()]
         with ruleset:
             for root in collapse(p for p in (_real(r) for r in roots) if p is not None and p.exists()):
                 _allow_except(ruleset, root, reading, denied)
+            for path in (p for p in (_real(r) for r in read) if p is not None and p.exists()):  # named: granted
+                ruleset.allow_path(path, reading if path.is_dir() else reading & _FILE_RIGHTS)
             if Path("/dev").is_dir():
                 ruleset.allow_path("/dev", (fs.READ_FILE | fs.WRITE_FILE | fs.READ_DIR | fs.IOCTL_DEV) & handled)
             for folder in write:
                 ruleset.allow_path(folder, writing | reading)
-            ruleset.restrict()
+            others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+            if others and abi < 8:  # Landlock confines the calling thread (and what it starts) only
+                return f"Python threads started before confinement: {', '.join(others)}"
+            ruleset.restrict(landlock.RestrictFlag.TSYNC)  # ABI >= 8: every thread of the process (else dropped)
     except (OSError, ValueError, RuntimeError) as exc:  # LandlockError is an OSError
         return f"Landlock refused: {exc}"
     return None

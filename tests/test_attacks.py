@@ -196,6 +196,26 @@ ATTACKS = textwrap.dedent('''
             return answer(ctx, {})
 
 
+    class Harness(Method):
+        """Not a label theft: end the run (kill the harness) or read its memory. trainable_params says what worked."""
+        name = "attack_harness"
+
+        def adapt(self, ctx):
+            import signal
+            worked = 0
+            try:
+                with open(f"/proc/{os.getppid()}/mem", "rb"):
+                    worked += 1
+            except OSError:
+                pass
+            try:
+                os.kill(os.getppid(), signal.SIGKILL)
+                worked += 10
+            except OSError:
+                pass
+            return Predictor(answer(ctx, {}).predict, worked)
+
+
     class Figure(Method):
         name = "attack_figure"
 
@@ -292,3 +312,21 @@ def test_attack_fails_in_the_sealed_worker(kind, attack_file, worker, episode, s
     assert _stored(store) == 0.2
     after = run_episode(method_from_spec("protonet"), episode, None, seed=0, worker=worker)
     assert after["status"] == "ok" and after["predictions"] == alone
+
+
+def test_the_sandbox_keeps_the_harness_alive_and_unread(attack_file, worker, episode):
+    """Landlock's scopes: no signal to the harness (a SIGKILL would end the run), no /proc/PID/mem of it."""
+    spec = f"{attack_file}:Harness"
+    if worker.start(spec) != "sandboxed":
+        pytest.skip(f"without Landlock the worker could kill this test process: {worker._slots[attack_file].note}")
+    record = run_episode(method_from_spec(spec), episode, None, seed=0, worker=worker)
+    assert record["status"] == "ok" and record["trainable_params"] == 0, record
+
+
+def test_confine_says_why_not_without_landlockpy(monkeypatch):
+    import sys
+
+    from fewshot_bench.worker_process import confine
+
+    monkeypatch.setitem(sys.modules, "landlockpy", None)
+    assert "landlockpy is not installed" in confine(read=[], write=[], deny=[])
