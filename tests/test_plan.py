@@ -1,45 +1,154 @@
-"""`fewshot-bench run --dry-run`: cells, episodes and hour estimates printed, nothing written."""
+"""`fewshot-bench run --dry-run`: cells and tokens first, each method calibrated once (cached), hours per method and
+cell with one-off costs apart; nothing written but the calibration cache."""
+import json
 import os
+import re
 
 import pytest
 
+from fewshot_bench import calibration
+from fewshot_bench.calibration import CostLine
 from fewshot_bench.cli import main
-from fewshot_bench.plan import Calibration, Timing
+from fewshot_bench.data import get_task_data
+from fewshot_bench.plan import episode_rates, make_plan
+from fewshot_bench.run_config import RunConfig
+from fewshot_bench.task import BUILTIN_TASKS_DIR, register_cards
+
+ARGV = ["run", "--dry-run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--k-shot", "1,2", "--query", "2",
+        "--episodes", "4", "--methods", "protonet,full_ft(steps=2),fomaml(meta_steps=1)", "--threads", "1"]
 
 
-def test_one_point_scales_adaptation_by_support_and_prediction_by_queries():
-    calibration = Calibration([Timing(adapt_seconds=2.0, predict_seconds=1.0, support=5, queries=75)])
-    assert calibration.episode_seconds(5, 75) == pytest.approx(3.0)
-    assert calibration.episode_seconds(25, 75) == pytest.approx(2.0 * 5 + 1.0)
-    assert calibration.episode_seconds(10, 300) == pytest.approx(2.0 * 2 + 1.0 * 4)
+def test_the_line_is_affine_in_tokens_and_meta_training_scales_with_a_cells_tokens():
+    line = CostLine(fixed=2.0, per_support_token=0.01, per_query_token=0.001, meta_seconds=30.0, probe_tokens=300.0)
+    assert line.episode_seconds(100, 200) == pytest.approx(2.0 + 1.0 + 0.2)
+    assert line.episode_seconds(200, 200) - line.episode_seconds(100, 200) == pytest.approx(1.0)
+    assert line.meta_train_seconds(300) == pytest.approx(30.0) and line.meta_train_seconds(600) == pytest.approx(60.0)
+    assert CostLine(fixed=1.0).meta_train_seconds(600) == 0.0
 
 
-def test_two_points_give_a_fixed_cost_plus_a_cost_per_text():
-    calibration = Calibration([Timing(adapt_seconds=2.0, predict_seconds=1.0, support=5, queries=75),
-                               Timing(adapt_seconds=3.0, predict_seconds=4.0, support=25, queries=375)])
-    assert calibration.episode_seconds(5, 75) == pytest.approx(3.0)
-    assert calibration.episode_seconds(25, 375) == pytest.approx(7.0)
-    assert calibration.episode_seconds(15, 225) == pytest.approx(2.5 + 2.5)  # halfway on both lines
-    assert calibration.episode_seconds(45, 75) == pytest.approx(4.0 + 1.0)  # extrapolated: 2 + 0.05 s per text
-    noisy = Calibration([Timing(2.0, 1.0, 5, 75), Timing(1.5, 0.5, 25, 375)])  # larger setting timed faster
-    assert noisy.episode_seconds(25, 375) == pytest.approx(3.0)  # slopes clamped at 0, never below the small one
+def test_repeated_support_keeps_the_queries_and_multiplies_the_padded_support_tokens(tiny_backbone, demo_episode):
+    repeated = calibration.repeated_support(demo_episode, 3)
+    assert repeated.query_texts == demo_episode.query_texts
+    assert repeated.support_texts == demo_episode.support_texts * 3
+    s1, q1, tokens, texts = calibration.episode_tokens(tiny_backbone, demo_episode)
+    s2, q2, _, _ = calibration.episode_tokens(tiny_backbone, repeated)
+    assert s2 == 3 * s1 and q2 == q1 and texts == len(set(demo_episode.support_texts + demo_episode.query_texts))
+    assert calibration.repeats(2000) == 2 and calibration.repeats(100) == 11 and calibration.repeats(10) == 16
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, capsys):
+def test_dry_run_prints_the_plan_and_writes_only_the_calibration_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEWSHOT_BENCH_DATA", "")
     monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     before = set(os.listdir(tmp_path))
-    argv = ["run", "--dry-run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--k-shot", "1,2",
-            "--query", "2", "--episodes", "4", "--methods", "protonet,full_ft(steps=2),fomaml(meta_steps=1)",
-            "--store", str(tmp_path / "runs" / "s.sqlite"), "--out", str(tmp_path / "runs" / "lb.csv"), "--threads", "1"]
+    argv = ARGV + ["--store", str(tmp_path / "runs" / "s.sqlite"), "--out", str(tmp_path / "runs" / "lb.csv")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "demo_intents/fold1/5way1shot2q" in out and "demo_intents/fold1/5way2shot2q" in out
-    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    cells, _, rest = out.partition("\ncalibration:")
+    assert "demo_intents/fold1/5way1shot2q" in cells and "demo_intents/fold1/5way2shot2q" in cells  # cells first
+    assert "support tokens" in cells and "query tokens" in cells
+    rest = re.sub(r" \(load [^)]*\)", "", rest)  # "measured (load 1.2)": one column
+    lines = {line.split()[0]: line.split() for line in rest.splitlines() if line.strip()}
     for method in ("protonet", "full_ft(steps=2)", "fomaml(meta_steps=1)"):
-        assert lines[method][1:3] == ["2", "8"]  # 2 cells, 8 episodes
-        assert float(lines[method][4]) > 0
-    assert "+ meta-training" in " ".join(lines["fomaml(meta_steps=1)"])
-    assert "6 cells, 24 episodes" in out and "nothing written" in out
-    assert set(os.listdir(tmp_path)) == before  # no store, no leaderboard, no meta-training cache
+        assert lines[method][1] == "measured" and float(lines[method][7]) > 0  # its episode hours
+    assert lines["protonet"][5] != "-" and lines["full_ft(steps=2)"][5] == "-"  # the frozen method fills a cache
+    assert lines["fomaml(meta_steps=1)"][8] != "-" and lines["protonet"][8] == "-"  # meta-training, one-off
+    assert "6 cells, 24 episodes" in out and "nothing written but the calibration cache" in out
+    assert set(os.listdir(tmp_path)) == before | {"cache"}  # no store, no leaderboard, no meta-training cache
+    assert os.listdir(tmp_path / "cache") == ["calibration.json"]
+    entries = json.loads((tmp_path / "cache" / "calibration.json").read_text())
+    assert sorted(e["method"] for e in entries.values()) == ["fomaml(meta_steps=1)", "full_ft(steps=2)", "protonet"]
+
+
+def test_a_second_dry_run_reuses_the_calibrations(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEWSHOT_BENCH_DATA", "")
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
+    calls = []
+    measure = calibration.measure
+    monkeypatch.setattr(calibration, "measure",
+                        lambda method, *a, **k: calls.append(method.name) or measure(method, *a, **k))
+    argv = ARGV + ["--store", str(tmp_path / "s.sqlite"), "--out", ""]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert sorted(calls) == ["fomaml", "full_ft", "protonet"] and "3 method(s) measured, 0 reused" in first
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert len(calls) == 3 and "0 method(s) measured, 3 reused from the calibration cache" in second
+    table = lambda out: out[out.index("estimated CPU-hours"):out.index("one-off:")]  # noqa: E731
+    assert table(second) == table(first)  # the same estimates
+    assert main(argv[:-6] + ["--threads", "2", "--store", str(tmp_path / "s.sqlite"), "--out", ""]) == 0
+    assert len(calls) == 6  # other torch threads: another machine state, measured again
+
+
+def fake_measure(method, backbone, probe, *, autocast=None):
+    """A fixed line: 1 ms per support token, 2 ms per query token, 10 s per 1k tokens of cache fill for protonet,
+    100 s of meta-training at the probe's tokens for fomaml."""
+    return CostLine(fixed=0.0, per_support_token=1e-3, per_query_token=2e-3,
+                    fill_per_token=1e-2 if method.name == "protonet" else 0.0,
+                    meta_seconds=100.0 if method.name == "fomaml" else 0.0,
+                    probe_tokens=probe.support_tokens + probe.query_tokens)
+
+
+@pytest.fixture
+def long_task(tmp_path, monkeypatch):
+    """'long_intents': demo_intents with every text four times over (about 4x the tokens, same classes)."""
+    card = (BUILTIN_TASKS_DIR / "demo_intents.yaml").read_text(encoding="utf-8")
+    card = card.replace("name: demo_intents", "name: long_intents").replace("demo: true\n", "")
+    card = card.replace("{local_dir: demo_intents, packaged: true}", "{local_dir: long_intents}")
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "long_intents.yaml").write_text(card, encoding="utf-8")
+    data = get_task_data("demo_intents")
+    (tmp_path / "data" / "long_intents").mkdir(parents=True)
+    with open(tmp_path / "data" / "long_intents" / "data.jsonl", "w", encoding="utf-8") as f:
+        for text, label in zip(data.texts, data.labels):
+            f.write(json.dumps({"text": " ".join([text] * 4), "label": label}) + "\n")
+    monkeypatch.setenv("FEWSHOT_BENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
+    register_cards(tmp_path / "cards")
+    return "long_intents"
+
+
+def config(**values) -> RunConfig:
+    return RunConfig(**{"backbone": "tiny-encoder", "k_shot": [1], "query": 2, "episodes": 4, "threads": 1,
+                        "methods": ["protonet", "full_ft", "fomaml"], **values})
+
+
+def test_the_estimate_scales_with_the_cells_tokens(long_task, monkeypatch):
+    monkeypatch.setattr(calibration, "measure", fake_measure)
+    plan = make_plan(config(tasks=["demo_intents", long_task]))
+    short, long = plan.settings
+    assert plan.probe.setting == short  # the cheapest setting is calibrated
+    assert plan.sizes[long].support_tokens > 2.5 * plan.sizes[short].support_tokens
+    assert plan.sizes[long].query_tokens > 2.5 * plan.sizes[short].query_tokens
+    rates = episode_rates(config(tasks=["demo_intents", long_task]))
+    for spec in ("protonet", "full_ft", "fomaml"):
+        for setting in (short, long):
+            size = plan.sizes[setting]
+            assert rates[(setting.label, spec)] == pytest.approx(1e-3 * size.support_tokens + 2e-3 * size.query_tokens)
+        assert rates[(long.label, spec)] > 2.5 * rates[(short.label, spec)]
+
+
+def test_one_off_costs_are_not_multiplied_by_episodes(long_task, monkeypatch):
+    monkeypatch.setattr(calibration, "measure", fake_measure)
+    plans = {}
+    for episodes in (5, 16, 32):  # each samples episodes 0..4: the same mean tokens
+        plans[episodes] = plan = make_plan(config(tasks=["demo_intents"], episodes=episodes))
+        plan.calibrate(progress=False)
+    setting = plans[5].settings[0]
+    meta = {n: p.meta_seconds(setting, "fomaml") for n, p in plans.items()}
+    assert meta[5] == meta[16] == meta[32] > 0  # once per cell, whatever its episodes
+    assert plans[5].meta_seconds(setting, "protonet") == 0.0
+    fills = {n: p.cache_fills()[setting] for n, p in plans.items()}
+    size = plans[5].sizes[setting]
+    assert fills[5] == (pytest.approx(1e-2 * 5 * size.texts * size.tokens_per_text), True)  # at most 5 episodes' texts
+    assert fills[16] == fills[32] == (pytest.approx(1e-2 * size.pool_texts * size.tokens_per_text), False)  # the pool
+    assert plans[32].episode_seconds(setting, "protonet") == plans[16].episode_seconds(setting, "protonet")
+
+
+def test_cells_of_one_pool_share_one_cache_fill(long_task, monkeypatch):
+    monkeypatch.setattr(calibration, "measure", fake_measure)
+    plan = make_plan(config(tasks=["demo_intents"], k_shot=[1, 2], episodes=50))
+    plan.calibrate(progress=False)
+    first, second = (plan.cache_fills()[s] for s in plan.settings)
+    size = plan.sizes[plan.settings[0]]
+    assert first[0] == pytest.approx(1e-2 * size.pool_texts * size.tokens_per_text) and second[0] == 0.0
