@@ -27,3 +27,36 @@ def check_inside(path, what: str, folder: str) -> str:
         raise UserError(f"{what} {text!r} must be a relative path inside {folder} (no leading '/', '~' or '..'); "
                         f"move the files into {folder} and name them relative to it")
     return text
+
+
+MAX_RESTARTS = 100
+
+
+def check_restarts(value, flag: str = "--restarts") -> int:
+    """``value`` unless it is not 1..MAX_RESTARTS training restarts per episode (a billion would never finish)."""
+    if value is not None and not 1 <= int(value) <= MAX_RESTARTS:
+        raise UserError(f"{flag} {value} is out of range; give 1 to {MAX_RESTARTS} training restarts per episode "
+                        f"(each one trains every episode again)")
+    return value
+
+
+def max_threads() -> int:
+    """The most torch threads a process may ask for: 4 x the machine's cores, at most 256."""
+    import os
+
+    return min(256, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(value, flag: str = "--threads") -> int:
+    """``value`` unless it is negative or above :func:`max_threads` (0: chosen from the idle cores)."""
+    if value is not None and not 0 <= int(value) <= max_threads():
+        raise UserError(f"{flag} {value} is out of range; give 0 (automatic) to {max_threads()} torch threads "
+                        f"(4 x the {__import__('os').cpu_count()} cores of this machine, at most 256)")
+    return value
+
+
+def check_run_bounds(config) -> None:
+    """The limits :func:`check_restarts` and :func:`check_threads` on a run config (``RunConfig``), named as the
+    command-line options."""
+    check_restarts(getattr(config, "restarts", None))
+    check_threads(getattr(config, "threads", None))

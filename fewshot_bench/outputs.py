@@ -36,10 +36,35 @@ LEADERBOARD_SUFFIXES = ("", ".md", "_overall.csv", "_folds.csv", ".png", "_summa
 
 
 def leaderboard_paths(out) -> List[Path]:
-    """The fixed files of a leaderboard written at ``out`` (its forest plots go in the ``<stem>_cells/`` folder)."""
+    """The fixed files of a leaderboard written at ``out`` (its forest plots go in the ``<stem>_cells/`` folder).
+    An ``out`` whose name is one of the names derived from its stem (``lb.html``, ``lb.md``, ``lb.png``,
+    ``lb_summary.md``...) is refused in one line: two outputs would share one file."""
     out = Path(out)
-    return [out if not suffix else out.with_name(out.stem + suffix) for suffix in LEADERBOARD_SUFFIXES] + \
-        [out.with_name(out.stem + "_cells") / "cell.png"]
+    derived = [out.with_name(out.stem + suffix) for suffix in LEADERBOARD_SUFFIXES[1:]]
+    for path, suffix in zip(derived, LEADERBOARD_SUFFIXES[1:]):
+        if path.name == out.name:
+            raise UserError(f"--out {out}: the leaderboard also writes its {suffix} file as {path.name} (named from "
+                            f"the stem '{out.stem}'), the same file; give a CSV name such as "
+                            f"{out.with_name(out.stem + '.csv')}")
+    return [out] + derived + [out.with_name(out.stem + "_cells") / "cell.png"]
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full: OSError ENOSPC/EDQUOT, or SQLite's "database or disk is
+    full"."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def disk_full_message(exc: BaseException, path=None) -> str:
+    """One line naming the file (``exc.filename``, else ``path``) and that the disk is full."""
+    name = getattr(exc, "filename", None) or path or "an output file"
+    return (f"cannot write {name}: the disk is full ({getattr(exc, 'strerror', None) or exc}); nothing half-written "
+            f"was kept (finished episodes stay in the store): free space, then run the command again")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -98,17 +123,30 @@ def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
     On an exception the temporary files are removed and the targets stay as they were.
     """
     targets = [Path(p) for p in paths]
+    created: List[Path] = []  # folders made here, removed again (when empty) if writing fails
     for target in targets:
+        missing = [f for f in [target.parent, *target.parent.parents] if not f.exists()]
         target.parent.mkdir(parents=True, exist_ok=True)
+        created += [f for f in missing if f not in created]
         _remove_stale_temps(target)
     temps = [t.with_name(f".{t.stem}.tmp{os.getpid()}{t.suffix}") for t in targets]
+    done = False
     try:
         yield temps
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
+        done = True
+    except Exception as exc:
+        if disk_full(exc):
+            raise UserError(disk_full_message(exc, targets[0].parent)) from exc
+        raise
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+        if not done:
+            for folder in created:  # deepest first: ``missing`` lists a folder before its parents
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _remove_stale_temps(target: Path) -> None:

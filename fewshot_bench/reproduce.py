@@ -18,8 +18,11 @@ Contracts:
     Δ accuracy (re-run minus stored) with a seeded percentile-bootstrap 95% CI, and the environment fields that
     differ between the stored runs and this process. A re-run that fails or diverges counts as accuracy 0 with no
     identical prediction.
-  * A method **drifts** when |mean Δ accuracy| > ``--tolerance``. Exit 1 when a method drifts or has an episode
-    that could not be re-run, else 0.
+  * An episode **drifts** when its stored fingerprint differs from the regenerated episode's, when more than
+    ``--tolerance`` of its queries are predicted differently or its accuracy moves by more than ``--tolerance``, or
+    when the re-run fails; each such episode is one ``drifted:`` line. A method drifts when one of its episodes
+    does or |mean Δ accuracy| > ``--tolerance``. Exit 1 when a method drifts or has an episode that could not be
+    re-run, else 0 ("ok": everything re-run came out again within the tolerance).
 """
 from __future__ import annotations
 
@@ -55,11 +58,13 @@ class Agreement:
     same_episodes: int = 0
     deltas: List[float] = field(default_factory=list)
     not_rerun: List[str] = field(default_factory=list)  # why, per episode that could not be rebuilt
+    drifted: List[str] = field(default_factory=list)  # per re-run episode that did not come out again: which, why
     environment_changes: Dict[str, str] = field(default_factory=dict)  # field: "stored -> here"
     ci: Optional[tuple] = None  # bootstrap 95% CI of the mean of ``deltas``
 
     def drifts(self, tolerance: float) -> bool:
-        return bool(self.deltas) and abs(float(np.mean(self.deltas))) > tolerance
+        """The mean accuracy moved past ``tolerance``, or an episode did not reproduce (see :func:`_compare`)."""
+        return bool(self.drifted) or (bool(self.deltas) and abs(float(np.mean(self.deltas))) > tolerance)
 
 
 def sample_episodes(records: List[dict], size: int, seed: int, methods: Optional[List[str]] = None) -> Dict[str, List[dict]]:
@@ -146,7 +151,7 @@ def _run_options(run: dict) -> dict:
 
 
 def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_files=(), methods=None,
-              bootstrap: int = 10000) -> List[Agreement]:
+              bootstrap: int = 10000, tolerance: float = 0.01) -> List[Agreement]:
     """Re-run the sample and compare (see the module docstring); one :class:`Agreement` per sampled method."""
     with ResultsStore(store_path, create=False) as store:
         records, runs = store.episodes(), {run["run_id"]: run for run in store.runs()}
@@ -169,7 +174,7 @@ def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_
                 execution.evaluate(cell, record["episode_index"])
                 (rerun,) = scratch.episodes(config_hash=cell.run_hash, method=cell.label, backbone=record["backbone"],
                                             setting=record["setting"], episode_index=record["episode_index"])
-                _compare(agreement, record, rerun)
+                _compare(agreement, record, rerun, tolerance)
                 here = fingerprint(device, autocast_dtype(device, execution.config.bf16))
                 for key, stored, now in differences(of_run(runs[record["run_id"]]), here):
                     agreement.environment_changes[key] = f"{stored} -> {now}"
@@ -179,14 +184,33 @@ def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_
     return results
 
 
-def _compare(agreement: Agreement, stored: dict, rerun: dict) -> None:
-    """Add one episode: a re-run that failed or diverged has no identical prediction and accuracy 0."""
+def _compare(agreement: Agreement, stored: dict, rerun: dict, tolerance: float = 0.01) -> None:
+    """Add one episode: a re-run that failed or diverged has no identical prediction and accuracy 0. The episode
+    drifts when its regenerated fingerprint differs from the stored one, when the share of its queries predicted
+    differently or its accuracy difference exceeds ``tolerance``, or when the re-run did not finish ok."""
     predictions = rerun["predictions"] or []
-    same = sum(a == b for a, b in zip(stored["predictions"], predictions)) if len(predictions) == len(stored["predictions"]) else 0
+    stored_predictions = stored["predictions"] if isinstance(stored["predictions"], list) else []
+    same = sum(a == b for a, b in zip(stored_predictions, predictions)) if len(predictions) == len(stored_predictions) else 0
     agreement.same_queries += same
-    agreement.queries += len(stored["predictions"])
-    agreement.same_episodes += same == len(stored["predictions"])
-    agreement.deltas.append((rerun["accuracy"] if rerun["status"] == "ok" else 0.0) - stored["accuracy"])
+    agreement.queries += len(stored_predictions)
+    agreement.same_episodes += same == len(stored_predictions)
+    delta = (rerun["accuracy"] if rerun["status"] == "ok" else 0.0) - (stored["accuracy"] or 0.0)
+    agreement.deltas.append(delta)
+    reasons = []
+    if rerun["fingerprint"] != stored["fingerprint"]:
+        reasons.append(f"stored fingerprint {str(stored['fingerprint'])[:12]}... differs from the regenerated "
+                       f"episode's {rerun['fingerprint'][:12]}...")
+    if rerun["status"] != "ok":
+        reasons.append(f"the re-run {rerun['status']}")
+    differ = len(stored_predictions) - same
+    if stored_predictions and differ / len(stored_predictions) > tolerance:
+        reasons.append(f"{differ} of {len(stored_predictions)} stored predictions not reproduced")
+    if abs(delta) > tolerance:
+        reasons.append(f"accuracy {stored['accuracy']} stored, {rerun['accuracy']} re-run")
+    if reasons:
+        agreement.drifted.append(f"{stored['setting']} ({stored['backbone']}) episode {stored['episode_index']}"
+                                 f"{' restart ' + str(stored['restart']) if stored.get('restart') else ''}: "
+                                 + "; ".join(reasons))
 
 
 def _environment_text(changes: Dict[str, str]) -> str:
@@ -207,7 +231,8 @@ def cli_reproduce(args) -> int:
         if not Path(path).is_file():
             raise UserError(f"--tuned {path} does not exist; pass a file written by fewshot-bench tune")
     methods = [m for m in (args.methods or "").split(",") if m] or None
-    results = reproduce(args.store, args.sample, args.seed, args.device, args.tuned, methods, args.bootstrap)
+    results = reproduce(args.store, args.sample, args.seed, args.device, args.tuned, methods, args.bootstrap,
+                        args.tolerance)
     header = ("method", "episodes", "identical predictions", "identical episodes", "Δ accuracy [95% CI]", "verdict")
     table = []
     for a in results:
@@ -223,6 +248,8 @@ def cli_reproduce(args) -> int:
     print_table(header, table)
     changes: Dict[str, List[str]] = {}  # text of the differences: the methods that have them
     for a in results:
+        for line in a.drifted:
+            print(f"drifted: {a.method} {line}")
         for line in a.not_rerun:
             print(f"not re-run: {a.method} {line}")
         changes.setdefault(_environment_text(a.environment_changes), []).append(a.method)

@@ -34,17 +34,17 @@ def check_no_conflicts(paths: Iterable) -> None:
     from .store import KEY_COLUMNS, ResultsStore
 
     seen: Dict[tuple, Tuple[tuple, str]] = {}
-    columns = ", ".join(KEY_COLUMNS + _SIGNATURE)
     for path in paths:
         if not Path(path).is_file():
             continue
         with ResultsStore(path, create=False) as store:
             present = set(store._columns)
-            if not set(_SIGNATURE) <= present:
-                continue  # an earlier version's store: no restart column, nothing to compare it on
+            # an earlier version's store lacks the restart column: its rows are restart 0
+            columns = ", ".join(KEY_COLUMNS + tuple(c if c in present else ("0" if c == "restart" else "NULL")
+                                                    for c in _SIGNATURE))
             rows = store.conn.execute(f"SELECT {columns} FROM episodes WHERE status != 'failed'").fetchall()
         for row in rows:
-            key, signature = row[:len(KEY_COLUMNS)], row[len(KEY_COLUMNS):]
+            key, signature = row[:len(KEY_COLUMNS)], row[len(KEY_COLUMNS):-1] + (row[-1] or 0,)
             first = seen.setdefault(key, (signature, str(path)))
             if first[0] != signature:
                 raise UserError(f"{first[1]} and {path} hold different results for the same episode ({key[1]} on "

@@ -160,6 +160,77 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
 
+INTEGER_COLUMNS = tuple(c for c, t in EPISODE_TYPES.items() if t.startswith("INTEGER") and "NOT NULL" in t)
+NUMBER_COLUMNS = tuple(m.name for m in METRICS)
+
+
+def _schema_columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> List[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA {schema}.table_info({table})")]
+
+
+def schema_problems(conn: sqlite3.Connection, schema: str = "main", types: bool = True) -> List[str]:
+    """What keeps the database ``schema`` (``main`` or an attached shard) from being read as a results store: a
+    missing table, a missing required column (a nullable column added later may be absent: it reads as NULL),
+    ``types``: text in an integer key column or in a metric. Empty when usable."""
+    problems = []
+    episodes, runs = _schema_columns(conn, "episodes", schema), _schema_columns(conn, "runs", schema)
+    required = [c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t]
+    for table, present, wanted in (("episodes", episodes, required),
+                                   ("runs", runs, [c for c in RUN_COLUMNS if c not in RUN_COLUMNS_ADDED_LATER])):
+        if not present:
+            problems.append(f"no '{table}' table")
+        elif not set(wanted) <= set(present):
+            problems.append(f"the {table} table lacks column(s) {', '.join(c for c in wanted if c not in present)}")
+    if problems or not types:
+        return problems
+    checks = [(c, "integer", "typeof({c}) != 'integer'") for c in INTEGER_COLUMNS] + \
+             [(c, "number", "{c} IS NOT NULL AND typeof({c}) NOT IN ('integer', 'real')") for c in NUMBER_COLUMNS
+              if c in episodes]
+    for column, kind, condition in checks:
+        found = conn.execute(f"SELECT COUNT(*), MIN(rowid) FROM {schema}.episodes WHERE "
+                             + condition.format(c=column)).fetchone()
+        if found[0]:
+            (value,) = conn.execute(f"SELECT {column} FROM {schema}.episodes WHERE rowid = ?", (found[1],)).fetchone()
+            problems.append(f"episodes.{column} holds {found[0]} value(s) that are not a{'n' if kind[0] == 'i' else ''} "
+                            f"{kind} (e.g. {value!r} in row {found[1]})")
+    return problems
+
+
+def check_schema(conn: sqlite3.Connection, path, types: bool = True) -> None:
+    """One-line UserError naming the store and what it lacks, unless :func:`schema_problems` finds nothing."""
+    problems = schema_problems(conn, types=types)
+    if problems:
+        raise UserError(f"{path}: not a results store of this version: {'; '.join(problems)} (expected the tables "
+                        f"`fewshot-bench run` writes; pass a results store)")
+
+
+def shard_problems(conn: sqlite3.Connection, schema: str = "shard") -> List[str]:
+    """Why the attached store ``schema`` must not be merged: :func:`schema_problems`, columns this version does not
+    know (a newer version's store: merging would drop them), rows with a required field empty, an unknown status
+    or protocol, or an accuracy outside [0, 1]. Columns an earlier version lacked are fine (they read as NULL)."""
+    problems = schema_problems(conn, schema)
+    if problems:
+        return problems
+    for table, known in (("episodes", EPISODE_COLUMNS), ("runs", RUN_COLUMNS)):
+        unknown = [c for c in _schema_columns(conn, table, schema) if c not in known]
+        if unknown:
+            problems.append(f"the {table} table has column(s) this version does not know: {', '.join(unknown)} (a "
+                            f"newer version's store: merge it with that version, or its columns would be dropped)")
+    if problems:
+        return problems
+    quoted = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731
+    for what, condition in (
+            ("a required field empty", " OR ".join(f"{c} IS NULL" for c in REQUIRED)),
+            (f"a status other than {', '.join(STATUSES)}", f"status NOT IN ({quoted(STATUSES)})"),
+            (f"a protocol other than {', '.join(PROTOCOLS)}", f"protocol NOT IN ({quoted(PROTOCOLS)})"),
+            ("an accuracy outside [0, 1]", "accuracy IS NOT NULL AND NOT (accuracy BETWEEN 0 AND 1)"),
+            ("an ok status without an accuracy", "status = 'ok' AND accuracy IS NULL")):
+        count, first = conn.execute(f"SELECT COUNT(*), MIN(rowid) FROM {schema}.episodes WHERE {condition}").fetchone()
+        if count:
+            problems.append(f"{count} episode row(s) with {what} (first: row {first})")
+    return problems
+
+
 class ResultsStore:
     """A results store file. Usable as a context manager.
 
@@ -199,6 +270,12 @@ class ResultsStore:
                         self.conn.execute(statement)
                     _add_missing_columns(self.conn)
             # a reader leaves an earlier version's store as it is: columns added since read as NULL
+            problems = schema_problems(self.conn)
+            if problems:
+                self.conn.close()
+                check_schema_text = f"{self.path}: not a results store of this version: {'; '.join(problems)}"
+                raise UserError(check_schema_text + " (expected the tables `fewshot-bench run` writes; pass a "
+                                                    "results store)")
             present = set(table_columns(self.conn, "episodes"))
             self._columns = tuple(c for c in EPISODE_COLUMNS if c in present)
         except sqlite3.OperationalError as exc:
@@ -330,6 +407,10 @@ class ResultsStore:
         for path in paths:
             if not path.is_file():
                 raise UserError(f"shard '{path}' does not exist")
+        for path in paths:  # every shard checked before anything is merged
+            problems = shard_problems_of(path)
+            if problems:
+                raise UserError(f"shard '{path}' cannot be merged: {'; '.join(problems)}; nothing was merged")
         added = 0
         key_match = " AND ".join(f"m.{c} = s.{c}" for c in KEY_COLUMNS)
         for path in paths:
@@ -346,8 +427,11 @@ class ResultsStore:
                                       f"ON CONFLICT (run_id) DO NOTHING")
                     before = self.conn.total_changes
                     # "WHERE true": SQLite's parser needs a WHERE before the upsert clause of INSERT ... SELECT
-                    self.conn.execute(f"INSERT INTO episodes ({', '.join(EPISODE_COLUMNS)}) "
-                                      f"SELECT {', '.join(EPISODE_COLUMNS)} FROM shard.episodes WHERE true {_UPSERT}")
+                    # a shard written before a nullable column (e.g. restart) lacks it: NULL, read as its default
+                    present = set(_schema_columns(self.conn, "episodes", "shard"))
+                    columns = ", ".join(c for c in EPISODE_COLUMNS if c in present)
+                    self.conn.execute(f"INSERT INTO episodes ({columns}) "
+                                      f"SELECT {columns} FROM shard.episodes WHERE true {_UPSERT}")
                     added += self.conn.total_changes - before
                 if remove_merged:  # every shard episode's key is in this store now
                     verified = not self.conn.execute(f"SELECT COUNT(*) FROM shard.episodes s WHERE NOT EXISTS "
@@ -362,6 +446,20 @@ class ResultsStore:
         return added
 
 
+def shard_problems_of(path) -> List[str]:
+    """:func:`shard_problems` of the store file at ``path`` (opened read-only)."""
+    try:  # not mode=ro: a read-only connection to a WAL store would leave its -wal/-shm files behind
+        conn = sqlite3.connect(path, timeout=60)
+    except sqlite3.DatabaseError as exc:
+        return [f"cannot be opened ({exc})"]
+    try:
+        return shard_problems(conn, "main")
+    except sqlite3.DatabaseError as exc:
+        return [f"not a results store ({exc})"]
+    finally:
+        conn.close()
+
+
 def cli_merge(args) -> int:
     """``fewshot-bench merge SHARD... --store STORE``: every shard is checked before the store is opened."""
     from .shards import check_no_conflicts
@@ -369,6 +467,9 @@ def cli_merge(args) -> int:
     check_outputs([(args.store, "--store")], [(shard, "shard store") for shard in args.shards])
     for shard in args.shards:
         ResultsStore(shard, create=False).close()
+        problems = shard_problems_of(shard)
+        if problems:
+            raise UserError(f"shard '{shard}' cannot be merged: {'; '.join(problems)}; nothing was merged")
     check_no_conflicts([args.store, *args.shards])
     with ResultsStore(args.store) as store:
         added = store.merge_from(args.shards)

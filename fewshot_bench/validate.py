@@ -7,11 +7,12 @@ significant comparisons against the reference and with ``beaten_by``).
 from __future__ import annotations
 
 import csv
+import os
 import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -250,7 +251,7 @@ def validate_csv(path) -> List[str]:
     return _check_csv(path)[0]
 
 
-def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int]]:
+def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int], Dict[str, str]]:
     """Rows of a store; a nullable column a later version added (a writer adds it on open) reads as NULL."""
     tables = {name: table_columns(conn, name) for name in ("runs", "episodes")}
     added_later = {c for c, sql in EPISODE_TYPES.items() if "NOT NULL" not in sql} - set(tables["episodes"])
@@ -260,12 +261,13 @@ def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int]]:
                                       ("episodes", [c for c in EPISODE_COLUMNS if c not in added_later]))
                 if not set(wanted) <= set(tables[table])]
     if problems:
-        return problems, [], {}
+        return problems, [], {}, {}
     columns = ("rowid",) + tuple(c for c in EPISODE_COLUMNS if c not in added_later)
     rows = [{**dict.fromkeys(added_later), **dict(zip(columns, r))}
             for r in conn.execute(f"SELECT {', '.join(columns)} FROM episodes ORDER BY rowid")]
-    planned = {run_id: planned_episodes(config) for run_id, config in conn.execute("SELECT run_id, config_json FROM runs")}
-    return [], rows, planned
+    configs = dict(conn.execute("SELECT run_id, config_json FROM runs").fetchall())
+    planned = {run_id: planned_episodes(config) for run_id, config in configs.items()}
+    return [], rows, planned, configs
 
 
 def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) -> List[str]:
@@ -313,20 +315,26 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
     return problems
 
 
-def _check_store(path) -> Tuple[List[str], int]:
+def _check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[str]]:
+    """(problems, rows checked, warnings and notes); ``recompute``: also the checks of ``validate_recompute``."""
     try:
         with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
-            problems, rows, planned = _store_rows(conn)
+            problems, rows, planned, configs = _store_rows(conn)
     except sqlite3.DatabaseError as exc:
-        return [f"{path}: file: cannot be read as SQLite ({exc}) (expected a results store)"], 0
+        return [f"{path}: file: cannot be read as SQLite ({exc}) (expected a results store)"], 0, []
     if problems:
-        return [f"{path}: {problem}" for problem in problems], 0
-    return _check_store_rows(path, rows, planned), len(rows)
+        return [f"{path}: {problem}" for problem in problems], 0, []
+    problems, remarks = _check_store_rows(path, rows, planned), []
+    if recompute:
+        from .validate_recompute import check_episodes
+        more, warnings, notes = check_episodes(path, rows, configs)
+        problems, remarks = problems + more, warnings + notes
+    return problems, len(rows), remarks
 
 
-def validate_store(path) -> List[str]:
-    """Problems of a results store (empty list when valid)."""
-    return _check_store(path)[0]
+def validate_store(path, recompute: bool = False) -> List[str]:
+    """Problems of a results store (empty list when valid); ``recompute``: regenerate episodes and scores too."""
+    return _check_store(path, recompute)[0]
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -338,14 +346,64 @@ def _is_sqlite(path: Path) -> bool:
         return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 
+def _paths(args) -> Tuple[Optional[Path], Optional[Path]]:
+    """(store, CSV) to check: ``FILE`` (a store or a CSV) and/or ``--store``; a CSV without ``--store`` is compared
+    with the ``results.sqlite`` beside it when there is one (the committed layout)."""
+    file, store = getattr(args, "file", None), getattr(args, "store", None)
+    if not file and not store:
+        raise UserError("nothing to validate; give a leaderboard CSV and/or --store STORE")
+    for given, what in ((file, "a leaderboard CSV or a results store"), (store, "a results store (--store)")):
+        if given and not Path(given).is_file():
+            raise UserError(f"'{given}' does not exist (expected {what})")
+    csv_path = None
+    if file and _is_sqlite(Path(file)):
+        if store and not os.path.samefile(file, store):
+            raise UserError(f"two stores given ({file} and --store {store}); give one store and optionally its CSV")
+        store = file
+    elif file:
+        csv_path = Path(file)
+        beside = csv_path.parent / "results.sqlite"
+        if not store and beside.is_file():
+            store = beside
+    return (Path(store) if store else None), csv_path
+
+
 def cli_validate(args) -> int:
-    """``fewshot-bench validate FILE``: 0 when valid, 1 with one line per problem otherwise."""
-    path = Path(args.file)
-    if not path.is_file():
-        raise UserError(f"'{path}' does not exist (expected a leaderboard CSV or a results store)")
-    problems, count = (_check_store if _is_sqlite(path) else _check_csv)(path)
+    """``fewshot-bench validate [--store STORE] [FILE]``: 0 when valid, 1 with one line per problem otherwise.
+    A store is also recomputed (``validate_recompute``); a CSV with a store is compared with the leaderboard
+    recomputed from it. Warnings and notes (checks that could not run) do not fail."""
+    store, csv_path = _paths(args)
+    problems, remarks, done = [], [], []
+    if csv_path is not None:
+        found, count = _check_csv(csv_path)
+        problems += found
+        done.append(f"OK: {csv_path} ({count} rows checked)")
+    beside = store is not None and csv_path is not None and not getattr(args, "store", None)
+    if store is not None:
+        # a store found beside the CSV is only read for the comparison: its own problems are `validate STORE`'s
+        found, count, more = _check_store(store, recompute=not beside)
+        problems, remarks = (problems, remarks) if beside else (problems + found, remarks + more)
+        if not beside:
+            done.append(f"OK: {store} ({count} rows checked, episodes regenerated and scores recomputed)")
+        readable = not found or not found[0].startswith(f"{store}: file:")
+        if not readable or any(": missing column" in p for p in found):
+            problems += [p for p in found if p not in problems]
+        elif csv_path is not None and not any(p.startswith((f"{csv_path}:1: header", f"{csv_path}: file:"))
+                                              for p in problems):
+            if beside:
+                print(f"validate: comparing {csv_path} with the store beside it, {store} (--store to name another)")
+            from .validate_recompute import compare_csv
+            bootstrap = getattr(args, "bootstrap", None) or 10000
+            try:
+                more_problems, notes = compare_csv(csv_path, store, bootstrap)
+            except UserError as exc:
+                more_problems, notes = [f"{csv_path}: cannot be recomputed from {store}: {exc}"], []
+            problems, remarks = problems + more_problems, remarks + notes
+    for remark in remarks:
+        print(remark)
     if not problems:
-        print(f"OK: {path} ({count} rows checked)")
+        for line in done:
+            print(line)
         return 0
     for problem in problems:
         print(problem)

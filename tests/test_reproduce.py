@@ -115,3 +115,42 @@ def test_a_tuned_run_whose_file_moved_is_rebuilt_from_the_tuned_file_given(tmp_p
     (tmp_path / "board" / "tuning").mkdir()
     moved.rename(tmp_path / "board" / "tuning" / "chosen.yaml")  # beside the store (a subfolder): found without --tuned
     assert main(["reproduce", "--store", str(store), "--sample", "1"]) == 0
+
+
+def test_predictions_that_do_not_come_out_again_are_drift_even_at_equal_accuracy(store, tmp_path, capsys):
+    changed = tmp_path / "changed.sqlite"
+    changed.write_bytes(store.read_bytes())
+    with sqlite3.connect(changed) as conn:  # zeroed predictions, stored accuracy left as it was
+        for rowid, predictions in conn.execute("SELECT rowid, predictions FROM episodes WHERE method = 'protonet'").fetchall():
+            conn.execute("UPDATE episodes SET predictions = ? WHERE rowid = ?",
+                         (json.dumps([0] * len(json.loads(predictions))), rowid))
+    assert main(["reproduce", "--store", str(changed), "--sample", "3", "--methods", "protonet"]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("protonet "))
+    assert "0/3" in line and "+0.0000" in line and line.endswith("DRIFT")
+    drifted = [line for line in out.splitlines() if line.startswith("drifted: protonet demo_intents/fold1/5way1shot15q")]
+    assert len(drifted) == 3 and all("stored predictions not reproduced" in line for line in drifted)
+    assert "not reproduced: protonet" in out
+
+
+def test_an_edited_fingerprint_is_drift(store, tmp_path, capsys):
+    changed = tmp_path / "changed.sqlite"
+    changed.write_bytes(store.read_bytes())
+    with sqlite3.connect(changed) as conn:
+        conn.execute("UPDATE episodes SET fingerprint = ? WHERE method = 'protonet' AND episode_index = 0", ("ab" * 32,))
+    assert main(["reproduce", "--store", str(changed), "--sample", "3", "--methods", "protonet"]) == 1
+    out = capsys.readouterr().out
+    assert "drifted: protonet demo_intents/fold1/5way1shot15q (tiny-encoder) episode 0: stored fingerprint abababababab" \
+           in out and "differs from the regenerated episode's" in out
+    line = next(line for line in out.splitlines() if line.startswith("protonet "))
+    assert line.endswith("DRIFT")
+
+
+def test_a_store_of_another_schema_is_one_line(tmp_path, capsys):
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE episodes (a, b)")
+        conn.execute("CREATE TABLE runs (run_id TEXT)")
+    assert main(["reproduce", "--store", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(foreign) in err and "lacks column(s) run_id" in err

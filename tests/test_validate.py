@@ -1,5 +1,11 @@
-"""validate: a leaderboard CSV from `leaderboard` passes; each kind of broken file is named; store checks."""
+"""validate: a leaderboard CSV from `leaderboard` passes; each kind of broken file is named; store checks; the
+recomputing checks (episodes regenerated, scores recomputed, the CSV against the leaderboard of its store) name each
+kind of tampering."""
+import argparse
 import csv
+import json
+import shutil
+import sqlite3
 
 import pytest
 
@@ -14,11 +20,14 @@ from helpers import build_store, record
 
 @pytest.fixture
 def good(tmp_path):
-    """(store path, CSV path, rows of the CSV as dicts)."""
+    """(store path, CSV path, rows of the CSV as dicts); the CSV is compared with the store beside it."""
     store = tmp_path / "results.sqlite"
     build_store(store)
+    with sqlite3.connect(store) as conn:  # what `run` records and helpers.build_store leaves out
+        conn.execute("INSERT INTO runs (run_id, config_json) VALUES ('run0', '{}')")
+        conn.execute("UPDATE episodes SET error = 'RuntimeError: boom' WHERE status = 'failed'")
     out = tmp_path / "good.csv"
-    write_csv(aggregate(store, bootstrap=200), out)
+    write_csv(aggregate(store), out)
     with open(out, newline="") as handle:
         return store, out, list(csv.DictReader(handle))
 
@@ -234,3 +243,164 @@ def test_committed_v1_store_problems_are_the_known_source_alignment_values():
 
     problems = validate_store(REPO / "leaderboard" / "v1" / "results.sqlite")
     assert len(problems) == 3 and all("source_alignment: 1." in p and "out of range" in p for p in problems), problems
+
+
+# --- recomputation: a small real run on demo_intents, tampered ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """A real run (protonet, full_ft(steps=2), 3 episodes, tiny backbone): results.sqlite + leaderboard.csv."""
+    folder = tmp_path_factory.mktemp("real")
+    assert main(["run", "--tasks", "demo_intents", "--methods", "protonet,full_ft(steps=2)", "--n-way", "5",
+                 "--k-shot", "1", "--episodes", "3", "--backbone", "tiny-encoder", "--device", "cpu",
+                 "--store", str(folder / "results.sqlite"), "--out", str(folder / "leaderboard.csv")]) == 0
+    return folder
+
+
+@pytest.fixture
+def copy(real, tmp_path):
+    """A copy of the real run's store and CSV (the originals stay untouched)."""
+    for name in ("results.sqlite", "leaderboard.csv"):
+        shutil.copy(real / name, tmp_path / name)
+    return tmp_path / "results.sqlite", tmp_path / "leaderboard.csv"
+
+
+def _sql(store, *statements):
+    with sqlite3.connect(store) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _tamper_csv(path, change):
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    change(rows)
+    _write(path, rows)
+
+
+def test_the_real_run_validates_with_its_store(copy, capsys):
+    store, out = copy
+    assert main(["validate", str(store)]) == 0, capsys.readouterr().out
+    assert main(["validate", str(out)]) == 0, capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "comparing" in text and f"OK: {out} (2 rows checked)" in text
+
+
+def _zero_predictions(store):
+    with sqlite3.connect(store) as conn:
+        for rowid, predictions in conn.execute("SELECT rowid, predictions FROM episodes WHERE method = 'protonet'"
+                                               ).fetchall():
+            conn.execute("UPDATE episodes SET predictions = ? WHERE rowid = ?",
+                         (json.dumps([0] * len(json.loads(predictions))), rowid))
+
+
+STORE_TAMPERINGS = [
+    ("predictions zeroed", _zero_predictions, "accuracy: stored"),
+    ("accuracy +0.1", lambda s: _sql(s, "UPDATE episodes SET accuracy = accuracy + 0.1 WHERE rowid = "
+                                        "(SELECT MIN(rowid) FROM episodes WHERE accuracy <= 0.9)"), "accuracy: stored"),
+    ("ok -> diverged", lambda s: _sql(s, "UPDATE episodes SET status = 'diverged' WHERE rowid = 1"),
+     "error: empty for a diverged episode"),
+    ("rows copied as a method", lambda s: _sql(
+        s, "CREATE TEMP TABLE t AS SELECT * FROM episodes WHERE method = 'protonet'", "UPDATE t SET method = 'copycat'",
+        "INSERT INTO episodes SELECT * FROM t"),
+     "byte-identical rows in everything but the method name"),
+    ("method renamed", lambda s: _sql(s, "UPDATE episodes SET method = 'protonet2' WHERE method = 'protonet'"),
+     "method: 'protonet2' is not a method of its run"),
+    ("runs emptied", lambda s: _sql(s, "DELETE FROM runs"), "is not in the runs table"),
+    ("fingerprint edited", lambda s: _sql(s, "UPDATE episodes SET fingerprint = '" + "ab" * 32 + "' WHERE rowid = 1"),
+     "differs from the regenerated episode's"),
+]
+
+
+@pytest.mark.parametrize("name, tamper, expected", STORE_TAMPERINGS, ids=[t[0] for t in STORE_TAMPERINGS])
+def test_a_tampered_store_is_named(copy, capsys, name, tamper, expected):
+    store, _ = copy
+    tamper(store)
+    assert main(["validate", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert expected in out and "INVALID:" in out, out
+
+
+def _add_fake_row(rows):
+    rows.append({**rows[0], "method": "fake", "rank": "1"})
+
+
+def _bump_acc(rows):
+    rows[0]["acc_mean"] = f"{float(rows[0]['acc_mean']) - 0.01:.4f}"
+
+
+def _widen_ci(rows):
+    rows[0]["acc_ci95_low"] = f"{float(rows[0]['acc_ci95_low']) - 0.02:.4f}"
+
+
+CSV_TAMPERINGS = [
+    ("fake row", _add_fake_row, "fake on demo_intents/fold1/5way1shot15q (tiny-encoder) is not in the leaderboard"),
+    ("acc_mean -0.01", _bump_acc, "acc_mean '"),
+    ("widened CI", _widen_ci, "acc_ci95_low '"),
+    ("episode_set_sha256 replaced", lambda rows: rows[0].update(episode_set_sha256="0" * 64), "episode_set_sha256 '0000"),
+    ("row deleted", lambda rows: rows.pop(), "is missing (expected a row for every stored method"),
+]
+
+
+@pytest.mark.parametrize("name, tamper, expected", CSV_TAMPERINGS, ids=[t[0] for t in CSV_TAMPERINGS])
+def test_a_tampered_csv_is_named(copy, capsys, name, tamper, expected):
+    store, out = copy
+    _tamper_csv(out, tamper)
+    assert main(["validate", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert expected in text and "INVALID:" in text, text
+
+
+def test_a_method_deleted_from_the_store_is_a_missing_csv_row(copy, capsys):
+    store, out = copy
+    _sql(store, "DELETE FROM episodes WHERE method = 'protonet'")
+    assert main(["validate", str(out)]) == 1
+    assert "protonet on demo_intents/fold1/5way1shot15q (tiny-encoder) is not in the leaderboard" in capsys.readouterr().out
+
+
+def test_store_and_csv_named_explicitly(copy, tmp_path, capsys):
+    from fewshot_bench.validate import cli_validate
+
+    store, out = copy
+    elsewhere = tmp_path / "elsewhere.csv"
+    shutil.copy(out, elsewhere)
+    assert cli_validate(argparse.Namespace(file=str(elsewhere), store=str(store), bootstrap=10000)) == 0
+    assert cli_validate(argparse.Namespace(file=None, store=str(store), bootstrap=10000)) == 0
+    _sql(store, "DELETE FROM runs")
+    assert cli_validate(argparse.Namespace(file=str(elsewhere), store=str(store), bootstrap=10000)) == 1
+    assert "is not in the runs table" in capsys.readouterr().out
+
+
+def test_identical_predictions_are_a_warning_not_a_failure(copy, capsys):
+    store, _ = copy  # another method with protonet's predictions but its own timings: a legit clone
+    _sql(store, "CREATE TEMP TABLE t AS SELECT * FROM episodes WHERE method = 'protonet'",
+         "UPDATE t SET method = 'full_ft', config_hash = 'clone', wall_seconds = wall_seconds + 1",
+         "INSERT INTO episodes SELECT * FROM t")
+    main(["validate", str(store)])
+    out = capsys.readouterr().out
+    assert "warning:" in out and "have identical predictions on all 3 episodes" in out
+    assert "byte-identical" not in out
+
+
+def test_without_the_data_the_skipped_checks_are_one_line(copy, capsys, monkeypatch):
+    import fewshot_bench.data as data
+
+    store, _ = copy
+    monkeypatch.setattr(data, "local_copy", lambda name: False)
+    assert main(["validate", str(store)]) == 0  # newer rows store their query labels: scores still recomputed
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: not regenerated")]
+    assert len(notes) == 1 and "demo_intents" in notes[0]
+
+
+def test_numpy_scores_equal_query_scores():
+    import numpy as np
+    from fewshot_bench.metrics import query_scores
+    from fewshot_bench.validate_recompute import scores
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 8))
+        labels = rng.integers(0, n, int(rng.integers(1, 40)))
+        predictions = rng.integers(0, n + 1, len(labels))
+        a, b = query_scores(labels, predictions), scores(labels, predictions)
+        assert abs(a["accuracy"] - b["accuracy"]) < 1e-12 and abs(a["macro_f1"] - b["macro_f1"]) < 1e-12
