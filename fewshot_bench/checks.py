@@ -60,3 +60,15 @@ def check_run_bounds(config) -> None:
     command-line options."""
     check_restarts(getattr(config, "restarts", None))
     check_threads(getattr(config, "threads", None))
+
+
+# A method spec: NAME or NAME(field=value,...); NAME may be a path/to/file.py:Class whose path holds spaces
+METHOD_SPEC = re.compile(r"^\s*([^()]*?[^()\s])\s*(?:\((.*)\))?\s*$")
+
+
+def check_method_name(name, spec: str) -> str:
+    """``name`` (a method class's ``name``) unless it is empty or blank: the leaderboard and the store key rows on it."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"method '{spec}' has an empty name ({name!r}); set its class attribute `name` to a plain "
+                        f"name such as my_method")
+    return name

@@ -144,7 +144,7 @@ def atomic_files(paths: Sequence) -> Iterator[List[Path]]:
         for temp in temps:
             temp.unlink(missing_ok=True)
         if not done:
-            for folder in created:  # deepest first: ``missing`` lists a folder before its parents
+            for folder in sorted(created, key=lambda f: len(f.parts), reverse=True):  # deepest first
                 with contextlib.suppress(OSError):
                     folder.rmdir()
 

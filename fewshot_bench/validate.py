@@ -21,7 +21,7 @@ from .compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
 from .errors import UserError
 from .leaderboard import FORMULA_PREFIXES, planned_episodes
 from .store import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER, SQLITE_MAGIC,
-                    STATUSES, table_columns)
+                    STATUSES, schema_problems, table_columns)
 
 _SLACK = 1e-6
 _SCHEMA_1 = COLUMNS[:23]
@@ -260,6 +260,9 @@ def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int], Dict[str, 
                 for table, wanted in (("runs", [c for c in RUN_COLUMNS if c not in RUN_COLUMNS_ADDED_LATER]),
                                       ("episodes", [c for c in EPISODE_COLUMNS if c not in added_later]))
                 if not set(wanted) <= set(tables[table])]
+    if problems:
+        return problems, [], {}, {}
+    problems = schema_problems(conn)  # text in an integer key column or a metric: each later check would trip on it
     if problems:
         return problems, [], {}, {}
     columns = ("rowid",) + tuple(c for c in EPISODE_COLUMNS if c not in added_later)
