@@ -186,7 +186,12 @@ def schema_problems(conn: sqlite3.Connection, schema: str = "main", types: bool 
     checks = [(c, "integer", "typeof({c}) != 'integer'") for c in INTEGER_COLUMNS] + \
              [(c, "number", "{c} IS NOT NULL AND typeof({c}) NOT IN ('integer', 'real')") for c in NUMBER_COLUMNS
               if c in episodes]
-    for column, kind, condition in checks:
+    counts = conn.execute("SELECT " + ", ".join(f"COALESCE(SUM({condition.format(c=column)}), 0)"
+                                                for column, _, condition in checks)
+                          + f" FROM {schema}.episodes").fetchone()  # one pass over the table
+    for (column, kind, condition), count in zip(checks, counts):
+        if not count:
+            continue
         found = conn.execute(f"SELECT COUNT(*), MIN(rowid) FROM {schema}.episodes WHERE "
                              + condition.format(c=column)).fetchone()
         if found[0]:
