@@ -1,4 +1,8 @@
-"""Check a leaderboard CSV or a results store; each problem is one line "FILE:WHERE: column: what (expected ...)".
+"""Check a leaderboard CSV and/or a results store; each problem is one line "FILE:WHERE: column: what (expected ...)".
+
+``validate STORE`` (or ``--store STORE``) also recomputes (``validate_recompute``): episodes regenerated from their
+keys, accuracy and macro-F1 from the stored predictions, status and runs consistency, copied rows. ``validate CSV``
+compares the CSV with the leaderboard recomputed from ``--store`` or the ``results.sqlite`` beside it.
 
 Every type and range check comes from the declarations in ``columns.py``; the comparison columns are checked for
 consistency with each other (CI contains the mean difference, Holm p >= raw p, rank groups agree with the
@@ -304,6 +308,11 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
             by_fingerprint[row["fingerprint"]] = row
     for (config, method, backbone, task, setting), members in groups.items():
         plans = [planned_by_run[r["run_id"]] for r in members if planned_by_run.get(r["run_id"]) is not None]
+        beyond = sorted({r["episode_index"] for r in members} - set(range(max(plans)))) if plans else []
+        if beyond:
+            problems.append(f"{path}: episodes: {method} on {setting} ({backbone}, config {config[:12]}) holds episode(s) "
+                            f"{', '.join(map(str, beyond[:10]))}{' ...' if len(beyond) > 10 else ''} beyond the "
+                            f"{max(plans)} its run configs plan (expected indices 0..{max(plans) - 1})")
         missing = sorted(set(range(max(plans))) - {r["episode_index"] for r in members}) if plans else []
         if missing:
             problems.append(f"{path}: episodes: {method} on {setting} ({backbone}, config {config[:12]}) lacks episode(s) "

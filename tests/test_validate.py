@@ -404,3 +404,11 @@ def test_numpy_scores_equal_query_scores():
         predictions = rng.integers(0, n + 1, len(labels))
         a, b = query_scores(labels, predictions), scores(labels, predictions)
         assert abs(a["accuracy"] - b["accuracy"]) < 1e-12 and abs(a["macro_f1"] - b["macro_f1"]) < 1e-12
+
+
+def test_episodes_beyond_the_run_plan_are_named(copy, capsys):
+    store, _ = copy
+    _sql(store, "CREATE TEMP TABLE t AS SELECT * FROM episodes WHERE method = 'protonet' AND episode_index = 0",
+         "UPDATE t SET episode_index = 7", "INSERT INTO episodes SELECT * FROM t")
+    assert main(["validate", str(store)]) == 1
+    assert "holds episode(s) 7 beyond the 3 its run configs plan" in capsys.readouterr().out
