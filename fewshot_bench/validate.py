@@ -390,6 +390,9 @@ def cli_validate(args) -> int:
         found, count = _check_csv(csv_path)
         problems += found
         done.append(f"OK: {csv_path} ({count} rows checked)")
+    if store is None:
+        remarks.append(f"note: no --store given and no results.sqlite beside {csv_path}: the CSV was not compared "
+                       "with the leaderboard recomputed from its store")
     beside = store is not None and csv_path is not None and not getattr(args, "store", None)
     if store is not None:
         # a store found beside the CSV is only read for the comparison: its own problems are `validate STORE`'s
