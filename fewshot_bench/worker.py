@@ -1,9 +1,11 @@
 """The sealed worker: a submitted method's code runs in a separate process that holds no query label.
 
-:class:`SealedWorker` starts one process (``multiprocessing`` spawn) and reuses it across the episodes of a run; it
-hosts several method instances and restarts after a crash, a kill or a timeout. The harness sends it only what a
-method may see: the method spec (built there with :func:`fewshot_bench.spec.method_from_spec`), the backbone name,
-device, autocast dtype and threads, meta-trained state tensors, and per episode the label-free
+:class:`SealedWorker` starts a process (``multiprocessing`` spawn) and reuses it across the episodes of a run; it
+hosts several method instances (the package's own methods share one process; each submitted method file gets its
+own, so one method cannot reach another's state) and restarts after a crash, a kill or a timeout. The harness sends
+it only what a method may see: the method spec (built there with :func:`fewshot_bench.spec.method_from_spec`;
+:meth:`SealedWorker.describe` gives the harness a :class:`MethodStub` without importing a method file here), the
+backbone name, device, autocast dtype and threads, meta-trained state tensors, and per episode the label-free
 :class:`~fewshot_bench.sealed.EpisodeView` and the training seed. The worker runs
 :func:`fewshot_bench.harness.episode_outcome` (adapt, predict the query texts in length buckets, the un-adapted
 model's logits for ``Predictor.initial``) and answers with logits, figures and the gradient recorder's summary;
@@ -160,6 +162,7 @@ class _Process:
     def start(self) -> None:
         if self.alive:
             return
+        self.kill()  # a process that died between calls: its pipe and scratch folder
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe(duplex=True)
         self.scratch = tempfile.mkdtemp(prefix="fewshot_worker_")

@@ -208,7 +208,10 @@ def _allow_except(ruleset, root: Path, access, denied: List[Path]) -> None:
 # ---------------------------------------------------------------------- the worker's main loop
 def worker_main(conn, init: dict) -> None:
     """Entry point of the worker process: prepare, confine, then answer the harness until told to quit."""
+    import multiprocessing
+
     os.setsid()  # its own process group: killed as one; the terminal's Ctrl-C goes to the harness only
+    multiprocessing.current_process()._config.pop("daemon", None)  # a method may start processes (killed with it)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     os.environ.pop("FEWSHOT_BENCH_DATA", None)
