@@ -132,6 +132,17 @@ def _grants_for(spec: str) -> Tuple[str, ...]:
     return () if any(real.startswith(p + os.sep) for p in inside) else (real,)
 
 
+def _card(task: str):
+    """The task's card (its prompt template, for in-context learning: a card of --tasks-dir is registered here only),
+    or None."""
+    from .task import get_task_config
+
+    try:
+        return get_task_config(task) if task else None
+    except UserError:
+        return None
+
+
 def _weights_path(name: str) -> Optional[str]:
     """The folder a backbone's weights are read from (granted to the worker), when not a built-in."""
     if os.path.isdir(name):
@@ -414,8 +425,8 @@ class SealedWorker:
         try:
             slot, token = self._host(method, self.timeout)
             started = time.perf_counter()
-            reply = slot.call(("episode", token, view, seed, autocast_dtype, source_episodes is not None),
-                              self.timeout, {"source": source_episodes})
+            reply = slot.call(("episode", token, view, seed, autocast_dtype, source_episodes is not None,
+                               _card(view.task)), self.timeout, {"source": source_episodes})
             outcome = reply[1] if reply[0] == "outcome" and len(reply) > 1 and isinstance(reply[1], dict) else None
             if outcome is None:
                 raise WorkerFailure(str(reply[1]) if reply[0] == "error" and len(reply) > 1

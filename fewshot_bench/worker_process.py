@@ -246,6 +246,7 @@ def _serve_harness(conn, init: dict, backbones: dict) -> None:
     from .backbone import load_backbone
     from .harness import episode_outcome, failure_reason, peak_memory_mb
     from .methods import MetaContext
+    from .registry import register_task
     from .spec import method_from_spec
 
     hosted: Dict[int, object] = {}  # token -> method instance
@@ -292,7 +293,9 @@ def _serve_harness(conn, init: dict, backbones: dict) -> None:
                 backbone_for(attn)
                 send("ok")
             elif kind == "episode":
-                _, token, view, seed, autocast, has_source = message
+                _, token, view, seed, autocast, has_source, card = message
+                if card is not None:
+                    register_task(view.task, card, overwrite=True)
                 method = hosted[token]
                 backbone = backbone_for(method.attn_implementation)
                 cache_before = backbone.embedding_cache_seconds
