@@ -16,7 +16,7 @@ from typing import List, Optional
 from .config import bounded_int, finite_float, positive_int
 from .errors import UserError
 from .interrupts import interrupt_message
-from .outputs import print_table
+from .outputs import disk_full, disk_full_message, print_table
 from .registry import import_object
 
 
@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
     p.add_argument("--threads", type=bounded_int, help="torch CPU threads per process (default: $OMP_NUM_THREADS if set, else "
                                                 "the idle cores divided by the processes of this job)")
+    p.add_argument("--isolation", choices=["sandboxed", "process", "in-process"],
+                   help="where methods' code runs (default sandboxed: a sealed worker process confined with Landlock, "
+                        "process without Landlock where it is unavailable; in-process: debugging)")
+    p.add_argument("--episode-timeout", type=float, metavar="SECONDS",
+                   help="fail an episode whose method takes longer than this in the sealed worker (default 3600; "
+                        "0: no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the cells, episodes and estimated CPU/GPU-hours per "
                                                            "method (from a short calibration here); write nothing")
     p.set_defaults(handler="fewshot_bench.cli:cmd_run")
@@ -159,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="fewshot_bench.reproduce:cli_reproduce")
 
     p = sub.add_parser("validate", parents=[common], help="check a leaderboard CSV or a results store")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?", help="a leaderboard CSV or a results store (.sqlite)")
+    p.add_argument("--store", help="the results store a CSV is recomputed from (default: results.sqlite beside it)")
+    p.add_argument("--bootstrap", type=positive_int, default=10000,
+                   help="bootstrap resamples the CSV was made with (default 10000)")
     p.set_defaults(handler="fewshot_bench.validate:cli_validate")
 
     p = sub.add_parser("merge", parents=[common], help="merge results-store shards into one store")
@@ -231,9 +240,11 @@ def cmd_run(args) -> int:
     from .distributed import run_distributed_or_local
     from .run_config import build_config
 
+    from .checks import check_run_bounds
     from .runner import check_run_outputs
 
     config = build_config(args)
+    check_run_bounds(config)
     check_run_outputs(config, config_file=args.config, tasks_dirs=args.tasks_dir)
     if args.dry_run:
         from .plan import dry_run
@@ -308,6 +319,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(interrupt_message(args), file=sys.stderr)
         return 130
     except sqlite3.OperationalError as exc:  # another process held the store's write lock past the timeout
+        if not args.debug and disk_full(exc):
+            print(f"error: {disk_full_message(exc)}", file=sys.stderr)
+            return 2
         if args.debug or "locked" not in str(exc):
             raise
         print(f"error: the results store is locked by another process ({exc}) and stayed locked past the 60 s "
@@ -317,6 +331,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a full disk is the user's to fix, in one line; anything else is a bug
+        if args.debug or not disk_full(exc):
+            raise
+        print(f"error: {disk_full_message(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

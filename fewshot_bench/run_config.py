@@ -59,6 +59,13 @@ class RunConfig:
     bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
     threads: int = option(0, help="torch CPU threads per process (0: $OMP_NUM_THREADS if set, else the cores not "
                                   "busy with other work divided by this job's processes on the machine)", low=0)
+    isolation: str = option("sandboxed", help="where methods' code runs: sandboxed (a sealed worker process confined "
+                                              "with Landlock; falls back to process where Landlock is unavailable), "
+                                              "process (a sealed worker process), in-process (debugging)",
+                            choices=("sandboxed", "process", "in-process"))
+    episode_timeout: float = option(3600.0, help="seconds a method's code may take on one episode in the sealed "
+                                                 "worker; past it the episode fails and the worker restarts (0: no "
+                                                 "limit)", low=0)
     store: str = option("runs/results.sqlite", help="SQLite results store")
     out: str = option("runs/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs (the same as "
@@ -182,7 +189,8 @@ def build_config(args) -> RunConfig:
              "restarts": getattr(args, "restarts", None),
              "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
              "source_task": args.source_task, "tuned": getattr(args, "tuned", None),
-             "threads": getattr(args, "threads", None)}
+             "threads": getattr(args, "threads", None), "isolation": getattr(args, "isolation", None),
+             "episode_timeout": getattr(args, "episode_timeout", None)}
     if flags["tasks"]:
         merged.pop("settings", None)
     overridden = {key for key in ("n_way", "k_shot") if flags[key] is not None} | ({"folds"} if args.fold else set())

@@ -34,6 +34,7 @@ from .spec import method_from_spec, method_label, parse_spec
 from .store import ResultsStore
 from .threads import set_threads
 from .tuned import load_tuned, tuned_overrides
+from .worker import SealedWorker
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ class Run:
     """The execution state of one ``run()``: device, backbones, the cells, the stores, the tuned configs."""
 
     def __init__(self, config: RunConfig, device: str, backbones: Dict[Tuple[str, str], Backbone],
-                 store: ResultsStore, finished_elsewhere: List[ResultsStore], tuned: Optional[dict] = None):
+                 store: ResultsStore, finished_elsewhere: List[ResultsStore], tuned: Optional[dict] = None,
+                 worker: Optional[SealedWorker] = None):
         self.config = config
+        self.worker = worker  # None: methods' code runs in this process
         self.device = device
         self.autocast = autocast_dtype(device, config.bf16)
         self.store = store
@@ -81,7 +84,7 @@ class Run:
         key = (setting, spec)
         if key not in self.cells:
             config = self.config
-            method, label, run_hash = cell_identity(config, spec, self.specs[spec], setting, self.tuned)
+            method, label, run_hash = cell_identity(config, spec, self.specs[spec], setting, self.tuned, self.worker)
             done = {(index, restart) for restart in range(config.restarts)
                     for store in [self.store, *self.finished_elsewhere]
                     for index in store.done_indices(restart_hash(run_hash, restart), label, config.backbone,
@@ -95,7 +98,9 @@ class Run:
             self.cells[key] = Cell(setting, method, label, run_hash, done, source, same_class_source=bool(shared))
         return self.cells[key]
 
-    def backbone_for(self, method: Method) -> Backbone:
+    def backbone_for(self, method: Method) -> Optional[Backbone]:
+        if self.worker is not None:  # the worker holds the backbone
+            return None
         key = (method.attn_implementation, self.config.backbone)
         if key not in self.backbones:
             self.backbones[key] = load_backbone(self.config.backbone, device=self.device,
@@ -124,21 +129,29 @@ class Run:
                    "setting": cell.setting.label, "autocast": str(self.autocast),
                    "source": cell.source_episodes(0).fingerprint}
         path = meta_state_path(config_hash(payload))
-        cached = load_meta_state(path, payload, method.state_shapes(backbone))
+        cached = load_meta_state(path, payload, method.state_shapes(backbone) if backbone is not None else None)
         if cached is not None:
             state, metadata = cached
-            method.load_state_dict(state)
+            if self.worker is not None:
+                self.worker.load_state(method, state)
+            else:
+                method.load_state_dict(state)
             seconds = metadata.get("meta_train_seconds")  # wall time of the training that wrote the file
             cell.meta_train_seconds = float(seconds) if seconds else None
             log.info("%s: loaded meta-trained state from %s", cell.label, path)
             return
         log.info("meta-training %s for %s", cell.label, cell.setting.label)
         started = time.perf_counter()
-        method.meta_train(MetaContext(backbone, seed, cell.source_episodes, autocast_dtype=self.autocast,
-                                      validation_episodes=cell.setting.validation_episodes(seed)))
+        if self.worker is not None:
+            state = self.worker.meta_train(method, seed=seed, source_episodes=cell.source_episodes,
+                                           validation_episodes=cell.setting.validation_episodes(seed),
+                                           autocast_dtype=self.autocast)
+        else:
+            method.meta_train(MetaContext(backbone, seed, cell.source_episodes, autocast_dtype=self.autocast,
+                                          validation_episodes=cell.setting.validation_episodes(seed)))
+            state = method.state_dict()
         cell.meta_train_seconds = time.perf_counter() - started
         log.info("meta-trained %s for %s: %.1f s", cell.label, cell.setting.label, cell.meta_train_seconds)
-        state = method.state_dict()
         if state is not None:
             save_meta_state(path, state, payload,
                             {"label": cell.label, "meta_train_seconds": repr(cell.meta_train_seconds)})
@@ -153,7 +166,8 @@ class Run:
         else:
             record = episode_record(cell.method, episode, backbone,
                                     seed=episode_seed(config.seed, setting, index, restart),
-                                    autocast=self.autocast, source_episodes=cell.source_episodes)
+                                    autocast=self.autocast, source_episodes=cell.source_episodes,
+                                    worker=self.worker)
         record["meta_train_seconds"] = cell.meta_train_seconds
         protocol = cell.method.protocol if cell.source_episodes is not None else "target-only"
         record["same_class_source"] = None if protocol == "target-only" else int(cell.same_class_source)
@@ -174,13 +188,15 @@ class Run:
 
 
 def cell_identity(config: RunConfig, spec: str, overrides: Dict[str, str], setting: Setting,
-                  tuned: Optional[dict] = None) -> Tuple[Method, str, str]:
+                  tuned: Optional[dict] = None, worker: Optional[SealedWorker] = None) -> Tuple[Method, str, str]:
     """(method instance, leaderboard label, run hash) of the run's method ``spec`` (with its ``overrides``, from
     :func:`method_specs`) on ``setting``. Its episodes are stored under (:func:`restart_hash` of the run hash,
     label, backbone, task, setting label): :meth:`Run.cell` and ``fewshot-bench campaign`` both key on this."""
     name = parse_spec(spec)[0]
     chosen = tuned_overrides(tuned, config.tuned, setting.label, name) if tuned is not None else None
-    method = method_from_spec(name, {**(chosen or {}), **overrides})
+    values = {**(chosen or {}), **overrides}
+    # with a worker, a method file is imported (and its code run) only there; the stub has the same name and config
+    method = worker.describe(name, values) if worker is not None else method_from_spec(name, values)
     label = method_label(method.name, overrides) + ("[tuned]" if chosen is not None else "")
     run_hash = config_hash({"method": method.name, "config": method.config_dict(), "seed": config.seed,
                             "backbone": config.backbone, "source_task": setting.source_task})
@@ -193,15 +209,18 @@ def restart_hash(run_hash: str, restart: int) -> str:
     return run_hash if restart == 0 else config_hash({"run": run_hash, "restart": restart})
 
 
-def episode_record(method: Method, episode: Episode, backbone: Backbone, *, seed: int, autocast: Optional[torch.dtype],
-                   source_episodes: Optional[Callable[[int], Episode]]) -> dict:
+def episode_record(method: Method, episode: Episode, backbone: Optional[Backbone], *, seed: int,
+                   autocast: Optional[torch.dtype], source_episodes: Optional[Callable[[int], Episode]],
+                   worker: Optional[SealedWorker] = None) -> dict:
     """One episode as ``run`` evaluates it (``bench/bench.py`` times this function): :func:`run_episode` under the
     run's autocast, the frozen-embedding cache fill it triggered kept out of ``wall_seconds`` (a one-off cost of
     the run) and reported as ``embedding_cache_seconds``."""
-    cache_before = backbone.embedding_cache_seconds
-    record = run_episode(method, episode, backbone, seed=seed, autocast_dtype=autocast, source_episodes=source_episodes)
+    cache_before = backbone.embedding_cache_seconds if worker is None else 0.0
+    record = run_episode(method, episode, backbone, seed=seed, autocast_dtype=autocast, source_episodes=source_episodes,
+                         worker=worker)
     record.pop("diverged", None)
-    record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
+    if worker is None:  # a worker measures its own cache fill
+        record["embedding_cache_seconds"] = backbone.embedding_cache_seconds - cache_before
     record["wall_seconds"] -= record["embedding_cache_seconds"]
     return record
 
@@ -211,10 +230,12 @@ def autocast_dtype(device: str, bf16: bool = True) -> Optional[torch.dtype]:
     return torch.bfloat16 if (bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()) else None
 
 
-def _check_run(config: RunConfig, settings: List[Setting], tuned: Optional[dict], store_path: str) -> List[Method]:
+def _check_run(config: RunConfig, settings: List[Setting], tuned: Optional[dict], store_path: str,
+               worker: Optional[SealedWorker] = None) -> List[Method]:
     """Everything a run can trip over, checked before the store is created: methods and their configs, settings,
-    tuned entries, source pools, the outputs. Returns one instance of each method spec."""
-    checked = [method_from_spec(parse_spec(spec)[0], overrides) for spec, overrides in method_specs(config).items()]
+    tuned entries, source pools, the outputs. Returns one instance of each method spec (built in ``worker``)."""
+    build = worker.describe if worker is not None else method_from_spec
+    checked = [build(parse_spec(spec)[0], overrides) for spec, overrides in method_specs(config).items()]
     meta_trained = [m.name for m in checked if m.protocol == "meta-trained"]
     for setting in settings:
         setting.target_episode(config.seed, 0)
@@ -261,19 +282,35 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     set_threads(config.threads)  # before the backbone is loaded: torch's default assumes an idle machine
     settings = settings_of(config)
     tuned = load_tuned(config.tuned) if config.tuned else None
-    checked = _check_run(config, settings, tuned, store_path or config.store)
     device = resolve_device(config.device)
+    worker = None
+    if config.isolation != "in-process":  # methods' code runs in sealed worker processes, which load the backbone
+        worker = SealedWorker(config.backbone, device=device, threads=torch.get_num_threads(),
+                              isolation=config.isolation, timeout=config.episode_timeout,
+                              deny=[config.store, store_path or config.store, str(meta_state_path("x").parent)])
+    try:
+        return _run(config, settings, tuned, device, worker, rank=rank, world_size=world_size, store_path=store_path,
+                    barrier=barrier, only=only, finished=finished)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[SealedWorker], *, rank: int,
+         world_size: int, store_path: Optional[str], barrier, only, finished) -> str:
+    checked = _check_run(config, settings, tuned, store_path or config.store, worker)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    backbones = {(attn, config.backbone): load_backbone(config.backbone, device=device, attn_implementation=attn)
-                 for attn in sorted({m.attn_implementation for m in checked})}
+    backbones = {} if worker is not None else {
+        (attn, config.backbone): load_backbone(config.backbone, device=device, attn_implementation=attn)
+        for attn in sorted({m.attn_implementation for m in checked})}
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
     store = ResultsStore(store_path or config.store)
     # resume: episodes finished in the run's store or in any shard of an earlier (killed) torchrun job
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
-    execution = Run(config, device, backbones, store, [*finished_elsewhere, *finished], tuned)
+    execution = Run(config, device, backbones, store, [*finished_elsewhere, *finished], tuned, worker)
     units = [(s, m, i, r) for s in settings for m in execution.specs for i in range(n_episodes)
              for r in range(config.restarts) if only is None or (s.label, m, r) in only]
     if world_size > 1:  # meta-training shared out round-robin, cached on disk, then loaded by every rank

@@ -14,12 +14,13 @@ import re
 import typing
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from .checks import METHOD_SPEC, check_method_name
 from .errors import UserError
 from .methods import Method
 from .registry import METHODS, did_you_mean, import_module, import_object
 
 Overrides = Dict[str, object]
-_SPEC = re.compile(r"^\s*([^()\s]+)\s*(?:\((.*)\))?\s*$")
+_SPEC = METHOD_SPEC  # NAME or path/to/file.py:Class (spaces allowed in the path), optionally (FIELD=VALUE, ...)
 
 
 def split_specs(text: str) -> List[str]:
@@ -71,6 +72,7 @@ def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method
     cls = method_class(name)
     if not cls.name:
         cls.name = name.rpartition(":")[2] if ":" in name else name
+    check_method_name(cls.name, name)
     if ":" in name and cls.name in METHODS and METHODS.get(cls.name) is not cls:
         raise UserError(f"method file {name} is named '{cls.name}' like the built-in method; its rows would be "
                         f"mixed with the built-in's: set another name (class attribute name = '...')")

@@ -44,6 +44,8 @@ EPISODE_TYPES = {
     "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
     # training restart of the episode (``run --restarts``; its own config_hash when > 0); NULL (older stores): 0
     "restart": "INTEGER",
+    # where the method's code ran (harness.run_episode): in-process, process (sealed worker), sandboxed (Landlock)
+    "isolation": "TEXT CHECK (isolation IS NULL OR isolation IN ('in-process', 'process', 'sandboxed'))",
 }
 EPISODE_COLUMNS = tuple(EPISODE_TYPES)
 REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))

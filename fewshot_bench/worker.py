@@ -80,6 +80,8 @@ def canonical_spec(name: str) -> str:
     path, sep, attr = name.rpartition(":")
     if sep:
         return f"{os.path.abspath(path)}:{attr}" if path.endswith(".py") else name
+    if name.endswith(".py") and os.path.isfile(name):
+        raise UserError(f"method file '{name}' needs the class after the path, '{name}:ClassName'{_classes_in(name)}")
     if name in BUILTIN_METHODS:
         return BUILTIN_METHODS[name]
     METHODS.names()  # entry points loaded
@@ -90,6 +92,18 @@ def canonical_spec(name: str) -> str:
         return _class_spec(entry)
     METHODS.get(name)  # raises: unknown method, with "did you mean"
     raise UserError(f"method '{name}' is registered as {entry!r}, not a class a sealed worker can import")
+
+
+def _classes_in(path: str) -> str:
+    """" (classes in PATH: A, B; e.g. PATH:A)" from the file's syntax tree: the harness never imports a method file."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    return f" (classes in {path}: {', '.join(classes)}; e.g. {path}:{classes[0]})" if classes else ""
 
 
 def method_spec(method: Method) -> Tuple[str, dict]:

@@ -181,7 +181,8 @@ def test_resumed_run_does_not_meta_train_finished_cells(tmp_path):
     log = tmp_path / "calls.log"
     method_file = tmp_path / "counting.py"
     method_file.write_text(f"LOG = {str(log)!r}\n" + COUNTING_METHOD)
-    argv = ["run", *TINY, "--methods", f"{method_file}:CountingMetaTrained", "--k-shot", "1,2", "--episodes", "2",
+    # the method logs its calls to a file in tmp_path: a sandboxed worker may not write there
+    argv = ["run", *TINY, "--isolation", "process", "--methods", f"{method_file}:CountingMetaTrained", "--k-shot", "1,2", "--episodes", "2",
             "--store", str(tmp_path / "s.sqlite"), "--out", ""]
     assert main(argv) == 0
     assert log.read_text().count("meta_train") == 2  # one per setting
@@ -219,7 +220,8 @@ def test_meta_trained_state_is_cached_by_the_runner(tmp_path, monkeypatch):
     log = tmp_path / "calls.log"
     method_file = tmp_path / "cached.py"
     method_file.write_text(f"import torch\nLOG = {str(log)!r}\n" + CACHED_METHOD)
-    argv = ["run", *TINY, "--methods", f"{method_file}:CachedMetaTrained", "--k-shot", "1,2", "--episodes", "1",
+    # the method logs its calls to a file in tmp_path: a sandboxed worker may not write there
+    argv = ["run", *TINY, "--isolation", "process", "--methods", f"{method_file}:CachedMetaTrained", "--k-shot", "1,2", "--episodes", "1",
             "--out", ""]
     assert main([*argv, "--store", str(tmp_path / "a.sqlite")]) == 0
     assert log.read_text().count("meta_train") == 2 and "load" not in log.read_text()
