@@ -61,19 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", parents=[common], help="list registered tasks, methods or backbones")
-    p.add_argument("what", choices=["tasks", "methods", "backbones"])
+    p.add_argument("what", choices=["tasks", "methods", "backbones"], help="what to list")
     p.add_argument("--fold", type=bounded_int, default=1, help="fold used to count classes per pool")
     p.set_defaults(handler="fewshot_bench.cli:cmd_list")
 
     p = sub.add_parser("episodes", parents=[common], help="print one episode as JSON")
-    p.add_argument("task")
-    p.add_argument("--pool", default="target", choices=["source", "validation", "target"])
+    p.add_argument("task", help="registered task name (fewshot-bench list tasks)")
+    p.add_argument("--pool", default="target", choices=["source", "validation", "target"],
+                   help="class pool to draw from")
     p.add_argument("--n-way", default=None, help="classes per episode, or 'all' (default: the card's)")
     p.add_argument("--k-shot", default=None, help="shots per class, or MIN-MAX for variable shot (default: the card's)")
     p.add_argument("--query", type=bounded_int, default=None, help="queries per class (default: the card's)")
-    p.add_argument("--seed", type=bounded_int, default=0)
-    p.add_argument("--index", type=bounded_int, default=0)
-    p.add_argument("--fold", type=bounded_int, default=1)
+    p.add_argument("--seed", type=bounded_int, default=0, help="episode seed (default 0)")
+    p.add_argument("--index", type=bounded_int, default=0, help="episode index in the seeded sequence")
+    p.add_argument("--fold", type=bounded_int, default=1, help="class-split fold (1-based)")
     p.set_defaults(handler="fewshot_bench.cli:cmd_episodes")
 
     p = sub.add_parser("new-task", parents=[common], help="write a commented task-card skeleton listing every field")
@@ -85,11 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-task", parents=[common],
                        help="report a task's pools, class sizes, duplicate texts and the episodes it can make")
-    p.add_argument("task")
+    p.add_argument("task", help="registered task name (fewshot-bench list tasks)")
     p.add_argument("--n-way", default=None, help="classes per episode, or 'all' (default: the card's)")
     p.add_argument("--k-shot", default=None, help="shots per class, or MIN-MAX (default: the card's)")
     p.add_argument("--query", type=bounded_int, default=None, help="queries per class (default: the card's)")
-    p.add_argument("--fold", type=bounded_int, default=1)
+    p.add_argument("--fold", type=bounded_int, default=1, help="class-split fold (1-based)")
     p.add_argument("--strict", action="store_true", help="exit 1 when the report has findings")
     p.add_argument("--all-duplicates", action="store_true",
                    help="list every duplicate text (default: the first 5 of each kind)")
@@ -131,21 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="fewshot_bench.tuning:cli_tune")
 
     p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
-    p.add_argument("--store", default="runs/results.sqlite")
-    p.add_argument("--out", default="runs/leaderboard.csv")
+    p.add_argument("--store", default="runs/results.sqlite", help="results store to aggregate (default: %(default)s)")
+    p.add_argument("--out", default="runs/leaderboard.csv",
+                   help="leaderboard CSV to write; the .md, .html, .png and _*.csv files are named after it "
+                        "(default: %(default)s)")
     p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
     p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft)")
     p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
 
     p = sub.add_parser("compare", parents=[common], help="paired comparison of named method pairs, per cell (Holm)")
-    p.add_argument("--store", default="runs/results.sqlite")
+    p.add_argument("--store", default="runs/results.sqlite",
+                   help="results store holding both methods of each pair (default: %(default)s)")
     p.add_argument("--pair", action="append", default=[], metavar="METHOD=OTHER",
                    help="compare METHOD with OTHER in every cell holding both (repeatable), e.g. 'sgg[tuned]=sgg'")
     p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
     p.set_defaults(handler="fewshot_bench.pairs:cli_compare")
 
     p = sub.add_parser("power", parents=[common], help="episodes needed to tell adjacent methods apart, per cell")
-    p.add_argument("--store", default="runs/results.sqlite")
+    p.add_argument("--store", default="runs/results.sqlite", help="results store to size (default: %(default)s)")
     p.add_argument("--delta", default="0.01,0.02", help="accuracy differences to detect, comma-separated")
     p.add_argument("--power", type=finite_float, default=0.8, help="probability of detecting each difference")
     p.set_defaults(handler="fewshot_bench.power:cli_power")
@@ -172,14 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="fewshot_bench.validate:cli_validate")
 
     p = sub.add_parser("merge", parents=[common], help="merge results-store shards into one store")
-    p.add_argument("shards", nargs="+")
+    p.add_argument("shards", nargs="+", help="shard stores to merge into --store")
     p.add_argument("--store", required=True, help="the store to merge into")
     p.set_defaults(handler="fewshot_bench.store:cli_merge")
 
     p = sub.add_parser("campaign", parents=[common],
                        help="a resumable compute queue: status (what is missing, CPU-hours), run (worker processes "
                             "into shards), merge (complete units into the store)")
-    p.add_argument("action", choices=["status", "run", "merge"])
+    p.add_argument("action", choices=["status", "run", "merge"],
+                   help="status: what is left; run: compute it; merge: complete units into --store")
     p.add_argument("--file", default="leaderboard/campaign.yaml", help="campaign file: 'entries', an ordered list of "
                                                                         "run configurations (default: %(default)s)")
     p.add_argument("--store", default="leaderboard/results.sqlite",

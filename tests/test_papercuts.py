@@ -304,3 +304,18 @@ def test_the_interrupt_line_of_merge_keeps_what_was_merged():
 
     message = interrupt_message(build_parser().parse_args(["merge", "a.sqlite", "--store", "b.sqlite"]))
     assert "merged before it is kept" in message and "finished episodes" not in message
+
+
+def test_every_cli_option_and_argument_has_help():
+    """`fewshot-bench COMMAND --help` explains every option and positional argument."""
+    import argparse
+
+    from fewshot_bench.cli import build_parser
+
+    missing = []
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
+                            if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing, missing
