@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common, episode_flags], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
     p.add_argument("--suite", help="named suite (smoke, default, core, cross-domain) choosing task x setting combinations")
+    p.add_argument("--reference", help="the leaderboard written at the end compares every method with this one, cell by "
+                                       "cell (default: full_ft, else the method with rows in the most cells)")
     p.add_argument("--source-task", help="cross-dataset: draw source-pool data from this task")
     p.add_argument("--episodes", type=bounded_int, help="episodes per task x setting")
     p.add_argument("--pool", choices=["target", "validation"],
@@ -137,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leaderboard CSV to write; the .md, .html, .png and _*.csv files are named after it "
                         "(default: %(default)s)")
     p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
-    p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft)")
+    p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft, "
+                                       "else the method with rows in the most cells)")
     p.set_defaults(handler="fewshot_bench.leaderboard:cli_leaderboard")
 
     p = sub.add_parser("compare", parents=[common], help="paired comparison of named method pairs, per cell (Holm)")
@@ -259,7 +262,7 @@ def cmd_run(args) -> int:
     if store_path and config.out:
         from .leaderboard import cli_leaderboard
 
-        cli_leaderboard(argparse.Namespace(store=store_path, out=config.out, bootstrap=10000))
+        cli_leaderboard(argparse.Namespace(store=store_path, out=config.out, bootstrap=10000, reference=args.reference))
     return 0
 
 

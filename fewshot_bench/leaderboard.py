@@ -276,11 +276,22 @@ def overall(rows: List[Dict], units: Optional[Dict[tuple, int]] = None) -> List[
                                          r["method"]))
 
 
+def default_reference(store_path) -> str:
+    """The reference when none is named: ``DEFAULT_REFERENCE`` (full_ft) when the store holds it, else the method
+    with rows in the most cells (ties: by name), so a run without full_ft is still compared cell by cell."""
+    with ResultsStore(store_path, create=False) as store:
+        cells = store.conn.execute("SELECT method, COUNT(DISTINCT backbone || '|' || setting) FROM episodes "
+                                   "GROUP BY method").fetchall()
+    if not cells or DEFAULT_REFERENCE in {method for method, _ in cells}:
+        return DEFAULT_REFERENCE
+    return min(cells, key=lambda row: (-row[1], row[0]))[0]
+
+
 def cli_leaderboard(args) -> int:
     """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv, <stem>_folds.csv, <stem>.png
     (the summary figure), <stem>_summary.md, <stem>.html and a forest plot per cell in <stem>_cells/ beside it."""
     check_outputs([(path, "--out") for path in leaderboard_paths(args.out)], [(args.store, "--store")])
-    reference = getattr(args, "reference", None) or DEFAULT_REFERENCE
+    reference = getattr(args, "reference", None) or default_reference(args.store)
     entries = annotated_entries(args.store, args.bootstrap, reference=reference)
     rows = [entry.row for entry in entries]
     with ResultsStore(args.store, create=False) as store:

@@ -319,3 +319,24 @@ def test_every_cli_option_and_argument_has_help():
                 missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
                             if not a.help and not isinstance(a, argparse._HelpAction)]
     assert not missing, missing
+
+
+def test_run_without_full_ft_compares_with_the_best_covered_method(tmp_path):
+    """A run without full_ft gets a reference (the method in the most cells) instead of `no-reference` rows, and
+    `run --reference` names one."""
+    import csv
+
+    from fewshot_bench.cli import main
+
+    def references(*extra):
+        store, out = tmp_path / f"s{len(extra)}.sqlite", tmp_path / f"lb{len(extra)}.csv"
+        assert main(["run", "--tasks", "demo_intents", "--methods", "protonet,linear_probe", "--n-way", "3",
+                     "--k-shot", "1", "--query", "2", "--episodes", "2", "--store", str(store), "--out", str(out),
+                     "--isolation", "in-process", *extra]) == 0
+        with open(out, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return {r["ref_method"] for r in rows}, {r["flags"] for r in rows}
+
+    chosen, flags = references()
+    assert chosen == {"linear_probe"} and not any("no-reference" in f for f in flags)
+    assert references("--reference", "protonet")[0] == {"protonet"}
