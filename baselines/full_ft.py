@@ -1,11 +1,11 @@
 """Full fine-tuning: every backbone parameter plus a linear head, AdamW, fixed steps, batch = support set.
 
-The loop is :func:`fewshot_bench.training.train_on_support` (shared with ``lora`` and the base of SGG).
+The loop is :func:`fewshot_bench.methods.training.train_on_support` (shared with ``lora`` and the base of SGG).
 """
 from __future__ import annotations
 
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
-from fewshot_bench.training import SUPPORT_TRAINING_SPACE, FullFTConfig, train_on_support
+from fewshot_bench.methods.training import SUPPORT_TRAINING_SPACE, FullFTConfig, train_on_support
 
 
 class FullFineTuning(Method):

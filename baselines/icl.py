@@ -24,11 +24,11 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from fewshot_bench.backbone import Batch
-from fewshot_bench.config import option
-from fewshot_bench.errors import UserError
+from fewshot_bench.methods.backbone import Batch
+from fewshot_bench.core.config import option
+from fewshot_bench.core.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
-from fewshot_bench.task import get_task_config
+from fewshot_bench.data.cards import get_task_config
 
 CALIBRATIONS = ("contextual", "none")
 

@@ -11,9 +11,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from fewshot_bench.baselines.protonet import frozen_features
-from fewshot_bench.config import option
+from fewshot_bench.core.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
-from fewshot_bench.search_space import Range, SearchSpace
+from fewshot_bench.methods.search_space import Range, SearchSpace
 
 
 @dataclass

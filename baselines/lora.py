@@ -1,6 +1,6 @@
 """LoRA (PEFT): low-rank adapters on the attention projections plus a fully trained linear head.
 
-Adapter placement is :func:`fewshot_bench.adapters.apply_lora` (per architecture; for anything else set
+Adapter placement is :func:`fewshot_bench.methods.adapters.apply_lora` (per architecture; for anything else set
 ``target_modules`` in the method config: ``--method-config lora.target_modules=a,b``). The classifier head
 is a separate ``nn.Linear`` trained in full (PEFT's "module to save" role); it gets no adapter. With
 ``dropout > 0`` runs stay reproducible: the harness seeds torch before ``adapt``.
@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from fewshot_bench.adapters import apply_lora
-from fewshot_bench.config import option
+from fewshot_bench.methods.adapters import apply_lora
+from fewshot_bench.core.config import option
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
-from fewshot_bench.search_space import Choice, Range, SearchSpace
-from fewshot_bench.training import SUPPORT_TRAINING_SPACE, SupportTrainingConfig, train_on_support
+from fewshot_bench.methods.search_space import Choice, Range, SearchSpace
+from fewshot_bench.methods.training import SUPPORT_TRAINING_SPACE, SupportTrainingConfig, train_on_support
 
 
 @dataclass

@@ -41,9 +41,9 @@ Inner loop: ``inner_steps`` plain SGD steps with ``inner_lr`` on the whole suppo
 (no dropout) in both loops, so meta-gradients are deterministic.
 
 Meta-training produces :meth:`MAML.state_dict` (the meta-learned weights and inner rates), which the
-runner caches on disk per run (:mod:`fewshot_bench.meta_cache`) and loads with :meth:`MAML.load_state_dict`.
+runner caches on disk per run (:mod:`fewshot_bench.execution.meta_cache`) and loads with :meth:`MAML.load_state_dict`.
 The functional inner loop is :mod:`baselines.maml_inner`; the architecture helpers (which parameters are
-in the top blocks, length buckets, the token-embedding matrix) are in :mod:`fewshot_bench.architecture`.
+in the top blocks, length buckets, the token-embedding matrix) are in :mod:`fewshot_bench.methods.architecture`.
 Early stopping (``val_every`` > 0 and a validation pool): every ``val_every`` meta-steps the current
 meta-state adapts to ``val_episodes`` validation-pool episodes (indices from ``VALIDATION_OFFSET``,
 disjoint from those ``tune`` scores trials on) and its mean query accuracy is measured; the best
@@ -67,15 +67,15 @@ import torch
 from torch import nn
 from torch.func import grad_and_value
 
-from fewshot_bench.architecture import adapted_names
-from fewshot_bench.backbone import Backbone, Batch
+from fewshot_bench.methods.architecture import adapted_names
+from fewshot_bench.methods.backbone import Backbone, Batch
 from fewshot_bench.baselines.maml_inner import HEAD_B, HEAD_W, InnerLoop, Tensors, init_head
-from fewshot_bench.config import option
-from fewshot_bench.hashing import derived_seed
+from fewshot_bench.core.config import option
+from fewshot_bench.core.hashing import derived_seed
 from fewshot_bench.methods import EpisodeContext, MetaContext, Method, MethodConfig, Predictor
-from fewshot_bench.progress import Progress
-from fewshot_bench.search_space import Choice, Range, SearchSpace
-from fewshot_bench.training import first_per_class
+from fewshot_bench.core.progress import Progress
+from fewshot_bench.methods.search_space import Choice, Range, SearchSpace
+from fewshot_bench.methods.training import first_per_class
 
 log = logging.getLogger(__name__)
 

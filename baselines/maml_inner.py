@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vjp
 
-from fewshot_bench.architecture import input_embedding_name, length_buckets
-from fewshot_bench.backbone import Backbone, Batch
+from fewshot_bench.methods.architecture import input_embedding_name, length_buckets
+from fewshot_bench.methods.backbone import Backbone, Batch
 
 HEAD_W, HEAD_B = "head.weight", "head.bias"
 

@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from fewshot_bench.backbone import Backbone, Batch
-from fewshot_bench.architecture import adapted_names
+from fewshot_bench.methods.backbone import Backbone, Batch
+from fewshot_bench.methods.architecture import adapted_names
 from fewshot_bench.baselines.maml import MAMLConfig
 from fewshot_bench.baselines.maml_inner import init_head
 

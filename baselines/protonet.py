@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fewshot_bench.backbone import Batch
-from fewshot_bench.config import option
+from fewshot_bench.methods.backbone import Batch
+from fewshot_bench.core.config import option
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
 
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from fewshot_bench.config import option
-from fewshot_bench.errors import UserError
+from fewshot_bench.core.config import option
+from fewshot_bench.core.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
-from fewshot_bench.search_space import Range, SearchSpace
+from fewshot_bench.methods.search_space import Range, SearchSpace
 
 _POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 

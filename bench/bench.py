@@ -68,7 +68,7 @@ def parse_args(argv=None):
 def build_method(entry: str, steps: int):
     """The method of a ``--methods`` entry (a method spec: ``name`` or ``name(field=value,...)``); ``steps``
     applies when the config has that field and the entry does not set it."""
-    from fewshot_bench.spec import method_from_spec, parse_spec
+    from fewshot_bench.methods.spec import method_from_spec, parse_spec
 
     spec, overrides = parse_spec(entry)
     if hasattr(method_from_spec(spec).config, "steps"):
@@ -80,11 +80,11 @@ def _setup(args):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from fewshot_bench.backbone import resolve_device
-    from fewshot_bench.data import set_data_dir
-    from fewshot_bench.episodes import Setting
-    from fewshot_bench.runner import episode_seed
-    from fewshot_bench.threads import set_threads
+    from fewshot_bench.methods.backbone import resolve_device
+    from fewshot_bench.data.loading import set_data_dir
+    from fewshot_bench.episodes.sampling import Setting
+    from fewshot_bench.execution.runner import episode_seed
+    from fewshot_bench.core.threads import set_threads
 
     set_data_dir(args.data_dir)
     set_threads(args.threads)
@@ -129,9 +129,9 @@ def _mean(values):
 def bench_method(spec: str, args) -> dict:
     """One framework method as ``run`` evaluates it: warm-up episode, measured episodes, warm-cache pass."""
     torch, device, setting, episodes, seeds = _setup(args)
-    from fewshot_bench.backbone import load_backbone
+    from fewshot_bench.methods.backbone import load_backbone
     from fewshot_bench.methods import MetaContext
-    from fewshot_bench.runner import autocast_dtype, episode_record
+    from fewshot_bench.execution.runner import autocast_dtype, episode_record
 
     method, overrides = build_method(spec, args.steps)
     backbone = load_backbone(args.backbone, device=device, attn_implementation=method.attn_implementation)
@@ -197,8 +197,8 @@ def plain_episode(torch, pretrained, tokenizer, ep, seed: int, steps: int, devic
     import torch.nn.functional as F
     from torch import nn
 
-    from fewshot_bench.runner import autocast_dtype
-    from fewshot_bench.training import fused_adamw_devices
+    from fewshot_bench.execution.runner import autocast_dtype
+    from fewshot_bench.methods.training import fused_adamw_devices
 
     dtype = autocast_dtype(str(device))
 
@@ -273,8 +273,8 @@ def bench_paired(spec: str, args) -> dict:
     alike: the paired time ratio, of process CPU seconds on a CPU (other processes' load does not count; run it
     with one thread) and of wall seconds on a GPU."""
     torch, device, setting, episodes, seeds = _setup(args)
-    from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.runner import autocast_dtype, episode_record
+    from fewshot_bench.methods.backbone import load_backbone
+    from fewshot_bench.execution.runner import autocast_dtype, episode_record
 
     backbones = {}
     clock = time.process_time if torch.device(device).type == "cpu" else time.perf_counter
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
     if args.worker:
         print(RESULT_PREFIX + json.dumps(run_worker(args.worker, args)), flush=True)
         return 0
-    from fewshot_bench.spec import split_specs
+    from fewshot_bench.methods.spec import split_specs
 
     names = split_specs(args.methods) + ([] if args.no_plain else [PLAIN])
     results = []

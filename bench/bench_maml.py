@@ -33,13 +33,13 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from fewshot_bench.backbone import load_backbone
-from fewshot_bench.architecture import adapted_names
+from fewshot_bench.methods.backbone import load_backbone
+from fewshot_bench.methods.architecture import adapted_names
 from fewshot_bench.baselines.maml import FOMAML, MAML, MAMLConfig
 from fewshot_bench.baselines.maml_inner import init_head
 from fewshot_bench.baselines.maml_l2l import Learn2LearnEpisode, learn2learn_maml_class
-from fewshot_bench.data import get_task_data, set_data_dir
-from fewshot_bench.episodes import sample_episode
+from fewshot_bench.data.loading import get_task_data, set_data_dir
+from fewshot_bench.episodes.sampling import sample_episode
 
 REPO = Path(__file__).resolve().parents[1]
 

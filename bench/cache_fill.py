@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from fewshot_bench.backbone import load_backbone
-from fewshot_bench.data import get_task_data, set_data_dir
-from fewshot_bench.episodes import sample_episode
+from fewshot_bench.methods.backbone import load_backbone
+from fewshot_bench.data.loading import get_task_data, set_data_dir
+from fewshot_bench.episodes.sampling import sample_episode
 
 REPO = Path(__file__).resolve().parents[1]
 

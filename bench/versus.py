@@ -19,7 +19,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ("backbone", "harness", "spec", "data", "episodes", "runner")
+# each module by its path in the layered package, then in the flat one (trees from before the layout move)
+MODULES = {"backbone": ("methods.backbone", "backbone"), "harness": ("execution.harness", "harness"),
+           "spec": ("methods.spec", "spec"), "data": ("data.loading", "data"),
+           "episodes": ("episodes.sampling", "episodes"), "runner": ("execution.runner", "runner")}
+
+
+def _import_either(paths: tuple):
+    try:
+        return importlib.import_module(f"fewshot_bench.{paths[0]}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"fewshot_bench.{paths[1]}")
 
 
 def load_tree(root: str, data_dir: str) -> dict:
@@ -29,7 +39,7 @@ def load_tree(root: str, data_dir: str) -> dict:
             del sys.modules[name]
     sys.path.insert(0, root)
     try:
-        mods = {m: importlib.import_module(f"fewshot_bench.{m}") for m in MODULES}
+        mods = {m: _import_either(paths) for m, paths in MODULES.items()}
     finally:
         sys.path.remove(root)
     if not mods["harness"].__file__.startswith(str(Path(root).resolve())):

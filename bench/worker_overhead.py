@@ -20,12 +20,12 @@ import time
 
 import torch
 
-from fewshot_bench.backbone import load_backbone
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import sample_episode
-from fewshot_bench.harness import run_episode
-from fewshot_bench.spec import method_from_spec
-from fewshot_bench.worker import SealedWorker
+from fewshot_bench.methods.backbone import load_backbone
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.episodes.sampling import sample_episode
+from fewshot_bench.execution.harness import run_episode
+from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.execution.worker import SealedWorker
 
 
 def timed(method, episode, backbone, seed, worker=None):

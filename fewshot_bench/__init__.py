@@ -1,9 +1,9 @@
 """fewshot-bench: episodic few-shot NLU benchmark."""
-from .builtins import register_builtins
-from .episodes import Episode, Setting, sample_episode
-from .errors import UserError
-from .registry import BACKBONES, METHODS, TASKS, register_backbone, register_method, register_task
-from .task import TaskConfig, load_card, register_cards
+from .core.builtins import register_builtins
+from .episodes.sampling import Episode, Setting, sample_episode
+from .core.errors import UserError
+from .core.registry import BACKBONES, METHODS, TASKS, register_backbone, register_method, register_task
+from .data.cards import TaskConfig, load_card, register_cards
 
 register_builtins()
 

@@ -5,7 +5,7 @@ README against this script's output on the committed store); ``--terms`` prints 
 docs/sgg.md's "Where each term acts" (per cell and SGG row, how often each guidance term changed the update).
 
 Contract. Each claim is one Holm family: the pair ``A=B`` compared in every cell (task x setting x backbone)
-where both rows hold every planned episode as ok (``complete``), with :func:`fewshot_bench.pairs.pair_table`
+where both rows hold every planned episode as ok (``complete``), with :func:`fewshot_bench.analysis.pairs.pair_table`
 (mean paired per-episode difference A - B, paired bootstrap 95% CI, exact sign-flip p, d_z), Holm over that
 claim's cells only. Verdict per claim:
   * ``supported`` - A significantly better (Holm p < 0.05) in at least one cell and significantly worse in none;
@@ -100,7 +100,7 @@ def _verdict(table: List[dict]) -> str:
 
 def _pairs(chosen, a: str, b: str) -> List[dict]:
     """:func:`pair_table` of A=B over ``chosen`` (empty when either has no row there)."""
-    from fewshot_bench.pairs import pair_table
+    from fewshot_bench.analysis.pairs import pair_table
 
     return pair_table(chosen, [(a, b)], bootstrap=10000, seed=0) if {a, b} <= {e.method for e in chosen} else []
 
@@ -140,15 +140,15 @@ def claim_rows(entries, metrics: Optional[dict] = None) -> List[Dict[str, str]]:
 # stress ------------------------------------------------------------------------------------------------------------
 def default_lr(method: str) -> float:
     """The default ``lr`` of a registered method's config dataclass."""
-    from fewshot_bench.registry import METHODS
+    from fewshot_bench.core.registry import METHODS
 
     return next(f.default for f in dataclasses.fields(METHODS.get(method).config_class) if f.name == "lr")
 
 
 def stress_pairs(suite: str = STRESS_SUITE) -> List[Tuple[str, str, str, str]]:
     """(multiplier, lr, sgg label, full_ft label) per learning-rate multiplier of the suite's method specs."""
-    from fewshot_bench.run_config import load_suite, spec_list
-    from fewshot_bench.spec import method_label, parse_spec
+    from fewshot_bench.execution.run_config import load_suite, spec_list
+    from fewshot_bench.methods.spec import method_label, parse_spec
 
     labels: Dict[tuple, Dict[str, str]] = {}
     for spec in spec_list(load_suite(suite)["methods"]):
@@ -199,7 +199,7 @@ def _key(entry) -> tuple:
 def episode_metrics(store_path, methods=GRADIENT_PAIR, columns=tuple(c for _, c, _ in GRADIENT_CLAIMS)) -> dict:
     """{(task, setting, protocol, backbone, method): {column: {fingerprint: value}}} from the store's episodes table,
     with load_entries' conventions: the latest row per (episode, restart), the mean over the ok restarts."""
-    from fewshot_bench.store import ResultsStore
+    from fewshot_bench.store.results import ResultsStore
 
     latest = {}
     with ResultsStore(store_path, create=False) as store:
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     parser.add_argument("--store", required=True, help="results store (SQLite)")
     parser.add_argument("--terms", action="store_true", help="print where each SGG term acted (docs/sgg.md) instead")
     args = parser.parse_args(argv)
-    from fewshot_bench.leaderboard import load_entries
+    from fewshot_bench.report.leaderboard import load_entries
 
     entries = load_entries(args.store, bootstrap=1)
     sys.stdout.write(terms_markdown(entries) if args.terms else markdown(entries, episode_metrics(args.store)))

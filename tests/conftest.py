@@ -26,7 +26,7 @@ def restored_data_dir():
     before = os.environ.get("FEWSHOT_BENCH_DATA")
     yield
     if os.environ.get("FEWSHOT_BENCH_DATA") != before:
-        from fewshot_bench.data import load_task_data
+        from fewshot_bench.data.loading import load_task_data
 
         if before is None:
             os.environ.pop("FEWSHOT_BENCH_DATA", None)
@@ -38,7 +38,7 @@ def restored_data_dir():
 @pytest.fixture(autouse=True)
 def restored_registries():
     """Tasks, methods and backbones registered by a test are removed when it ends, even when it fails."""
-    from fewshot_bench.registry import BACKBONES, METHODS, TASKS
+    from fewshot_bench.core.registry import BACKBONES, METHODS, TASKS
 
     with contextlib.ExitStack() as stack:
         for registry in (TASKS, METHODS, BACKBONES):
@@ -48,15 +48,15 @@ def restored_registries():
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from fewshot_bench.backbone import load_backbone
+    from fewshot_bench.methods.backbone import load_backbone
 
     return load_backbone("tiny-encoder", device="cpu")
 
 
 @pytest.fixture
 def demo_episode():
-    from fewshot_bench.data import get_task_data
-    from fewshot_bench.episodes import sample_episode
+    from fewshot_bench.data.loading import get_task_data
+    from fewshot_bench.episodes.sampling import sample_episode
 
     return sample_episode(get_task_data("demo_intents"), n_way=3, k_shot=2, q_query=2, seed=0, index=0)
 
@@ -64,7 +64,7 @@ def demo_episode():
 @pytest.fixture(scope="module")
 def backbone():
     """The tiny random encoder with eager attention (double backward: SGG exact mode, MAML)."""
-    from fewshot_bench.backbone import load_backbone
+    from fewshot_bench.methods.backbone import load_backbone
 
     return load_backbone("tiny-encoder", device="cpu", attn_implementation="eager")
 
@@ -72,8 +72,8 @@ def backbone():
 @pytest.fixture(scope="module")
 def demo():
     """(demo target episode 5-way 5-shot 5-query, source(i, k=5, q=5) -> source-pool episode i)."""
-    from fewshot_bench.data import get_task_data
-    from fewshot_bench.episodes import sample_episode
+    from fewshot_bench.data.loading import get_task_data
+    from fewshot_bench.episodes.sampling import sample_episode
 
     data = get_task_data("demo_intents")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.results import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent  # cwd for subprocesses: the installed package, not the source tree, is imported

@@ -3,10 +3,10 @@ planted 2-point difference, a planted null over 200 cells, and cells sharing tar
 import numpy as np
 import pytest
 
-from fewshot_bench import compare
-from fewshot_bench.across import across_cells, units
-from fewshot_bench.columns import COLUMNS
-from fewshot_bench.stats import bootstrap_ci
+from fewshot_bench.analysis import compare
+from fewshot_bench.analysis.across import across_cells, units
+from fewshot_bench.store.schema import COLUMNS
+from fewshot_bench.analysis.stats import bootstrap_ci
 
 QUERIES = 75  # 5-way, 15 queries per class: accuracies on the 1/75 lattice
 METHODS = [f"m{i}" for i in range(10)]

@@ -7,12 +7,13 @@ import textwrap
 
 import pytest
 
-from fewshot_bench import harness, metrics
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import Setting, sample_episode
-from fewshot_bench.harness import run_episode
-from fewshot_bench.spec import method_from_spec
-from fewshot_bench.worker import SealedWorker
+from fewshot_bench.execution import harness
+from fewshot_bench.methods import metrics
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.episodes.sampling import Setting, sample_episode
+from fewshot_bench.execution.harness import run_episode
+from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.execution.worker import SealedWorker
 
 ATTACKS = textwrap.dedent('''
     import gc, glob, inspect, json, os, sqlite3, sys, warnings
@@ -91,7 +92,7 @@ ATTACKS = textwrap.dedent('''
         name = "attack_files"
 
         def adapt(self, ctx):
-            from fewshot_bench.task import BUILTIN_TASKS_DIR
+            from fewshot_bench.data.cards import BUILTIN_TASKS_DIR
             folders = [os.path.join(str(BUILTIN_TASKS_DIR), ctx.episode.task)]
             if os.environ.get("FEWSHOT_BENCH_DATA"):
                 folders.append(os.path.join(os.environ["FEWSHOT_BENCH_DATA"], ctx.episode.task))
@@ -110,7 +111,7 @@ ATTACKS = textwrap.dedent('''
         name = "attack_data_api"
 
         def adapt(self, ctx):
-            from fewshot_bench.data import get_task_data
+            from fewshot_bench.data.loading import get_task_data
             try:
                 data = get_task_data(ctx.episode.task)
                 return answer(ctx, by_class_name(ctx, zip(data.texts, data.labels)))
@@ -122,8 +123,8 @@ ATTACKS = textwrap.dedent('''
         name = "attack_resample"
 
         def adapt(self, ctx):
-            from fewshot_bench.data import get_task_data
-            from fewshot_bench.episodes import sample_episode
+            from fewshot_bench.data.loading import get_task_data
+            from fewshot_bench.episodes.sampling import sample_episode
             view = ctx.episode
             try:
                 data = get_task_data(view.task)
@@ -142,8 +143,8 @@ ATTACKS = textwrap.dedent('''
             found = {}
             pool = getattr(ctx, "_source_episodes", None)
             try:  # in-process: the sampler's slots name the task, fold, shape and seed: draw target episodes
-                from fewshot_bench.data import get_task_data
-                from fewshot_bench.episodes import sample_episode
+                from fewshot_bench.data.loading import get_task_data
+                from fewshot_bench.episodes.sampling import sample_episode
                 n_way, k_shot, q_query = pool._shape
                 data = get_task_data(pool._task, pool._fold)
                 found = matching_episode(ctx, (sample_episode(data, n_way=n_way, k_shot=k_shot, q_query=q_query,
@@ -175,7 +176,7 @@ ATTACKS = textwrap.dedent('''
         name = "attack_scorer"
 
         def adapt(self, ctx):
-            import fewshot_bench.harness as harness, fewshot_bench.metrics as metrics
+            import fewshot_bench.execution.harness as harness, fewshot_bench.methods.metrics as metrics
             perfect = lambda labels, predictions: {"accuracy": 1.0, "macro_f1": 1.0}
             metrics.query_scores = harness.query_scores = perfect
             return answer(ctx, {})
@@ -326,7 +327,7 @@ def test_the_sandbox_keeps_the_harness_alive_and_unread(attack_file, worker, epi
 def test_confine_says_why_not_without_landlockpy(monkeypatch):
     import sys
 
-    from fewshot_bench.worker_process import confine
+    from fewshot_bench.execution.worker_process import confine
 
     monkeypatch.setitem(sys.modules, "landlockpy", None)
     assert "landlockpy is not installed" in confine(read=[], write=[], deny=[])

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fewshot_bench.backbone import load_backbone
-from fewshot_bench.errors import UserError
+from fewshot_bench.methods.backbone import load_backbone
+from fewshot_bench.core.errors import UserError
 
 TEXTS = ["hi", "please pay my electricity bill before the end of the month", "book a table"]
 
@@ -126,10 +126,10 @@ def test_frozen_embeddings_do_not_depend_on_batch_composition():
 
 
 def test_a_recycled_model_is_reset_in_place_to_the_pretrained_weights(demo_episode):
-    from fewshot_bench.adapters import apply_lora
+    from fewshot_bench.methods.adapters import apply_lora
     from fewshot_bench.baselines.full_ft import FullFineTuning
-    from fewshot_bench.harness import run_episode
-    from fewshot_bench.training import FullFTConfig
+    from fewshot_bench.execution.harness import run_episode
+    from fewshot_bench.methods.training import FullFTConfig
 
     backbone = load_backbone("tiny-encoder", device="cpu")  # its own: the test recycles into it
     method = FullFineTuning(FullFTConfig(steps=3, lr=1e-2))

@@ -39,7 +39,7 @@ def unrelated_sqlite(path: Path) -> None:
 
 
 def truncated_backbone(tmp: Path) -> None:
-    from fewshot_bench.backbone import _minilm_path
+    from fewshot_bench.methods.backbone import _minilm_path
 
     folder = tmp / "broken_model"
     shutil.copytree(_minilm_path(), folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx", "onnx",
@@ -157,7 +157,7 @@ CASES = [
 
 def _store(path: Path) -> None:
     """A valid results store with one episode (the input of leaderboard/merge cases)."""
-    from fewshot_bench.store import ResultsStore
+    from fewshot_bench.store.results import ResultsStore
 
     from helpers import record
 
@@ -179,7 +179,7 @@ def test_there_are_at_least_forty_cases_across_every_subcommand():
 
 @pytest.mark.parametrize("argv, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_cleanly(argv, setup, tmp_path, monkeypatch, capsys):
-    from fewshot_bench.registry import TASKS
+    from fewshot_bench.core.registry import TASKS
 
     monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))  # cards of --tasks-dir stay in this test
     monkeypatch.chdir(tmp_path)

@@ -74,7 +74,7 @@ def unrelated_sqlite(path: Path) -> None:
 
 def store(path: Path, **changes) -> None:
     """A valid results store with one episode (input of leaderboard / merge / compare cases)."""
-    from fewshot_bench.store import ResultsStore
+    from fewshot_bench.store.results import ResultsStore
 
     from helpers import record
 
@@ -266,7 +266,7 @@ CASES = [
     ("file-method-bad-attn", RUN + ["--methods", M],
      lambda t: method_file(t, "class M(Method):\n    name = 'mine'\n    attn_implementation = 'flash'\n")),
     ("file-method-lr-nan", RUN + ["--methods", M, "--method-config", "mine.lr=nan"],
-     lambda t: method_file(t, "from dataclasses import dataclass\nfrom fewshot_bench.config import option\n"
+     lambda t: method_file(t, "from dataclasses import dataclass\nfrom fewshot_bench.core.config import option\n"
                               "@dataclass\nclass C(MethodConfig):\n    lr: float = option(0.1)\n"
                               "class M(Method):\n    name = 'mine'\n    config_class = C\n")),
     # --- task cards
@@ -359,7 +359,7 @@ def invoke(argv, tmp_path, capsys):
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    from fewshot_bench.registry import TASKS
+    from fewshot_bench.core.registry import TASKS
 
     monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))  # cards of --tasks-dir stay in this test
     monkeypatch.chdir(tmp_path)
@@ -395,7 +395,7 @@ def test_refused_merge_leaves_an_unrelated_sqlite_file_out_of_wal(workdir, capsy
 
 
 def test_store_locked_too_long_is_one_line(workdir, capsys, monkeypatch):
-    import fewshot_bench.store as store_module
+    import fewshot_bench.store.results as store_module
 
     store(workdir / "s.sqlite")
     holder = sqlite3.connect(workdir / "s.sqlite")
@@ -639,7 +639,7 @@ def test_ctrl_c_in_the_parent_stops_cleanly_keeping_finished_episodes(workdir, c
 
 
 def test_harness_checks_figures_directly(tiny_backbone, demo_episode):
-    from fewshot_bench.harness import run_episode
+    from fewshot_bench.execution.harness import run_episode
     from fewshot_bench.methods import Method, Predictor
 
     class Overwrites(Method):
@@ -683,7 +683,7 @@ def test_check_task_lists_every_duplicate_on_request(workdir, capsys):
 
 
 def test_store_locked_mid_run_is_one_line_and_keeps_finished_rows(workdir, capsys, monkeypatch):
-    from fewshot_bench.store import ResultsStore
+    from fewshot_bench.store.results import ResultsStore
 
     real_write, calls = ResultsStore.write_episode, []
 
@@ -719,7 +719,7 @@ def test_unreadable_split_file_is_one_line(workdir, capsys, monkeypatch):
 
 
 def test_a_killed_writers_temporary_files_are_removed(workdir):
-    from fewshot_bench.outputs import atomic_files
+    from fewshot_bench.core.outputs import atomic_files
 
     stale, live = workdir / ".lb.tmp999999999.csv", workdir / f".lb.tmp{os.getppid()}.csv"
     write(stale, "half")

@@ -15,7 +15,7 @@ def bench():
 
 
 def test_bench_times_the_run_episode_path(bench, monkeypatch, tmp_path):
-    from fewshot_bench import runner
+    from fewshot_bench.execution import runner
 
     calls = []
     real = runner.episode_record

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import sample_episode
-from fewshot_bench.harness import predict_queries
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.episodes.sampling import sample_episode
+from fewshot_bench.execution.harness import predict_queries
 from fewshot_bench.methods import EpisodeContext
-from fewshot_bench.spec import method_from_spec, parse_spec
+from fewshot_bench.methods.spec import method_from_spec, parse_spec
 
 
 def _episodes(count):

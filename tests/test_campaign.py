@@ -13,9 +13,9 @@ import time
 import pytest
 import yaml
 
-from fewshot_bench.campaign import Finished, load_campaign
+from fewshot_bench.execution.campaign import Finished, load_campaign
 from fewshot_bench.cli import main
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import REPO, committed_rows, record, shared_data_dir
 

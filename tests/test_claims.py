@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from fewshot_bench.compare import Entry
-from fewshot_bench.leaderboard import load_entries
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.analysis.compare import Entry
+from fewshot_bench.report.leaderboard import load_entries
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import REPO, record
 

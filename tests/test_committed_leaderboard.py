@@ -4,9 +4,9 @@ import csv
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.config import from_mapping
-from fewshot_bench.run_config import RunConfig, load_suite, settings_of
-from fewshot_bench.validate import validate_store
+from fewshot_bench.core.config import from_mapping
+from fewshot_bench.execution.run_config import RunConfig, load_suite, settings_of
+from fewshot_bench.report.validate import validate_store
 
 from helpers import REPO
 

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from fewshot_bench.config import from_mapping
-from fewshot_bench.run_config import RunConfig, load_suite, settings_of, spec_list
+from fewshot_bench.core.config import from_mapping
+from fewshot_bench.execution.run_config import RunConfig, load_suite, settings_of, spec_list
 
 from helpers import REPO
 

@@ -7,9 +7,9 @@ import sqlite3
 import torch
 
 from fewshot_bench.cli import main
-from fewshot_bench.environment import FIELDS, NOT_RECORDED, differences, fingerprint, of_run, store_environments
-from fewshot_bench.store import ResultsStore
-from fewshot_bench.validate import validate_store
+from fewshot_bench.store.environment import FIELDS, NOT_RECORDED, differences, fingerprint, of_run, store_environments
+from fewshot_bench.store.results import ResultsStore
+from fewshot_bench.report.validate import validate_store
 
 from helpers import build_store, record
 

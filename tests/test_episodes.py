@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.data import get_task_data, set_data_dir
-from fewshot_bench.episodes import Setting, sample_episode
-from fewshot_bench.errors import UserError
+from fewshot_bench.data.loading import get_task_data, set_data_dir
+from fewshot_bench.episodes.sampling import Setting, sample_episode
+from fewshot_bench.core.errors import UserError
 
 from helpers import HERE, shared_data_dir
 

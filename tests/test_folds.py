@@ -5,8 +5,8 @@ import pytest
 from scipy import stats
 
 from fewshot_bench.cli import main
-from fewshot_bench.folds import fold_summary, without_fold
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.analysis.folds import fold_summary, without_fold
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import record
 

@@ -3,9 +3,9 @@ within-cell Spearman correlation with accuracy reported."""
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.columns import LEADERBOARD
-from fewshot_bench.gradients import COLUMNS, accuracy_spearman, basis
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.schema import LEADERBOARD
+from fewshot_bench.analysis.gradients import COLUMNS, accuracy_spearman, basis
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import record
 

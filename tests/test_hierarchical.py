@@ -2,10 +2,10 @@
 episodes' classes come from the store's extra or are regenerated (fingerprint-checked)."""
 import numpy as np
 
-from fewshot_bench.compare import Entry
-from fewshot_bench.episodes import Setting
-from fewshot_bench.hierarchical import class_accuracy, class_ci, episode_labels, grouped_class_ci
-from fewshot_bench.stats import bootstrap_ci
+from fewshot_bench.analysis.compare import Entry
+from fewshot_bench.episodes.sampling import Setting
+from fewshot_bench.analysis.hierarchical import class_accuracy, class_ci, episode_labels, grouped_class_ci
+from fewshot_bench.analysis.stats import bootstrap_ci
 
 
 def _entry(effect, seed):

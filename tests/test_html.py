@@ -11,7 +11,7 @@ from html import unescape
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import REPO, build_store, record
 

@@ -5,18 +5,18 @@ import pytest
 import torch
 
 from fewshot_bench.baselines.icl import PromptBuilder, label_log_likelihoods
-from fewshot_bench.errors import UserError
-from fewshot_bench.harness import run_episode
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods import EpisodeContext
-from fewshot_bench.spec import method_from_spec
-from fewshot_bench.task import load_card
+from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.data.cards import load_card
 
 TEMPLATE = "Utterance: {text}\nIntent: {label}\n\n"
 
 
 @pytest.fixture(scope="module")
 def decoder():
-    from fewshot_bench.backbone import load_backbone
+    from fewshot_bench.methods.backbone import load_backbone
 
     return load_backbone("tiny-decoder", device="cpu")
 

@@ -8,12 +8,12 @@ import sqlite3
 
 import pytest
 
-from fewshot_bench import cli
-from fewshot_bench.checks import (METHOD_SPEC, check_method_name, check_restarts, check_run_bounds, check_threads,
+from fewshot_bench.cli import app as cli
+from fewshot_bench.core.checks import (METHOD_SPEC, check_method_name, check_restarts, check_run_bounds, check_threads,
                                   max_threads)
 from fewshot_bench.cli import main
-from fewshot_bench.errors import UserError
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import build_store, record
 
@@ -60,7 +60,7 @@ def _full_disk(*args, **kwargs):
 
 
 def test_a_full_disk_during_leaderboard_is_one_line_and_leaves_nothing(store, tmp_path, capsys, monkeypatch):
-    import fewshot_bench.leaderboard as leaderboard
+    import fewshot_bench.report.leaderboard as leaderboard
 
     monkeypatch.setattr(leaderboard, "write_csv", lambda rows, out, *a, **k: _full_disk(rows, str(out)))
     before = _tree(tmp_path)
@@ -92,7 +92,7 @@ def test_a_full_disk_during_run_keeps_the_finished_rows(tmp_path, capsys, monkey
 
 
 def test_the_disk_full_line_names_the_file():
-    from fewshot_bench.outputs import disk_full, disk_full_message
+    from fewshot_bench.core.outputs import disk_full, disk_full_message
 
     exc = OSError(errno.ENOSPC, "No space left on device", "/x/lb.csv")
     assert disk_full(exc) and disk_full(sqlite3.OperationalError("database or disk is full"))

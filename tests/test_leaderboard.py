@@ -4,14 +4,14 @@ import csv
 import numpy as np
 import pytest
 
-from fewshot_bench.across import cell_units, units
+from fewshot_bench.analysis.across import cell_units, units
 from fewshot_bench.cli import main
-from fewshot_bench.columns import COLUMNS, OVERALL_COLUMNS
-from fewshot_bench.figure import leaderboard_figure
-from fewshot_bench.leaderboard import aggregate, annotated_entries, load_entries, overall, write_csv
-from fewshot_bench.pairs import pair_table
-from fewshot_bench.stats import bootstrap_ci
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.schema import COLUMNS, OVERALL_COLUMNS
+from fewshot_bench.report.forest import leaderboard_figure
+from fewshot_bench.report.leaderboard import aggregate, annotated_entries, load_entries, overall, write_csv
+from fewshot_bench.analysis.pairs import pair_table
+from fewshot_bench.analysis.stats import bootstrap_ci
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import SETTING, build_store, record
 

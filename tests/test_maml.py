@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fewshot_bench.backbone import load_backbone
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import Episode, fingerprint, sample_episode
-from fewshot_bench.errors import UserError
-from fewshot_bench.harness import run_episode
+from fewshot_bench.methods.backbone import load_backbone
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.episodes.sampling import Episode, fingerprint, sample_episode
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods import EpisodeContext, MetaContext
-from fewshot_bench.spec import method_from_spec
-from fewshot_bench.architecture import adapted_names
+from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.methods.architecture import adapted_names
 from fewshot_bench.baselines.maml import FOMAML, HEAD_B, HEAD_W, MAML, MAMLConfig
 
 MAML_SPEC = "maml"
@@ -337,7 +337,7 @@ def test_cache_file_is_checked_against_the_config_it_claims(backbone, demo, tmp_
     (the runner then meta-trains again and overwrites it); the file written for this config is."""
     from safetensors.torch import save_file
 
-    from fewshot_bench.meta_cache import load_meta_state, payload_text, save_meta_state
+    from fewshot_bench.execution.meta_cache import load_meta_state, payload_text, save_meta_state
 
     overrides = {"meta_steps": 1, "meta_batch": 1, "inner_steps": 1}
     reference = method_from_spec(FOMAML_SPEC, overrides)
@@ -357,7 +357,7 @@ def test_cache_file_is_checked_against_the_config_it_claims(backbone, demo, tmp_
     for label, (tensors, metadata) in poisons.items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="fewshot_bench.meta_cache"):
+        with caplog.at_level(logging.INFO, logger="fewshot_bench.execution.meta_cache"):
             assert load_meta_state(path, payload, expected) is None, label
         assert "not used" in caplog.text, label
     path.write_bytes(b"not safetensors")

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import sample_episode
-from fewshot_bench.errors import UserError
-from fewshot_bench.harness import run_episode
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.episodes.sampling import sample_episode
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
-from fewshot_bench.spec import method_from_spec
+from fewshot_bench.methods.spec import method_from_spec
 
 from helpers import HERE
 
@@ -92,8 +92,8 @@ def test_full_ft_matches_a_plain_pytorch_loop(tiny_backbone, demo_episode):
 
 
 def test_adamw_is_fused_only_where_this_torch_has_the_kernel(monkeypatch):
-    from fewshot_bench import training
-    from fewshot_bench.training import FullFTConfig, adamw
+    from fewshot_bench.methods import training
+    from fewshot_bench.methods.training import FullFTConfig, adamw
 
     def groups():
         return [{"params": [nn.Parameter(torch.zeros(3))], "lr": 0.1}]
@@ -141,7 +141,7 @@ def test_method_from_a_python_file(tmp_path, tiny_backbone, demo_episode):
     path.write_text(textwrap.dedent('''
         from dataclasses import dataclass
         import torch, torch.nn.functional as F
-        from fewshot_bench.config import option
+        from fewshot_bench.core.config import option
         from fewshot_bench.methods import Method, MethodConfig, Predictor
 
         @dataclass
@@ -187,7 +187,7 @@ def test_spec_and_config_errors():
 
 
 def test_one_spec_syntax_for_cli_bench_and_labels():
-    from fewshot_bench.spec import method_label, parse_method_config, parse_spec, split_specs
+    from fewshot_bench.methods.spec import method_label, parse_method_config, parse_spec, split_specs
 
     assert split_specs("full_ft,sgg(mode=exact,steps=5), protonet") == ["full_ft", "sgg(mode=exact,steps=5)", "protonet"]
     assert parse_spec("sgg( mode=exact, steps=5 )") == ("sgg", {"mode": "exact", "steps": "5"})
@@ -216,8 +216,8 @@ def test_import_registers_every_builtin_and_adds_no_package_path():
 
 
 def test_lora_target_modules_per_architecture(tiny_backbone, demo_episode):
-    from fewshot_bench.backbone import load_backbone
-    from fewshot_bench.adapters import apply_lora, lora_target_modules
+    from fewshot_bench.methods.backbone import load_backbone
+    from fewshot_bench.methods.adapters import apply_lora, lora_target_modules
 
     decoder = load_backbone("tiny-decoder", device="cpu")
     assert lora_target_modules(tiny_backbone.pristine) == ["query", "value"]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fewshot_bench.metrics import GradientRecorder, query_scores
+from fewshot_bench.methods.metrics import GradientRecorder, query_scores
 
 
 def _replay(moves, grads=None, losses=None, source=None):

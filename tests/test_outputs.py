@@ -1,10 +1,10 @@
 """Output files: a leaderboard write that fails part-way leaves the previous files, byte for byte, and no temp files."""
 import pytest
 
-from fewshot_bench import summary
+from fewshot_bench.report import views as summary
 from fewshot_bench.cli import main
-from fewshot_bench.outputs import atomic_files
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.core.outputs import atomic_files
+from fewshot_bench.store.results import ResultsStore
 from helpers import record
 
 NAMES = ("leaderboard.csv", "leaderboard_overall.csv", "leaderboard_folds.csv", "leaderboard.md", "leaderboard.png",

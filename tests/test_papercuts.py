@@ -13,16 +13,16 @@ import time
 import numpy as np
 import pytest
 
-from fewshot_bench import compare
-from fewshot_bench.across import across_cells
+from fewshot_bench.analysis import compare
+from fewshot_bench.analysis.across import across_cells
 from fewshot_bench.cli import main
-from fewshot_bench.columns import COLUMNS
-from fewshot_bench.errors import UserError
-from fewshot_bench.pairs import pair_table
-from fewshot_bench.report import _across
-from fewshot_bench.spec import method_from_spec
-from fewshot_bench.stats import effect_size, format_dz
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.schema import COLUMNS
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.analysis.pairs import pair_table
+from fewshot_bench.report.markdown import _across
+from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.analysis.stats import effect_size, format_dz
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import REPO, record
 
@@ -76,7 +76,7 @@ def _equal_differences_store(path, methods=("a", "b")):
 
 def test_pair_table_and_compare_print_an_undefined_d_z_as_a_dash(tmp_path, capsys):
     _equal_differences_store(tmp_path / "s.sqlite")
-    from fewshot_bench.leaderboard import load_entries
+    from fewshot_bench.report.leaderboard import load_entries
 
     (row,) = pair_table(load_entries(tmp_path / "s.sqlite", bootstrap=1), [("a", "b")], bootstrap=200)
     assert row["delta"] == pytest.approx(0.1) and row["dz"] is None
@@ -204,7 +204,7 @@ def no_data_no_network(monkeypatch):
         raise OSError("network blocked by the test")
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    from fewshot_bench.data import load_task_data
+    from fewshot_bench.data.loading import load_task_data
 
     load_task_data.cache_clear()
     yield attempts
@@ -257,7 +257,7 @@ def test_leaderboard_needs_no_data_dir_nor_network(no_data_no_network, tmp_path,
 
 
 def test_an_unreachable_dataset_fails_in_one_line_within_seconds(no_data_no_network, monkeypatch):
-    from fewshot_bench.data import get_task_data
+    from fewshot_bench.data.loading import get_task_data
 
     started = time.monotonic()
     with deadline(60), pytest.raises(UserError) as caught:
@@ -285,7 +285,7 @@ def test_an_unreachable_dataset_fails_in_one_line_within_seconds(no_data_no_netw
 ])
 def test_the_interrupt_line_says_episodes_are_kept_only_where_they_are(argv, kept):
     from fewshot_bench.cli import build_parser
-    from fewshot_bench.interrupts import interrupt_message
+    from fewshot_bench.core.interrupts import interrupt_message
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -300,7 +300,7 @@ def test_the_interrupt_line_says_episodes_are_kept_only_where_they_are(argv, kep
 
 def test_the_interrupt_line_of_merge_keeps_what_was_merged():
     from fewshot_bench.cli import build_parser
-    from fewshot_bench.interrupts import interrupt_message
+    from fewshot_bench.core.interrupts import interrupt_message
 
     message = interrupt_message(build_parser().parse_args(["merge", "a.sqlite", "--store", "b.sqlite"]))
     assert "merged before it is kept" in message and "finished episodes" not in message

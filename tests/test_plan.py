@@ -6,13 +6,13 @@ import re
 
 import pytest
 
-from fewshot_bench import calibration
-from fewshot_bench.calibration import CostLine
+from fewshot_bench.execution import calibration
+from fewshot_bench.execution.calibration import CostLine
 from fewshot_bench.cli import main
-from fewshot_bench.data import get_task_data
-from fewshot_bench.plan import episode_rates, make_plan
-from fewshot_bench.run_config import RunConfig
-from fewshot_bench.task import BUILTIN_TASKS_DIR, register_cards
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.execution.plan import episode_rates, make_plan
+from fewshot_bench.execution.run_config import RunConfig
+from fewshot_bench.data.cards import BUILTIN_TASKS_DIR, register_cards
 
 ARGV = ["run", "--dry-run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--k-shot", "1,2", "--query", "2",
         "--episodes", "4", "--methods", "protonet,full_ft(steps=2),fomaml(meta_steps=1)", "--threads", "1"]

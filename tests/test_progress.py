@@ -6,8 +6,8 @@ import sqlite3
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.progress import Progress
-from fewshot_bench.store import EPISODE_TYPES, KEY_COLUMNS, ResultsStore
+from fewshot_bench.core.progress import Progress
+from fewshot_bench.store.results import EPISODE_TYPES, KEY_COLUMNS, ResultsStore
 
 from helpers import record
 
@@ -31,7 +31,7 @@ class Clock:
 
 
 def _lines(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "fewshot_bench.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "fewshot_bench.core.progress"]
 
 
 def test_lines_every_n_units_or_m_seconds_with_an_eta_from_work_done_here(caplog):

@@ -14,7 +14,7 @@ import pytest
 
 from fewshot_bench import TASKS
 from fewshot_bench.cli import build_parser, main
-from fewshot_bench.task import PLACEHOLDER
+from fewshot_bench.data.cards import PLACEHOLDER
 
 from helpers import REPO, shared_data_dir
 

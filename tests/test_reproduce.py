@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.reproduce import sample_episodes
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.execution.reproduce import sample_episodes
+from fewshot_bench.store.results import ResultsStore
 
 METHODS = "protonet,full_ft(steps=2),maml(meta_steps=2)"
 

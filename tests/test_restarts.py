@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.compare import Entry
-from fewshot_bench.restarts import FAILED_MARGIN, seed_sd_tests, seed_stability
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.analysis.compare import Entry
+from fewshot_bench.analysis.restarts import FAILED_MARGIN, seed_sd_tests, seed_stability
+from fewshot_bench.store.results import ResultsStore
 
 from helpers import record
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import sample_episode
-from fewshot_bench.row_adamw import TouchedRowAdamW
-from fewshot_bench.training import fused_adamw_devices
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.episodes.sampling import sample_episode
+from fewshot_bench.methods.row_adamw import TouchedRowAdamW
+from fewshot_bench.methods.training import fused_adamw_devices
 
 pytestmark = pytest.mark.skipif("cpu" not in fused_adamw_devices(), reason="this torch has no fused CPU AdamW")
 
@@ -66,7 +66,7 @@ def test_row_sparse_needs_the_fused_kernel():
 def test_recorder_on_touched_rows_equals_the_dense_recorder(tiny_backbone, with_source):
     """One trajectory, two recorders: the dense one over every element, the row-sparse one on the touched rows
     plus the closed form of the decayed rest (weight decay large enough that the rest matters)."""
-    from fewshot_bench.metrics import GradientRecorder
+    from fewshot_bench.methods.metrics import GradientRecorder
 
     torch.manual_seed(0)
     model, head = tiny_backbone.fresh_model().eval(), torch.nn.Linear(tiny_backbone.hidden_size, 3)

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.errors import UserError
-from fewshot_bench.shards import existing_shards
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.store.shards import existing_shards
 
 from helpers import REPO, committed_rows
 
@@ -56,8 +56,8 @@ def test_main_command_runs_default_suite_on_demo(tmp_path):
     store, out = tmp_path / "s.sqlite", tmp_path / "lb.csv"
     assert main(["run", "--limit", "1", "--backbone", "tiny-encoder", "--store", str(store), "--out", str(out)]) == 0
     rows = _rows(out)
-    from fewshot_bench.run_config import default_method_names, load_suite
-    from fewshot_bench.spec import method_label, parse_method_config
+    from fewshot_bench.execution.run_config import default_method_names, load_suite
+    from fewshot_bench.methods.spec import method_label, parse_method_config
 
     demo = load_suite("default")["demo"]
     overrides = parse_method_config(demo.get("method_config", []))
@@ -130,7 +130,7 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path):
 
 
 def test_method_specs_merge_spec_overrides_and_method_config():
-    from fewshot_bench.run_config import RunConfig, method_specs
+    from fewshot_bench.execution.run_config import RunConfig, method_specs
 
     config = RunConfig(methods="full_ft(steps=2),protonet", method_config=["full_ft.lr=0.1"])
     assert method_specs(config) == {"full_ft(steps=2)": {"steps": "2", "lr": "0.1"}, "protonet": {}}
@@ -140,8 +140,8 @@ def test_method_specs_merge_spec_overrides_and_method_config():
 
 def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
     from fewshot_bench.cli import build_parser
-    from fewshot_bench.run_config import build_config
-    from fewshot_bench.runner import run
+    from fewshot_bench.execution.run_config import build_config
+    from fewshot_bench.execution.runner import run
 
     store = tmp_path / "s.sqlite"
     argv = ["run", *TINY, "--methods", "protonet", "--k-shot", "2", "--episodes", "4", "--store", str(store), "--out", ""]
@@ -175,8 +175,8 @@ class CountingMetaTrained(PrototypicalNetwork):
 def test_resumed_run_does_not_meta_train_finished_cells(tmp_path):
     """Meta-training happens only for (setting, method) cells with episodes left, in one process or sharded."""
     from fewshot_bench.cli import build_parser
-    from fewshot_bench.run_config import build_config
-    from fewshot_bench.runner import run
+    from fewshot_bench.execution.run_config import build_config
+    from fewshot_bench.execution.runner import run
 
     log = tmp_path / "calls.log"
     method_file = tmp_path / "counting.py"

@@ -4,8 +4,8 @@ import sqlite3
 import yaml
 
 from fewshot_bench.cli import main
-from fewshot_bench.store import ResultsStore
-from fewshot_bench.validate import validate_csv, validate_store
+from fewshot_bench.store.results import ResultsStore
+from fewshot_bench.report.validate import validate_csv, validate_store
 
 from helpers import record
 
@@ -23,8 +23,8 @@ def _cards(tmp_path, card):
 
 
 def test_shared_classes_are_detected_from_the_pools(tmp_path):
-    from fewshot_bench.episodes import Setting
-    from fewshot_bench.task import register_cards
+    from fewshot_bench.episodes.sampling import Setting
+    from fewshot_bench.data.cards import register_cards
 
     register_cards(_cards(tmp_path, SAME_CLASS_CARD))
     assert len(Setting("same_class_demo", 5, 1, 2).shared_source_classes) == 15
@@ -91,8 +91,8 @@ def test_validate_rejects_a_same_class_row_in_a_clean_rank_group(tmp_path):
 
 def test_the_leak_mark_is_everywhere_a_leaked_rows_number_appears(tmp_path, capsys, monkeypatch):
     """compare's output, the Markdown's "what the data can decide" line and the forest plot's label."""
-    from fewshot_bench import figure
-    from fewshot_bench.compare import LEAK_MARK
+    from fewshot_bench.report import forest as figure
+    from fewshot_bench.analysis.compare import LEAK_MARK
 
     _same_class_store(tmp_path / "s.sqlite")
     assert main(["compare", "--store", str(tmp_path / "s.sqlite"), "--pair", "maml=full_ft", "--bootstrap", "100"]) == 0
@@ -105,7 +105,7 @@ def test_the_leak_mark_is_everywhere_a_leaked_rows_number_appears(tmp_path, caps
         fig = real(rows, reference)
         labels.extend(t.get_text() for ax in fig.axes for t in ax.get_yticklabels())
         return fig
-    monkeypatch.setattr("fewshot_bench.summary.leaderboard_figure", spy)  # the forest plots are drawn by summary.Views
+    monkeypatch.setattr("fewshot_bench.report.views.leaderboard_figure", spy)  # the forest plots are drawn by summary.Views
     out_csv = tmp_path / "lb.csv"
     assert main(["leaderboard", "--store", str(tmp_path / "s.sqlite"), "--out", str(out_csv), "--bootstrap", "100"]) == 0
     findings = next(l for l in (tmp_path / "lb.md").read_text().splitlines() if l.startswith("- **demo fold 1"))

@@ -4,10 +4,10 @@ import functools
 
 import torch
 
-from fewshot_bench.episodes import Episode, Setting, SourcePool
-from fewshot_bench.harness import run_episode
+from fewshot_bench.episodes.sampling import Episode, Setting, SourcePool
+from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods import EpisodeContext, Method, Predictor
-from fewshot_bench.sealed import EpisodeView
+from fewshot_bench.episodes.sealed import EpisodeView
 
 LEAKS = ("query_labels", "query_ids", "fingerprint", "seed", "index", "target_episode")
 

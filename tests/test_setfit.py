@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from fewshot_bench.errors import UserError
-from fewshot_bench.harness import run_episode
-from fewshot_bench.spec import method_from_spec
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.execution.harness import run_episode
+from fewshot_bench.methods.spec import method_from_spec
 
 pytest.importorskip("setfit")
 

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_bench.baselines.full_ft import FullFineTuning
-from fewshot_bench.errors import UserError
-from fewshot_bench.harness import run_episode
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods import EpisodeContext
-from fewshot_bench.spec import method_from_spec
-from fewshot_bench.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, exact_guided_gradient,
+from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.methods.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, exact_guided_gradient,
                                first_order_guided_gradient, flatten, regularisers, unflatten)
 
 SEED = 3
@@ -232,7 +232,7 @@ def test_full_ft_and_lora_measure_the_same_source_alignment_without_using_it(bac
     from fewshot_bench.baselines.lora import LoRA
 
     from fewshot_bench.baselines.lora import LoRAConfig
-    from fewshot_bench.training import FullFTConfig
+    from fewshot_bench.methods.training import FullFTConfig
 
     episode, source = demo
     plain_logits, plain = _adapt(FullFineTuning(), backbone, episode, source)  # off by default: a diagnostic
@@ -264,7 +264,7 @@ def test_lora_parameters(backbone, demo, mode):
 def test_config_ablations_and_attention():
     assert SGG(_cfg(mode="exact")).attn_implementation == "eager"
     assert SGG().attn_implementation == "sdpa"
-    method = method_from_spec("fewshot_bench.sgg:SGG", {"mode": "exact", "lambda_dir": "0.25"})
+    method = method_from_spec("fewshot_bench.methods.sgg:SGG", {"mode": "exact", "lambda_dir": "0.25"})
     assert method.attn_implementation == "eager" and method.config.lambda_dir == 0.25
     assert SGGNoDir().config.lambda_dir == 0 and SGGNoDir().config.lambda_mag > 0
     assert SGGNoMag().config.lambda_mag == 0 and SGGNoMag().config.lambda_align > 0
@@ -280,7 +280,7 @@ def test_config_ablations_and_attention():
 
 # ------------------------------------------------------------------------------------------- term activity
 def test_term_activity_counters_on_a_constructed_gradient_sequence():
-    from fewshot_bench.sgg import first_order_coefficients, gradient_dots, term_activity
+    from fewshot_bench.methods.sgg import first_order_coefficients, gradient_dots, term_activity
 
     steps = [  # (g, r_t, g_src): step 1 rotates 45°, conflicts with g_src, exceeds τ; step 2 is inert
         (torch.tensor([3.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([-1.0, 0.0])),
@@ -301,7 +301,7 @@ def test_term_activity_counters_on_a_constructed_gradient_sequence():
 
 @pytest.mark.parametrize("mode", ["first_order", "exact"])
 def test_term_activity_reaches_the_episode_record(backbone, demo, mode):
-    from fewshot_bench.store import EPISODE_COLUMNS
+    from fewshot_bench.store.results import EPISODE_COLUMNS
 
     episode, source = demo
     bound = run_episode(SGG(_cfg(mode=mode, steps=4, tau_mult=0.3)), episode, backbone, seed=SEED,
@@ -318,7 +318,7 @@ def test_term_activity_reaches_the_episode_record(backbone, demo, mode):
 
 # ------------------------------------------------------------------------------------------- source batch, float64 dots
 def test_one_shot_source_batches_hold_two_examples_per_class_and_a_nonzero_gradient(backbone, demo):
-    from fewshot_bench.training import source_gradient
+    from fewshot_bench.methods.training import source_gradient
 
     episode, source = demo
     ctx = EpisodeContext(backbone, episode, SEED, source_episodes=lambda i: source(i, k=1, q=5))  # 1-shot source pool
@@ -341,7 +341,7 @@ def test_source_shots_of_one_is_refused():
 
 
 def test_gradient_dots_do_not_underflow_on_a_tiny_source_gradient():
-    from fewshot_bench.sgg import gradient_dots
+    from fewshot_bench.methods.sgg import gradient_dots
 
     gen = torch.Generator().manual_seed(0)
     g, ref = torch.randn(700_000, generator=gen), torch.randn(700_000, generator=gen)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.leaderboard import aggregate, write_csv
-from fewshot_bench.stats import (_enumerated_p, detectable_difference, episodes_needed, holm, lattice, min_episodes,
+from fewshot_bench.report.leaderboard import aggregate, write_csv
+from fewshot_bench.analysis.stats import (_enumerated_p, detectable_difference, episodes_needed, holm, lattice, min_episodes,
                                  sign_flip_p)
-from fewshot_bench.store import ResultsStore
-from fewshot_bench.validate import validate_csv
+from fewshot_bench.store.results import ResultsStore
+from fewshot_bench.report.validate import validate_csv
 from helpers import record
 
 
@@ -169,7 +169,7 @@ def test_power_bad_input(tmp_path, capsys, argv, message):
 
 def test_compare_command_pairs_named_methods_with_holm(tmp_path, capsys):
     from fewshot_bench.cli import main
-    from fewshot_bench.store import ResultsStore
+    from fewshot_bench.store.results import ResultsStore
 
     from helpers import record
 

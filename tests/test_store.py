@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.errors import UserError
-from fewshot_bench.store import EPISODE_COLUMNS, ResultsStore, config_hash
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.store.results import EPISODE_COLUMNS, ResultsStore, config_hash
 
 from helpers import REPO, committed_rows, record
 
@@ -69,7 +69,7 @@ _KILLED_WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
 from helpers import record
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.results import ResultsStore
 store = ResultsStore({path!r})
 for i in range(10**7):
     store.write_episode(record(episode_index=i, predictions=list(range(200)), extra={{"pad": "x" * 2000}}))
@@ -130,7 +130,7 @@ def test_merge_can_remove_verified_shards(tmp_path):
 
 
 def test_a_store_written_before_the_sgg_columns_gets_them_when_opened(tmp_path):
-    from fewshot_bench.store import EPISODE_COLUMNS
+    from fewshot_bench.store.results import EPISODE_COLUMNS
 
     old = tmp_path / "old.sqlite"
     with ResultsStore(old) as store:
@@ -149,7 +149,7 @@ def test_source_checkout_has_a_version_and_stores_every_episode(tmp_path, monkey
     """Not pip-installed (no distribution metadata): the version is pyproject's plus '+src', rows are stored."""
     from importlib import metadata
 
-    from fewshot_bench import store as store_module
+    from fewshot_bench.store import results as store_module
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)

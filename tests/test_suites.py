@@ -2,8 +2,8 @@
 import pytest
 
 from fewshot_bench.cli import build_parser
-from fewshot_bench.errors import UserError
-from fewshot_bench.run_config import RunConfig, build_config, settings_of
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.execution.run_config import RunConfig, build_config, settings_of
 
 
 def _labels(config):
@@ -49,9 +49,9 @@ def test_the_stress_suite_runs_sgg_and_full_ft_at_3x_and_10x_their_default_learn
     import dataclasses
     import math
 
-    from fewshot_bench.config import from_mapping
-    from fewshot_bench.run_config import load_suite, method_specs
-    from fewshot_bench.spec import method_from_spec, method_label, parse_spec
+    from fewshot_bench.core.config import from_mapping
+    from fewshot_bench.execution.run_config import load_suite, method_specs
+    from fewshot_bench.methods.spec import method_from_spec, method_label, parse_spec
 
     config = from_mapping(RunConfig, {k: v for k, v in load_suite("stress").items() if k != "demo"}, "suite stress")
     assert _labels(config) == ["banking77/fold1/5way1shot15q", "fewrel->fewrel_pubmed/fold1/5way1shot15q"]

@@ -3,10 +3,10 @@ import pytest
 from PIL import Image
 
 from fewshot_bench.cli import main
-from fewshot_bench.columns import COLUMNS
-from fewshot_bench.ranks import choose_design, critical_difference, rank_summary, row_scores
-from fewshot_bench.summary import pivot_table, setting_groups
-from fewshot_bench.summary_figure import summary_figure
+from fewshot_bench.store.schema import COLUMNS
+from fewshot_bench.analysis.ranks import choose_design, critical_difference, rank_summary, row_scores
+from fewshot_bench.report.views import pivot_table, setting_groups
+from fewshot_bench.report.summary_figure import summary_figure
 
 from helpers import build_store
 

@@ -8,9 +8,9 @@ import pytest
 
 from fewshot_bench import TASKS
 from fewshot_bench.cli import main
-from fewshot_bench.errors import UserError
-from fewshot_bench.task import TaskConfig, load_card
-from fewshot_bench.taskcheck import normalise
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.data.cards import TaskConfig, load_card
+from fewshot_bench.data.check import normalise
 
 
 @pytest.fixture(autouse=True)

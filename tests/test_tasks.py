@@ -9,10 +9,10 @@ import pytest
 
 from fewshot_bench import METHODS, TASKS, register_task
 from fewshot_bench.cli import main
-from fewshot_bench.data import get_task_data, set_data_dir
-from fewshot_bench.errors import UserError
-from fewshot_bench.registry import Registry
-from fewshot_bench.task import register_cards
+from fewshot_bench.data.loading import get_task_data, set_data_dir
+from fewshot_bench.core.errors import UserError
+from fewshot_bench.core.registry import Registry
+from fewshot_bench.data.cards import register_cards
 
 from helpers import shared_data_dir
 

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from fewshot_bench import threads
+from fewshot_bench.core import threads
 from fewshot_bench.cli import main
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.store.results import ResultsStore
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_run_sets_logs_and_stores_the_threads(tmp_path, monkeypatch, caplog, res
     store = tmp_path / "s.sqlite"
     argv = ["run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--methods", "protonet", "--query", "2",
             "--episodes", "1", "--k-shot", "1", "--threads", "2", "--store", str(store), "--out", ""]
-    with caplog.at_level("INFO", logger="fewshot_bench.threads"):
+    with caplog.at_level("INFO", logger="fewshot_bench.core.threads"):
         assert main(argv) == 0
     assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
     assert "torch CPU threads: 2 (--threads)" in caplog.text

@@ -8,14 +8,14 @@ import pytest
 import torch
 import yaml
 
-from fewshot_bench import harness as harness_module
+from fewshot_bench.execution import harness as harness_module
 from fewshot_bench.cli import main
-from fewshot_bench.config import option
-from fewshot_bench.errors import UserError
+from fewshot_bench.core.config import option
+from fewshot_bench.core.errors import UserError
 from fewshot_bench.methods import Method, MethodConfig, Predictor
-from fewshot_bench.registry import register_method
-from fewshot_bench.search_space import Choice, Range, SearchSpace
-from fewshot_bench.store import ResultsStore
+from fewshot_bench.core.registry import register_method
+from fewshot_bench.methods.search_space import Choice, Range, SearchSpace
+from fewshot_bench.store.results import ResultsStore
 
 TUNE = ["tune", "--tasks", "demo_intents", "--n-way", "3", "--k-shot", "2", "--query", "3", "--episodes", "3",
         "--backbone", "tiny-encoder", "--device", "cpu"]
@@ -102,8 +102,8 @@ def test_tune_draws_validation_episodes_only(tmp_path, monkeypatch):
     monkeypatch.setattr(harness_module, "run_episode", spy)
     assert main(TUNE + ["--methods", "planted", "--trials", "2", "--store", str(tmp_path / "s.sqlite"),
                         "--out", str(tmp_path / "t.yaml")]) == 0
-    from fewshot_bench.data import get_task_data
-    from fewshot_bench.episodes import sample_episode
+    from fewshot_bench.data.loading import get_task_data
+    from fewshot_bench.episodes.sampling import sample_episode
 
     data = get_task_data("demo_intents")
     target = {sample_episode(data, pool="target", n_way=3, k_shot=2, q_query=3, seed=0, index=i).fingerprint
@@ -132,7 +132,7 @@ def test_run_tuned_uses_the_chosen_config_per_setting(tmp_path, capsys):
     assert collections.Counter(r["method"] for r in rows) == {"planted[tuned]": 2, "protonet": 2}
     assert {r["setting"] for r in rows} == {"demo_intents/fold1/3way2shot3q"}
     assert configs[0]["tuned"] == str(tuned)
-    from fewshot_bench.store import config_hash
+    from fewshot_bench.store.results import config_hash
 
     planted_hashes = {r["config_hash"] for r in rows if r["method"] == "planted[tuned]"}
     assert planted_hashes == {config_hash({"method": "planted", "config": chosen, "seed": 0, "backbone": "tiny-encoder",
@@ -152,7 +152,7 @@ def test_missing_optuna_is_one_line_naming_the_extra(tmp_path, monkeypatch, caps
 
 
 def test_search_space_declarations():
-    from fewshot_bench.spec import method_from_spec
+    from fewshot_bench.methods.spec import method_from_spec
 
     for name in ("full_ft", "lora", "sgg", "sgg-no-dir", "sgg-no-mag", "sgg-no-align", "maml", "fomaml", "linear_probe"):
         cls = type(method_from_spec(name))

@@ -10,10 +10,10 @@ import sqlite3
 import pytest
 
 from fewshot_bench.cli import main
-from fewshot_bench.columns import COLUMNS
-from fewshot_bench.leaderboard import aggregate, write_csv
-from fewshot_bench.store import ResultsStore
-from fewshot_bench.validate import validate_csv, validate_store
+from fewshot_bench.store.schema import COLUMNS
+from fewshot_bench.report.leaderboard import aggregate, write_csv
+from fewshot_bench.store.results import ResultsStore
+from fewshot_bench.report.validate import validate_csv, validate_store
 
 from helpers import build_store, record
 
@@ -359,7 +359,7 @@ def test_a_method_deleted_from_the_store_is_a_missing_csv_row(copy, capsys):
 
 
 def test_store_and_csv_named_explicitly(copy, tmp_path, capsys):
-    from fewshot_bench.validate import cli_validate
+    from fewshot_bench.report.validate import cli_validate
 
     store, out = copy
     elsewhere = tmp_path / "elsewhere.csv"
@@ -383,7 +383,7 @@ def test_identical_predictions_are_a_warning_not_a_failure(copy, capsys):
 
 
 def test_without_the_data_the_skipped_checks_are_one_line(copy, capsys, monkeypatch):
-    import fewshot_bench.data as data
+    import fewshot_bench.data.loading as data
 
     store, _ = copy
     monkeypatch.setattr(data, "local_copy", lambda name: False)
@@ -394,8 +394,8 @@ def test_without_the_data_the_skipped_checks_are_one_line(copy, capsys, monkeypa
 
 def test_numpy_scores_equal_query_scores():
     import numpy as np
-    from fewshot_bench.metrics import query_scores
-    from fewshot_bench.validate_recompute import scores
+    from fewshot_bench.methods.metrics import query_scores
+    from fewshot_bench.report.validate_recompute import scores
 
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -1,22 +1,22 @@
-"""The sealed worker (fewshot_bench.worker): the same predictions as in-process, and a method that hangs, exits or
+"""The sealed worker (fewshot_bench.execution.worker): the same predictions as in-process, and a method that hangs, exits or
 allocates without bound fails only its own episode; the next one runs in a fresh worker."""
 import textwrap
 
 import pytest
 import torch
 
-from fewshot_bench.data import get_task_data
-from fewshot_bench.episodes import Setting, sample_episode
-from fewshot_bench.harness import run_episode
+from fewshot_bench.data.loading import get_task_data
+from fewshot_bench.episodes.sampling import Setting, sample_episode
+from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods import MetaContext
-from fewshot_bench.spec import method_from_spec
-from fewshot_bench.worker import SealedWorker, method_spec
+from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.execution.worker import SealedWorker, method_spec
 
 BAD = textwrap.dedent('''
     import os, time
     from dataclasses import dataclass
     import torch
-    from fewshot_bench.config import option
+    from fewshot_bench.core.config import option
     from fewshot_bench.methods import Method, MethodConfig, Predictor
 
 
@@ -178,7 +178,7 @@ def test_describe_builds_the_method_in_the_worker_only(worker, tiny_backbone, ep
     """A method file described through the worker is never imported here; its stub runs episodes there."""
     import sys
 
-    from fewshot_bench.errors import UserError
+    from fewshot_bench.core.errors import UserError
 
     path = tmp_path / "head.py"
     path.write_text(BAD.replace('name = "bad_method"', 'name = "stubbed"'))
@@ -201,14 +201,14 @@ def test_a_card_registered_here_reaches_the_worker(worker, tmp_path):
     learning reads its prompt template)."""
     import dataclasses
 
-    from fewshot_bench.registry import register_task
-    from fewshot_bench.task import get_task_config
+    from fewshot_bench.core.registry import register_task
+    from fewshot_bench.data.cards import get_task_config
 
     card = dataclasses.replace(get_task_config("demo_intents"), name="demo_copy", prompt_template="Q: {text}\nA: {label}")
     register_task("demo_copy", card)
     episode = sample_episode(get_task_data("demo_copy"), n_way=3, k_shot=1, q_query=2, seed=0, index=0)
     path = tmp_path / "card.py"
-    path.write_text(BAD.replace("            return Predictor(", "            from fewshot_bench.task import get_task_config\n"
+    path.write_text(BAD.replace("            return Predictor(", "            from fewshot_bench.data.cards import get_task_config\n"
                                 "            assert get_task_config(ctx.episode.task).prompt_template.startswith('Q:')\n"
                                 "            return Predictor("))
     record = run_episode(method_from_spec(f"{path}:Bad"), episode, None, seed=0, worker=worker)

@@ -1,9 +1,9 @@
 """Choose MAML's default episode head (head_scale, inner_lr) on validation-pool episodes (no target classes)."""
 import sys, torch, time, itertools, json
-from fewshot_bench.backbone import load_backbone
+from fewshot_bench.methods.backbone import load_backbone
 from fewshot_bench.baselines.maml import FOMAML, MAMLConfig
-from fewshot_bench.data import get_task_data, set_data_dir
-from fewshot_bench.episodes import sample_episode
+from fewshot_bench.data.loading import get_task_data, set_data_dir
+from fewshot_bench.episodes.sampling import sample_episode
 from fewshot_bench.methods import EpisodeContext
 torch.set_num_threads(1)
 set_data_dir("/work/shared/data")

@@ -1,0 +1,91 @@
+"""``fewshot-bench compare``: named method pairs (e.g. a tuned method against its untuned row), paired per cell.
+
+For every cell (task x setting x backbone) holding both methods of a pair ``A=B``: the mean per-episode accuracy
+difference A - B on their common ok episodes, its paired percentile bootstrap 95% CI, the two-sided sign-flip
+p-value, the paired d_z and Holm's correction over every comparison printed (one family), with the same
+functions as the leaderboard (``compare.differences``, ``stats``). A comparison that repeats an earlier one
+(same backbone and pair, the same episodes with the same per-episode differences: e.g. two target-only
+methods in clinc150->hwu64 and hwu64 fold 1, which hold the same episodes) is counted once in the Holm family:
+it gets the earlier one's adjusted p and ``same_as`` names the earlier setting. A same-class-source row's method
+carries the leak mark (``compare.LEAK_MARK``). Pairs whose episode sets do not nest are not compared.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from . import compare
+from ..core.errors import UserError
+from ..core.outputs import print_table
+from ..core.registry import did_you_mean
+from .stats import bootstrap_ci, effect_size, format_dz, holm, sign_flip_p
+
+
+def parse_pairs(texts: List[str]) -> List[Tuple[str, str]]:
+    """['A=B', ...] -> [(A, B), ...]."""
+    pairs = []
+    for text in texts:
+        left, sep, right = text.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise UserError(f"--pair expects METHOD=OTHER (the difference METHOD minus OTHER), got '{text}'")
+        pairs.append((left.strip(), right.strip()))
+    if not pairs:
+        raise UserError("give at least one --pair METHOD=OTHER")
+    return pairs
+
+
+def pair_table(entries: List[compare.Entry], pairs: List[Tuple[str, str]], bootstrap: int, seed: int = 0) -> List[dict]:
+    """One dict per (cell, pair) with both methods: setting, pair, episodes, means, difference, CI, p, p_holm,
+    same_as (the setting this comparison repeats, else None)."""
+    methods = {e.method for e in entries}
+    for name in {m for pair in pairs for m in pair} - methods:
+        raise UserError(f"--pair names '{name}', which has no rows{did_you_mean(name, sorted(methods))} "
+                        f"(methods: {', '.join(sorted(methods))})")
+    table, first = [], {}
+    for (task, setting, backbone), members in compare.by_cell(entries).items():
+        by_method = {e.method: e for e in members}
+        for a, b in pairs:
+            if a not in by_method or b not in by_method:
+                continue
+            d = compare.differences(by_method[a], by_method[b])
+            if d is None:
+                continue
+            low, high = bootstrap_ci(d, bootstrap, seed)
+            common = compare.common_episodes(by_method[a], by_method[b])
+            leaked = by_method[a].same_class_source or by_method[b].same_class_source
+            table.append(dict(setting=setting, backbone=backbone, a=compare.marked(a, by_method[a].same_class_source),
+                              b=compare.marked(b, by_method[b].same_class_source), leaked=leaked, episodes=len(d),
+                              acc_a=sum(by_method[a].accuracy[f] for f in common) / len(common),
+                              acc_b=sum(by_method[b].accuracy[f] for f in common) / len(common),
+                              delta=float(d.mean()), low=low, high=high, dz=effect_size(d), p=sign_flip_p(d),
+                              same_as=first.setdefault((backbone, a, b, tuple(zip(common, d.round(9)))), setting)))
+    family = [r for r in table if r["same_as"] == r["setting"]]
+    adjusted = dict(zip(((r["backbone"], r["a"], r["b"], r["setting"]) for r in family),
+                        holm([r["p"] for r in family]) if family else []))
+    for row in table:
+        row["p_holm"] = adjusted[(row["backbone"], row["a"], row["b"], row["same_as"])]
+        row["same_as"] = None if row["same_as"] == row["setting"] else row["same_as"]
+    return table
+
+
+def cli_compare(args) -> int:
+    from ..report.leaderboard import load_entries
+
+    pairs = parse_pairs(args.pair)
+    # from the stored predictions alone (no class-level CIs): no data dir, no network
+    table = pair_table(load_entries(args.store, bootstrap=1, class_level=False), pairs, args.bootstrap)
+    if not table:
+        raise UserError(f"no cell of {args.store} holds both methods of any --pair with common episodes")
+    repeats = sum(r["same_as"] is not None for r in table)
+    print(f"paired comparisons (A - B on common ok episodes; bootstrap 95% CI, {args.bootstrap:,} resamples; "
+          f"sign-flip p; Holm over these {len(table) - repeats} comparisons"
+          + (f", {repeats} repeating another on the same episodes counted once (=)" if repeats else "") + ")")
+    header = ["setting", "backbone", "A", "B", "episodes", "acc A", "acc B", "A - B [95% CI]", "d_z", "p", "p (Holm)"]
+    lines = [[r["setting"], r["backbone"], r["a"], r["b"], str(r["episodes"]), f"{r['acc_a']:.4f}",
+              f"{r['acc_b']:.4f}", f"{r['delta']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
+              format_dz(r["dz"], "+.3f", "-"), f"{r['p']:.4g}",
+              f"{r['p_holm']:.4g}" + ("" if r["same_as"] is None else f" (= {r['same_as']})")] for r in table]
+    print_table(header, lines)
+    if any(r["leaked"] for r in table):
+        print(f"{compare.LEAK_MARK} trained on a source pool holding the evaluated classes (same-class-source): not "
+              "few-shot on them")
+    return 0

@@ -1,0 +1,54 @@
+"""``fewshot-bench power``: per cell, the paired SD of adjacent methods and the episodes each difference needs.
+
+Normal approximation of a two-sided paired test at alpha 0.05 (``stats.episodes_needed``), without a
+multiplicity correction; adjacent = next to each other in the cell's mean-accuracy order.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from . import compare
+from ..core.errors import UserError
+from ..core.outputs import print_table
+from .stats import episodes_needed
+
+
+def parse_deltas(text: str) -> List[float]:
+    """'0.01,0.02' -> [0.01, 0.02]; each in (0, 1]."""
+    try:
+        deltas = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--delta expects comma-separated accuracy differences such as 0.01,0.02, got '{text}'") from None
+    if not deltas or not all(0 < d <= 1 for d in deltas):
+        raise UserError(f"--delta values must be in (0, 1] (accuracy differences), got '{text}'")
+    return deltas
+
+
+def power_table(entries: List[compare.Entry], deltas: List[float], power: float) -> List[dict]:
+    """One dict per adjacent pair of every cell: cell, methods, common episodes, paired SD, episodes needed."""
+    table = []
+    for (task, setting, backbone), members in compare.by_cell(entries).items():
+        for pair in compare.adjacent_pairs(members):
+            needed = {d: (episodes_needed(pair.sd, d, power, compare.ALPHA) if pair.sd else None) for d in deltas}
+            table.append(dict(task=task, setting=setting, backbone=backbone, better=pair.better, worse=pair.worse,
+                              episodes=pair.episodes, sd=pair.sd, needed=needed))
+    return table
+
+
+def cli_power(args) -> int:
+    from ..report.leaderboard import load_entries
+
+    deltas = parse_deltas(args.delta)
+    if not 0 < args.power < 1:
+        raise UserError(f"--power must be between 0 and 1 (e.g. 0.8), got {args.power}")
+    table = power_table(load_entries(args.store, bootstrap=1), deltas, args.power)
+    if not table:
+        raise UserError(f"no pair of methods with common episodes in {args.store}")
+    print(f"episodes needed to detect a difference with {args.power:.0%} power (two-sided paired test, alpha "
+          f"{compare.ALPHA}, normal approximation, no multiplicity correction); sd 0 = identical differences")
+    header = ["setting", "backbone", "adjacent methods", "episodes", "paired sd"] + [f"n @ {d:g}" for d in deltas]
+    lines = [[r["setting"], r["backbone"], f"{r['better']} > {r['worse']}", str(r["episodes"]),
+              "" if r["sd"] is None else f"{r['sd']:.4f}"] + ["-" if n is None else str(n) for n in r["needed"].values()]
+             for r in table]
+    print_table(header, lines)
+    return 0

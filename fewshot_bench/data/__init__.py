@@ -1,0 +1,1 @@
+"""Task cards and the rows they load."""

@@ -1,0 +1,250 @@
+"""Calibration of ``run --dry-run`` (:mod:`fewshot_bench.execution.plan`): each method's episode seconds as a line in tokens
+and its one-off costs, measured once on one probe episode, cached per machine and environment.
+
+**The line.** An episode of a cell costs ``fixed + per_support_token x S + per_query_token x Q`` seconds: S is the
+support set's padded tokens (texts x the longest text's tokens: the full batch every adaptation step computes
+on), Q the query texts' tokens as :func:`~fewshot_bench.execution.harness.predict_queries` pads them (length buckets). The
+seconds are the runner's ``wall_seconds`` (:func:`~fewshot_bench.execution.runner.episode_record`: the whole harness, the
+frozen-embedding cache fill left out), so each cell's estimate is its own mean tokens through the line: a task of
+long texts costs what its tokens cost.
+
+**Measurement** (:func:`measure`) on the probe, the median episode (by tokens) of the run's cheapest setting: one
+untimed warm-up (thread pools, allocator, lazy initialisation; it also fills the frozen-embedding cache, which
+gives the fill's seconds per token), then two timed episodes: the probe, and the probe with its support set
+repeated r times (every text and label r times: S grows r-fold, Q and the texts' lengths stay; r = 2, or more
+up to 16 so that S reaches ``SECOND_POINT_TOKENS``: a slope over ~50 tokens would be noise on a loaded machine).
+Adaptation's two times give (fixed, per support token); what follows adaptation (query prediction, scoring),
+divided by Q, gives per query token. The repeated support is a fair second point for a full-batch gradient
+method (full_ft, lora, sgg, MAML's inner loop): each step runs forward and backward over the whole padded
+support batch, so its per-step fixed part (optimizer over every parameter, model reset, head) stays and its
+token part grows r-fold, exactly as in an rK-shot episode of texts of the same length. For a cached / frozen
+method (protonet, linear_probe) the repeated texts hit the embedding cache: the slope is then only its work on
+cached vectors, which is what its episodes cost once the cache is filled; embedding the texts is the one-off
+cache fill, estimated apart.
+
+**One-off costs**, never charged per episode: the cache fill (seconds per token of the texts the warm-up
+embedded; a cell's fill is that rate x its distinct texts' tokens) and meta-training: ``meta_train`` timed once
+on the probe setting's source pool with ``meta_steps=1`` (and ``val_every=0``) where the config has those fields,
+times the configured ``meta_steps`` (the set-up of the first step counted each time: on the high side; early
+stopping would end sooner, its validation checks are not counted), scaled to a cell by its tokens per episode
+(S + Q) over the probe's. A config without ``meta_steps`` is meta-trained whole, as configured.
+
+**Cache**: ``<cache root>/calibration.json`` (``$FEWSHOT_BENCH_CACHE``, else ``~/.cache/fewshot_bench``, as
+:mod:`fewshot_bench.execution.meta_cache`), one entry per :func:`cache_key`: method name and config hash, backbone, probe
+setting and episode fingerprint, and the environment fingerprint (device and its name — the CPU model —, dtype,
+torch threads, torch / transformers / Python versions, OS). A second dry run on the same machine reuses them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..methods.backbone import Backbone
+from ..episodes.sampling import Episode, Setting
+from .harness import QUERY_BUCKET_ROWS
+from ..core.hashing import config_hash
+from .meta_cache import cache_root
+from ..methods.api import MetaContext, Method
+from .runner import episode_record
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_VERSION = 1  # bump when what is measured changes: older entries are then not used
+SECOND_POINT_TOKENS = 1024  # padded support tokens the second calibration point aims at (r <= 16)
+CACHE_FILE = "calibration.json"
+
+
+@dataclass
+class CostLine:
+    """A method's measured costs (see the module docstring); seconds, tokens as :func:`episode_tokens` counts."""
+    fixed: float = 0.0
+    per_support_token: float = 0.0
+    per_query_token: float = 0.0
+    fill_per_token: float = 0.0  # frozen-embedding cache fill, s per token (0: the method embeds nothing into it)
+    meta_seconds: float = 0.0    # meta-training at the probe's tokens (0: none)
+    probe_tokens: float = 0.0    # S + Q of the probe episode
+    error: Optional[str] = None  # why the method could not be measured (no estimate then)
+
+    def episode_seconds(self, support_tokens: float, query_tokens: float) -> float:
+        return self.fixed + self.per_support_token * support_tokens + self.per_query_token * query_tokens
+
+    def meta_train_seconds(self, tokens: float) -> float:
+        """Meta-training of a cell whose episodes have ``tokens`` (S + Q) on average."""
+        return self.meta_seconds * tokens / self.probe_tokens if self.meta_seconds and self.probe_tokens else 0.0
+
+
+@dataclass
+class Probe:
+    """The calibration episode: the median episode (by tokens) of the run's cheapest setting."""
+    setting: Setting
+    episode: Episode
+    seed: int                   # the episode's training seed (runner.episode_seed)
+    run_seed: int               # the run's seed (meta-training)
+    support_tokens: float
+    query_tokens: float
+    source_episodes: Optional[Callable[[int], Episode]] = None
+
+
+def token_lengths(backbone: Backbone, texts: Sequence[str], memo: Optional[Dict[str, int]] = None) -> List[int]:
+    """Tokens of each text as the backbone tokenizes it (truncated to its max length); no model runs. ``memo``
+    ({text: tokens}) keeps the counts across calls, so a text drawn again is not tokenized again."""
+    memo = {} if memo is None else memo
+    missing = [t for t in dict.fromkeys(texts) if t not in memo]
+    if missing:
+        encoded = backbone.tokenizer(missing, truncation=True, max_length=backbone.max_length,
+                                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        memo.update(zip(missing, map(len, encoded)))
+    return [memo[t] for t in texts]
+
+
+def episode_tokens(backbone: Backbone, episode: Episode, memo: Optional[Dict[str, int]] = None) -> tuple:
+    """(S, Q, unpadded tokens of the episode's distinct texts, its distinct texts) of ``episode``: S = support texts
+    x their longest, Q = the query texts padded per length bucket of ``QUERY_BUCKET_ROWS``."""
+    memo = {} if memo is None else memo
+    support = token_lengths(backbone, episode.support_texts, memo)
+    query = sorted(token_lengths(backbone, episode.query_texts, memo))
+    buckets = [query[i:i + QUERY_BUCKET_ROWS] for i in range(0, len(query), QUERY_BUCKET_ROWS)]
+    distinct = set(episode.support_texts) | set(episode.query_texts)
+    return (len(support) * max(support, default=0), sum(len(b) * b[-1] for b in buckets),
+            sum(memo[t] for t in distinct), len(distinct))
+
+
+def repeated_support(episode: Episode, times: int) -> Episode:
+    """``episode`` with every support text (and label) ``times`` times: the second calibration point."""
+    return dataclasses.replace(episode, support_ids=episode.support_ids * times,
+                               support_texts=episode.support_texts * times,
+                               support_labels=episode.support_labels * times)
+
+
+def repeats(support_tokens: float) -> int:
+    """r of the second calibration point: 2, or more (at most 16) so that r x S reaches SECOND_POINT_TOKENS."""
+    return max(2, min(16, math.ceil(SECOND_POINT_TOKENS / max(support_tokens, 1.0))))
+
+
+def _sync(backbone: Backbone) -> None:
+    if backbone.device.type == "cuda":
+        torch.cuda.synchronize(backbone.device)
+
+
+def _timed_episode(method: Method, episode: Episode, backbone: Backbone, probe: Probe, autocast) -> tuple:
+    """(adaptation seconds, the runner's episode record) of one episode; cache fill left out of both."""
+    spent: List[float] = []
+    adapt = method.adapt
+
+    def timed_adapt(ctx):
+        fill, started = backbone.embedding_cache_seconds, time.perf_counter()
+        predictor = adapt(ctx)
+        _sync(backbone)
+        spent.append(time.perf_counter() - started - (backbone.embedding_cache_seconds - fill))
+        return predictor
+
+    method.adapt = timed_adapt  # the instance's attribute, removed below: the class's method is untouched
+    try:
+        record = episode_record(method, episode, backbone, seed=probe.seed, autocast=autocast,
+                                source_episodes=probe.source_episodes)
+    finally:
+        del method.adapt
+    if record["status"] == "failed":
+        raise RuntimeError((record["error"] or "failed").splitlines()[0])
+    return (spent[0] if spent else 0.0), record
+
+
+def measure(method: Method, backbone: Backbone, probe: Probe, *, autocast=None) -> CostLine:
+    """Measure ``method``'s :class:`CostLine` on ``probe`` (warm-up, probe, probe with repeated support, and
+    meta-training when the method is meta-trained); a failure gives a line with ``error`` set."""
+    try:
+        backbone.clear_caches()
+        filled_before = backbone.embedding_cache_seconds
+        _timed_episode(method, probe.episode, backbone, probe, autocast)  # warm-up, untimed
+        fill = backbone.embedding_cache_seconds - filled_before
+        filled = list(getattr(backbone, "_embedding_cache", {}))
+        fill_tokens = sum(token_lengths(backbone, filled))
+        adapts, rests, times = [], [], repeats(probe.support_tokens)
+        for episode in (probe.episode, repeated_support(probe.episode, times)):
+            adapt, record = _timed_episode(method, episode, backbone, probe, autocast)
+            adapts.append(adapt)
+            rests.append(max(0.0, record["wall_seconds"] - adapt))
+        meta = measure_meta(method, backbone, probe, autocast) if method.protocol == "meta-trained" else 0.0
+    except Exception as exc:  # a method that cannot run the probe gets no estimate; the dry run goes on
+        return CostLine(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    slope = max(0.0, (adapts[1] - adapts[0]) / ((times - 1) * probe.support_tokens)) if probe.support_tokens else 0.0
+    fixed = adapts[0] - slope * probe.support_tokens if slope else sum(adapts) / 2
+    return CostLine(fixed=max(0.0, fixed), per_support_token=slope,
+                    per_query_token=sum(rests) / 2 / probe.query_tokens if probe.query_tokens else 0.0,
+                    fill_per_token=fill / fill_tokens if fill > 0 and fill_tokens else 0.0, meta_seconds=meta,
+                    probe_tokens=probe.support_tokens + probe.query_tokens)
+
+
+def measure_meta(method: Method, backbone: Backbone, probe: Probe, autocast=None) -> float:
+    """Seconds of ``method``'s configured meta-training on the probe setting's source pool: one meta-step
+    (``meta_steps=1``, ``val_every=0``) x ``meta_steps`` where the config has that field, else all of it."""
+    if probe.source_episodes is None:
+        raise RuntimeError(f"{probe.setting.label} has no source pool to meta-train on")
+    fields = {f.name for f in dataclasses.fields(method.config)} if dataclasses.is_dataclass(method.config) else set()
+    config, scale = method.config, 1
+    if "meta_steps" in fields:
+        scale = int(method.config.meta_steps)
+        if scale == 0:
+            return 0.0
+        config = dataclasses.replace(method.config, meta_steps=1, **({"val_every": 0} if "val_every" in fields else {}))
+    probe_method = type(method)(config)
+    started = time.perf_counter()
+    probe_method.meta_train(MetaContext(backbone, probe.run_seed, probe.source_episodes, autocast_dtype=autocast,
+                                        validation_episodes=probe.setting.validation_episodes(probe.run_seed)))
+    _sync(backbone)
+    return (time.perf_counter() - started) * scale
+
+
+def cache_file() -> Path:
+    return cache_root() / CACHE_FILE
+
+
+def cache_key(method: Method, backbone_name: str, probe: Probe, environment: Dict[str, str]) -> str:
+    """The cache entry of ``method`` measured on ``probe`` in ``environment`` (:func:`environment.fingerprint`)."""
+    return config_hash({"version": CALIBRATION_VERSION, "method": method.name, "config": method.config_hash(),
+                        "backbone": backbone_name, "probe": probe.setting.label,
+                        "probe_fingerprint": probe.episode.fingerprint, "environment": environment})
+
+
+def read_cache(path: Path) -> Dict[str, dict]:
+    """The cached entries at ``path`` ({} when there is no such file or it cannot be read)."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def cached_line(entries: Dict[str, dict], key: str) -> Optional[CostLine]:
+    entry = entries.get(key)
+    try:
+        return CostLine(**entry["line"]) if entry and entry.get("version") == CALIBRATION_VERSION else None
+    except (TypeError, KeyError):
+        return None
+
+
+def write_cache(path: Path, new: Dict[str, dict]) -> None:
+    """Add ``new`` entries to the cache file at ``path`` (atomic; what another process wrote meanwhile is kept)."""
+    if not new:
+        return
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    entries = {**read_cache(path), **{key: {**entry, "version": CALIBRATION_VERSION, "measured": stamp}
+                                      for key, entry in new.items()}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not cache the calibration at %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)

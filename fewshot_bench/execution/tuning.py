@@ -1,0 +1,303 @@
+"""``fewshot-bench tune``: the same hyperparameter budget for every method, on validation-pool episodes only.
+
+Contract:
+  * Every method with a ``search_space`` gets ``trials`` Optuna trials (TPESampler, or GridSampler with
+    ``sampler: grid``, both seeded with ``seed``, the same seed for every method); each trial is one config
+    scored on the same ``episodes`` validation-pool episodes (indices 0..episodes-1 of ``seed``) with the
+    same per-episode training seeds as ``run``. Target-pool episodes are never drawn.
+  * A method without a search space is evaluated once with its defaults on the same episodes and marked
+    untuned. ``--method-config METHOD.FIELD=VALUE`` pins a field: it leaves that method's space.
+  * Score: mean query accuracy over the episodes (a failed or diverged episode scores 0). Choice: the best
+    score; ties go to the cheaper config (``SearchSpace.cost``), then to the earlier trial.
+  * ``prune``: Optuna's MedianPruner may stop a trial after some episodes (its row then says ``pruned`` and
+    how many episodes it used); off by default, so every trial uses every episode.
+  * Every trial is a row of the store's ``trials`` table (config, accuracy with its bootstrap 95% CI, wall
+    time, mean per-episode figures such as SGG's term activity); the chosen configs are written to a YAML
+    file that ``fewshot-bench run --tuned FILE`` reads (:mod:`fewshot_bench.execution.tuned`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import yaml
+
+from ..core.config import from_mapping, option, validate
+from ..core.errors import UserError
+from ..core.interrupts import is_method_failure, watch_sigint
+
+log = logging.getLogger(__name__)
+SAMPLERS = ("tpe", "grid")
+FIGURES = ("final_loss", "sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle")
+
+
+@dataclass
+class TuneConfig:
+    tasks: List[str] = option(factory=list, help="task names (their validation pools are used)")
+    methods: object = option("all", help="method names or 'all' (every registered method)")
+    n_way: List = option(factory=lambda: [5], help="classes per episode (list)")
+    k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list)")
+    query: int = option(15, help="queries per class")
+    episodes: int = option(10, help="validation episodes every trial is scored on")
+    trials: int = option(20, help="configurations per method (the same for every method)")
+    sampler: str = option("tpe", help="tpe (Optuna TPESampler) or grid (GridSampler; ranges must be discrete)")
+    prune: bool = option(False, help="let Optuna's MedianPruner stop hopeless trials early (fewer episodes)")
+    fold: int = option(1, help="class-split fold (1-based)")
+    seed: int = option(0, help="episode, training and sampler seed")
+    backbone: str = option("minilm", help="backbone name, Hugging Face id or local path")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N")
+    store: str = option("runs/results.sqlite", help="SQLite results store (trials go to its trials table)")
+    out: str = option("runs/tuned.yaml", help="YAML file of the chosen configs (for run --tuned)")
+    method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE: pin a field (it leaves the space)")
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"tune: sampler is '{self.sampler}'; use one of {', '.join(SAMPLERS)}")
+        validate(self, "tune")
+        for name in ("episodes", "trials", "query"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"tune: {name} must be >= 1, got {getattr(self, name)}")
+        from .run_config import _check_methods_value, check_device
+
+        _check_methods_value(self.methods, "tune: methods")
+        check_device(self.device, "tune")
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("fewshot-bench tune needs Optuna: pip install 'fewshot-bench[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _score(record: dict) -> float:
+    return float(record["accuracy"]) if record["status"] == "ok" else 0.0
+
+
+class _Study:
+    """One method on one validation setting: its trials, scored on the shared episodes, stored as they finish."""
+
+    def __init__(self, tuner: "Tuner", setting, name: str, base: Dict[str, str]):
+        from ..methods.spec import method_from_spec
+
+        self.tuner, self.setting, self.name, self.base = tuner, setting, name, base
+        method = method_from_spec(name, base)
+        space = type(method).search_space
+        if space is not None:
+            space.check(type(method).config_class, name)
+            space = space.without(*base)
+        self.space = space if space is not None and space.fields else None
+        self.results: List[dict] = []
+
+    def evaluate(self, overrides: Dict[str, object], number: int, trial=None) -> float:
+        """Score one config on the study's episodes; store the trial row; return the mean accuracy."""
+        from .harness import run_episode
+        from ..methods.api import MetaContext
+        from ..methods.spec import method_from_spec
+        from ..analysis.stats import bootstrap_ci
+
+        tuner, setting = self.tuner, self.setting
+        method = method_from_spec(self.name, {**self.base, **overrides})
+        backbone = tuner.backbone(method.attn_implementation)
+        source = tuner.source_episodes(setting)
+        start = time.perf_counter()
+        state, scores, records = "complete", [], []
+        if method.protocol == "meta-trained":
+            if source is None:
+                raise UserError(f"method '{self.name}' meta-trains on a source pool, but {setting.label} has none")
+            try:
+                method.meta_train(MetaContext(backbone, tuner.config.seed, source, autocast_dtype=tuner.autocast,
+                                              validation_episodes=setting.validation_episodes(tuner.config.seed)))
+            except BaseException as exc:  # the method's failure scores this config 0; a real Ctrl-C stops tune
+                if not is_method_failure(exc):
+                    raise
+                log.warning("%s on %s: meta_train failed (%s: %s); the trial scores 0", self.name, setting.label,
+                            type(exc).__name__, exc)
+                method = None
+        for i, episode in enumerate(tuner.episodes(setting) if method is not None else ()):
+            records.append(run_episode(method, episode, backbone, seed=tuner.episode_seed(setting, i),
+                                       autocast_dtype=tuner.autocast, source_episodes=source))
+            scores.append(_score(records[-1]))
+            if trial is not None and tuner.config.prune:
+                trial.report(sum(scores) / len(scores), i)
+                if trial.should_prune():
+                    state = "pruned"
+                    break
+        if method is None:
+            scores, state = [0.0] * len(tuner.episodes(setting)), "failed"
+            method = method_from_spec(self.name, {**self.base, **overrides})
+        accuracy = sum(scores) / len(scores)
+        low, high = bootstrap_ci(scores)
+        config = method.config_dict()
+        row = {"study": tuner.study_id, "method": self.name, "backbone": tuner.config.backbone, "task": setting.task,
+               "setting": setting.label, "seed": tuner.config.seed, "trial": number,
+               "state": state if self.space is not None else "untuned", "config": config,
+               "cost": self.space.cost_of(method.config) if self.space is not None else None,
+               "episodes": len(scores), "episode_set_sha256": tuner.episode_set(setting, len(scores)),
+               "accuracy": accuracy, "acc_ci95_low": low, "acc_ci95_high": high,
+               "wall_seconds": time.perf_counter() - start, "figures": _mean_figures(records)}
+        tuner.store.write_trial(row)
+        self.results.append({**row, "overrides": overrides})
+        log.info("%s %s trial %d: accuracy %.4f [%.4f, %.4f] %s", setting.label, self.name, number, accuracy, low,
+                 high, overrides)
+        if state == "pruned":
+            raise tuner.optuna.TrialPruned()
+        return accuracy
+
+    def run(self) -> dict:
+        """Run the budget and return the chosen entry of the tuned-config file."""
+        optuna, cfg = self.tuner.optuna, self.tuner.config
+        if self.space is None:
+            self.evaluate({}, 0)
+        else:
+            if cfg.sampler == "grid":
+                grid = self.space.grid()
+                if grid is None:
+                    raise UserError(f"tune: {self.name}'s search space has float ranges; use --sampler tpe")
+                sampler = optuna.samplers.GridSampler(grid, seed=cfg.seed)
+            else:
+                sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+            study = optuna.create_study(direction="maximize", sampler=sampler,
+                                        pruner=optuna.pruners.MedianPruner() if cfg.prune else optuna.pruners.NopPruner())
+            study.optimize(lambda trial: self.evaluate(self.space.suggest(trial), trial.number, trial),
+                           n_trials=cfg.trials, catch=())
+        done = [r for r in self.results if r["state"] != "pruned"]
+        best = min(done, key=lambda r: (-r["accuracy"], r["cost"] or 0.0, r["trial"]))
+        self.tuner.store.mark_chosen(self.tuner.study_id, self.name, self.setting.label, best["trial"])
+        chosen = {name: best["config"][name] for name in {**self.base, **best["overrides"]}}  # typed values
+        return {"tuned": self.space is not None, "overrides": chosen,
+                "config": best["config"], "val_accuracy": round(best["accuracy"], 4),
+                "val_ci95": [round(best["acc_ci95_low"], 4), round(best["acc_ci95_high"], 4)],
+                "trials": len(self.results), "episodes": cfg.episodes, "trial": best["trial"],
+                "figures": best["figures"]}
+
+
+def _mean_figures(records: List[dict]) -> Dict[str, float]:
+    means = {}
+    for name in FIGURES:
+        values = [r[name] for r in records if r.get(name) is not None and r["status"] == "ok"]
+        if values:
+            means[name] = sum(values) / len(values)
+    return means
+
+
+class Tuner:
+    """Shared state of a tune run: settings, backbones, validation episodes, the store."""
+
+    def __init__(self, config: TuneConfig):
+        from ..methods.backbone import resolve_device
+        from .run_config import RunConfig, settings_of
+        from .runner import autocast_dtype
+        from ..store.results import ResultsStore, config_hash
+
+        self.optuna = _optuna()
+        self.config = config
+        run_like = RunConfig(tasks=config.tasks, n_way=config.n_way, k_shot=config.k_shot, query=config.query,
+                             fold=config.fold, pool="validation", seed=config.seed, backbone=config.backbone)
+        self.settings = settings_of(run_like)
+        for setting in self.settings:  # fail fast on a task without a usable validation pool
+            setting.target_episode(config.seed, 0)
+        budget = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("store", "out", "device")}
+        self.study_id = config_hash(budget)[:16]
+        self.device = resolve_device(config.device)
+        self.autocast = autocast_dtype(self.device)  # as run does (bf16 on GPUs that support it)
+        self._backbones: Dict[str, object] = {}
+        self._episodes: Dict[str, list] = {}
+        self.store = ResultsStore(config.store)
+
+    def backbone(self, attn_implementation: str):
+        from ..methods.backbone import load_backbone
+
+        if attn_implementation not in self._backbones:
+            self._backbones[attn_implementation] = load_backbone(self.config.backbone, device=self.device,
+                                                                 attn_implementation=attn_implementation)
+        return self._backbones[attn_implementation]
+
+    def episodes(self, setting) -> list:
+        """The validation-pool episodes every trial of ``setting`` is scored on."""
+        if setting.label not in self._episodes:
+            self._episodes[setting.label] = [setting.target_episode(self.config.seed, i)
+                                             for i in range(self.config.episodes)]
+        return self._episodes[setting.label]
+
+    def episode_set(self, setting, count: int) -> str:
+        from ..episodes.sampling import episode_set_sha256
+
+        return episode_set_sha256([e.fingerprint for e in self.episodes(setting)[:count]])
+
+    def episode_seed(self, setting, index: int) -> int:
+        from .runner import episode_seed
+
+        return episode_seed(self.config.seed, setting, index)
+
+    def source_episodes(self, setting):
+        return setting.source_episodes(self.config.seed)
+
+
+def target_label(setting) -> str:
+    """The setting label ``run`` uses for the target pool of a tuned (validation) setting."""
+    return dataclasses.replace(setting, pool="target").label
+
+
+def tune(config: TuneConfig) -> dict:
+    """Run every method's budget on every validation setting; write and return the tuned-config mapping."""
+    from .run_config import spec_list
+    from ..methods.spec import parse_method_config
+
+    from ..core.outputs import check_outputs
+    from ..methods.spec import method_from_spec
+
+    names = spec_list(config.methods)
+    pinned = parse_method_config(config.method_config)  # same METHOD.FIELD=VALUE syntax as run
+    unknown = set(pinned) - set(names)
+    if unknown:
+        raise UserError(f"--method-config names method(s) {sorted(unknown)} that are not in this tune run")
+    for name in names:  # every method and pinned config checked before the store is created
+        method_from_spec(name, pinned.get(name, {}))
+    inputs = [(name.rpartition(":")[0], f"the method file of {name}") for name in names if ":" in name]
+    check_outputs([(config.store, "--store"), (config.out, "--out")], inputs)
+    tuner = Tuner(config)
+    studies = [(s, _Study(tuner, s, name, pinned.get(name, {}))) for s in tuner.settings for name in names]
+    chosen: Dict[str, Dict[str, dict]] = {}
+    try:
+        with watch_sigint():  # a method raising KeyboardInterrupt fails its episode; a real Ctrl-C stops the study
+            for setting, study in studies:
+                chosen.setdefault(target_label(setting), {})[study.name] = study.run()
+    finally:
+        tuner.store.close()
+    budget = {"study": tuner.study_id, "trials": config.trials, "episodes": config.episodes, "sampler": config.sampler,
+              "prune": config.prune, "seed": config.seed, "pool": "validation", "backbone": config.backbone,
+              "query": config.query, "fold": config.fold}
+    document = {"budget": budget, "settings": chosen}
+    if config.out:
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.out).write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return document
+
+
+def cli_tune(args) -> int:
+    values = {"tasks": [t for t in (args.tasks or "").split(",") if t], "methods": args.methods or "all",
+              "method_config": list(args.method_config)}
+    for name in ("n_way", "k_shot"):
+        if getattr(args, name):
+            values[name] = [v for v in getattr(args, name).split(",") if v]
+    for name in ("query", "episodes", "trials", "sampler", "fold", "seed", "backbone", "device", "store", "out"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    values["prune"] = bool(args.prune)
+    if not values["tasks"]:
+        raise UserError("tune: no tasks; pass --tasks NAME[,NAME]")
+    config = from_mapping(TuneConfig, values, "tune")
+    document = tune(config)
+    for label, methods in document["settings"].items():
+        for name, entry in methods.items():
+            mark = "" if entry["tuned"] else " (untuned: no search space)"
+            print(f"{label} {name}: val acc {entry['val_accuracy']:.4f} {entry['val_ci95']}{mark} {entry['overrides']}")
+    print(f"chosen configs written to {config.out}")
+    return 0

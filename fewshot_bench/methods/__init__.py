@@ -1,0 +1,6 @@
+"""The method API, backbones, the shared training pieces and SGG.
+
+The public method API (what a submitted method subclasses) is importable from here."""
+from .api import EpisodeContext, MetaContext, Method, MethodConfig, Predictor
+
+__all__ = ["EpisodeContext", "MetaContext", "Method", "MethodConfig", "Predictor"]

@@ -1,0 +1,191 @@
+"""Method specs: the one syntax that names a method and its config overrides, for the CLI, bench and the
+leaderboard's method labels alike.
+
+A spec is ``NAME`` or ``NAME(field=value,...)``, NAME a registered method or ``path/to/file.py:Class``;
+``--methods full_ft,sgg(mode=exact,steps=5)`` lists several. ``--method-config METHOD.FIELD=VALUE`` is
+another spelling of the same overrides. A method's label on the leaderboard is its spec with the overrides
+in sorted order, so different configurations never share a row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ..core.checks import METHOD_SPEC, check_method_name
+from ..core.errors import UserError
+from .api import Method
+from ..core.registry import METHODS, did_you_mean, import_module, import_object
+
+Overrides = Dict[str, object]
+_SPEC = METHOD_SPEC  # NAME or path/to/file.py:Class (spaces allowed in the path), optionally (FIELD=VALUE, ...)
+
+
+def split_specs(text: str) -> List[str]:
+    """``"full_ft,sgg(mode=exact,steps=5)"`` -> ``["full_ft", "sgg(mode=exact,steps=5)"]``."""
+    return [m.strip() for m in re.findall(r"[^,(]+(?:\([^)]*\))?", text) if m.strip()]
+
+
+def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
+    """``"NAME(field=value,...)"`` -> (NAME, {field: value}); a bare NAME has no overrides."""
+    match = _SPEC.match(spec)
+    if not match:
+        raise UserError(f"method '{spec}' must look like NAME or NAME(field=value,...), e.g. sgg(mode=exact)")
+    name, body = match.group(1), match.group(2)
+    overrides = {}
+    for item in (body or "").split(","):
+        if not item.strip():
+            continue
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise UserError(f"method '{spec}': '{item}' must look like field=value, e.g. sgg(mode=exact)")
+        if field.strip() in overrides:
+            raise UserError(f"method '{spec}' sets '{field.strip()}' twice; keep one value")
+        overrides[field.strip()] = value.strip()
+    return name, overrides
+
+
+def parse_method_config(items: Iterable[str]) -> Dict[str, Dict[str, str]]:
+    """``["METHOD.FIELD=VALUE", ...]`` -> {METHOD: {FIELD: VALUE}} (the ``--method-config`` spelling)."""
+    overrides: Dict[str, Dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, field = key.partition(".")
+        if not (sep and dot and method and field):
+            raise UserError(f"--method-config '{item}' must look like METHOD.FIELD=VALUE, e.g. full_ft.steps=5")
+        overrides.setdefault(method, {})[field] = value
+    return overrides
+
+
+def method_label(name: str, overrides: Overrides) -> str:
+    """Leaderboard name: the spec of ``name`` with its non-default settings in sorted order."""
+    return name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + ")" if overrides else "")
+
+
+def method_from_spec(spec: str, overrides: Optional[Overrides] = None) -> Method:
+    """A method instance from a spec (registered name or ``path/to/file.py:Class``, optionally with
+    ``(field=value,...)``), with further config ``overrides`` on top (command-line strings are converted to each field's annotated
+    type; the config validates itself)."""
+    name, from_spec = parse_spec(spec) if "(" in spec else (spec, {})
+    cls = method_class(name)
+    if not cls.name:
+        cls.name = name.rpartition(":")[2] if ":" in name else name
+    check_method_name(cls.name, name)
+    if ":" in name and cls.name in METHODS and METHODS.get(cls.name) is not cls:
+        raise UserError(f"method file {name} is named '{cls.name}' like the built-in method; its rows would be "
+                        f"mixed with the built-in's: set another name (class attribute name = '...')")
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    hints = typing.get_type_hints(cls.config_class)
+    values = {}
+    for key, value in {**from_spec, **(overrides or {})}.items():
+        if key not in fields:
+            raise UserError(f"method '{cls.name}' has no config field '{key}' (fields: {', '.join(sorted(fields))})")
+        values[key] = _coerce(hints[key], value, f"method '{cls.name}' config field '{key}'")
+    try:
+        config = cls.config_class(**values)
+    except UserError as exc:
+        raise UserError(f"--method-config {cls.name}: {exc}") from None
+    except Exception as exc:  # a config class of a method file that raises something else
+        raise UserError(f"method '{cls.name}': its config {cls.config_class.__name__} could not be built "
+                        f"({type(exc).__name__}: {exc}); fix the config class or the values") from None
+    try:
+        return check_declarations(cls(config))
+    except UserError as exc:
+        raise UserError(f"--method-config {cls.name}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a method file's __init__: refused before anything is written
+        raise UserError(f"method '{cls.name}': {cls.__name__}.__init__ raised {type(exc).__name__}: {exc}; "
+                        f"fix the method (or its config values)") from None
+
+
+def method_class(name: str) -> type:
+    """The Method subclass ``name`` names: a registered method, ``module:Class`` or ``path/to/file.py:Class``. A
+    method file's errors (no ``:Class``, a misspelt or wrong class) list the Method subclasses defined in it."""
+    path, sep, attr = name.rpartition(":")
+    if not sep and name.endswith(".py") and name not in METHODS:
+        if not os.path.isfile(name):
+            raise UserError(f"method '{name}': no such file, and no registered method has that name (known: "
+                            f"{', '.join(METHODS.names())}); give path/to/file.py:ClassName")
+        raise UserError(f"method file '{name}' needs the class after the path, '{name}:ClassName'"
+                        f"{_defined_in(name, import_module(name, name))}")
+    if not sep:
+        cls = METHODS.get(name)
+    elif path.endswith(".py"):
+        module = import_module(path, name)
+        cls = getattr(module, attr, None)
+        if cls is None:
+            close = did_you_mean(attr, method_classes(module))
+            raise UserError(f"method file '{path}' has no '{attr}'{close}{_defined_in(path, module, not close)}")
+    else:
+        cls = import_object(name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        where = _defined_in(path, import_module(path, name)) if sep and path.endswith(".py") else ""
+        raise UserError(f"method '{name}' is {cls!r}, not a subclass of fewshot_bench.methods.Method{where}")
+    return cls
+
+
+def method_classes(module) -> List[str]:
+    """Names of the Method subclasses defined in ``module`` (not imported into it), in file order."""
+    return [n for n, obj in vars(module).items() if isinstance(obj, type) and issubclass(obj, Method)
+            and obj is not Method and obj.__module__ == module.__name__]
+
+
+def _defined_in(path: str, module, example: bool = True) -> str:
+    """" (Method subclasses in PATH: A, B; e.g. PATH:A)", or that it defines none."""
+    classes = method_classes(module)
+    if not classes:
+        return f" ({path} defines no subclass of fewshot_bench.methods.Method)"
+    return f" (Method subclasses in {path}: {', '.join(classes)}" + (f"; e.g. {path}:{classes[0]})" if example else ")")
+
+
+def check_declarations(method: Method) -> Method:
+    """``method``, unless its ``protocol``, ``attn_implementation`` or ``figures`` are ones the harness cannot use."""
+    from ..store.schema import METHOD_FIGURES
+
+    cls = type(method)
+
+    protocols = ("target-only", "source-guided", "meta-trained")
+    if method.protocol not in protocols:
+        raise UserError(f"method '{cls.name}': protocol {method.protocol!r} is not one of {', '.join(protocols)}; "
+                        f"set {cls.__name__}.protocol to one of them")
+    if method.attn_implementation not in ("sdpa", "eager"):
+        raise UserError(f"method '{cls.name}': attn_implementation {method.attn_implementation!r} is not sdpa or "
+                        f"eager")
+    figures = method.figures
+    if isinstance(figures, str) or not isinstance(figures, (tuple, list)) \
+            or any(f not in METHOD_FIGURES for f in figures):
+        raise UserError(f"method '{cls.name}': figures {figures!r} must be a tuple of the figure columns a method "
+                        f"may report ({', '.join(METHOD_FIGURES)}); accuracy and the other harness figures are "
+                        f"measured by the harness")
+    return method
+
+
+def _coerce(hint, value, where: str):
+    """``value`` (a command-line string) converted to the annotated type ``hint``; other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        if value.strip().lower() in ("none", "null") and type(None) in typing.get_args(hint):
+            return None
+        for arg in args:
+            try:
+                return _coerce(arg, value, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: '{value}' is not a valid {' or '.join(getattr(a, '__name__', str(a)) for a in args)}")
+    if typing.get_origin(hint) in (list, tuple):
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else str
+        return [_coerce(item, part.strip(), where) for part in value.split(",") if part.strip()]
+    if hint is bool:  # bool("false") is True
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise UserError(f"{where}: '{value}' is not a boolean; use true or false")
+        return lowered in ("true", "1", "yes")
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except ValueError:
+            raise UserError(f"{where}: '{value}' is not a valid {hint.__name__}") from None
+    return value

@@ -1,0 +1,1 @@
+"""The leaderboard files and their validation."""

@@ -1,0 +1,80 @@
+"""leaderboard.html: the leaderboard as one self-contained page (no network: inline CSS, JS, SVG and the summary
+PNG as data), written with the other leaderboard outputs.
+
+The page (``templates/leaderboard.html``) shows a methods x cells table (mean accuracy, Δ vs the reference with
+its CI in the tooltip, ▲/▼ significance after Holm, flags), sortable by any column and filterable by task, shot,
+way, protocol and backbone; a cell's details on click (forest plot as SVG, rank groups, power); the across-cell
+summary (average ranks, the summary figure) and the overall table; provenance (versions, run config hashes, git
+commits, isolation where the run configs record one, environments). Its state (filters, sort, open cell) lives
+in the address's fragment, e.g. ``leaderboard.html#protocol=meta-trained&sort=acc&dir=desc``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..store.schema import OVERALL_COLUMNS, cell_key
+from ..analysis.compare import ALPHA
+from ..store.environment import describe, store_environments
+from ..analysis.ranks import RankSummary
+from .markdown import CELL_FLAGS
+from ..store.results import ResultsStore
+from .summary_figure import cell_label
+
+ROW_FIELDS = ("method", "protocol", "backbone", "episodes", "acc_mean", "acc_ci95_low", "acc_ci95_high",
+              "delta_vs_ref", "delta_ci95_low", "delta_ci95_high", "p_value", "p_holm", "rank_group", "beaten_by",
+              "flags")
+
+
+def provenance(store_path, rows: List[Dict]) -> Dict:
+    """{"facts": [(label, text)], "environments": [text]} of the store's runs that wrote episodes."""
+    with ResultsStore(store_path, create=False) as store:
+        used = {row[0] for row in store.conn.execute("SELECT DISTINCT run_id FROM episodes")}
+        runs = [run for run in store.runs() if run["run_id"] in used]
+    configs = [json.loads(run["config_json"] or "{}") for run in runs]
+    isolation = sorted({str(c["isolation"]) for c in configs if c.get("isolation") is not None})
+    facts = [("project version", ", ".join(sorted({v for r in rows for v in r["version"].split(";")}))),
+             ("runs", str(len(runs))),
+             ("run config hashes", ", ".join(sorted({run["config_hash"][:12] for run in runs if run["config_hash"]}))),
+             ("git commits", ", ".join(sorted({run["git_commit"][:12] for run in runs if run["git_commit"]})) or "none"),
+             ("isolation", ", ".join(isolation) or "not recorded")]
+    environments = [f"{describe(e['environment'])}; episodes: "
+                    + ", ".join(f"{m} ({n})" for m, n in sorted(e["episodes"].items()))
+                    for e in store_environments(store_path)]
+    return {"facts": facts, "environments": environments}
+
+
+def page_data(rows: List[Dict], overall_rows: List[Dict], ranks: Optional[RankSummary], reference: str,
+              prov: Dict) -> Dict:
+    """The JSON the page renders: cells, rows (``ROW_FIELDS`` + cell id), ranks, overall table, provenance."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for row in rows:
+        groups.setdefault(cell_key(row), []).append(row)
+    several = len({r["backbone"] for r in rows}) > 1
+    cells, data_rows = [], []
+    for number, members in enumerate(groups.values()):
+        row = members[0]
+        cells.append({"id": number, "task": row["task"], "n_way": row["n_way"], "k_shot": row["k_shot"],
+                      "fold": row["fold"], "backbone": row["backbone"], "setting": row["setting"],
+                      "label": cell_label(row) + (f" {row['backbone']}" if several else ""),
+                      "title": f"{row['task']} fold {row['fold']}, {row['n_way']}-way {row['k_shot']}-shot, "
+                               f"{row['q_query']} queries/class, {row['backbone']}",
+                      "episodes": "/".join(str(e) for e in sorted({r["episodes"] for r in members})),
+                      "detectable_diff": row["detectable_diff"],
+                      "flags": [f for f in (row["flags"] or "").split(";") if f in CELL_FLAGS],
+                      "has_reference": any(r["method"] == reference for r in members)})
+        data_rows += [{**{f: r[f] for f in ROW_FIELDS}, "cell": number} for r in members]
+    return {"reference": reference, "alpha": ALPHA, "cells": cells, "rows": data_rows,
+            "ranks": None if ranks is None else vars(ranks), "overall_columns": list(OVERALL_COLUMNS),
+            "overall": overall_rows, "provenance": prov}
+
+
+def write_html(data: Dict, summary_png: bytes, path) -> None:
+    """Fill the template with ``data`` (JSON, ``</`` escaped so no text closes the script) and the PNG."""
+    template = resources.files("fewshot_bench.report").joinpath("templates", "leaderboard.html").read_text(encoding="utf-8")
+    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    page = template.replace("__SUMMARY_PNG__", "data:image/png;base64," + base64.b64encode(summary_png).decode())
+    Path(path).write_text(page.replace("__DATA__", payload), encoding="utf-8")

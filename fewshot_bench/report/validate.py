@@ -1,0 +1,426 @@
+"""Check a leaderboard CSV and/or a results store; each problem is one line "FILE:WHERE: column: what (expected ...)".
+
+``validate STORE`` (or ``--store STORE``) also recomputes (``validate_recompute``): episodes regenerated from their
+keys, accuracy and macro-F1 from the stored predictions, status and runs consistency, copied rows. ``validate CSV``
+compares the CSV with the leaderboard recomputed from ``--store`` or the ``results.sqlite`` beside it.
+
+Every type and range check comes from the declarations in ``columns.py``; the comparison columns are checked for
+consistency with each other (CI contains the mean difference, Holm p >= raw p, rank groups agree with the
+significant comparisons against the reference and with ``beaten_by``).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..store.schema import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, RANGE_TOLERANCE, cell_key
+from ..analysis.compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
+from ..core.errors import UserError
+from .leaderboard import FORMULA_PREFIXES, planned_episodes
+from ..store.results import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
+    SQLITE_MAGIC, STATUSES, schema_problems, table_columns)
+
+_SLACK = 1e-6
+_SCHEMA_1 = COLUMNS[:23]
+_COMPARISON = ("delta_vs_ref", "delta_ci95_low", "delta_ci95_high", "p_value", "p_holm")
+
+
+def _in_range(value: float, low: float, high: float) -> bool:
+    return low - RANGE_TOLERANCE * max(1.0, abs(low)) <= value <= high + RANGE_TOLERANCE * max(1.0, abs(high))
+
+
+def _check_header(path, header: List[str]) -> List[str]:
+    if header == list(COLUMNS):
+        return []
+    if header == list(_SCHEMA_1):
+        return [f"{path}:1: header: a schema 1 leaderboard (no paired comparisons) "
+                f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
+    if header == list(COLUMNS[:COLUMNS.index("support_loss_before")]):
+        return [f"{path}:1: header: a schema 4 leaderboard (no adaptation figures) (expected schema "
+                f"{LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
+    if header == list(COLUMNS[:COLUMNS.index("delta_dz")]):
+        return [f"{path}:1: header: a schema 3 leaderboard (no d_z; one Holm family over the whole leaderboard) "
+                f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "
+                "--store STORE`)"]
+    if header == list(COLUMNS[:COLUMNS.index("fold")]):
+        return [f"{path}:1: header: a schema 2 leaderboard (no fold and setting columns: folds of a task share a "
+                f"cell) (expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "
+                "--store STORE`)"]
+    problems = []
+    for i, (got, want) in enumerate(zip(header, COLUMNS), start=1):
+        if got != want:
+            problems.append(f"{path}:1: header: column {i} is '{got}' (expected '{want}')")
+            break
+    missing = [c for c in COLUMNS if c not in header]
+    extra = [c for c in header if c not in COLUMNS]
+    if missing:
+        problems.append(f"{path}:1: header: missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
+    if extra:
+        problems.append(f"{path}:1: header: unexpected column(s) {', '.join(extra)} (expected {','.join(COLUMNS)})")
+    return problems or [f"{path}:1: header: {len(header)} columns (expected {len(COLUMNS)})"]
+
+
+def _parse_cells(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
+    """Type and range of every declared column; parsed values (None: empty optional cell; absent: bad cell)."""
+    problems, values = [], {}
+    for column in LEADERBOARD:
+        text = row[column.name].strip()
+        if column.kind == "text":
+            values[column.name] = row[column.name]
+            if row[column.name].startswith(FORMULA_PREFIXES):
+                problems.append(f"{where}: {column.name}: '{row[column.name]}' starts with a formula character "
+                                f"(expected it neutralised with a leading ')")
+            continue
+        expected = f"expected {'an integer' if column.kind == 'int' else 'a number'} with {column.low} <= value " \
+                   f"<= {column.high}{', or empty' if column.optional else ''}"
+        if not text:
+            if column.optional:
+                values[column.name] = None
+            else:
+                problems.append(f"{where}: {column.name}: empty ({expected})")
+            continue
+        if column.kind == "int" and not re.fullmatch(r"-?\d+", text):
+            problems.append(f"{where}: {column.name}: '{text}' is not an integer ({expected})")
+            continue
+        try:
+            number = int(text) if column.kind == "int" else float(text)
+        except ValueError:
+            problems.append(f"{where}: {column.name}: '{text}' is not a number ({expected})")
+            continue
+        if not _in_range(number, column.low, column.high):
+            problems.append(f"{where}: {column.name}: {text} out of range ({expected})")
+        values[column.name] = number
+    return problems, values
+
+
+def _check_row(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
+    """Problems of one row on its own and its parsed values."""
+    problems, values = _parse_cells(where, row)
+    if row["protocol"] not in PROTOCOLS:
+        problems.append(f"{where}: protocol: '{row['protocol']}' (expected one of {', '.join(PROTOCOLS)})")
+    if row["protocol"] == "target-only" and "same-class-source" in (row["flags"] or "").split(";"):
+        problems.append(f"{where}: flags: 'same-class-source' on a target-only row (expected it only on rows whose "
+                        "method used source-pool data)")
+    if not re.fullmatch(r"\d+(-\d+)?", row["k_shot"]):
+        problems.append(f"{where}: k_shot: '{row['k_shot']}' (expected an integer or MIN-MAX such as 1-5)")
+    if not re.fullmatch(r"[0-9a-f]{64}", row["episode_set_sha256"]):
+        problems.append(f"{where}: episode_set_sha256: '{row['episode_set_sha256']}' (expected 64 hex characters)")
+    get = values.get
+    if get("failed_episodes") is not None and get("episodes") is not None and values["failed_episodes"] > values["episodes"]:
+        problems.append(f"{where}: failed_episodes: {values['failed_episodes']} > episodes {values['episodes']} "
+                        "(expected failed_episodes <= episodes)")
+    if get("episodes_planned") is not None and get("episodes") is not None and values["episodes"] > values["episodes_planned"]:
+        problems.append(f"{where}: episodes: {values['episodes']} > episodes_planned {values['episodes_planned']} "
+                        "(expected at most the episodes the run configs asked for)")
+    ci = [values[c] for c in ("acc_ci95_low", "acc_mean", "acc_ci95_high") if c in values]  # parsed cells only
+    if len(ci) == 3 and ci.count(None) not in (0, 3):
+        problems.append(f"{where}: acc_mean: accuracy and its CI must be all set or all empty "
+                        "(expected empty only when every episode failed)")
+    elif len(ci) == 3 and ci[1] is None and get("failed_episodes") != get("episodes"):
+        problems.append(f"{where}: acc_mean: empty although not every episode failed "
+                        "(expected a mean accuracy when failed_episodes < episodes)")
+    elif len(ci) == 3 and None not in ci and not ci[0] - _SLACK <= ci[1] <= ci[2] + _SLACK:
+        problems.append(f"{where}: acc_mean: CI [{ci[0]}, {ci[2]}] does not contain the mean {ci[1]} "
+                        "(expected acc_ci95_low <= acc_mean <= acc_ci95_high)")
+    delta = [values.get(c, "bad") for c in _COMPARISON]
+    if "bad" not in delta and delta.count(None) not in (0, len(delta)):
+        problems.append(f"{where}: delta_vs_ref: the comparison columns ({', '.join(_COMPARISON)}) must be all set "
+                        "or all empty (expected empty only for the reference row or a cell without it)")
+    elif "bad" not in delta and None not in delta:
+        if not delta[1] - _SLACK <= delta[0] <= delta[2] + _SLACK:
+            problems.append(f"{where}: delta_vs_ref: CI [{delta[1]}, {delta[2]}] does not contain the mean difference "
+                            f"{delta[0]} (expected delta_ci95_low <= delta_vs_ref <= delta_ci95_high)")
+        if delta[4] < delta[3] - _SLACK:
+            problems.append(f"{where}: p_holm: {delta[4]} < p_value {delta[3]} (expected a Holm-adjusted p >= the raw p)")
+        if not row["ref_method"]:
+            problems.append(f"{where}: ref_method: empty although the comparison columns are set (expected the "
+                            "reference method's name)")
+    beaten_by = [m for m in row["beaten_by"].split(";") if m]
+    values["beaten_by"] = beaten_by
+    if get("rank") is not None and get("rank_group") is not None and values["rank"] != values["rank_group"]:
+        problems.append(f"{where}: rank: {values['rank']} (expected {values['rank_group']}, the rank_group)")
+    return problems, values
+
+
+def _same_class(values: Dict) -> bool:
+    return "same-class-source" in (values["flags"] or "").split(";")
+
+
+def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
+    """Rows of one cell (task, N, K, Q, backbone) against each other."""
+    problems, methods = [], {}
+    for where, values in members:
+        if values["method"] in methods:
+            problems.append(f"{where}: method: '{values['method']}' duplicates the row at {methods[values['method']]} "
+                            "(expected one row per method and cell)")
+        methods.setdefault(values["method"], where)
+    by_method = {values["method"]: values for _, values in members}
+    counts = {v["episodes"] for _, v in members if v.get("episodes") is not None}
+    scored = [v for _, v in members if v.get("acc_mean") is not None]
+    half_widths = sorted((v["acc_ci95_high"] - v["acc_ci95_low"]) / 2 for v in scored)
+    means = [v["acc_mean"] for v in scored]
+    saturated = bool(scored) and min(means) >= SATURATED_ACCURACY
+    significant = any(v["beaten_by"] for _, v in members)
+    narrow = len(scored) > 1 and not significant and max(means) - min(means) < float(np.median(half_widths))
+    groups = clones([v for _, v in members])
+    for where, values in members:
+        same_set = [v["episodes"] for _, v in members if v["episode_set_sha256"] == values["episode_set_sha256"]
+                    and v.get("episodes") is not None]
+        usual = max(set(same_set), key=same_set.count) if same_set else None
+        if values.get("episodes") is not None and values["episodes"] != usual:
+            problems.append(f"{where}: episodes: {values['episodes']} (expected {usual} like the other rows of "
+                            "its episode set: an identical episode set has equal counts)")
+        flags = values["flags"].split(";") if values["flags"] else []
+        for flag, expected, when in (
+                ("mixed-episodes", len(counts) > 1, "the cell's episode counts differ"),
+                ("saturated", saturated, f"every acc_mean >= {SATURATED_ACCURACY}"),
+                ("narrow-spread", narrow, "best minus worst acc_mean < the median CI half-width (two or more rows) "
+                                          "and no row beaten"),
+                ("unfinished", values["episodes_planned"] is not None and values["episodes"] < values["episodes_planned"],
+                 "episodes < episodes_planned")):
+            if expected != any(f.split("(")[0] == flag for f in flags):
+                problems.append(f"{where}: flags: '{flag}' {'missing' if expected else 'set'} (expected it exactly "
+                                f"when {when})")
+        expected_group = rank_group(values["beaten_by"], groups)
+        if values.get("rank_group") is not None and values["rank_group"] != expected_group:
+            problems.append(f"{where}: rank_group: {values['rank_group']} (expected {expected_group} = 1 + the "
+                            f"distinct methods in beaten_by, identical-prediction clones counted once)")
+        unknown = [m for m in values["beaten_by"] if m not in by_method]
+        if unknown:
+            problems.append(f"{where}: beaten_by: {', '.join(unknown)} not in this cell (expected methods of the cell)")
+        league = "same-class-source" in flags
+        apart = [m for m in values["beaten_by"] if m in by_method and _same_class(by_method[m]) != league]
+        if apart:
+            problems.append(f"{where}: beaten_by: {', '.join(apart)} {'lack' if league else 'carry'} the flag "
+                            "same-class-source (expected rows ranked apart: only rows of the same kind in beaten_by)")
+        ref = by_method.get(values["ref_method"]) if values["ref_method"] else None
+        if values["ref_method"] and ref is None:
+            problems.append(f"{where}: ref_method: '{values['ref_method']}' has no row in this cell "
+                            "(expected the cell's reference row, or an empty ref_method)")
+        if ref is None or values.get("p_holm") is None or values.get("delta_vs_ref") is None or _same_class(ref) != league:
+            continue
+        significant = values["p_holm"] < ALPHA
+        ref_wins, row_wins = ref["method"] in values["beaten_by"], values["method"] in ref["beaten_by"]
+        expected = (significant and values["delta_vs_ref"] < 0, significant and values["delta_vs_ref"] > 0)
+        if (ref_wins, row_wins) != expected:
+            problems.append(f"{where}: rank_group: contradicts p_holm {values['p_holm']} and delta_vs_ref "
+                            f"{values['delta_vs_ref']} (expected {ref['method']} {'in' if expected[0] else 'not in'} "
+                            f"this row's beaten_by and {values['method']} {'in' if expected[1] else 'not in'} "
+                            f"{ref['method']}'s, significant = p_holm < {ALPHA})")
+    return problems
+
+
+def _check_csv(path) -> Tuple[List[str], int]:
+    try:
+        return _check_csv_rows(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        return [f"{path}: file: cannot be read as CSV ({exc}) (expected UTF-8 CSV)"], 0
+
+
+def _check_csv_rows(path) -> Tuple[List[str], int]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return [f"{path}:1: header: empty file (expected {','.join(COLUMNS)})"], 0
+        problems = _check_header(path, header)
+        if problems:
+            return problems, 0
+        cells: Dict[tuple, List[tuple]] = {}
+        count = 0
+        for cells_of_row in reader:
+            count += 1
+            where = f"{path}:{reader.line_num}"
+            if len(cells_of_row) != len(COLUMNS):
+                problems.append(f"{where}: row: {len(cells_of_row)} cells (expected {len(COLUMNS)})")
+                continue
+            row_problems, values = _check_row(where, dict(zip(COLUMNS, cells_of_row)))
+            problems += row_problems
+            if not row_problems:  # a row with bad cells would only repeat its problem in the cell checks
+                cells.setdefault(cell_key(values), []).append((where, values))
+    for members in cells.values():
+        problems += _check_cell(members)
+    return problems, count
+
+
+def validate_csv(path) -> List[str]:
+    """Problems of a leaderboard CSV (empty list when valid)."""
+    return _check_csv(path)[0]
+
+
+def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int], Dict[str, str]]:
+    """Rows of a store; a nullable column a later version added (a writer adds it on open) reads as NULL."""
+    tables = {name: table_columns(conn, name) for name in ("runs", "episodes")}
+    added_later = {c for c, sql in EPISODE_TYPES.items() if "NOT NULL" not in sql} - set(tables["episodes"])
+    problems = [f"{table}: missing column(s) {', '.join(c for c in wanted if c not in tables[table])} "
+                f"(expected {', '.join(wanted)})"
+                for table, wanted in (("runs", [c for c in RUN_COLUMNS if c not in RUN_COLUMNS_ADDED_LATER]),
+                                      ("episodes", [c for c in EPISODE_COLUMNS if c not in added_later]))
+                if not set(wanted) <= set(tables[table])]
+    if problems:
+        return problems, [], {}, {}
+    problems = schema_problems(conn)  # text in an integer key column or a metric: each later check would trip on it
+    if problems:
+        return problems, [], {}, {}
+    columns = ("rowid",) + tuple(c for c in EPISODE_COLUMNS if c not in added_later)
+    rows = [{**dict.fromkeys(added_later), **dict(zip(columns, r))}
+            for r in conn.execute(f"SELECT {', '.join(columns)} FROM episodes ORDER BY rowid")]
+    configs = dict(conn.execute("SELECT run_id, config_json FROM runs").fetchall())
+    planned = {run_id: planned_episodes(config) for run_id, config in configs.items()}
+    return [], rows, planned, configs
+
+
+def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) -> List[str]:
+    problems, seen = [], {}
+    groups: Dict[tuple, List[dict]] = {}
+    latest: Dict[tuple, Dict[str, dict]] = {}
+    for row in rows:
+        where = f"{path}:episodes[{row['rowid']}]"
+        if row["status"] not in STATUSES:
+            problems.append(f"{where}: status: '{row['status']}' (expected one of {', '.join(STATUSES)})")
+        if row["protocol"] not in PROTOCOLS:
+            problems.append(f"{where}: protocol: '{row['protocol']}' (expected one of {', '.join(PROTOCOLS)})")
+        if row["status"] == "ok" and row["accuracy"] is None:
+            problems.append(f"{where}: accuracy: empty for an ok episode (expected a value in [0, 1])")
+        for metric in METRICS if row["status"] == "ok" else ():
+            value = row[metric.name]
+            if value is not None and not (isinstance(value, (int, float)) and _in_range(value, metric.low, metric.high)):
+                problems.append(f"{where}: {metric.name}: {value} out of range ({row['method']}, {row['setting']} "
+                                f"episode {row['episode_index']}; expected {metric.low} <= value <= {metric.high})")
+        first = seen.setdefault((row["task"], row["setting"], row["seed"], row["episode_index"]),
+                                (row["fingerprint"], row["method"]))
+        if first[0] != row["fingerprint"]:
+            problems.append(f"{where}: fingerprint: {row['method']} saw a different episode {row['episode_index']} of "
+                            f"{row['task']} {row['setting']} seed {row['seed']} than {first[1]} "
+                            "(expected identical episodes across methods)")
+        key = (row["method"], row["backbone"], row["task"], row["setting"])
+        groups.setdefault((row["config_hash"],) + key, []).append(row)
+        latest.setdefault(key + (row["restart"] or 0,), {})  # a restart > 0 has its own config_hash
+        by_fingerprint = latest[key + (row["restart"] or 0,)]
+        if row["fingerprint"] not in by_fingerprint or row["created_at"] >= by_fingerprint[row["fingerprint"]]["created_at"]:
+            by_fingerprint[row["fingerprint"]] = row
+    for (config, method, backbone, task, setting), members in groups.items():
+        plans = [planned_by_run[r["run_id"]] for r in members if planned_by_run.get(r["run_id"]) is not None]
+        beyond = sorted({r["episode_index"] for r in members} - set(range(max(plans)))) if plans else []
+        if beyond:
+            problems.append(f"{path}: episodes: {method} on {setting} ({backbone}, config {config[:12]}) holds episode(s) "
+                            f"{', '.join(map(str, beyond[:10]))}{' ...' if len(beyond) > 10 else ''} beyond the "
+                            f"{max(plans)} its run configs plan (expected indices 0..{max(plans) - 1})")
+        missing = sorted(set(range(max(plans))) - {r["episode_index"] for r in members}) if plans else []
+        if missing:
+            problems.append(f"{path}: episodes: {method} on {setting} ({backbone}, config {config[:12]}) lacks episode(s) "
+                            f"{', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''} of the "
+                            f"{max(plans)} its run config plans (expected all: re-run the same command to resume)")
+    for (method, backbone, task, setting, _), by_fingerprint in latest.items():
+        configs = sorted({r["config_hash"] for r in by_fingerprint.values()})
+        if len(configs) > 1:
+            problems.append(f"{path}: config_hash: the leaderboard row of {method} on {setting} ({backbone}) pools "
+                            f"episodes of {len(configs)} run configs ({', '.join(c[:12] for c in configs)}) "
+                            "(expected one: delete the superseded rows or re-run the missing episodes)")
+    return problems
+
+
+def _check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[str]]:
+    """(problems, rows checked, warnings and notes); ``recompute``: also the checks of ``validate_recompute``."""
+    try:
+        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            problems, rows, planned, configs = _store_rows(conn)
+    except sqlite3.DatabaseError as exc:
+        return [f"{path}: file: cannot be read as SQLite ({exc}) (expected a results store)"], 0, []
+    if problems:
+        return [f"{path}: {problem}" for problem in problems], 0, []
+    problems, remarks = _check_store_rows(path, rows, planned), []
+    if recompute:
+        from .validate_recompute import check_episodes
+        more, warnings, notes = check_episodes(path, rows, configs)
+        problems, remarks = problems + more, warnings + notes
+    return problems, len(rows), remarks
+
+
+def validate_store(path, recompute: bool = False) -> List[str]:
+    """Problems of a results store (empty list when valid); ``recompute``: regenerate episodes and scores too."""
+    return _check_store(path, recompute)[0]
+
+
+def _is_sqlite(path: Path) -> bool:
+    if path.suffix.lower() in (".sqlite", ".sqlite3", ".db"):
+        return True
+    if path.suffix.lower() == ".csv":
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
+def _paths(args) -> Tuple[Optional[Path], Optional[Path]]:
+    """(store, CSV) to check: ``FILE`` (a store or a CSV) and/or ``--store``; a CSV without ``--store`` is compared
+    with the ``results.sqlite`` beside it when there is one (the committed layout)."""
+    file, store = getattr(args, "file", None), getattr(args, "store", None)
+    if not file and not store:
+        raise UserError("nothing to validate; give a leaderboard CSV and/or --store STORE")
+    for given, what in ((file, "a leaderboard CSV or a results store"), (store, "a results store (--store)")):
+        if given and not Path(given).is_file():
+            raise UserError(f"'{given}' does not exist (expected {what})")
+    csv_path = None
+    if file and _is_sqlite(Path(file)):
+        if store and not os.path.samefile(file, store):
+            raise UserError(f"two stores given ({file} and --store {store}); give one store and optionally its CSV")
+        store = file
+    elif file:
+        csv_path = Path(file)
+        beside = csv_path.parent / "results.sqlite"
+        if not store and beside.is_file():
+            store = beside
+    return (Path(store) if store else None), csv_path
+
+
+def cli_validate(args) -> int:
+    """``fewshot-bench validate [--store STORE] [FILE]``: 0 when valid, 1 with one line per problem otherwise.
+    A store is also recomputed (``validate_recompute``); a CSV with a store is compared with the leaderboard
+    recomputed from it. Warnings and notes (checks that could not run) do not fail."""
+    store, csv_path = _paths(args)
+    problems, remarks, done = [], [], []
+    if csv_path is not None:
+        found, count = _check_csv(csv_path)
+        problems += found
+        done.append(f"OK: {csv_path} ({count} rows checked)")
+    if store is None:
+        remarks.append(f"note: no --store given and no results.sqlite beside {csv_path}: the CSV was not compared "
+                       "with the leaderboard recomputed from its store")
+    beside = store is not None and csv_path is not None and not getattr(args, "store", None)
+    if store is not None:
+        # a store found beside the CSV is only read for the comparison: its own problems are `validate STORE`'s
+        found, count, more = _check_store(store, recompute=not beside)
+        problems, remarks = (problems, remarks) if beside else (problems + found, remarks + more)
+        if not beside:
+            done.append(f"OK: {store} ({count} rows checked, episodes regenerated and scores recomputed)")
+        readable = not found or not found[0].startswith(f"{store}: file:")
+        if not readable or any(": missing column" in p for p in found):
+            problems += [p for p in found if p not in problems]
+        elif csv_path is not None and not any(p.startswith((f"{csv_path}:1: header", f"{csv_path}: file:"))
+                                              for p in problems):
+            if beside:
+                print(f"validate: comparing {csv_path} with the store beside it, {store} (--store to name another)")
+            from .validate_recompute import compare_csv
+            bootstrap = getattr(args, "bootstrap", None) or 10000
+            try:
+                more_problems, notes = compare_csv(csv_path, store, bootstrap)
+            except UserError as exc:
+                more_problems, notes = [f"{csv_path}: cannot be recomputed from {store}: {exc}"], []
+            problems, remarks = problems + more_problems, remarks + notes
+    for remark in remarks:
+        print(remark)
+    if not problems:
+        for line in done:
+            print(line)
+        return 0
+    for problem in problems:
+        print(problem)
+    print(f"INVALID: {len(problems)} problem(s)")
+    return 1

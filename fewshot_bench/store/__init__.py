@@ -1,0 +1,1 @@
+"""The results store: its schema, shards and the environment a run executed in."""
