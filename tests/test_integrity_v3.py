@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from fewshot_bench.cli import app as cli
+from fewshot_bench.cli import run_commands
 from fewshot_bench.core.checks import (METHOD_SPEC, check_method_name, check_restarts, check_run_bounds, check_threads,
                                   max_threads)
 from fewshot_bench.cli import main
@@ -221,7 +222,7 @@ def test_restarts_and_threads_are_bounded():
         check_run_bounds(Config)
 
 
-_BOUNDED = "check_run_bounds" in inspect.getsource(cli) or "check_restarts" in inspect.getsource(cli)
+_BOUNDED = "check_run_bounds" in inspect.getsource(run_commands) or "check_restarts" in inspect.getsource(run_commands)
 
 
 @pytest.mark.skipif(not _BOUNDED, reason="cmd_run needs checks.check_run_bounds(config) after build_config")

@@ -291,7 +291,7 @@ def test_the_interrupt_line_says_episodes_are_kept_only_where_they_are(argv, kep
     args = parser.parse_args(argv)
     if not args.command:  # as cli.main does
         args = parser.parse_args(["run", *argv])
-    message = interrupt_message(args)
+    message = interrupt_message(vars(args))
     assert message.startswith("interrupted") and "\n" not in message
     assert ("finished episodes are kept in the store" in message) == kept, message
     if not kept:
@@ -302,7 +302,7 @@ def test_the_interrupt_line_of_merge_keeps_what_was_merged():
     from fewshot_bench.cli import build_parser
     from fewshot_bench.core.interrupts import interrupt_message
 
-    message = interrupt_message(build_parser().parse_args(["merge", "a.sqlite", "--store", "b.sqlite"]))
+    message = interrupt_message(vars(build_parser().parse_args(["merge", "a.sqlite", "--store", "b.sqlite"])))
     assert "merged before it is kept" in message and "finished episodes" not in message
 
 

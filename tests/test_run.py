@@ -145,7 +145,7 @@ def test_shards_of_a_killed_torchrun_job_are_resumed_not_recomputed(tmp_path):
 
     store = tmp_path / "s.sqlite"
     argv = ["run", *TINY, "--methods", "protonet", "--k-shot", "2", "--episodes", "4", "--store", str(store), "--out", ""]
-    config = build_config(build_parser().parse_args(argv))
+    config = build_config(vars(build_parser().parse_args(argv)))
     run(config, rank=1, world_size=2, store_path=f"{store}.rank1", barrier=lambda: None)  # rank 0 never finished
     assert not store.exists() and committed_rows(f"{store}.rank1") == 2
     with sqlite3.connect(f"{store}.rank1") as conn:
@@ -187,7 +187,7 @@ def test_resumed_run_does_not_meta_train_finished_cells(tmp_path):
     assert main(argv) == 0
     assert log.read_text().count("meta_train") == 2  # one per setting
     assert main(argv) == 0  # everything stored: nothing to evaluate, nothing to meta-train
-    config = build_config(build_parser().parse_args(argv))
+    config = build_config(vars(build_parser().parse_args(argv)))
     run(config, rank=0, world_size=2, store_path=str(tmp_path / "s.sqlite.rank0"), barrier=lambda: None)
     assert log.read_text().count("meta_train") == 2
     assert main([*argv[:-4], "--episodes", "3", *argv[-4:]]) == 0  # one more episode per setting: meta-trains again

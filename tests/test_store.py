@@ -149,16 +149,17 @@ def test_source_checkout_has_a_version_and_stores_every_episode(tmp_path, monkey
     """Not pip-installed (no distribution metadata): the version is pyproject's plus '+src', rows are stored."""
     from importlib import metadata
 
-    from fewshot_bench.store import results as store_module
+    from fewshot_bench.store import versions
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(store_module.metadata, "version", not_installed)
-    monkeypatch.setattr(store_module, "__file__", str(REPO / "fewshot_bench" / "store.py"))  # imported from the checkout
+    monkeypatch.setattr(versions.metadata, "version", not_installed)
+    # imported from the checkout
+    monkeypatch.setattr(versions, "__file__", str(REPO / "fewshot_bench" / "store" / "versions.py"))
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     expected = re.search(r'^version = "(.+)"$', pyproject, re.M).group(1) + "+src"
-    assert store_module.package_version() == expected
+    assert versions.package_version() == expected
     with ResultsStore(tmp_path / "store.sqlite") as store:
         assert store.write_episode(record(episode_index=0)) and store.write_episode(record(episode_index=1))
         assert [r["version"] for r in store.episodes()] == [expected, expected]

@@ -39,7 +39,7 @@ def test_flags_override_the_suites_per_setting_values(tmp_path):
     config_file = tmp_path / "suite.yaml"
     config_file.write_text("settings:\n- {task: banking77, k_shot: [1, 5], folds: all}\n- {task: huffpost, n_way: [all]}\n")
     args = build_parser().parse_args(["run", "--config", str(config_file), "--fold", "2", "--k-shot", "5"])
-    labels = _labels(build_config(args))
+    labels = _labels(build_config(vars(args)))
     assert labels == ["banking77/fold2/5way5shot15q", "huffpost/fold1/allway5shot15q"]
 
 
@@ -67,5 +67,5 @@ def test_the_stress_suite_runs_sgg_and_full_ft_at_3x_and_10x_their_default_learn
     for name, found in factors.items():
         assert len(found) == 2 and all(math.isclose(f, e) for f, e in zip(sorted(found), (3, 10))), (name, found)
     monkeypatch.delenv("FEWSHOT_BENCH_DATA", raising=False)
-    demo = build_config(build_parser().parse_args(["run", "--suite", "stress"]))
+    demo = build_config(vars(build_parser().parse_args(["run", "--suite", "stress"])))
     assert _labels(demo) == ["demo_intents/fold1/5way1shot5q"] and demo.methods == config.methods

@@ -10,7 +10,7 @@ from fewshot_bench import TASKS
 from fewshot_bench.cli import main
 from fewshot_bench.core.errors import UserError
 from fewshot_bench.data.cards import TaskConfig, load_card
-from fewshot_bench.data.check import normalise
+from fewshot_bench.episodes.check import normalise
 
 
 @pytest.fixture(autouse=True)

@@ -359,7 +359,7 @@ def test_a_method_deleted_from_the_store_is_a_missing_csv_row(copy, capsys):
 
 
 def test_store_and_csv_named_explicitly(copy, tmp_path, capsys):
-    from fewshot_bench.report.validate import cli_validate
+    from fewshot_bench.cli.report_commands import cli_validate
 
     store, out = copy
     elsewhere = tmp_path / "elsewhere.csv"

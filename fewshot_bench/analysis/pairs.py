@@ -15,9 +15,8 @@ from typing import List, Tuple
 
 from . import compare
 from ..core.errors import UserError
-from ..core.outputs import print_table
 from ..core.registry import did_you_mean
-from .stats import bootstrap_ci, effect_size, format_dz, holm, sign_flip_p
+from .stats import bootstrap_ci, effect_size, holm, sign_flip_p
 
 
 def parse_pairs(texts: List[str]) -> List[Tuple[str, str]]:
@@ -65,27 +64,3 @@ def pair_table(entries: List[compare.Entry], pairs: List[Tuple[str, str]], boots
         row["p_holm"] = adjusted[(row["backbone"], row["a"], row["b"], row["same_as"])]
         row["same_as"] = None if row["same_as"] == row["setting"] else row["same_as"]
     return table
-
-
-def cli_compare(args) -> int:
-    from ..report.leaderboard import load_entries
-
-    pairs = parse_pairs(args.pair)
-    # from the stored predictions alone (no class-level CIs): no data dir, no network
-    table = pair_table(load_entries(args.store, bootstrap=1, class_level=False), pairs, args.bootstrap)
-    if not table:
-        raise UserError(f"no cell of {args.store} holds both methods of any --pair with common episodes")
-    repeats = sum(r["same_as"] is not None for r in table)
-    print(f"paired comparisons (A - B on common ok episodes; bootstrap 95% CI, {args.bootstrap:,} resamples; "
-          f"sign-flip p; Holm over these {len(table) - repeats} comparisons"
-          + (f", {repeats} repeating another on the same episodes counted once (=)" if repeats else "") + ")")
-    header = ["setting", "backbone", "A", "B", "episodes", "acc A", "acc B", "A - B [95% CI]", "d_z", "p", "p (Holm)"]
-    lines = [[r["setting"], r["backbone"], r["a"], r["b"], str(r["episodes"]), f"{r['acc_a']:.4f}",
-              f"{r['acc_b']:.4f}", f"{r['delta']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
-              format_dz(r["dz"], "+.3f", "-"), f"{r['p']:.4g}",
-              f"{r['p_holm']:.4g}" + ("" if r["same_as"] is None else f" (= {r['same_as']})")] for r in table]
-    print_table(header, lines)
-    if any(r["leaked"] for r in table):
-        print(f"{compare.LEAK_MARK} trained on a source pool holding the evaluated classes (same-class-source): not "
-              "few-shot on them")
-    return 0

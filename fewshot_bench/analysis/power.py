@@ -9,7 +9,6 @@ from typing import List
 
 from . import compare
 from ..core.errors import UserError
-from ..core.outputs import print_table
 from .stats import episodes_needed
 
 
@@ -33,22 +32,3 @@ def power_table(entries: List[compare.Entry], deltas: List[float], power: float)
             table.append(dict(task=task, setting=setting, backbone=backbone, better=pair.better, worse=pair.worse,
                               episodes=pair.episodes, sd=pair.sd, needed=needed))
     return table
-
-
-def cli_power(args) -> int:
-    from ..report.leaderboard import load_entries
-
-    deltas = parse_deltas(args.delta)
-    if not 0 < args.power < 1:
-        raise UserError(f"--power must be between 0 and 1 (e.g. 0.8), got {args.power}")
-    table = power_table(load_entries(args.store, bootstrap=1), deltas, args.power)
-    if not table:
-        raise UserError(f"no pair of methods with common episodes in {args.store}")
-    print(f"episodes needed to detect a difference with {args.power:.0%} power (two-sided paired test, alpha "
-          f"{compare.ALPHA}, normal approximation, no multiplicity correction); sd 0 = identical differences")
-    header = ["setting", "backbone", "adjacent methods", "episodes", "paired sd"] + [f"n @ {d:g}" for d in deltas]
-    lines = [[r["setting"], r["backbone"], f"{r['better']} > {r['worse']}", str(r["episodes"]),
-              "" if r["sd"] is None else f"{r['sd']:.4f}"] + ["-" if n is None else str(n) for n in r["needed"].values()]
-             for r in table]
-    print_table(header, lines)
-    return 0

@@ -1,23 +1,24 @@
-"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,power,reproduce,validate,merge,
-campaign}``.
+"""Command line: ``fewshot-bench {list,episodes,new-task,check-task,run,tune,leaderboard,compare,power,reproduce,
+validate,merge,campaign}``: the parser and :func:`main`; the handlers are in ``task_commands``, ``run_commands``
+and ``report_commands``.
 
 Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sqlite3
 import sys
 from typing import List, Optional
 
-from ..core.config import bounded_int, finite_float, positive_int
 from ..core.errors import UserError
 from ..core.interrupts import interrupt_message
-from ..core.outputs import disk_full, disk_full_message, print_table
-from ..core.registry import import_object
+from ..core.outputs import disk_full, disk_full_message
+from . import report_commands, run_commands, task_commands
+from .task_commands import apply_common
+from .types import bounded_int, finite_float, positive_int
 
 
 def _common() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="list registered tasks, methods or backbones")
     p.add_argument("what", choices=["tasks", "methods", "backbones"], help="what to list")
     p.add_argument("--fold", type=bounded_int, default=1, help="fold used to count classes per pool")
-    p.set_defaults(handler="fewshot_bench.cli.app:cmd_list")
+    p.set_defaults(handler=task_commands.cmd_list)
 
     p = sub.add_parser("episodes", parents=[common], help="print one episode as JSON")
     p.add_argument("task", help="registered task name (fewshot-bench list tasks)")
@@ -75,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=bounded_int, default=0, help="episode seed (default 0)")
     p.add_argument("--index", type=bounded_int, default=0, help="episode index in the seeded sequence")
     p.add_argument("--fold", type=bounded_int, default=1, help="class-split fold (1-based)")
-    p.set_defaults(handler="fewshot_bench.cli.app:cmd_episodes")
+    p.set_defaults(handler=task_commands.cmd_episodes)
 
     p = sub.add_parser("new-task", parents=[common], help="write a commented task-card skeleton listing every field")
     p.add_argument("name", help="registry name of the new task")
     p.add_argument("--local-dir", help="its dataset folder under the data dir (default: NAME); split names and "
                                        "fields found there are pre-filled")
     p.add_argument("--out", help="card file to write (default: NAME.yaml); never overwritten")
-    p.set_defaults(handler="fewshot_bench.data.skeleton:cmd_new_task")
+    p.set_defaults(handler=task_commands.cmd_new_task)
 
     p = sub.add_parser("check-task", parents=[common],
                        help="report a task's pools, class sizes, duplicate texts and the episodes it can make")
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when the report has findings")
     p.add_argument("--all-duplicates", action="store_true",
                    help="list every duplicate text (default: the first 5 of each kind)")
-    p.set_defaults(handler="fewshot_bench.data.check:cmd_check_task")
+    p.set_defaults(handler=task_commands.cmd_check_task)
 
     p = sub.add_parser("run", parents=[common, episode_flags], help="run methods on task episodes into a results store")
     p.add_argument("--config", help="YAML file of run options; flags override it")
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "0: no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the cells, episodes and estimated CPU/GPU-hours per "
                                                            "method (from a short calibration here); write nothing")
-    p.set_defaults(handler="fewshot_bench.cli.app:cmd_run")
+    p.set_defaults(handler=run_commands.cmd_run)
 
     p = sub.add_parser("tune", parents=[common, episode_flags],
                        help="choose each method's config on validation-pool episodes, same budget for every method")
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="Optuna MedianPruner: stop hopeless trials early")
     p.add_argument("--store", help="results store for the trials (default: runs/results.sqlite)")
     p.add_argument("--out", help="YAML file of the chosen configs (default: runs/tuned.yaml)")
-    p.set_defaults(handler="fewshot_bench.execution.tuning:cli_tune")
+    p.set_defaults(handler=run_commands.cli_tune)
 
     p = sub.add_parser("leaderboard", parents=[common], help="aggregate a results store into the leaderboard CSV")
     p.add_argument("--store", default="runs/results.sqlite", help="results store to aggregate (default: %(default)s)")
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
     p.add_argument("--reference", help="method every other one is compared with, cell by cell (default: full_ft, "
                                        "else the method with rows in the most cells)")
-    p.set_defaults(handler="fewshot_bench.report.leaderboard:cli_leaderboard")
+    p.set_defaults(handler=report_commands.cli_leaderboard)
 
     p = sub.add_parser("compare", parents=[common], help="paired comparison of named method pairs, per cell (Holm)")
     p.add_argument("--store", default="runs/results.sqlite",
@@ -149,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", action="append", default=[], metavar="METHOD=OTHER",
                    help="compare METHOD with OTHER in every cell holding both (repeatable), e.g. 'sgg[tuned]=sgg'")
     p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
-    p.set_defaults(handler="fewshot_bench.analysis.pairs:cli_compare")
+    p.set_defaults(handler=report_commands.cli_compare)
 
     p = sub.add_parser("power", parents=[common], help="episodes needed to tell adjacent methods apart, per cell")
     p.add_argument("--store", default="runs/results.sqlite", help="results store to size (default: %(default)s)")
     p.add_argument("--delta", default="0.01,0.02", help="accuracy differences to detect, comma-separated")
     p.add_argument("--power", type=finite_float, default=0.8, help="probability of detecting each difference")
-    p.set_defaults(handler="fewshot_bench.analysis.power:cli_power")
+    p.set_defaults(handler=report_commands.cli_power)
 
     p = sub.add_parser("reproduce", parents=[common],
                        help="re-run a seeded sample of a store's episodes here and report agreement (exit 1: drift)")
@@ -169,19 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", action="append", default=[], metavar="FILE",
                    help="tuned-config file to try for runs whose stored --tuned path is missing (repeatable)")
     p.add_argument("--bootstrap", type=positive_int, default=10000, help="bootstrap resamples for the 95%% CI")
-    p.set_defaults(handler="fewshot_bench.execution.reproduce:cli_reproduce")
+    p.set_defaults(handler=run_commands.cli_reproduce)
 
     p = sub.add_parser("validate", parents=[common], help="check a leaderboard CSV or a results store")
     p.add_argument("file", nargs="?", help="a leaderboard CSV or a results store (.sqlite)")
     p.add_argument("--store", help="the results store a CSV is recomputed from (default: results.sqlite beside it)")
     p.add_argument("--bootstrap", type=positive_int, default=10000,
                    help="bootstrap resamples the CSV was made with (default 10000)")
-    p.set_defaults(handler="fewshot_bench.report.validate:cli_validate")
+    p.set_defaults(handler=report_commands.cli_validate)
 
     p = sub.add_parser("merge", parents=[common], help="merge results-store shards into one store")
     p.add_argument("shards", nargs="+", help="shard stores to merge into --store")
     p.add_argument("--store", required=True, help="the store to merge into")
-    p.set_defaults(handler="fewshot_bench.store.results:cli_merge")
+    p.set_defaults(handler=report_commands.cli_merge)
 
     p = sub.add_parser("campaign", parents=[common],
                        help="a resumable compute queue: status (what is missing, CPU-hours), run (worker processes "
@@ -196,113 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "shard<i>.sqlite and logs (default: %(default)s)")
     p.add_argument("--processes", type=bounded_int, default=1, help="run: worker processes, 1 to 64 (default 1)")
     p.add_argument("--threads", type=bounded_int, default=1, help="run: torch threads per worker (default 1)")
-    p.set_defaults(handler="fewshot_bench.cli.app:cmd_campaign")
+    p.set_defaults(handler=run_commands.cmd_campaign)
     return parser
-
-
-def apply_common(args) -> None:
-    """Apply --data-dir and register the cards of --tasks-dir."""
-    from ..data.loading import set_data_dir
-    from ..data.cards import register_cards
-
-    if getattr(args, "data_dir", None):
-        set_data_dir(args.data_dir)
-    for directory in getattr(args, "tasks_dir", []) or []:
-        register_cards(directory)
-
-
-def cmd_list(args) -> int:
-    from ..core.registry import BACKBONES, METHODS, TASKS
-
-    if args.what == "methods":
-        print("\n".join(METHODS.names()))
-        return 0
-    if args.what == "backbones":
-        print("\n".join(BACKBONES.names()))
-        return 0
-    from ..data.loading import data_dir, get_task_data
-    from ..data.cards import get_task_config
-
-    header = ("task", "source/val/target classes", "examples", "license", "source")
-    rows, missing = [], []
-    for name in TASKS.names():
-        config = get_task_config(name)
-        origin = "packaged demo" if config.source.packaged else f"{config.source.local_dir}/ | hub: {config.source.hub_id}"
-        try:
-            data = get_task_data(name, min(args.fold, config.pools.folds))
-        except UserError as exc:
-            missing.append(f"{name}: {exc}")
-            continue
-        counts = "/".join(str(len(data.pools[p].classes)) for p in ("source", "validation", "target"))
-        rows.append((name + (" (demo)" if config.demo else ""), counts, str(len(data.ids)), config.license.split(" (")[0], origin))
-    print_table(header, rows)
-    if missing:
-        where = data_dir() or "not set"
-        print(f"\n{len(missing)} task(s) not loadable (data dir: {where}; set --data-dir DIR or FEWSHOT_BENCH_DATA=DIR):")
-        for line in missing:
-            print(f"  {line}")
-    return 0
-
-
-def cmd_run(args) -> int:
-    from ..execution.distributed import run_distributed_or_local
-    from ..execution.run_config import build_config
-
-    from ..core.checks import check_run_bounds
-    from ..execution.runner import check_run_outputs
-
-    config = build_config(args)
-    check_run_bounds(config)
-    check_run_outputs(config, config_file=args.config, tasks_dirs=args.tasks_dir)
-    if args.dry_run:
-        from ..execution.plan import dry_run
-
-        return dry_run(config)
-    store_path = run_distributed_or_local(config)
-    if store_path and config.out:
-        from ..report.leaderboard import cli_leaderboard
-
-        cli_leaderboard(argparse.Namespace(store=store_path, out=config.out, bootstrap=10000, reference=args.reference))
-    return 0
-
-
-def cmd_campaign(args) -> int:
-    from ..execution import campaign
-
-    if args.action == "status":
-        return campaign.status(args.file, args.store, args.shards)
-    if args.action == "merge":
-        return campaign.merge(args.file, args.store, args.shards)
-    return campaign.run(args.file, args.store, args.shards, processes=args.processes, threads=args.threads,
-                        tasks_dirs=args.tasks_dir)
-
-
-def cmd_episodes(args) -> int:
-    from ..data.loading import get_task_data
-    from ..episodes.sampling import sample_episode
-    from ..data.cards import get_task_config
-
-    n_way, k_shot, q_query = episode_shape(args, get_task_config(args.task))
-    episode = sample_episode(get_task_data(args.task, args.fold), pool=args.pool, n_way=n_way, k_shot=k_shot,
-                             q_query=q_query, seed=args.seed, index=args.index)
-    print(json.dumps(episode.to_dict(), indent=1, ensure_ascii=False))
-    return 0
-
-
-def episode_shape(args, config) -> tuple:
-    """(n_way, k_shot, q_query) from --n-way/--k-shot/--query, each defaulting to the card's ``episodes``."""
-    defaults = config.episodes
-    n_way = args.n_way if args.n_way is not None else defaults.n_way
-    n_way = n_way if n_way == "all" else _positive_int(n_way, "--n-way")
-    k_shot = args.k_shot if args.k_shot is not None else defaults.k_shot
-    return n_way, k_shot, args.query if args.query is not None else defaults.q_query
-
-
-def _positive_int(value, flag: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{flag} expects an integer (or 'all'), got '{value}'") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -317,14 +213,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         apply_common(args)
-        return int(import_object(args.handler)(args) or 0)
+        return int(args.handler(args) or 0)
     except UserError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(interrupt_message(args), file=sys.stderr)
+        print(interrupt_message(vars(args)), file=sys.stderr)
         return 130
     except sqlite3.OperationalError as exc:  # another process held the store's write lock past the timeout
         if not args.debug and disk_full(exc):

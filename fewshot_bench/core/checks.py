@@ -1,9 +1,12 @@
 """Small input checks shared by cards, the CLI and method specs: names that stay names, paths that stay inside
-the folder they are relative to. Each raises a one-line :class:`~fewshot_bench.core.errors.UserError` naming the fix."""
+the folder they are relative to, the method-spec syntax (:func:`parse_spec`; :mod:`fewshot_bench.methods.spec`
+builds the methods). Each raises a one-line :class:`~fewshot_bench.core.errors.UserError` naming the fix."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import PurePosixPath, PureWindowsPath
+from typing import Dict, List, Tuple
 
 from .errors import UserError
 
@@ -42,8 +45,6 @@ def check_restarts(value, flag: str = "--restarts") -> int:
 
 def max_threads() -> int:
     """The most torch threads a process may ask for: 4 x the machine's cores, at most 256."""
-    import os
-
     return min(256, 4 * (os.cpu_count() or 1))
 
 
@@ -51,7 +52,7 @@ def check_threads(value, flag: str = "--threads") -> int:
     """``value`` unless it is negative or above :func:`max_threads` (0: chosen from the idle cores)."""
     if value is not None and not 0 <= int(value) <= max_threads():
         raise UserError(f"{flag} {value} is out of range; give 0 (automatic) to {max_threads()} torch threads "
-                        f"(4 x the {__import__('os').cpu_count()} cores of this machine, at most 256)")
+                        f"(4 x the {os.cpu_count()} cores of this machine, at most 256)")
     return value
 
 
@@ -64,6 +65,30 @@ def check_run_bounds(config) -> None:
 
 # A method spec: NAME or NAME(field=value,...); NAME may be a path/to/file.py:Class whose path holds spaces
 METHOD_SPEC = re.compile(r"^\s*([^()]*?[^()\s])\s*(?:\((.*)\))?\s*$")
+
+
+def split_specs(text: str) -> List[str]:
+    """``"full_ft,sgg(mode=exact,steps=5)"`` -> ``["full_ft", "sgg(mode=exact,steps=5)"]``."""
+    return [m.strip() for m in re.findall(r"[^,(]+(?:\([^)]*\))?", text) if m.strip()]
+
+
+def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
+    """``"NAME(field=value,...)"`` -> (NAME, {field: value}); a bare NAME has no overrides."""
+    match = METHOD_SPEC.match(spec)
+    if not match:
+        raise UserError(f"method '{spec}' must look like NAME or NAME(field=value,...), e.g. sgg(mode=exact)")
+    name, body = match.group(1), match.group(2)
+    overrides = {}
+    for item in (body or "").split(","):
+        if not item.strip():
+            continue
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise UserError(f"method '{spec}': '{item}' must look like field=value, e.g. sgg(mode=exact)")
+        if field.strip() in overrides:
+            raise UserError(f"method '{spec}' sets '{field.strip()}' twice; keep one value")
+        overrides[field.strip()] = value.strip()
+    return name, overrides
 
 
 def check_method_name(name, spec: str) -> str:

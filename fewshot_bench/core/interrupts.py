@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from typing import Any, Mapping
 
 _state = {"interrupted": False, "watching": False}
 
@@ -53,13 +54,14 @@ def is_method_failure(exc: BaseException) -> bool:
 STORE_WRITERS = ("run", "tune")  # commands that commit each finished episode to their results store
 
 
-def interrupt_message(args) -> str:
-    """The line printed when Ctrl-C stops the command of the parsed ``args``: "finished episodes are kept" only
+def interrupt_message(options: Mapping[str, Any]) -> str:
+    """The line printed when Ctrl-C stops the command of the parsed command-line ``options`` (``command``,
+    ``action``, ``dry_run``, as the CLI's parser names them): "finished episodes are kept" only
     for a command that commits episodes to a store as it goes (``run`` but not ``run --dry-run``, ``tune``,
     ``campaign run``: its shards); ``merge`` keeps what it merged; every other command (``reproduce``: a scratch
     store, deleted) wrote nothing that stays."""
-    command, action = getattr(args, "command", None), getattr(args, "action", None)
-    if command in STORE_WRITERS and not getattr(args, "dry_run", False):
+    command, action = options.get("command"), options.get("action")
+    if command in STORE_WRITERS and not options.get("dry_run", False):
         return "interrupted; finished episodes are kept in the store"
     if command == "campaign" and action == "run":
         return "interrupted; finished episodes are kept in the campaign's shard stores"

@@ -9,7 +9,9 @@ written, so a killed or failing command leaves the old files (or none), never a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import sqlite3
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
@@ -52,9 +54,6 @@ def leaderboard_paths(out) -> List[Path]:
 def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk (or quota) is full: OSError ENOSPC/EDQUOT, or SQLite's "database or disk is
     full"."""
-    import errno
-    import sqlite3
-
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return True
     return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)

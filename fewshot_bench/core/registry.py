@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
+import os
+import sys
 from typing import Any, Dict, Iterator, Optional
 
 from .errors import UserError
@@ -45,11 +49,6 @@ def import_module(module_name: str, spec: str):
 
 
 def _import_file(path: str):
-    import hashlib
-    import importlib.util
-    import os
-    import sys
-
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")

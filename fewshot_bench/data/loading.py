@@ -9,9 +9,13 @@ import functools
 import json
 import logging
 import os
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import numpy as np
 
@@ -45,11 +49,6 @@ def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> Optional[str]:
     """Why the hub (``$HF_ENDPOINT``, through the HTTPS proxy when one is set) cannot be reached: one TCP connect
     within ``timeout`` s, so an offline machine fails in seconds, not in the hub client's retry loops; None when
     it answers."""
-    import socket
-    import threading
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies, proxy_bypass
-
     endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)
     proxy = getproxies().get(endpoint.scheme or "https")
@@ -163,7 +162,7 @@ def _check_json_lines(path: Path, raw: bytes) -> None:
 
 
 def _load_split(config: TaskConfig, split: str):
-    import datasets
+    import datasets  # ~1-2 s: loaded when task data is first read, not with the package
 
     datasets.disable_progress_bars()
     folder = _local_dir(config)

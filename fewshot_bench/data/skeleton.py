@@ -19,8 +19,6 @@ import yaml
 
 from .loading import FILE_FORMATS, data_dir
 from ..core.errors import UserError
-from ..core.checks import check_inside, check_name
-from ..core.outputs import check_writable
 from .cards import PLACEHOLDER, TaskConfig
 
 WIDTH = 110
@@ -130,23 +128,3 @@ def skeleton(name: str, local_dir: str, found: Optional[FolderSummary]) -> str:
             if found.fields and usual not in found.fields:
                 prefill[dotted] = f"{PLACEHOLDER}: one of {', '.join(found.fields)}"
     return "\n".join(header + [""] + _lines(TaskConfig, prefill)) + "\n"
-
-
-def cmd_new_task(args) -> int:
-    """``fewshot-bench new-task NAME [--local-dir FOLDER] [--out FILE]``."""
-    check_name(args.name, "new-task: the task name")
-    if args.local_dir is not None:
-        check_inside(args.local_dir, "new-task --local-dir", "the data dir")
-    out = Path(args.out or f"{args.name}.yaml")
-    if out.exists():
-        raise UserError(f"{out} exists; pass --out another path (new-task never overwrites a card)")
-    check_writable(out, "--out")
-    local_dir = args.local_dir or args.name
-    root = data_dir()
-    text = skeleton(args.name, local_dir, inspect_folder(root / local_dir) if root else None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    data_flag = f"--data-dir {root}" if root else "--data-dir DIR"
-    print(f"wrote {out}: replace every '{PLACEHOLDER}' and choose the pools, then run "
-          f"`fewshot-bench check-task {args.name} --tasks-dir {out.parent} {data_flag}`")
-    return 0

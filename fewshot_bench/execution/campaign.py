@@ -15,8 +15,8 @@ transaction per episode: killing it at any point loses at most the episodes in f
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -35,11 +35,16 @@ from urllib.parse import quote
 from tqdm import tqdm
 
 from ..core.config import read_yaml
-from ..episodes.sampling import Setting
 from ..core.errors import UserError
 from ..core.outputs import SQLITE_COMPANIONS, check_outputs, print_table
-from .run_config import RunConfig, build_config, method_specs, settings_of
+from ..data.cards import register_cards
+from ..data.loading import get_task_data
+from ..episodes.sampling import Setting
 from ..store.results import EPISODE_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
+from ..store.shards import check_no_conflicts
+from .runner import cell_identity, restart_hash
+from .run_config import RunConfig, build_config, method_specs, settings_of
+from .runner import run as run_units
 
 ENTRY_KEYS = ("suite", "tasks", "source_task", "n_way", "k_shot", "fold", "query", "episodes", "limit", "seed", "pool",
               "methods", "restarts", "method_config", "backbone")
@@ -89,14 +94,11 @@ def entry_config(entry, where: str) -> RunConfig:
             values[key] = [values[key]]
     values["methods"] = ",".join(map(str, values["methods"])) if values["methods"] is not None else None
     values["method_config"] = [str(item) for item in values["method_config"] or []]
-    return build_config(argparse.Namespace(config=None, store=None, out="", device=None, threads=None, tuned=None,
-                                           **values))
+    return build_config({**values, "out": ""})  # what the entry does not set is the suite's (no leaderboard)
 
 
 def load_campaign(path) -> Campaign:
     """Parse and check a campaign file: its entries, methods and settings (no task data loaded, nothing written)."""
-    from .runner import cell_identity, restart_hash
-
     if not Path(path).is_file():
         raise UserError(f"campaign file '{path}' does not exist; pass --file FILE, e.g. "
                         f"--file leaderboard/campaign.yaml")
@@ -209,8 +211,6 @@ def estimate(unit: Unit, rates: dict, texts: Dict[str, float]) -> Tuple[float, f
     if setting.label not in texts:
         n_way = setting.n_way
         if n_way == "all":  # the pool's class count
-            from ..data.loading import get_task_data
-
             n_way = len(get_task_data(setting.task, setting.fold).pools[setting.pool].classes)
         shots = setting.k_shot if isinstance(setting.k_shot, tuple) else (setting.k_shot,)
         texts[setting.label] = n_way * (sum(shots) / len(shots) + setting.q_query)
@@ -279,8 +279,6 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
     ETA: the most estimated seconds a worker has left) every ``progress_seconds``. One campaign at a time per folder
     (a lock file). Returns 0 when every worker finished, 1 when one failed (its log named); Ctrl-C or SIGTERM stops
     the workers and raises KeyboardInterrupt."""
-    import fcntl
-
     for flag, value, low, high in (("--processes", processes, 1, MAX_PROCESSES), ("--threads", threads, 1, 256)):
         if not low <= value <= high:
             raise UserError(f"{flag} {value} is out of range; give {low} to {high} (e.g. --processes 2 --threads 1 "
@@ -363,8 +361,6 @@ def merge(file, store, shards) -> int:
     """Copy into the store every unit complete in shards ∪ store and not yet all in the store, by the store's merge
     (``ResultsStore.merge_from``, after ``shards.check_no_conflicts``); incomplete units stay in the shards only.
     The store is left in rollback-journal mode (``journal_mode=DELETE``: no -wal file beside it). Returns 0."""
-    from ..store.shards import check_no_conflicts
-
     campaign, finished, paths = _inputs(file, store, shards, need_shards=True)
     in_store = Finished([store])
     merged, pending, already, added = [], [], 0, 0
@@ -419,9 +415,6 @@ def _worker(job: dict) -> int:
     """One worker (:data:`WORKER`; its job, JSON written by :func:`run`, on stdin): its units,
     grouped by entry in queue order, through ``runner.run`` into its own shard; episodes done in the store or another
     shard (read once, read-only) are skipped. It ends when the campaign process dies. Exit code 2: bad input."""
-    from .runner import run as run_units
-    from ..data.cards import register_cards
-
     def exit_with_parent():
         while os.getppid() == job["parent"]:
             time.sleep(1)

@@ -11,10 +11,14 @@ import dataclasses
 import os
 from typing import Optional
 
+import torch
+import torch.distributed as dist
+
+from ..methods.backbone import resolve_device
+from ..store.results import ResultsStore
+from ..store.shards import existing_shards, shard_path, world
 from .run_config import RunConfig
 from .runner import run
-from ..store.shards import existing_shards, shard_path, world
-from ..store.results import ResultsStore
 
 
 def run_distributed_or_local(config: RunConfig) -> Optional[str]:
@@ -26,11 +30,6 @@ def run_distributed_or_local(config: RunConfig) -> Optional[str]:
             with ResultsStore(config.store) as store:
                 store.merge_from(shards, remove_merged=True)
         return run(config)
-    import torch
-    import torch.distributed as dist
-
-    from ..methods.backbone import resolve_device
-
     device = resolve_device(config.device)
     if device.startswith("cuda"):
         local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ..methods.backbone import Backbone
+from ..store.results import EPISODE_COLUMNS
 from ..store.schema import METRIC, METHOD_FIGURES, RANGE_TOLERANCE
 from ..episodes.sampling import Episode
 from ..core.interrupts import is_method_failure
@@ -270,6 +271,4 @@ def run_episode(method: Method, episode: Episode, backbone: Optional[Backbone], 
 
 
 def _store_has_isolation() -> bool:
-    from ..store.results import EPISODE_COLUMNS
-
     return "isolation" in EPISODE_COLUMNS

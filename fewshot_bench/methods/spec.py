@@ -10,41 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import typing
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional
 
-from ..core.checks import METHOD_SPEC, check_method_name
+from ..core.checks import check_method_name, parse_spec, split_specs
 from ..core.errors import UserError
-from .api import Method
 from ..core.registry import METHODS, did_you_mean, import_module, import_object
+from ..store.schema import METHOD_FIGURES
+from .api import Method
 
+__all__ = ["check_declarations", "method_class", "method_classes", "method_from_spec", "method_label",
+           "parse_method_config", "parse_spec", "split_specs"]
 Overrides = Dict[str, object]
-_SPEC = METHOD_SPEC  # NAME or path/to/file.py:Class (spaces allowed in the path), optionally (FIELD=VALUE, ...)
-
-
-def split_specs(text: str) -> List[str]:
-    """``"full_ft,sgg(mode=exact,steps=5)"`` -> ``["full_ft", "sgg(mode=exact,steps=5)"]``."""
-    return [m.strip() for m in re.findall(r"[^,(]+(?:\([^)]*\))?", text) if m.strip()]
-
-
-def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
-    """``"NAME(field=value,...)"`` -> (NAME, {field: value}); a bare NAME has no overrides."""
-    match = _SPEC.match(spec)
-    if not match:
-        raise UserError(f"method '{spec}' must look like NAME or NAME(field=value,...), e.g. sgg(mode=exact)")
-    name, body = match.group(1), match.group(2)
-    overrides = {}
-    for item in (body or "").split(","):
-        if not item.strip():
-            continue
-        field, sep, value = item.partition("=")
-        if not sep or not field.strip():
-            raise UserError(f"method '{spec}': '{item}' must look like field=value, e.g. sgg(mode=exact)")
-        if field.strip() in overrides:
-            raise UserError(f"method '{spec}' sets '{field.strip()}' twice; keep one value")
-        overrides[field.strip()] = value.strip()
-    return name, overrides
 
 
 def parse_method_config(items: Iterable[str]) -> Dict[str, Dict[str, str]]:
@@ -141,8 +118,6 @@ def _defined_in(path: str, module, example: bool = True) -> str:
 
 def check_declarations(method: Method) -> Method:
     """``method``, unless its ``protocol``, ``attn_implementation`` or ``figures`` are ones the harness cannot use."""
-    from ..store.schema import METHOD_FIGURES
-
     cls = type(method)
 
     protocols = ("target-only", "source-guided", "meta-trained")

@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+try:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+except ImportError:  # a torch without the helper: see fused_adamw_devices
+    _get_fused_kernels_supported_devices = None
+
 from ..core.config import option
 from ..core.errors import UserError
 from .api import EpisodeContext, MethodConfig, Predictor
@@ -57,9 +62,7 @@ SUPPORT_TRAINING_SPACE = SearchSpace({"steps": Choice((10, 20, 40)), "lr": Range
 
 def fused_adamw_devices() -> set:
     """Device types this torch build has a fused AdamW kernel for (CPU only from torch 2.4 on), as torch checks it."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    except ImportError:  # a torch without the helper: CUDA is the one device every fused-capable release supports
+    if _get_fused_kernels_supported_devices is None:  # CUDA is the one device every fused-capable release supports
         return {"cuda"}
     return set(_get_fused_kernels_supported_devices())
 

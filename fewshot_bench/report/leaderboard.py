@@ -21,8 +21,6 @@ One row per (method, protocol, backbone, task, setting); columns are declared in
 from __future__ import annotations
 
 import csv
-import json
-import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -30,137 +28,23 @@ import numpy as np
 
 from ..analysis import compare
 from ..analysis.across import across_cells, cell_units
-from ..store.schema import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION, OVERALL_COLUMNS, cell_key
-from ..episodes.sampling import episode_set_sha256
-from ..core.errors import UserError
+from ..analysis.entries import load_entries, planned_episodes
 from ..analysis.folds import FOLD_COLUMNS, fold_summary
 from ..analysis.gradients import accuracy_spearman
-from ..analysis.hierarchical import class_ci, episode_labels
+from ..analysis.restarts import seed_sd_tests
+from ..core.errors import UserError
 from ..core.outputs import atomic_files, check_outputs, leaderboard_paths
 from ..core.registry import did_you_mean
-from ..analysis.restarts import seed_sd_tests, seed_stability
-from .markdown import write_markdown
-from ..analysis.stats import bootstrap_ci
 from ..store.results import ResultsStore
+from ..store.schema import COLUMNS, OVERALL_COLUMNS, cell_key
+from .markdown import write_markdown
 from .views import Views
 
-log = logging.getLogger(__name__)
+__all__ = ["DEFAULT_REFERENCE", "FORMULA_PREFIXES", "aggregate", "annotated_entries", "default_reference",
+           "load_entries", "neutralise", "overall", "planned_episodes", "row_units", "write_csv", "write_leaderboard"]
 
 DEFAULT_REFERENCE = "full_ft"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _task_label(task: str, setting: str) -> str:
-    """``SOURCE->TASK`` for a cross-dataset setting labelled ``SOURCE->TASK/...``, else ``TASK``; a
-    validation-pool setting (``.../validation/...``, hyperparameter choice) gets `` [validation]``."""
-    head = setting.split("/", 1)[0]
-    label = head if head.endswith("->" + task) else task
-    return label + " [validation]" if "/validation/" in setting else label
-
-
-def planned_episodes(config_json: Optional[str]) -> Optional[int]:
-    """Episodes per task x setting a stored run config asked for (``min(episodes, limit)``); None when the
-    config does not say or cannot be read."""
-    try:
-        config = json.loads(config_json or "{}")
-        episodes, limit = config.get("episodes"), config.get("limit")
-        return min(episodes, limit) if limit else episodes
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
-def _planned_by_run(runs: List[dict]) -> Dict[str, Optional[int]]:
-    """{run_id: :func:`planned_episodes` of its config}."""
-    return {run["run_id"]: planned_episodes(run["config_json"]) for run in runs}
-
-
-def _summarise(key: tuple, runs: Dict[str, List[dict]], planned: Optional[int], bootstrap: int, seed: int,
-               stability: tuple) -> dict:
-    """The row of one (task, setting, protocol, backbone, method) from its stored runs by fingerprint (one per
-    training restart, episode order) and their :func:`seed_stability`."""
-    task, setting, protocol, backbone, method = key
-    first = next(iter(runs.values()))[0]
-    ok_runs = [r for rows in runs.values() for r in rows if r["status"] == "ok"]
-    accuracy = list(_episode_accuracy(runs).values())
-    row = dict.fromkeys(COLUMNS)
-    row.update(method=method, protocol=protocol, backbone=backbone, task=_task_label(task, setting), n_way=first["n_way"],
-               k_shot=first["k_shot"], q_query=first["q_query"], episodes=len(runs),
-               failed_episodes=len(runs) - len(accuracy), episodes_planned=planned,
-               episode_set_sha256=episode_set_sha256(list(runs)),
-               version=";".join(sorted({r["version"] for rows in runs.values() for r in rows})),
-               schema_version=LEADERBOARD_SCHEMA_VERSION, fold=first["fold"], setting=setting)
-    if accuracy:
-        low, high = bootstrap_ci(accuracy, bootstrap, seed)
-        row.update(acc_mean=round(float(np.mean(accuracy)), 4), acc_ci95_low=round(low, 4),
-                   acc_ci95_high=round(high, 4))
-    for column in AGGREGATES:
-        values = [r[column.source] for r in ok_runs if r[column.source] is not None]
-        reduce = np.sum if column.aggregate == "sum" else np.mean
-        row[column.name] = round(float(reduce(values)), column.decimals) if values else None
-    if row["trainable_params"] is not None:
-        row["trainable_params"] = int(row["trainable_params"])
-    restarts, seed_sd, failed_share, _ = stability
-    row.update(restarts=restarts, seed_sd=None if seed_sd is None else round(seed_sd, 4),
-               failed_run_share=None if failed_share is None else round(failed_share, 4))
-    return row
-
-
-def _episode_accuracy(runs: Dict[str, List[dict]]) -> Dict[str, float]:
-    """{fingerprint: mean accuracy over its ok restarts} of the episodes with one or more."""
-    means = {}
-    for fingerprint, rows in runs.items():
-        accuracy = [r["accuracy"] for r in rows if r["status"] == "ok" and r["accuracy"] is not None]
-        if accuracy:
-            means[fingerprint] = float(np.mean(accuracy))
-    return means
-
-
-def load_entries(store_path, bootstrap: int = 10000, seed: int = 0, class_level: bool = True) -> List[compare.Entry]:
-    """One ``compare.Entry`` per leaderboard row (rows without the comparison columns filled). ``class_level``:
-    recover the episodes' classes (``hierarchical.episode_labels``) for the class-level CIs; settings whose
-    classes are neither stored nor local are left without them, with one logged note."""
-    path = Path(store_path)
-    if not path.is_file():
-        raise UserError(f"results store '{path}' does not exist; run `fewshot-bench run` first or pass --store")
-    if bootstrap < 1:
-        raise UserError(f"--bootstrap must be >= 1, got {bootstrap}")
-    with ResultsStore(path, create=False) as store:
-        records, planned_by_run = store.episodes(), _planned_by_run(store.runs())
-    groups: Dict[tuple, Dict[tuple, dict]] = {}
-    for record in sorted(records, key=lambda r: r["created_at"]):  # stable sort: later rows overwrite earlier
-        key = (record["task"], record["setting"], record["protocol"], record["backbone"], record["method"])
-        groups.setdefault(key, {})[(record["fingerprint"], record["restart"] or 0)] = record
-    by_setting: Dict[tuple, List[dict]] = {}
-    for key, stored in groups.items():
-        by_setting.setdefault(key[:2], []).extend(stored.values())
-    labels = {setting: episode_labels(members) if class_level else {} for setting, members in by_setting.items()}
-    unknown = [key for key, members in by_setting.items() if any(r["fingerprint"] not in labels[key] for r in members)]
-    if class_level and unknown:
-        log.warning("class-level CIs left empty for rows of %d of %d settings (tasks %s): their episodes' classes "
-                    "are neither in the store nor regenerable from local task rows; set --data-dir DIR to fill them",
-                    len(unknown), len(labels), ", ".join(sorted({task for task, _ in unknown})))
-    entries = []
-    for key, stored in groups.items():
-        # episode order, not write order (ranks, resumes): the bootstrap CI is a function of the episode set
-        runs: Dict[str, List[dict]] = {}
-        for record in sorted(stored.values(), key=lambda e: (e["episode_index"], e["fingerprint"], e["restart"] or 0)):
-            runs.setdefault(record["fingerprint"], []).append(record)
-        restarts = {r["restart"] or 0 for r in stored.values()}
-        if len({(r["restart"] or 0, r["config_hash"]) for r in stored.values()}) > len(restarts):
-            log.warning("%s: episodes from several run configs are pooled (latest row per episode)", "/".join(key))
-        plans = [planned_by_run.get(r["run_id"]) for r in stored.values()]
-        planned = max((p for p in plans if p is not None), default=None)
-        accuracy, stability = _episode_accuracy(runs), seed_stability(runs, next(iter(runs.values()))[0]["n_way"])
-        predictions = {f: next(r["predictions"] for r in runs[f] if r["status"] == "ok" and r["accuracy"] is not None)
-                       for f in accuracy}  # the first ok restart's
-        entry = compare.Entry(cell=(key[0], key[1], key[3]), row=_summarise(key, runs, planned, bootstrap, seed, stability),
-                              accuracy=accuracy, predictions=predictions, fingerprints=frozenset(runs),
-                              same_class_source=any(r.get("same_class_source") == 1 for r in stored.values()),
-                              seed_sd=stability[3], labels=labels[key[:2]])
-        entry.row["acc_class_ci95_low"], entry.row["acc_class_ci95_high"] = class_ci(entry, list(accuracy),
-                                                                                     entry.labels, seed=seed)
-        entries.append(entry)
-    return entries
 
 
 def annotated_entries(store_path, bootstrap: int = 10000, seed: int = 0,
@@ -287,32 +171,34 @@ def default_reference(store_path) -> str:
     return min(cells, key=lambda row: (-row[1], row[0]))[0]
 
 
-def cli_leaderboard(args) -> int:
-    """``fewshot-bench leaderboard``: CSV at --out plus <stem>.md, <stem>_overall.csv, <stem>_folds.csv, <stem>.png
-    (the summary figure), <stem>_summary.md, <stem>.html and a forest plot per cell in <stem>_cells/ beside it."""
-    check_outputs([(path, "--out") for path in leaderboard_paths(args.out)], [(args.store, "--store")])
-    reference = getattr(args, "reference", None) or default_reference(args.store)
-    entries = annotated_entries(args.store, args.bootstrap, reference=reference)
+def write_leaderboard(store, out, bootstrap: int = 10000, reference: Optional[str] = None) -> None:
+    """The leaderboard of ``store``: CSV at ``out`` plus <stem>.md, <stem>_overall.csv, <stem>_folds.csv, <stem>.png
+    (the summary figure), <stem>_summary.md, <stem>.html and a forest plot per cell in <stem>_cells/ beside it;
+    prints what it wrote and the top of the overall table. ``reference``: the method every other one is compared
+    with (None: :func:`default_reference`)."""
+    check_outputs([(path, "--out") for path in leaderboard_paths(out)], [(store, "--store")])
+    named, reference = reference, reference or default_reference(store)
+    entries = annotated_entries(store, bootstrap, reference=reference)
     rows = [entry.row for entry in entries]
-    with ResultsStore(args.store, create=False) as store:
-        records = store.episodes()
+    with ResultsStore(store, create=False) as results:
+        records = results.episodes()
     if not rows:
-        raise UserError(f"no episodes in {args.store}; run `fewshot-bench run` first")
+        raise UserError(f"no episodes in {store}; run `fewshot-bench run` first")
     methods = sorted({r["method"] for r in rows})
-    if getattr(args, "reference", None) and reference not in methods:
-        raise UserError(f"--reference '{reference}' has no rows in {args.store}{did_you_mean(reference, methods)} "
+    if named and reference not in methods:
+        raise UserError(f"--reference '{reference}' has no rows in {store}{did_you_mean(reference, methods)} "
                         f"(methods there: {', '.join(methods)})")
-    out = Path(args.out)
+    out = Path(out)
     overall_rows, fold_rows = overall(rows, cell_units(entries)), fold_summary(rows, entries)
     md, overall_csv, folds_csv = (out.with_name(out.stem + suffix) for suffix in (".md", "_overall.csv", "_folds.csv"))
-    views = Views(out, rows, args.store)  # the summary PNG and Markdown, the HTML page, the per-cell forest plots
+    views = Views(out, rows, store)  # the summary PNG and Markdown, the HTML page, the per-cell forest plots
     with atomic_files([out, overall_csv, folds_csv, md, *views.paths]) as (out_tmp, overall_tmp, folds_tmp, md_tmp,
                                                                            *views_tmp):
         write_csv(rows, out_tmp)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
         suite = across_cells(entries)
-        write_markdown(rows, overall_rows, md_tmp, args.bootstrap, reference, fold_rows, suite, seed_sd_tests(entries),
+        write_markdown(rows, overall_rows, md_tmp, bootstrap, reference, fold_rows, suite, seed_sd_tests(entries),
                        accuracy_spearman(records))
         views.write(overall_rows, suite.ranks, reference, md_tmp, views_tmp)
     views.remove_stale_plots()
@@ -322,4 +208,3 @@ def cli_leaderboard(args) -> int:
         print(f"  {r['method']:<20} {r['backbone']:<16} cells {r['cells']}/{r['cells_total']} (units {r['units']}/"
               f"{r['units_total']})  acc {r['acc_mean']}  "
               f"w/t/l {r['wins']}/{r['ties']}/{r['losses']}  rank group {r['mean_rank_group']}")
-    return 0

@@ -11,21 +11,21 @@ significant comparisons against the reference and with ``beaten_by``).
 from __future__ import annotations
 
 import csv
-import os
 import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
-from ..store.schema import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, RANGE_TOLERANCE, cell_key
 from ..analysis.compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
-from ..core.errors import UserError
-from .leaderboard import FORMULA_PREFIXES, planned_episodes
+from ..analysis.entries import planned_episodes
 from ..store.results import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
     SQLITE_MAGIC, STATUSES, schema_problems, table_columns)
+from ..store.schema import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, RANGE_TOLERANCE, cell_key
+from .leaderboard import FORMULA_PREFIXES
+from .validate_recompute import check_episodes
 
 _SLACK = 1e-6
 _SCHEMA_1 = COLUMNS[:23]
@@ -217,7 +217,8 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
     return problems
 
 
-def _check_csv(path) -> Tuple[List[str], int]:
+def check_csv(path) -> Tuple[List[str], int]:
+    """(problems, rows checked) of a leaderboard CSV."""
     try:
         return _check_csv_rows(path)
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -252,7 +253,7 @@ def _check_csv_rows(path) -> Tuple[List[str], int]:
 
 def validate_csv(path) -> List[str]:
     """Problems of a leaderboard CSV (empty list when valid)."""
-    return _check_csv(path)[0]
+    return check_csv(path)[0]
 
 
 def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int], Dict[str, str]]:
@@ -327,7 +328,7 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
     return problems
 
 
-def _check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[str]]:
+def check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[str]]:
     """(problems, rows checked, warnings and notes); ``recompute``: also the checks of ``validate_recompute``."""
     try:
         with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
@@ -338,7 +339,6 @@ def _check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[st
         return [f"{path}: {problem}" for problem in problems], 0, []
     problems, remarks = _check_store_rows(path, rows, planned), []
     if recompute:
-        from .validate_recompute import check_episodes
         more, warnings, notes = check_episodes(path, rows, configs)
         problems, remarks = problems + more, warnings + notes
     return problems, len(rows), remarks
@@ -346,81 +346,14 @@ def _check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[st
 
 def validate_store(path, recompute: bool = False) -> List[str]:
     """Problems of a results store (empty list when valid); ``recompute``: regenerate episodes and scores too."""
-    return _check_store(path, recompute)[0]
+    return check_store(path, recompute)[0]
 
 
-def _is_sqlite(path: Path) -> bool:
+def is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is a results store (by its suffix, else its first bytes), not a CSV."""
     if path.suffix.lower() in (".sqlite", ".sqlite3", ".db"):
         return True
     if path.suffix.lower() == ".csv":
         return False
     with open(path, "rb") as handle:
         return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-
-
-def _paths(args) -> Tuple[Optional[Path], Optional[Path]]:
-    """(store, CSV) to check: ``FILE`` (a store or a CSV) and/or ``--store``; a CSV without ``--store`` is compared
-    with the ``results.sqlite`` beside it when there is one (the committed layout)."""
-    file, store = getattr(args, "file", None), getattr(args, "store", None)
-    if not file and not store:
-        raise UserError("nothing to validate; give a leaderboard CSV and/or --store STORE")
-    for given, what in ((file, "a leaderboard CSV or a results store"), (store, "a results store (--store)")):
-        if given and not Path(given).is_file():
-            raise UserError(f"'{given}' does not exist (expected {what})")
-    csv_path = None
-    if file and _is_sqlite(Path(file)):
-        if store and not os.path.samefile(file, store):
-            raise UserError(f"two stores given ({file} and --store {store}); give one store and optionally its CSV")
-        store = file
-    elif file:
-        csv_path = Path(file)
-        beside = csv_path.parent / "results.sqlite"
-        if not store and beside.is_file():
-            store = beside
-    return (Path(store) if store else None), csv_path
-
-
-def cli_validate(args) -> int:
-    """``fewshot-bench validate [--store STORE] [FILE]``: 0 when valid, 1 with one line per problem otherwise.
-    A store is also recomputed (``validate_recompute``); a CSV with a store is compared with the leaderboard
-    recomputed from it. Warnings and notes (checks that could not run) do not fail."""
-    store, csv_path = _paths(args)
-    problems, remarks, done = [], [], []
-    if csv_path is not None:
-        found, count = _check_csv(csv_path)
-        problems += found
-        done.append(f"OK: {csv_path} ({count} rows checked)")
-    if store is None:
-        remarks.append(f"note: no --store given and no results.sqlite beside {csv_path}: the CSV was not compared "
-                       "with the leaderboard recomputed from its store")
-    beside = store is not None and csv_path is not None and not getattr(args, "store", None)
-    if store is not None:
-        # a store found beside the CSV is only read for the comparison: its own problems are `validate STORE`'s
-        found, count, more = _check_store(store, recompute=not beside)
-        problems, remarks = (problems, remarks) if beside else (problems + found, remarks + more)
-        if not beside:
-            done.append(f"OK: {store} ({count} rows checked, episodes regenerated and scores recomputed)")
-        readable = not found or not found[0].startswith(f"{store}: file:")
-        if not readable or any(": missing column" in p for p in found):
-            problems += [p for p in found if p not in problems]
-        elif csv_path is not None and not any(p.startswith((f"{csv_path}:1: header", f"{csv_path}: file:"))
-                                              for p in problems):
-            if beside:
-                print(f"validate: comparing {csv_path} with the store beside it, {store} (--store to name another)")
-            from .validate_recompute import compare_csv
-            bootstrap = getattr(args, "bootstrap", None) or 10000
-            try:
-                more_problems, notes = compare_csv(csv_path, store, bootstrap)
-            except UserError as exc:
-                more_problems, notes = [f"{csv_path}: cannot be recomputed from {store}: {exc}"], []
-            problems, remarks = problems + more_problems, remarks + notes
-    for remark in remarks:
-        print(remark)
-    if not problems:
-        for line in done:
-            print(line)
-        return 0
-    for problem in problems:
-        print(problem)
-    print(f"INVALID: {len(problems)} problem(s)")
-    return 1

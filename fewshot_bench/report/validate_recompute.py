@@ -25,8 +25,14 @@ import math
 import time
 from typing import Dict, List, Optional, Tuple
 
-from ..store.schema import COLUMNS, LEADERBOARD, METRICS
+import numpy as np
+
+from ..analysis.hierarchical import _setting
+from ..core.checks import parse_spec, split_specs
 from ..core.errors import UserError
+from ..data import loading
+from ..store.schema import COLUMNS, LEADERBOARD, METRICS
+from .leaderboard import DEFAULT_REFERENCE, aggregate, neutralise
 
 _SCORE_SLACK = 1e-6
 _NOT_COPIED = ("rowid", "run_id", "config_hash", "method", "created_at", "version", "protocol")
@@ -36,8 +42,6 @@ _CLASS_COLUMNS = ("acc_class_ci95_low", "acc_class_ci95_high", "delta_class_ci95
 def scores(labels, predictions) -> Dict[str, float]:
     """``metrics.query_scores`` (accuracy, macro-F1 over the labels present in either list, zero division 0) in
     numpy: scikit-learn's input validation costs ~13 ms a call, minutes over a store (tests check they agree)."""
-    import numpy as np
-
     truth, predicted = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
     classes = np.union1d(truth, predicted)
     f1 = []
@@ -63,8 +67,6 @@ def _decode(text) -> Optional[object]:
 
 def _method_names(config_json) -> Optional[set]:
     """Base names of a stored run config's method specs; None when the config cannot say (file methods, unread)."""
-    from ..methods.spec import parse_spec, split_specs
-
     try:
         methods = json.loads(config_json or "{}").get("methods")
         specs = split_specs(methods) if isinstance(methods, str) else list(methods or [])
@@ -90,9 +92,8 @@ class Regenerator:
 
     def available(self, task: str) -> bool:
         if task not in self.local:
-            from ..data.loading import local_copy
             try:
-                self.local[task] = bool(local_copy(task))
+                self.local[task] = bool(loading.local_copy(task))
             except Exception:  # an unregistered task, an unreadable card: no regeneration
                 self.local[task] = False
         return self.local[task] and task not in self.broken
@@ -105,7 +106,6 @@ class Regenerator:
             return self.cache[key]
         episode = None
         if self.available(row["task"]):
-            from ..analysis.hierarchical import _setting
             try:
                 episode = _setting(row).target_episode(int(row["seed"]), int(row["episode_index"]))
             except (UserError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -228,7 +228,6 @@ def _csv_rows(path) -> List[Dict[str, str]]:
 
 
 def _expected_text(value) -> str:
-    from .leaderboard import neutralise
     return "" if value is None else str(neutralise(value))
 
 
@@ -251,9 +250,6 @@ def _same(column: str, got: str, want: str) -> bool:
 
 def compare_csv(csv_path, store_path, bootstrap: int = 10000) -> Tuple[List[str], List[str]]:
     """(problems, notes) of the CSV against the leaderboard recomputed from the store (see the module docstring)."""
-    from .leaderboard import DEFAULT_REFERENCE, aggregate
-    from ..data.loading import local_copy
-
     rows = _csv_rows(csv_path)
     references = sorted({r.get("ref_method") or "" for r in rows} - {""})
     if len(references) > 1:
@@ -285,7 +281,7 @@ def compare_csv(csv_path, store_path, bootstrap: int = 10000) -> Tuple[List[str]
         task = str(recomputed.get("task") or "").split("->")[-1].split(" ")[0]
         if task not in local:
             try:
-                local[task] = bool(local_copy(task))
+                local[task] = bool(loading.local_copy(task))
             except Exception:
                 local[task] = False
         differing = []

@@ -13,10 +13,11 @@ import platform
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .results import ResultsStore, library_versions
+from .results import ResultsStore
+from .versions import library_versions
 
 NOT_RECORDED = "not recorded"
-# the order fingerprints are shown in; version keys come from store.library_versions
+# the order fingerprints are shown in; version keys come from versions.library_versions
 FIELDS = ("fewshot_bench", "torch", "transformers", "peft", "datasets", "python", "device", "device_name", "dtype",
           "threads", "os")
 

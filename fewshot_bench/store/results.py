@@ -12,22 +12,19 @@ and a later row for the same key replaces a ``failed`` row; an ``ok`` or ``diver
 from __future__ import annotations
 
 import json
-import platform
 import sqlite3
-import subprocess
 import time
 import uuid
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set
 
 import numpy as np
 
-from .schema import METRICS
 from ..core.errors import UserError
 from ..core.hashing import config_hash
-from ..core.outputs import check_outputs
+from .schema import METRICS
+from .versions import git_commit, library_versions, package_version
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
                "started_at", "ended_at", "environment_json")  # environment_json: environment.fingerprint (nullable)
@@ -79,55 +76,6 @@ _SCHEMA = (
 def now() -> str:
     """Current time, ISO 8601 UTC."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def package_version() -> str:
-    """The installed distribution's version; from a source checkout that is not installed (or whose
-    installed version differs), ``pyproject.toml``'s version plus ``+src``."""
-    installed = _version("fewshot-bench")
-    source = _source_version()
-    if source is None or source == installed:
-        return installed or "unknown+src"
-    return f"{source}+src"
-
-
-def _source_version() -> Optional[str]:
-    """``project.version`` of the checkout this package is imported from, or None when not in a checkout."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    try:
-        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    return project.get("version") if project.get("name") == "fewshot-bench" else None
-
-
-def library_versions() -> Dict[str, Optional[str]]:
-    """Python's, the project's and the main libraries' versions (None: not installed)."""
-    return {"python": platform.python_version(), "fewshot_bench": package_version(),
-            **{name: _version(name) for name in ("torch", "transformers", "peft", "datasets")}}
-
-
-def _version(dist: str) -> Optional[str]:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> Optional[str]:
-    """``git rev-parse HEAD`` in this package's source folder, or None outside a checkout."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else None
 
 
 def _plain(value):
@@ -244,6 +192,8 @@ class ResultsStore:
     ``create=True`` (writers) creates the folder, the file and the tables when absent; ``create=False``
     (readers) requires an existing store and changes nothing. Either way an existing file that is not SQLite,
     or an SQLite database without this schema's tables, is refused with a UserError and left untouched.
+    ``columns``: the episode columns the file has (a reader leaves an earlier version's store without the ones added
+    since).
     """
 
     def __init__(self, path, *, create: bool = True):
@@ -284,7 +234,7 @@ class ResultsStore:
                 raise UserError(check_schema_text + " (expected the tables `fewshot-bench run` writes; pass a "
                                                     "results store)")
             present = set(table_columns(self.conn, "episodes"))
-            self._columns = tuple(c for c in EPISODE_COLUMNS if c in present)
+            self.columns = tuple(c for c in EPISODE_COLUMNS if c in present)
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
                 raise UserError(f"{self.path}: locked by another process for more than 60 s ({exc}); wait for the "
@@ -307,7 +257,7 @@ class ResultsStore:
         """Record a run (config, project git commit, library versions, the ``environment`` fingerprint) and
         return its new run_id."""
         run_id = uuid.uuid4().hex
-        row = (run_id, config_hash(config), json.dumps(config, sort_keys=True, default=str), _git_commit(),
+        row = (run_id, config_hash(config), json.dumps(config, sort_keys=True, default=str), git_commit(),
                json.dumps(library_versions()), device, seed, now(), None,
                json.dumps(environment, sort_keys=True) if environment is not None else None)
         with self.conn:
@@ -369,9 +319,9 @@ class ResultsStore:
         if unknown:
             raise ValueError(f"unknown episode filter(s): {', '.join(unknown)}")
         where = " AND ".join(f"{c} = ?" for c in filters)
-        cursor = self.conn.execute(f"SELECT {', '.join(self._columns)} FROM episodes"
+        cursor = self.conn.execute(f"SELECT {', '.join(self.columns)} FROM episodes"
                                    f"{' WHERE ' + where if where else ''} ORDER BY rowid", list(filters.values()))
-        rows = [{**dict.fromkeys(EPISODE_COLUMNS), **dict(zip(self._columns, row))} for row in cursor]
+        rows = [{**dict.fromkeys(EPISODE_COLUMNS), **dict(zip(self.columns, row))} for row in cursor]
         for row in rows:
             for column in ("predictions", "extra"):
                 if row[column] is not None:
@@ -465,20 +415,3 @@ def shard_problems_of(path) -> List[str]:
         return [f"not a results store ({exc})"]
     finally:
         conn.close()
-
-
-def cli_merge(args) -> int:
-    """``fewshot-bench merge SHARD... --store STORE``: every shard is checked before the store is opened."""
-    from .shards import check_no_conflicts
-
-    check_outputs([(args.store, "--store")], [(shard, "shard store") for shard in args.shards])
-    for shard in args.shards:
-        ResultsStore(shard, create=False).close()
-        problems = shard_problems_of(shard)
-        if problems:
-            raise UserError(f"shard '{shard}' cannot be merged: {'; '.join(problems)}; nothing was merged")
-    check_no_conflicts([args.store, *args.shards])
-    with ResultsStore(args.store) as store:
-        added = store.merge_from(args.shards)
-    print(f"merged {added} episode rows from {len(args.shards)} shards into {args.store}")
-    return 0

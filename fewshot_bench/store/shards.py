@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
 from ..core.errors import UserError
+from .results import KEY_COLUMNS, ResultsStore
 
 
 def world() -> Tuple[int, int]:
@@ -31,14 +32,12 @@ _SIGNATURE = ("status", "fingerprint", "accuracy", "predictions", "restart")
 def check_no_conflicts(paths: Iterable) -> None:
     """Refuse (before anything is merged) when two of the stores in ``paths`` hold different non-failed rows for
     the same episode key: merging would keep one silently. Identical rows (a shard merged again) are fine."""
-    from .results import KEY_COLUMNS, ResultsStore
-
     seen: Dict[tuple, Tuple[tuple, str]] = {}
     for path in paths:
         if not Path(path).is_file():
             continue
         with ResultsStore(path, create=False) as store:
-            present = set(store._columns)
+            present = set(store.columns)
             # an earlier version's store lacks the restart column: its rows are restart 0
             columns = ", ".join(KEY_COLUMNS + tuple(c if c in present else ("0" if c == "restart" else "NULL")
                                                     for c in _SIGNATURE))

@@ -26,10 +26,10 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .loading import TaskData
-from ..episodes.sampling import parse_shot, sample_episode
 from ..core.errors import UserError
-from .cards import POOLS
+from ..data.cards import POOLS
+from ..data.loading import TaskData
+from .sampling import parse_shot, sample_episode
 
 SHOWN = 5  # examples printed per kind of finding
 DUPLICATE_KINDS = ("across pools", "across splits", "within a pool")
@@ -119,7 +119,7 @@ def _episodes_line(data: TaskData, pool: str, n_way, k_shot, q_query: int, eligi
 
 
 def check_task(data: TaskData, *, n_way: Union[int, str], k_shot, q_query: int) -> TaskReport:
-    """The report of :mod:`fewshot_bench.data.check` for ``data`` and one episode shape."""
+    """The report of :mod:`fewshot_bench.episodes.check` for ``data`` and one episode shape."""
     k_shot = parse_shot(k_shot)
     needed = (k_shot[1] if isinstance(k_shot, tuple) else k_shot) + q_query
     labels = np.asarray(data.labels)
@@ -161,16 +161,3 @@ def format_report(report: TaskReport, limit: Optional[int] = SHOWN) -> str:
             lines.append(f"    ... and {len(found) - shown} more (--all-duplicates lists every one)")
     lines += ["", f"{report.problems} finding(s)" if report.problems else "no findings"]
     return "\n".join(lines)
-
-
-def cmd_check_task(args) -> int:
-    """``fewshot-bench check-task NAME``: print the report; with ``--strict``, exit 1 when it has findings."""
-    from ..cli.app import episode_shape
-    from .loading import get_task_data
-    from .cards import get_task_config
-
-    config = get_task_config(args.task)
-    n_way, k_shot, q_query = episode_shape(args, config)
-    report = check_task(get_task_data(args.task, args.fold), n_way=n_way, k_shot=k_shot, q_query=q_query)
-    print(format_report(report, limit=None if getattr(args, "all_duplicates", False) else SHOWN))
-    return 1 if args.strict and report.problems else 0
