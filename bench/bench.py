@@ -4,7 +4,7 @@
                           [--methods full_ft,lora,protonet,linear_probe] [--device cpu]
 
 Every method runs on the IDENTICAL episodes (banking77 fold 1, 5-way 5-shot 15 queries by default)
-through ``runner.episode_record`` (what ``fewshot-bench run`` evaluates: the harness, the run's autocast, its
+through ``evaluate.episode_record`` (what ``fewshot-bench run`` evaluates: the harness, the run's autocast, its
 thread default), each in its own subprocess so that peak memory belongs to that method alone.
 A hand-written PyTorch loop (encoder + linear head over the CLS vector, fused AdamW where torch has it, the
 same autocast, tokenized per episode with the Hugging Face tokenizer) runs on the same episodes as the
@@ -22,8 +22,10 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = "plain_pytorch"
@@ -83,7 +85,7 @@ def _setup(args):
     from fewshot_bench.methods.backbone import resolve_device
     from fewshot_bench.data.loading import set_data_dir
     from fewshot_bench.episodes.sampling import Setting
-    from fewshot_bench.execution.runner import episode_seed
+    from fewshot_bench.execution.evaluate import episode_seed
     from fewshot_bench.core.threads import set_threads
 
     set_data_dir(args.data_dir)
@@ -126,28 +128,40 @@ def _mean(values):
 
 # ----------------------------------------------------------------------------------------- workers
 
+def executor_of(args, spec: str, device: str):
+    """The executor ``run`` would build for this benchmark (one setting, method ``spec``, in this process): the
+    same cells, meta-training (with the validation episodes) and per-episode evaluation as ``fewshot-bench run``."""
+    from fewshot_bench.execution.evaluate import Executor
+    from fewshot_bench.execution.run_config import RunConfig
+
+    config = RunConfig(tasks=[args.task], methods=[spec], n_way=[args.n_way], k_shot=[args.k_shot], query=args.query,
+                       fold=args.fold, seed=args.seed, backbone=args.backbone, isolation="in-process")
+    return Executor(config, str(device))
+
+
 def bench_method(spec: str, args) -> dict:
     """One framework method as ``run`` evaluates it: warm-up episode, measured episodes, warm-cache pass."""
     torch, device, setting, episodes, seeds = _setup(args)
-    from fewshot_bench.methods.backbone import load_backbone
-    from fewshot_bench.methods import MetaContext
-    from fewshot_bench.execution.runner import autocast_dtype, episode_record
+    from fewshot_bench.execution.evaluate import Unit
 
-    method, overrides = build_method(spec, args.steps)
-    backbone = load_backbone(args.backbone, device=device, attn_implementation=method.attn_implementation)
+    overrides = build_method(spec, args.steps)[1]
+    executor = executor_of(args, spec, device)
+    cell = executor.cell(setting, spec, overrides)
+    backbone = executor.backbone_for(cell.method)
     device = backbone.device
     loaded_mb = _memory_mb(torch, device)
-    source = setting.source_episodes(args.seed)
     meta_seconds = None
-    if method.protocol == "meta-trained":
+    if cell.method.protocol == "meta-trained":
         start = time.perf_counter()
-        method.meta_train(MetaContext(backbone, args.seed, source, autocast_dtype=autocast_dtype(str(device))))
+        # timed from scratch: a meta-trained state cached by an earlier run is not loaded
+        with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, FEWSHOT_BENCH_CACHE=cache):
+            executor.prepare_cell(cell)
         _sync(torch, device)
         meta_seconds = time.perf_counter() - start
+    order = [args.episodes] + list(range(args.episodes))  # as _setup: the warm-up index first
 
     def episode(i):
-        return episode_record(method, episodes[i], backbone, seed=seeds[i], autocast=autocast_dtype(str(device)),
-                              source_episodes=source)
+        return executor.evaluate_unit(cell, Unit(setting, spec, order[i])).values
 
     warm_up = episode(0)
     backbone.clear_caches()  # measured episodes start like a fresh run: cold caches
@@ -165,7 +179,7 @@ def bench_method(spec: str, args) -> dict:
     seconds = [r["wall_seconds"] for r in records]
     steps = [r.get("steps") or 0 for r in records]
     return {
-        "method": spec, "spec": spec, "overrides": overrides, "protocol": method.protocol,
+        "method": spec, "spec": spec, "overrides": overrides, "protocol": cell.method.protocol,
         "episodes": len(records), "statuses": [r["status"] for r in records],
         "errors": [r["error"].splitlines()[0] for r in records if r["error"]],
         "sec_per_episode": _mean(seconds), "sec_per_episode_each": seconds,
@@ -197,7 +211,7 @@ def plain_episode(torch, pretrained, tokenizer, ep, seed: int, steps: int, devic
     import torch.nn.functional as F
     from torch import nn
 
-    from fewshot_bench.execution.runner import autocast_dtype
+    from fewshot_bench.execution.evaluate import autocast_dtype
     from fewshot_bench.methods.training import fused_adamw_devices
 
     dtype = autocast_dtype(str(device))
@@ -274,7 +288,7 @@ def bench_paired(spec: str, args) -> dict:
     with one thread) and of wall seconds on a GPU."""
     torch, device, setting, episodes, seeds = _setup(args)
     from fewshot_bench.methods.backbone import load_backbone
-    from fewshot_bench.execution.runner import autocast_dtype, episode_record
+    from fewshot_bench.execution.evaluate import autocast_dtype, episode_record
 
     backbones = {}
     clock = time.process_time if torch.device(device).type == "cpu" else time.perf_counter

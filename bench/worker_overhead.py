@@ -6,7 +6,7 @@
 One process, one thread for torch by default (the harness and the worker take turns, so they do not compete). Per
 method: one warm-up episode each way (index E, not counted: the worker's start, lazy initialisation), then episodes
 0..E-1 alternately in-process and in the worker (which goes first alternates too), each timed around
-``harness.run_episode`` (the whole call: pickling the view, the pipe, the source-pool answers, checking the outcome).
+``evaluate.episode_record`` (the whole call: pickling the view, the pipe, the source-pool answers, checking the outcome).
 Reported: the median seconds per episode each way, their ratio, the median paired difference, and the worker's start
 time. Episodes: the packaged demo task (5-way 5-shot, 5 queries per class), so no data dir is needed; predictions
 are checked equal both ways.
@@ -23,14 +23,14 @@ import torch
 from fewshot_bench.methods.backbone import load_backbone
 from fewshot_bench.data.loading import get_task_data
 from fewshot_bench.episodes.sampling import sample_episode
-from fewshot_bench.execution.harness import run_episode
+from fewshot_bench.execution.evaluate import episode_record
 from fewshot_bench.methods.spec import method_from_spec
 from fewshot_bench.execution.worker import SealedWorker
 
 
 def timed(method, episode, backbone, seed, worker=None):
     started = time.perf_counter()
-    record = run_episode(method, episode, backbone, seed=seed, worker=worker)
+    record = episode_record(method, episode, backbone, seed=seed, autocast=None, source_episodes=None, worker=worker)
     seconds = time.perf_counter() - started
     if record["status"] != "ok":
         raise RuntimeError(f"{method.name}: {record['error']}")

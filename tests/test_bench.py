@@ -1,4 +1,4 @@
-"""bench/bench.py times what `fewshot-bench run` evaluates (runner.episode_record), not a loop of its own."""
+"""bench/bench.py times what `fewshot-bench run` evaluates (evaluate.episode_record), not a loop of its own."""
 import importlib.util
 
 import pytest
@@ -15,19 +15,19 @@ def bench():
 
 
 def test_bench_times_the_run_episode_path(bench, monkeypatch, tmp_path):
-    from fewshot_bench.execution import runner
+    from fewshot_bench.execution import evaluate
 
     calls = []
-    real = runner.episode_record
+    real = evaluate.episode_record
 
     def spy(*args, **kwargs):
         calls.append(kwargs["autocast"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "episode_record", spy)
+    monkeypatch.setattr(evaluate, "episode_record", spy)
     args = bench.parse_args(["--backbone", "tiny-encoder", "--task", "demo_intents", "--n-way", "3", "--k-shot", "1",
                              "--query", "2", "--episodes", "2", "--steps", "2", "--device", "cpu", "--threads", "1",
                              "--data-dir", str(tmp_path)])
     result = bench.bench_method("full_ft", args)
-    assert len(calls) == 3 and calls == [runner.autocast_dtype("cpu")] * 3  # warm-up + 2 measured, run's autocast
+    assert len(calls) == 3 and calls == [evaluate.autocast_dtype("cpu")] * 3  # warm-up + 2 measured, run's autocast
     assert result["episodes"] == 2 and result["statuses"] == ["ok", "ok"] and result["steps_per_episode"] == 2

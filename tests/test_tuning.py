@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from fewshot_bench.execution import harness as harness_module
+from fewshot_bench.execution import evaluate as loop_module
 from fewshot_bench.cli import main
 from fewshot_bench.core.config import option
 from fewshot_bench.core.errors import UserError
@@ -93,13 +93,13 @@ def test_every_method_gets_the_same_trials_and_episodes(tmp_path):
 
 def test_tune_draws_validation_episodes_only(tmp_path, monkeypatch):
     seen = []
-    real = harness_module.run_episode
+    real = loop_module.run_episode
 
     def spy(method, episode, *args, **kwargs):
         seen.append(episode)
         return real(method, episode, *args, **kwargs)
 
-    monkeypatch.setattr(harness_module, "run_episode", spy)
+    monkeypatch.setattr(loop_module, "run_episode", spy)
     assert main(TUNE + ["--methods", "planted", "--trials", "2", "--store", str(tmp_path / "s.sqlite"),
                         "--out", str(tmp_path / "t.yaml")]) == 0
     from fewshot_bench.data.loading import get_task_data

@@ -4,7 +4,7 @@ and its one-off costs, measured once on one probe episode, cached per machine an
 **The line.** An episode of a cell costs ``fixed + per_support_token x S + per_query_token x Q`` seconds: S is the
 support set's padded tokens (texts x the longest text's tokens: the full batch every adaptation step computes
 on), Q the query texts' tokens as :func:`~fewshot_bench.execution.harness.predict_queries` pads them (length buckets). The
-seconds are the runner's ``wall_seconds`` (:func:`~fewshot_bench.execution.runner.episode_record`: the whole harness, the
+seconds are the runner's ``wall_seconds`` (:func:`~fewshot_bench.execution.evaluate.episode_record`: the whole harness, the
 frozen-embedding cache fill left out), so each cell's estimate is its own mean tokens through the line: a task of
 long texts costs what its tokens cost.
 
@@ -54,8 +54,8 @@ from ..episodes.sampling import Episode, Setting
 from .harness import QUERY_BUCKET_ROWS
 from ..core.hashing import config_hash
 from .meta_cache import cache_root
-from ..methods.api import MetaContext, Method
-from .runner import episode_record
+from ..methods.api import Method
+from .evaluate import episode_record, meta_context
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Probe:
     """The calibration episode: the median episode (by tokens) of the run's cheapest setting."""
     setting: Setting
     episode: Episode
-    seed: int                   # the episode's training seed (runner.episode_seed)
+    seed: int                   # the episode's training seed (evaluate.episode_seed)
     run_seed: int               # the run's seed (meta-training)
     support_tokens: float
     query_tokens: float
@@ -199,8 +199,7 @@ def measure_meta(method: Method, backbone: Backbone, probe: Probe, autocast=None
         config = dataclasses.replace(method.config, meta_steps=1, **({"val_every": 0} if "val_every" in fields else {}))
     probe_method = type(method)(config)
     started = time.perf_counter()
-    probe_method.meta_train(MetaContext(backbone, probe.run_seed, probe.source_episodes, autocast_dtype=autocast,
-                                        validation_episodes=probe.setting.validation_episodes(probe.run_seed)))
+    probe_method.meta_train(meta_context(backbone, probe.run_seed, probe.setting, probe.source_episodes, autocast))
     _sync(backbone)
     return (time.perf_counter() - started) * scale
 

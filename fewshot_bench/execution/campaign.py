@@ -3,8 +3,8 @@
 A campaign file (``leaderboard/campaign.yaml``) holds ``entries``: an ordered list of run configurations, each with
 ``suite`` and the keys of ``run``'s flags (:data:`ENTRY_KEYS`), built by :func:`run_config.build_config` exactly as
 ``fewshot-bench run --suite S --tasks ... --methods ...`` builds them. A **unit** is one (setting, method, restart)
-of an entry with all its episodes; its store key is the one ``run`` writes (:func:`runner.cell_identity`,
-:func:`runner.restart_hash`), so a unit is done whichever command stored it. Units queue in file order, within an
+of an entry with all its episodes; its store key is the one ``run`` writes (:func:`evaluate.cell_identity`,
+:func:`evaluate.restart_hash`), so a unit is done whichever command stored it. Units queue in file order, within an
 entry in ``run``'s order (setting, then method, then restart); a unit two entries plan is queued at its first.
 
 An episode stored with status ok or diverged in the results store or in any shard ``DIR/shard<i>.sqlite`` is done.
@@ -42,7 +42,7 @@ from ..data.loading import get_task_data
 from ..episodes.sampling import Setting
 from ..store.results import EPISODE_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
 from ..store.shards import check_no_conflicts
-from .runner import cell_identity, restart_hash
+from .evaluate import cell_identity, restart_hash
 from .run_config import RunConfig, build_config, method_specs, settings_of
 from .runner import run as run_units
 

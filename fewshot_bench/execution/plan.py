@@ -34,7 +34,7 @@ from ..methods.api import Method
 from ..core.outputs import print_table
 from ..core.progress import Progress, log as progress_log
 from .run_config import RunConfig, method_specs, settings_of
-from .runner import autocast_dtype, episode_seed
+from .evaluate import autocast_dtype, episode_seed
 from ..methods.spec import method_from_spec, parse_spec
 from ..core.threads import set_threads
 

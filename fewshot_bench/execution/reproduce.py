@@ -10,9 +10,8 @@ Contracts:
     ``--tuned`` file, then each tuned-config YAML in the store's folder and its subfolders (e.g. the committed
     ``leaderboard/tuning/``), in turn. It is used only when the rebuilt method's run hash equals the stored
     ``config_hash``, so a re-run is the stored configuration or is not made (reported as not re-run, never guessed).
-  * The episode runs through the runner (:class:`fewshot_bench.execution.runner.Run`: same episode, training seed, source
-    pool and protocol) on ``--device`` into a temporary store that is deleted afterwards; the given store is only
-    read. Meta-trained state comes from the meta-training cache when this machine holds it, as in a resumed run
+  * The episode runs through the one episode loop (:class:`fewshot_bench.execution.evaluate.Executor`: same
+    episode, training seed, source pool and protocol as ``run``) on ``--device``; the given store is only read. Meta-trained state comes from the meta-training cache when this machine holds it, as in a resumed run
     (``FEWSHOT_BENCH_CACHE=<empty folder>`` forces meta-training again).
   * Per method: share of identical query predictions, share of episodes with identical predictions, paired
     Δ accuracy (re-run minus stored) with a seeded percentile-bootstrap 95% CI, and the environment fields that
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -42,7 +40,7 @@ from ..core.errors import UserError
 from ..core.hashing import derived_seed
 from ..core.registry import did_you_mean
 from .run_config import RunConfig, settings_of
-from .runner import Run, autocast_dtype
+from .evaluate import Executor, Unit
 from ..analysis.stats import bootstrap_ci
 from ..store.results import ResultsStore
 from .tuned import load_tuned
@@ -88,26 +86,26 @@ def sample_episodes(records: List[dict], size: int, seed: int, methods: Optional
 
 
 class Rebuilder:
-    """Stored runs rebuilt as :class:`Run` objects writing to one temporary store, found per stored episode."""
+    """Stored runs rebuilt as :class:`Executor` objects, found per stored episode."""
 
-    def __init__(self, runs: Dict[str, dict], device: str, scratch: ResultsStore, tuned_files: List[str]):
-        self.runs, self.device, self.scratch, self.tuned_files = runs, device, scratch, tuned_files
+    def __init__(self, runs: Dict[str, dict], device: str, tuned_files: List[str]):
+        self.runs, self.device, self.tuned_files = runs, device, tuned_files
         self.backbones: dict = {}
-        self.built: Dict[str, tuple] = {}  # run_id: (its config, [(Run, {setting label: Setting})])
+        self.built: Dict[str, tuple] = {}  # run_id: (its config, [(Executor, {setting label: Setting})])
 
     def _candidates(self, run_id: str) -> tuple:
-        """(stored run config, a Run per tuned file to try: the stored one if present, then --tuned's)."""
+        """(stored run config, an Executor per tuned file to try: the stored one if present, then --tuned's)."""
         if run_id not in self.built:
             config = from_mapping(RunConfig, _run_options(self.runs[run_id]), f"stored run {run_id}")
             settings = {s.label: s for s in settings_of(config)}
             tuned = [None] if not config.tuned else [t for t in map(_tuned_or_none, [config.tuned, *self.tuned_files])
                                                      if t is not None]
-            self.built[run_id] = config, [(Run(config, self.device, self.backbones, self.scratch, [], t), settings)
+            self.built[run_id] = config, [(Executor(config, self.device, self.backbones, tuned=t), settings)
                                           for t in tuned]
         return self.built[run_id]
 
     def cell(self, record: dict):
-        """The runner's cell that wrote ``record`` (same name and run hash), or the reason there is none."""
+        """(executor, cell, method spec) that wrote ``record`` (same name and run hash), or the reason there is none."""
         if record["run_id"] not in self.runs:
             return None, "its run is not in the store's runs table"
         config, candidates = self._candidates(record["run_id"])
@@ -121,7 +119,7 @@ class Rebuilder:
                 except UserError:  # this tuned file has no entry for the method on the setting: try the next one
                     continue
                 if cell.label == record["method"] and cell.run_hash == record["config_hash"]:
-                    return (execution, cell), None
+                    return (execution, cell, spec), None
         if config.tuned and not Path(config.tuned).is_file():
             return None, (f"its tuned file {config.tuned} is missing and no --tuned file (nor a YAML beside the store) "
                           f"gives its run hash; pass that file (or a copy) with --tuned")
@@ -159,25 +157,21 @@ def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_
         raise UserError(f"no ok episodes with predictions in {store_path}; nothing to reproduce")
     device = resolve_device(device)
     results = []
-    with tempfile.TemporaryDirectory(prefix="fewshot-reproduce-") as scratch_dir, \
-            ResultsStore(Path(scratch_dir) / "rerun.sqlite") as scratch:
-        rebuilder = Rebuilder(runs, device, scratch, [*tuned_files, *tuned_files_beside(store_path)])
-        for method, chosen in sample.items():
-            agreement = Agreement(method)
-            for record in chosen:
-                found, reason = rebuilder.cell(record)
-                if found is None:
-                    agreement.not_rerun.append(f"{record['setting']} #{record['episode_index']}: {reason}")
-                    continue
-                execution, cell = found
-                execution.evaluate(cell, record["episode_index"])
-                (rerun,) = scratch.episodes(config_hash=cell.run_hash, method=cell.label, backbone=record["backbone"],
-                                            setting=record["setting"], episode_index=record["episode_index"])
-                _compare(agreement, record, rerun, tolerance)
-                here = fingerprint(device, autocast_dtype(device, execution.config.bf16))
-                for key, stored, now in differences(of_run(runs[record["run_id"]]), here):
-                    agreement.environment_changes[key] = f"{stored} -> {now}"
-            results.append(agreement)
+    rebuilder = Rebuilder(runs, device, [*tuned_files, *tuned_files_beside(store_path)])
+    for method, chosen in sample.items():
+        agreement = Agreement(method)
+        for record in chosen:
+            found, reason = rebuilder.cell(record)
+            if found is None:
+                agreement.not_rerun.append(f"{record['setting']} #{record['episode_index']}: {reason}")
+                continue
+            execution, cell, spec = found
+            rerun = execution.evaluate_unit(cell, Unit(cell.setting, spec, record["episode_index"])).values
+            _compare(agreement, record, rerun, tolerance)
+            here = fingerprint(device, execution.autocast)
+            for key, stored, now in differences(of_run(runs[record["run_id"]]), here):
+                agreement.environment_changes[key] = f"{stored} -> {now}"
+        results.append(agreement)
     for agreement in results:
         agreement.ci = bootstrap_ci(agreement.deltas, bootstrap, seed) if agreement.deltas else None
     return results

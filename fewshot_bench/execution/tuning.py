@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
@@ -30,15 +29,13 @@ from ..analysis.stats import bootstrap_ci
 from ..core.config import option, validate
 from ..core.errors import UserError
 from ..core.hashing import config_hash
-from ..core.interrupts import is_method_failure, watch_sigint
+from ..core.interrupts import watch_sigint
 from ..core.outputs import check_outputs
 from ..episodes.sampling import episode_set_sha256
-from ..methods.api import MetaContext
-from ..methods.backbone import load_backbone, resolve_device
+from ..methods.backbone import resolve_device
 from ..methods.spec import method_from_spec, parse_method_config
 from ..store.results import ResultsStore
-from . import harness
-from .runner import autocast_dtype, episode_seed
+from .evaluate import Executor, Unit, evaluate
 from .run_config import RunConfig, _check_methods_value, check_device, settings_of, spec_list
 
 log = logging.getLogger(__name__)
@@ -103,37 +100,30 @@ class _Study:
         self.results: List[dict] = []
 
     def evaluate(self, overrides: Dict[str, object], number: int, trial=None) -> float:
-        """Score one config on the study's episodes; store the trial row; return the mean accuracy."""
+        """Score one config on the study's episodes through the executor (as ``run`` evaluates them: the same
+        training seeds, meta-training with its cache, timings); store the trial row; return the mean accuracy."""
         tuner, setting = self.tuner, self.setting
-        method = method_from_spec(self.name, {**self.base, **overrides})
-        backbone = tuner.backbone(method.attn_implementation)
-        source = tuner.source_episodes(setting)
-        start = time.perf_counter()
+        executor, values = tuner.executor, {**self.base, **overrides}
+        cell = executor.cell(setting, self.name, values)
+        if cell.method.protocol == "meta-trained" and cell.source_episodes is None:
+            raise UserError(f"method '{self.name}' meta-trains on a source pool, but {setting.label} has none")
+        executor.prepare_cell(cell)
         state, scores, records = "complete", [], []
-        if method.protocol == "meta-trained":
-            if source is None:
-                raise UserError(f"method '{self.name}' meta-trains on a source pool, but {setting.label} has none")
-            try:
-                method.meta_train(MetaContext(backbone, tuner.config.seed, source, autocast_dtype=tuner.autocast,
-                                              validation_episodes=setting.validation_episodes(tuner.config.seed)))
-            except BaseException as exc:  # the method's failure scores this config 0; a real Ctrl-C stops tune
-                if not is_method_failure(exc):
-                    raise
-                log.warning("%s on %s: meta_train failed (%s: %s); the trial scores 0", self.name, setting.label,
-                            type(exc).__name__, exc)
-                method = None
-        for i, episode in enumerate(tuner.episodes(setting) if method is not None else ()):
-            records.append(harness.run_episode(method, episode, backbone, seed=tuner.episode_seed(setting, i),
-                                       autocast_dtype=tuner.autocast, source_episodes=source))
-            scores.append(_score(records[-1]))
+        if cell.meta_error is not None:  # the method's failure scores this config 0; a real Ctrl-C stops tune
+            log.warning("%s on %s: %s; the trial scores 0", self.name, setting.label,
+                        cell.meta_error.splitlines()[0])
+            scores, state = [0.0] * tuner.config.episodes, "failed"
+        units = [Unit(setting, self.name, i) for i in range(tuner.config.episodes)] if cell.meta_error is None else []
+        for i, record in enumerate(evaluate(executor, units, overrides=values)):
+            records.append(record.values)
+            scores.append(_score(record.values))
             if trial is not None and tuner.config.prune:
                 trial.report(sum(scores) / len(scores), i)
                 if trial.should_prune():
                     state = "pruned"
                     break
-        if method is None:
-            scores, state = [0.0] * len(tuner.episodes(setting)), "failed"
-            method = method_from_spec(self.name, {**self.base, **overrides})
+        method = cell.method
+        executor.release(cell)  # a trial's meta-trained state is not needed again (it is cached on disk)
         accuracy = sum(scores) / len(scores)
         low, high = bootstrap_ci(scores)
         config = method.config_dict()
@@ -143,7 +133,8 @@ class _Study:
                "cost": self.space.cost_of(method.config) if self.space is not None else None,
                "episodes": len(scores), "episode_set_sha256": tuner.episode_set(setting, len(scores)),
                "accuracy": accuracy, "acc_ci95_low": low, "acc_ci95_high": high,
-               "wall_seconds": time.perf_counter() - start, "figures": _mean_figures(records)}
+               "wall_seconds": sum(r["wall_seconds"] or 0.0 for r in records) + (cell.meta_train_seconds or 0.0),
+               "figures": _mean_figures(records)}
         tuner.store.write_trial(row)
         self.results.append({**row, "overrides": overrides})
         log.info("%s %s trial %d: accuracy %.4f [%.4f, %.4f] %s", setting.label, self.name, number, accuracy, low,
@@ -195,24 +186,17 @@ class Tuner:
     def __init__(self, config: TuneConfig):
         self.optuna = _optuna()
         self.config = config
-        run_like = RunConfig(tasks=config.tasks, n_way=config.n_way, k_shot=config.k_shot, query=config.query,
-                             fold=config.fold, pool="validation", seed=config.seed, backbone=config.backbone)
+        run_like = RunConfig(tasks=config.tasks, methods=spec_list(config.methods), n_way=config.n_way,
+                             k_shot=config.k_shot, query=config.query, fold=config.fold, pool="validation",
+                             seed=config.seed, backbone=config.backbone, isolation="in-process")
         self.settings = settings_of(run_like)
         for setting in self.settings:  # fail fast on a task without a usable validation pool
             setting.target_episode(config.seed, 0)
         budget = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("store", "out", "device")}
         self.study_id = config_hash(budget)[:16]
-        self.device = resolve_device(config.device)
-        self.autocast = autocast_dtype(self.device)  # as run does (bf16 on GPUs that support it)
-        self._backbones: Dict[str, object] = {}
+        self.executor = Executor(run_like, resolve_device(config.device))  # autocast as run's (bf16 on GPUs)
         self._episodes: Dict[str, list] = {}
         self.store = ResultsStore(config.store)
-
-    def backbone(self, attn_implementation: str):
-        if attn_implementation not in self._backbones:
-            self._backbones[attn_implementation] = load_backbone(self.config.backbone, device=self.device,
-                                                                 attn_implementation=attn_implementation)
-        return self._backbones[attn_implementation]
 
     def episodes(self, setting) -> list:
         """The validation-pool episodes every trial of ``setting`` is scored on."""
@@ -223,12 +207,6 @@ class Tuner:
 
     def episode_set(self, setting, count: int) -> str:
         return episode_set_sha256([e.fingerprint for e in self.episodes(setting)[:count]])
-
-    def episode_seed(self, setting, index: int) -> int:
-        return episode_seed(self.config.seed, setting, index)
-
-    def source_episodes(self, setting):
-        return setting.source_episodes(self.config.seed)
 
 
 def target_label(setting) -> str:
