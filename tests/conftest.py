@@ -20,6 +20,16 @@ def hermetic_environment(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def methods_in_process(request, monkeypatch):
+    """Runs that name no --isolation run methods in-process ($FEWSHOT_BENCH_ISOLATION, also in subprocesses): the
+    sealed worker's ~10 s start is paid only by the tests about it, marked ``sealed``, which get the default."""
+    if request.node.get_closest_marker("sealed") is None:
+        monkeypatch.setenv("FEWSHOT_BENCH_ISOLATION", "in-process")
+    else:
+        monkeypatch.delenv("FEWSHOT_BENCH_ISOLATION", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def restored_data_dir():
     """$FEWSHOT_BENCH_DATA as it was before the test (bench scripts and set_data_dir change it), with the
     task-data cache cleared when it changed, so no test reads another test's temporary data folder."""

@@ -15,6 +15,8 @@ from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods.spec import method_from_spec
 from fewshot_bench.execution.worker import SealedWorker
 
+pytestmark = pytest.mark.sealed  # the worker under its default isolation
+
 ATTACKS = textwrap.dedent('''
     import gc, glob, inspect, json, os, sqlite3, sys, warnings
     import torch

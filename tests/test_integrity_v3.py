@@ -18,6 +18,8 @@ from fewshot_bench.store.results import ResultsStore
 
 from helpers import build_store, record
 
+pytestmark = pytest.mark.sealed  # the worker under its default isolation
+
 TINY = ["--backbone", "tiny-encoder", "--device", "cpu"]
 
 

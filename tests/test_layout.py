@@ -34,6 +34,7 @@ INNER_ALLOWED = {
     # optional extras: not installed by default
     ("fewshot_bench.execution.tuning", "optuna"): "optional extra [tune]; without it one error line names the install",
     ("fewshot_bench.execution.api", "pandas"): "not a dependency: only Results.frame() needs it",
+    ("fewshot_bench.execution.launchers", "submitit"): "optional extra [slurm]: only run --launcher submitit needs it",
     ("fewshot_bench.methods.adapters", "peft"): "the LoRA-only path: peft (and its transformers) load with lora",
     ("fewshot_bench.methods.adapters", "transformers"): "GPT-2's Conv1D, needed with peft on the LoRA path only",
     # start-up time, lazy already before the layering: torch (~3 s), transformers and datasets (~1-2 s each) and
@@ -46,6 +47,7 @@ INNER_ALLOWED = {
     ("fewshot_bench.methods.backbone", "transformers"): "loaded with the first backbone",
     ("fewshot_bench.report.forest", "matplotlib"): "loaded when a figure is drawn",
     ("fewshot_bench.report.summary_figure", "matplotlib"): "loaded when a figure is drawn",
+    ("fewshot_bench", "fewshot_bench.execution.api"): "torch: fewshot_bench.evaluate loads it on first use",
     # the same for the command handlers: the execution modules import torch, transformers and scikit-learn
     # (3-6 s); each handler of a command that trains imports its own when it runs
     ("fewshot_bench.cli.run_commands", "fewshot_bench.execution.campaign"): "torch: imported by `campaign` only",

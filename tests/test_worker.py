@@ -12,6 +12,8 @@ from fewshot_bench.methods import MetaContext
 from fewshot_bench.methods.spec import method_from_spec
 from fewshot_bench.execution.worker import SealedWorker, method_spec
 
+pytestmark = pytest.mark.sealed  # the worker under its default isolation
+
 BAD = textwrap.dedent('''
     import os, time
     from dataclasses import dataclass

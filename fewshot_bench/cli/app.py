@@ -7,6 +7,7 @@ Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -16,6 +17,7 @@ from typing import List, Optional
 from ..core.errors import UserError
 from ..core.interrupts import interrupt_message
 from ..core.outputs import disk_full, disk_full_message
+from ..execution.launch_config import SubmititConfig
 from . import report_commands, run_commands, task_commands
 from .task_commands import apply_common
 from .types import bounded_int, finite_float, positive_int
@@ -122,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "0: no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the cells, episodes and estimated CPU/GPU-hours per "
                                                            "method (from a short calibration here); write nothing")
+    p.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                   help="local: this process, or the ranks of a torchrun job (default); submitit: a Slurm job array "
+                        "through submitit (pip install 'fewshot-bench[slurm]'), one task per shard, merged at the end")
+    for field in dataclasses.fields(SubmititConfig):  # --submitit-FIELD, 1:1 with the launcher's config
+        numeric = field.type in ("int", int)
+        p.add_argument(f"--submitit-{field.name.replace('_', '-')}", dest=f"submitit_{field.name}",
+                       type=bounded_int if numeric else str, metavar="N" if numeric else "VALUE",
+                       help=f"--launcher submitit: {field.metadata['help']}"
+                            + ("" if "default" in field.metadata["help"] else f" (default: {field.default})"))
     p.set_defaults(handler=run_commands.cmd_run)
 
     p = sub.add_parser("tune", parents=[common, episode_flags],

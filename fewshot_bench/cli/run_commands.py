@@ -14,6 +14,7 @@ from ..core.checks import check_run_bounds
 from ..core.config import from_mapping
 from ..core.errors import UserError
 from ..core.outputs import print_table
+from ..execution.launch_config import SubmititConfig
 from ..report.leaderboard import write_leaderboard
 
 
@@ -31,10 +32,23 @@ def cmd_run(args) -> int:
         from ..execution.plan import dry_run
 
         return dry_run(config)
-    store_path = run_distributed_or_local(config)
+    if args.launcher == "submitit":
+        from ..execution.launchers import run_submitit  # torch: see the module docstring
+
+        store_path = run_submitit(config, launch_config(vars(args)))
+    else:
+        store_path = run_distributed_or_local(config)
     if store_path and config.out:
         write_leaderboard(store_path, config.out, 10000, args.reference)
     return 0
+
+
+def launch_config(options: Dict[str, object]) -> SubmititConfig:
+    """The SubmititConfig of the ``--submitit-FIELD`` options given (the others keep their defaults)."""
+    prefix = "submitit_"
+    given = {key[len(prefix):]: value for key, value in options.items()
+             if key.startswith(prefix) and value is not None}
+    return from_mapping(SubmititConfig, given, "--submitit options")
 
 
 def cmd_campaign(args) -> int:

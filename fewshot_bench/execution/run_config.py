@@ -3,6 +3,7 @@ flags (in that order of precedence), and what it expands to: settings and method
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
@@ -32,6 +33,20 @@ class SuiteSetting:
                                       "default: the run's folds")
 
 
+ISOLATIONS = ("sandboxed", "process", "in-process")
+ISOLATION_ENV = "FEWSHOT_BENCH_ISOLATION"
+
+
+def default_isolation() -> str:
+    """``$FEWSHOT_BENCH_ISOLATION`` (one of :data:`ISOLATIONS`), else ``sandboxed``: the isolation of a run that
+    names none (e.g. ``in-process`` on a machine that only runs trusted methods, to skip the worker's start)."""
+    value = os.environ.get(ISOLATION_ENV, "").strip()
+    if value and value not in ISOLATIONS:
+        raise UserError(f"${ISOLATION_ENV}={value!r} is not an isolation level; set it to one of "
+                        f"{', '.join(ISOLATIONS)} or unset it")
+    return value or "sandboxed"
+
+
 @dataclass
 class RunConfig:
     """What one ``fewshot-bench run`` evaluates and where it writes (suite YAML, --config YAML and flags)."""
@@ -59,10 +74,11 @@ class RunConfig:
     bf16: bool = option(True, help="bf16 autocast on GPUs that support it")
     threads: int = option(0, help="torch CPU threads per process (0: $OMP_NUM_THREADS if set, else the cores not "
                                   "busy with other work divided by this job's processes on the machine)", low=0)
-    isolation: str = option("sandboxed", help="where methods' code runs: sandboxed (a sealed worker process confined "
-                                              "with Landlock; falls back to process where Landlock is unavailable), "
-                                              "process (a sealed worker process), in-process (debugging)",
-                            choices=("sandboxed", "process", "in-process"))
+    isolation: str = option(help="where methods' code runs: sandboxed (a sealed worker process confined with "
+                                 "Landlock; falls back to process where Landlock is unavailable), process (a sealed "
+                                 "worker process), in-process (debugging, trusted methods); default: "
+                                 f"${ISOLATION_ENV} if set, else sandboxed", factory=default_isolation,
+                            choices=ISOLATIONS)
     episode_timeout: float = option(3600.0, help="seconds a method's code may take on one episode in the sealed "
                                                  "worker; past it the episode fails and the worker restarts (0: no "
                                                  "limit)", low=0)
