@@ -1,5 +1,7 @@
 """leaderboard.html in a real headless Chromium: one row per method, sorting and filtering change the rows,
-a cell's details open, nothing is fetched from the network; a screenshot is saved."""
+a cell's details open, nothing is fetched from the network; a screenshot is saved; the reference chosen on the
+page (a select) recomputes every Δ and Holm p from the embedded pairs, as the Python comparison computes them, and
+the mean Δ sort puts rows covering fewer of the reference's cells last."""
 import csv
 import json
 import os
@@ -134,3 +136,84 @@ def test_the_committed_page_shows_every_committed_method(tmp_path):
     for picture in ("leaderboard.png", "leaderboard_page.png"):  # the summary figure and the page's screenshot
         with Image.open(committed / picture) as image:
             assert image.size[1] < 2000
+
+
+def _interact(page, script: str, fragment: str = "") -> str:
+    """The DOM after ``script`` ran once the page's own script did (a copy of the page with it appended)."""
+    driven = page.with_name("driven.html")
+    driven.write_text(page.read_text().replace("</body>", f"<script>{script}</script></body>"))
+    return browse(driven, fragment)
+
+
+def _row(dom: str, method: str) -> str:
+    return re.search(rf'<tr data-method="{re.escape(method)}"[^>]*>(.*?)</tr>', dom, re.S)[1]
+
+
+def _shown_deltas(dom: str, method: str) -> dict:
+    """{cell id: (Δ, Holm p)} of a method's cells as the DOM shows them ('' where not compared)."""
+    return {int(c): (d, p) for c, d, p in re.findall(r'data-cell="(\d+)" data-delta="([^"]*)" data-p-holm="([^"]*)"',
+                                                      _row(dom, method))}
+
+
+@pytest.fixture(scope="module")
+def chosen(tmp_path_factory):
+    """full_ft and sgg in two cells (folds 1 and 2), lora in the first only and best there; the page generated with
+    lora as its reference."""
+    folder = tmp_path_factory.mktemp("chosen")
+    store = folder / "results.sqlite"
+    with ResultsStore(store) as opened:
+        for fold in (1, 2):
+            setting = f"demo/fold{fold}/5way5shot15q"
+            for i in range(10):
+                base = 0.6 + 0.02 * i
+                cell = dict(setting=setting, fold=fold, episode_index=i)
+                opened.write_episode(record(method="full_ft", accuracy=base, **cell))
+                opened.write_episode(record(method="sgg", accuracy=base + (0.02 if fold == 1 else 0.004) * (1 + i % 3)
+                                            - (0.01 if i == 4 else 0), **cell))
+                if fold == 1:
+                    opened.write_episode(record(method="lora", accuracy=min(1.0, base + 0.2), **cell))
+    assert main(["leaderboard", "--store", str(store), "--out", str(folder / "leaderboard.csv"), "--bootstrap", "200",
+                 "--reference", "lora"]) == 0
+    return folder / "leaderboard.html", store
+
+
+def test_the_reference_is_chosen_on_the_page(chosen):
+    from fewshot_bench.analysis import compare
+    from fewshot_bench.analysis.entries import load_entries
+
+    page, store = chosen
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page.read_text(), re.S)[1])
+    fold = {c["id"]: c["fold"] for c in data["cells"]}
+    assert data["reference"] == "lora" and data["methods"] == ["full_ft", "lora", "sgg"]
+    default = browse(page)
+    shown = _shown_deltas(default, "sgg")  # vs lora: compared in fold 1 only
+    assert [fold[c] for c, (d, _) in shown.items() if d] == [1] and "1/1 cells" in _row(default, "sgg")
+    entries = load_entries(store, 200, class_level=False)
+    compare.annotate(entries, "full_ft", 200)
+    expected = {e.row["fold"]: e.row for e in entries if e.method == "sgg"}
+    dom = _interact(page, 'const ref = document.getElementById("reference"); ref.value = "full_ft";'
+                          'ref.dispatchEvent(new Event("change"));')
+    shown = _shown_deltas(dom, "sgg")
+    assert len(shown) == 2
+    for cell, (delta, p_holm) in shown.items():
+        row = expected[fold[cell]]
+        assert abs(float(delta) - row["delta_vs_ref"]) < 1e-4 and float(p_holm) == row["p_holm"]
+        tooltip = re.search(rf'title="([^"]*)" data-cell="{cell}"', _row(dom, "sgg"))[1]
+        assert f"[{row['delta_ci95_low']:+.4f}, {row['delta_ci95_high']:+.4f}]" in unescape(tooltip)
+    assert expected[1]["p_holm"] < 0.05 and "▲" in _row(dom, "sgg")  # significant in fold 1: marked
+    assert "Holm-adjusted p" in dom and "unadjusted" in dom  # the one significance rule, stated
+    assert "1/2 cells" in _row(dom, "lora") and 'class="partial"' in dom  # lora lacks fold 2: marked
+
+
+def test_sorting_by_mean_delta_puts_incomplete_rows_last(chosen):
+    page, _ = chosen
+    choose = ('const ref = document.getElementById("reference"); ref.value = "full_ft";'
+              'ref.dispatchEvent(new Event("change"));')
+    # lora's mean Δ (+0.2, over its one shared cell) is the highest, but it covers 1 of 2 cells: after the others
+    by_delta = _interact(page, choose + 'document.querySelector(\'th[data-sort="delta"]\').click();')
+    assert methods_shown(by_delta) == ["sgg", "full_ft", "lora"]
+    by_name = _interact(page, choose + 'const s = document.getElementById("sort-by"); s.value = "method";'
+                                       's.dispatchEvent(new Event("change"));')
+    assert methods_shown(by_name) == ["full_ft", "lora", "sgg"]
+    by_coverage = methods_shown(browse(page, "ref=full_ft&sort=coverage&dir=desc"))
+    assert by_coverage[-1] == "lora"

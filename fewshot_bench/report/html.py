@@ -3,7 +3,11 @@ PNG as data), written with the other leaderboard outputs.
 
 The page (``templates/leaderboard.html``) shows a methods x cells table (mean accuracy, Δ vs the reference with
 its CI in the tooltip, ▲/▼ significance after Holm, flags), sortable by any column and filterable by task, shot,
-way, protocol and backbone; a cell's details on click (forest plot as SVG, rank groups, power); the across-cell
+way, protocol and backbone. The reference is chosen on the page (a select of every method; the generation-time
+one is the default): every Δ, CI and Holm p is read from ``pairs`` (:func:`pair_rows`: every comparable pair of
+every cell, Holm over all pairs of the cell, the leaderboard's own per-cell family), and a method's mean Δ runs
+over the cells it shares with the reference only, its coverage shown (rows lacking some are marked and sorted
+after complete ones when sorting by mean Δ or coverage); a cell's details on click (forest plot as SVG, rank groups, power); the across-cell
 summary (average ranks, the summary figure) and the overall table; provenance (versions, run config hashes, git
 commits, isolation where the run configs record one, environments). Its state (filters, sort, open cell) lives
 in the address's fragment, e.g. ``leaderboard.html#protocol=meta-trained&sort=acc&dir=desc``.
@@ -13,11 +17,14 @@ from __future__ import annotations
 import base64
 import json
 from importlib import resources
+from itertools import combinations
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..store.schema import OVERALL_COLUMNS, cell_key
+from ..analysis import compare
 from ..analysis.compare import ALPHA
+from ..analysis.stats import bootstrap_ci
 from ..store.environment import describe, store_environments
 from ..analysis.ranks import RankSummary
 from .markdown import CELL_FLAGS
@@ -47,9 +54,31 @@ def provenance(store_path, rows: List[Dict]) -> Dict:
     return {"facts": facts, "environments": environments}
 
 
+def pair_rows(entries: List[compare.Entry], bootstrap: int, seed: int = 0) -> Dict[tuple, List[list]]:
+    """{cell_key: [[A, B, common episodes, Δ A - B, CI low, CI high, p, Holm p], ...]}: every comparable unordered
+    pair of each cell's methods (``compare.differences``), the paired percentile bootstrap 95% CI (unadjusted,
+    ``bootstrap`` resamples, ``seed``: the leaderboard's), the sign-flip p and its Holm adjustment over every
+    comparable pair of the cell (``compare._pairwise``: the leaderboard's per-cell family, so the page's decisions
+    vs its default reference are the CSV's). B - A is the negation (CI [-high, -low]); Δ and CI rounded to 4."""
+    cells = compare.by_cell(entries)
+    tests = compare._pairwise(cells)
+    result: Dict[tuple, List[list]] = {}
+    for members in cells.values():
+        found = result.setdefault(cell_key(members[0].row), [])
+        for a, b in combinations(members, 2):
+            if (a, b) in tests:
+                d = compare.differences(a, b)
+                low, high = bootstrap_ci(d, bootstrap, seed)
+                mean, p, p_holm, _ = tests[(a, b)]
+                found.append([a.method, b.method, len(d), round(mean, 4), round(low, 4), round(high, 4), p, p_holm])
+    return result
+
+
 def page_data(rows: List[Dict], overall_rows: List[Dict], ranks: Optional[RankSummary], reference: str,
-              prov: Dict) -> Dict:
-    """The JSON the page renders: cells, rows (``ROW_FIELDS`` + cell id), ranks, overall table, provenance."""
+              prov: Dict, pairs: Optional[Dict[tuple, List[list]]] = None, claims: Optional[str] = None) -> Dict:
+    """The JSON the page renders: cells, rows (``ROW_FIELDS`` + cell id), methods, pairs by cell id (method
+    names as indices into methods; :func:`pair_rows`), ranks, overall table, provenance, claims (Markdown text
+    shown at the top, or None)."""
     groups: Dict[tuple, List[Dict]] = {}
     for row in rows:
         groups.setdefault(cell_key(row), []).append(row)
@@ -67,7 +96,12 @@ def page_data(rows: List[Dict], overall_rows: List[Dict], ranks: Optional[RankSu
                       "flags": [f for f in (row["flags"] or "").split(";") if f in CELL_FLAGS],
                       "has_reference": any(r["method"] == reference for r in members)})
         data_rows += [{**{f: r[f] for f in ROW_FIELDS}, "cell": number} for r in members]
-    return {"reference": reference, "alpha": ALPHA, "cells": cells, "rows": data_rows,
+    methods = sorted({r["method"] for r in rows})
+    index = {m: i for i, m in enumerate(methods)}
+    by_id = {str(number): [[index[a], index[b], *rest] for a, b, *rest in (pairs or {}).get(key, [])
+                           if a in index and b in index] for number, key in enumerate(groups)}
+    return {"reference": reference, "alpha": ALPHA, "cells": cells, "rows": data_rows, "methods": methods,
+            "pairs": by_id, "claims": claims,
             "ranks": None if ranks is None else vars(ranks), "overall_columns": list(OVERALL_COLUMNS),
             "overall": overall_rows, "provenance": prov}
 

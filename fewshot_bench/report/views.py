@@ -9,6 +9,9 @@ Contracts:
     mean Δ vs the reference, and how many of those cells it is significantly better (▲) or worse (▼) than the
     reference after Holm; the best mean of a group is bold. Rows flagged same-class-source are marked ``†``.
   * Forest plot files are named by :func:`cell_slug`; :func:`forest_plot_paths` gives every cell's path.
+  * The page's pairs (``html.pair_rows``) are recomputed from the store's episodes with the leaderboard's bootstrap
+    count (read from the Markdown written before the views, :func:`bootstrap_count`) and seed 0; the claims shown
+    at its top: :func:`claims_text` (``leaderboard/claims.py``'s table beside the store), else none.
 """
 from __future__ import annotations
 
@@ -20,10 +23,11 @@ import numpy as np
 
 from ..store.schema import cell_key
 from ..analysis.compare import ALPHA
+from ..analysis.entries import load_entries
 from ..store.environment import markdown_section, store_environments
 from .forest import leaderboard_figure
 from ..analysis.folds import without_fold
-from .html import page_data, provenance, write_html
+from .html import page_data, pair_rows, provenance, write_html
 from ..analysis.ranks import RankSummary
 from .summary_figure import methods_in_order, summary_figure
 
@@ -37,6 +41,24 @@ def forest_plot_paths(out: Path, rows: List[Dict]) -> Dict[tuple, Path]:
     """{cell key: ``<stem>_cells/<cell_slug>.png`` beside ``out``}."""
     folder = out.with_name(out.stem + "_cells")
     return {cell_key(r): folder / f"{cell_slug(r)}.png" for r in rows}
+
+
+def bootstrap_count(markdown: Path, default: int = 10000) -> int:
+    """The bootstrap resamples the leaderboard Markdown states (``(10,000 resamples)``), else ``default``."""
+    found = re.search(r"\(([\d,]+) resamples\)", Path(markdown).read_text(encoding="utf-8"))
+    return int(found[1].replace(",", "")) if found else default
+
+
+def claims_text(store_path) -> Optional[str]:
+    """The claims beside the store: ``claims.md``, else the block between ``<!-- claims -->`` markers of
+    ``README.md`` (``leaderboard/claims.py``'s table); None when neither holds one."""
+    folder = Path(store_path).parent
+    if (folder / "claims.md").is_file():
+        return (folder / "claims.md").read_text(encoding="utf-8")
+    readme = folder / "README.md"
+    found = re.search(r"<!-- claims -->\n(.*?)<!-- /claims -->", readme.read_text(encoding="utf-8"), re.S) \
+        if readme.is_file() else None
+    return found[1].strip() or None if found else None
 
 
 def setting_groups(rows: List[Dict]) -> Dict[str, List[Dict]]:
@@ -147,8 +169,9 @@ class Views:
             cells.setdefault(cell_key(row), []).append(row)
         for key, plot in zip(self.forest_plots, plots):
             leaderboard_figure(cells[key], reference).savefig(plot, dpi=110)
-        write_html(page_data(self.rows, overall_rows, ranks, reference, provenance(self.store_path, self.rows)),
-                   png.read_bytes(), html)
+        pairs = pair_rows(load_entries(self.store_path, 1, class_level=False), bootstrap_count(markdown))
+        write_html(page_data(self.rows, overall_rows, ranks, reference, provenance(self.store_path, self.rows), pairs,
+                             claims_text(self.store_path)), png.read_bytes(), html)
 
     def remove_stale_plots(self) -> None:
         """Delete forest plots of the folder whose cells are no longer on the leaderboard."""
