@@ -20,6 +20,7 @@ MemoryError. Meta-training runs in the worker too; its state comes back for the 
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import logging
 import multiprocessing
@@ -34,9 +35,14 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+from huggingface_hub.constants import HF_HUB_CACHE
 
 from ..episodes.sampling import Episode
 from ..core.errors import UserError
+from ..core.builtins import BUILTIN_METHODS
+from ..core.registry import METHODS
+from ..data.cards import get_task_config
+from ..methods.spec import check_declarations, parse_spec
 from ..methods.api import Method
 from ..episodes.sealed import EpisodeView
 from .worker_process import default_denied, default_memory_limit_mb, exit_description, pack, unpack, worker_main
@@ -73,9 +79,6 @@ class MethodStub(Method):
 def canonical_spec(name: str) -> str:
     """``module:Class`` or ``/abs/path/file.py:Class`` of a method name (a registered name, ``module:Class`` or
     ``path/file.py:Class``), without importing it."""
-    from ..core.builtins import BUILTIN_METHODS
-    from ..core.registry import METHODS
-
     path, sep, attr = name.rpartition(":")
     if sep:
         return f"{os.path.abspath(path)}:{attr}" if path.endswith(".py") else name
@@ -95,8 +98,6 @@ def canonical_spec(name: str) -> str:
 
 def _classes_in(path: str) -> str:
     """" (classes in PATH: A, B; e.g. PATH:A)" from the file's syntax tree: the harness never imports a method file."""
-    import ast
-
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
@@ -148,8 +149,6 @@ def _grants_for(spec: str) -> Tuple[str, ...]:
 def _card(task: str):
     """The task's card (its prompt template, for in-context learning: a card of --tasks-dir is registered here only),
     or None."""
-    from ..data.cards import get_task_config
-
     try:
         return get_task_config(task) if task else None
     except UserError:
@@ -161,10 +160,6 @@ def _weights_path(name: str) -> Optional[str]:
     if os.path.isdir(name):
         return os.path.abspath(name)
     if "/" in name:
-        try:
-            from huggingface_hub.constants import HF_HUB_CACHE
-        except ImportError:
-            return None
         return os.path.join(HF_HUB_CACHE, "models--" + name.replace("/", "--"))
     return None
 
@@ -353,8 +348,6 @@ class SealedWorker:
         and checked in its worker (a method file is imported there, never in this process): a
         :class:`MethodStub` to give :func:`~fewshot_bench.execution.harness.run_episode` and :meth:`meta_train`. Raises
         UserError with the worker's reason when the method cannot be built."""
-        from ..methods.spec import parse_spec
-
         name, from_spec = parse_spec(spec)
         target = canonical_spec(name)
         slot = self._slot(target)
@@ -370,8 +363,6 @@ class SealedWorker:
         if not (isinstance(info.get("name"), str) and isinstance(info.get("config"), dict)
                 and all(isinstance(f, str) for f in info.get("figures", (1,)))):
             raise UserError(f"method '{spec}': the sealed worker described it wrongly")
-        from ..methods.spec import check_declarations
-
         return check_declarations(MethodStub(target, info))
 
     def _token(self, method: Method) -> int:

@@ -16,7 +16,9 @@ make the harness run code by what it sends back.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import io
+import multiprocessing
 import os
 import resource
 import signal
@@ -30,6 +32,12 @@ import torch
 
 from ..episodes.sampling import Episode
 from ..core.errors import UserError
+from ..core.registry import register_task
+from ..data.cards import BUILTIN_TASKS_DIR
+from ..methods.api import MetaContext
+from ..methods.backbone import load_backbone
+from ..methods.spec import method_from_spec
+from .harness import episode_outcome, failure_reason, peak_memory_mb
 
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys")
 
@@ -131,8 +139,6 @@ def collapse(paths: Iterable[Path]) -> List[Path]:
 
 def packaged_data_dirs() -> List[Path]:
     """The folders of the package's task directory other than its suites: the task data shipped in the package."""
-    from ..data.cards import BUILTIN_TASKS_DIR
-
     base = Path(BUILTIN_TASKS_DIR)
     if not base.is_dir():
         return []
@@ -208,8 +214,6 @@ def _allow_except(ruleset, root: Path, access, denied: List[Path]) -> None:
 # ---------------------------------------------------------------------- the worker's main loop
 def worker_main(conn, init: dict) -> None:
     """Entry point of the worker process: prepare, confine, then answer the harness until told to quit."""
-    import multiprocessing
-
     os.setsid()  # its own process group: killed as one; the terminal's Ctrl-C goes to the harness only
     multiprocessing.current_process()._config.pop("daemon", None)  # a method may start processes (killed with it)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -221,10 +225,6 @@ def worker_main(conn, init: dict) -> None:
     try:
         cap_memory(init["memory_limit_mb"])
         torch.set_num_threads(init["threads"])
-        import importlib
-
-        from ..methods.backbone import load_backbone
-
         for name in ("core.builtins", "execution.harness", "methods.api", "methods.spec", "baselines", "methods.sgg", "tasks"):
             importlib.import_module(f"fewshot_bench.{name}")  # their folders are readable after confinement
         backbones = {a: load_backbone(init["backbone"], device=init["device"], attn_implementation=a)
@@ -243,12 +243,6 @@ def worker_main(conn, init: dict) -> None:
 
 
 def _serve_harness(conn, init: dict, backbones: dict) -> None:
-    from ..methods.backbone import load_backbone
-    from .harness import episode_outcome, failure_reason, peak_memory_mb
-    from ..methods.api import MetaContext
-    from ..core.registry import register_task
-    from ..methods.spec import method_from_spec
-
     hosted: Dict[int, object] = {}  # token -> method instance
 
     def send(*message):
