@@ -5,7 +5,7 @@ import pytest
 
 from fewshot_bench.cli import main
 from fewshot_bench.core.errors import UserError
-from fewshot_bench.execution.launchers import SubmititConfig, run_submitit
+from fewshot_bench.execution.launchers import SubmititConfig, check_tasks_import_this_package, run_submitit
 from fewshot_bench.execution.run_config import RunConfig
 from fewshot_bench.execution.runner import run
 
@@ -21,7 +21,8 @@ def rows(path):
         return conn.execute(f"SELECT {KEY} FROM episodes ORDER BY {KEY}").fetchall()
 
 
-def test_a_two_task_local_array_gives_the_plain_runs_store(tmp_path, capsys):
+def test_a_two_task_local_array_gives_the_plain_runs_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tasks start here: a source checkout's fewshot_bench/ is not on their path
     plain = run(RunConfig(**RUN, store=str(tmp_path / "plain.sqlite")))
     store = tmp_path / "array.sqlite"
     assert main(["run", "--tasks", "demo_intents", "--methods", "protonet,full_ft(steps=2)", "--n-way", "3",
@@ -47,11 +48,20 @@ def test_a_failed_task_is_named_with_its_log_and_the_finished_shards_kept(tmp_pa
 
     monkeypatch.setattr(launchers, "run", second_task_fails)
     monkeypatch.setattr("pdb.post_mortem", lambda *args: None)  # submitit's debug executor opens pdb on an error
+    monkeypatch.chdir(tmp_path)  # not a source checkout: see test_a_checkout_that_would_shadow_...
     store = tmp_path / "array.sqlite"
     with pytest.raises(UserError, match=r"1 of 2 array task\(s\) failed: task .*node lost.*log: .*submit the same"):
         run_submitit(RunConfig(**RUN, store=str(store)), SubmititConfig(tasks=2, cluster="debug",
                                                                        folder=str(tmp_path / "jobs")))
     assert len(rows(store)) == 3  # task 0's half of the 6 episodes, merged
+
+
+def test_a_checkout_that_would_shadow_the_installed_package_is_refused(tmp_path):
+    (tmp_path / "fewshot_bench").mkdir()
+    (tmp_path / "fewshot_bench" / "__init__.py").write_text("")
+    with pytest.raises(UserError, match="whose fewshot_bench/ is not the installed package"):
+        check_tasks_import_this_package(tmp_path)
+    check_tasks_import_this_package(tmp_path / "elsewhere")  # no package there: nothing to refuse
 
 
 def test_bad_launch_options_are_refused_with_the_field(tmp_path, capsys):

@@ -28,6 +28,17 @@ def _submitit():
     return submitit
 
 
+def check_tasks_import_this_package(cwd: Path) -> None:
+    """Array tasks start as ``python -m ...`` in the submitting folder, which then comes first on their import
+    path: refuse (one line) when that folder holds a ``fewshot_bench`` package other than the one running here
+    (a source checkout next to a non-editable install), since the tasks would run that one instead."""
+    local = cwd / "fewshot_bench"
+    if (local / "__init__.py").is_file() and local.resolve() != Path(__file__).resolve().parents[1]:
+        raise UserError(f"--launcher submitit: the array tasks start in {cwd}, whose fewshot_bench/ is not the "
+                        f"installed package ({Path(__file__).resolve().parents[1]}) they must run; submit from "
+                        f"another folder, or install this checkout editable (pip install -e .)")
+
+
 def shard_task(config: RunConfig, rank: int, tasks: int) -> str:
     """One array task: every ``tasks``-th unit of the run from ``rank`` into shard ``rank`` (no barrier)."""
     return run(config, rank=rank, world_size=tasks, store_path=shard_path(config.store, rank), barrier=lambda: None)
@@ -38,6 +49,7 @@ def run_submitit(config: RunConfig, launch: SubmititConfig) -> str:
     (conflicts refused, merged shards deleted) and return the store path. A failed task's error is raised as a
     UserError naming its log; the shards of the tasks that finished are kept for the next submission."""
     submitit = _submitit()
+    check_tasks_import_this_package(Path.cwd())
     folder = Path(launch.folder or f"{config.store}.submitit")
     executor = submitit.AutoExecutor(folder=folder, cluster=launch.cluster)
     executor.update_parameters(name="fewshot-bench", timeout_min=launch.timeout_min, mem_gb=launch.mem_gb,
