@@ -32,6 +32,7 @@ class SourceConfig(_Checked):
     hub_id: Optional[str] = option(None, help="Hugging Face hub dataset id, used when no local copy exists and you are online")
     hub_config: Optional[str] = option(None, help="configuration name of the hub dataset")
     packaged: bool = option(False, help="the files ship inside the package (tasks/<local_dir>), no data dir needed")
+    sha256: Optional[Dict[str, str]] = option(None, help="sha256 of files in local_dir the card was written for ({FILE: HEX}); a local copy that differs is refused")
 
 
 @dataclass
@@ -111,6 +112,11 @@ def _check(config: TaskConfig, path) -> None:
     check_name(config.name, f"{path}: field 'name'")
     if not config.source.packaged:
         check_inside(config.source.local_dir, f"{path}: source.local_dir", "the data dir")
+    for name, digest in (config.source.sha256 or {}).items():
+        check_inside(name, f"{path}: source.sha256 key", "the task's data folder")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise UserError(f"{path}: source.sha256 of '{name}' is {digest!r}, not a sha256 (64 lower-case hex "
+                            f"digits); pin the output of `sha256sum {name}`")
     if config.pools.class_splits_file is not None:
         check_inside(config.pools.class_splits_file, f"{path}: pools.class_splits_file", "the task's data folder")
     for split in config.splits:

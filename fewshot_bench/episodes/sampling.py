@@ -50,6 +50,14 @@ def fingerprint(classes, support_ids, support_labels, query_ids, query_labels) -
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def content_sha256(episode: Episode) -> str:
+    """sha256 of what a method reads from ``episode``: its fingerprint (classes, ids, labels) and every support and
+    query text, in order. Two episodes with one fingerprint but different texts (the data changed under the same
+    ids) differ here; stores keep it per (task, fingerprint) (:mod:`fewshot_bench.store.content`)."""
+    payload = json.dumps([episode.fingerprint, list(episode.support_texts), list(episode.query_texts)])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def parse_shot(k_shot) -> Union[int, tuple]:
     """``5`` or ``"5"`` -> 5; ``[1, 5]`` or ``"1-5"`` -> (1, 5): K drawn per class in that range (FLEX-style)."""
     try:

@@ -40,7 +40,9 @@ from ..core.outputs import SQLITE_COMPANIONS, check_outputs, print_table
 from ..data.cards import register_cards
 from ..data.loading import get_task_data
 from ..episodes.sampling import Setting
-from ..store.results import EPISODE_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
+from ..store import content
+from ..store.figures import copy_figures
+from ..store.results import EPISODE_COLUMNS, KEY_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
 from ..store.shards import check_no_conflicts
 from .evaluate import cell_identity, restart_hash
 from .run_config import RunConfig, build_config, method_specs, settings_of
@@ -150,11 +152,13 @@ class Finished:
     """The episodes stored as done (ok or diverged) in some stores, read once through read-only connections.
 
     ``done_indices`` answers as :meth:`ResultsStore.done_indices` does (so it can be one of ``runner.run``'s
-    ``finished``); ``rows[key][index]`` = (wall_seconds, meta_train_seconds, support + query texts) is what rates
+    ``finished``); ``content``: their episodes' content hashes (:func:`fewshot_bench.store.content.stored`);
+    ``rows[key][index]`` = (wall_seconds, meta_train_seconds, support + query texts) is what rates
     are measured from. An episode stored in several stores counts once (the first read; ``base``'s first)."""
 
     def __init__(self, paths: Iterable, base: Optional["Finished"] = None):
         self.rows: Dict[Key, Dict[int, tuple]] = {k: dict(v) for k, v in base.rows.items()} if base else {}
+        self.content: Dict[Tuple[str, str], str] = dict(base.content) if base else {}  # store.content.stored
         names = ("config_hash", "method", "backbone", "task", "setting", "episode_index", "wall_seconds",
                  "meta_train_seconds", "n_way", "k_shot", "q_query")
         for path in paths:
@@ -166,6 +170,7 @@ class Finished:
                     shots = [float(k) for k in str(k_shot or 0).split("-")]
                     texts = n_way * (sum(shots) / len(shots) + q_query) if n_way and q_query else None
                     self.rows.setdefault(tuple(key), {}).setdefault(index, (wall, meta, texts))
+                self.content = {**content.stored(conn), **self.content}
 
     def done_indices(self, config_hash: str, method: str, backbone: str, task: str, setting: str) -> set:
         return set(self.rows.get((config_hash, method, backbone, task, setting), ()))
@@ -389,8 +394,11 @@ def merge(file, store, shards) -> int:
                                 f"config_hash = ? AND method = ? AND backbone = ? AND task = ? AND setting = ? AND "
                                 f"status != 'failed' AND episode_index < ? ON CONFLICT DO NOTHING",
                                 (*unit.key, unit.episodes))
+                            copy_figures(copy.conn, "shard", " AND ".join(f"e.{c} = ?" for c in KEY_COLUMNS[:-1])
+                                         + " AND e.episode_index < ?", (*unit.key, unit.episodes))
                         copy.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) SELECT * FROM shard.runs "
                                           f"WHERE run_id IN (SELECT run_id FROM main.episodes) ON CONFLICT DO NOTHING")
+                        content.merge(copy.conn, "shard")
                     copy.conn.execute("DETACH DATABASE shard")
             with ResultsStore(store) as target:
                 added = target.merge_from([subset])

@@ -24,6 +24,7 @@ from ..episodes.sampling import Setting
 from ..methods.api import Method
 from ..methods.backbone import load_backbone, resolve_device
 from ..methods.spec import method_from_spec, parse_spec
+from ..store import content
 from ..store.environment import fingerprint
 from ..store.results import ResultsStore
 from ..store.shards import existing_shards
@@ -77,7 +78,9 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
 
     ``only``: run just these (setting label, method spec, restart) units, each with all its episodes (None: every
     unit of the config). ``finished``: more stores, read-only (objects with ``done_indices``, e.g.
-    ``campaign.Finished``), whose finished episodes count as done; the caller opens and closes them.
+    ``campaign.Finished``), whose finished episodes count as done and whose ``content`` hashes are checked; the
+    caller opens and closes them. Before anything is written, the texts of every episode of this rank's units are
+    checked against the content hashes stored (:func:`fewshot_bench.store.content.check_and_record`).
 
     With several ranks, the meta-trainings (meta-trained method x setting with episodes left) are shared
     out round-robin and cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node
@@ -115,10 +118,15 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
     executor = Executor(config, device, backbones, [store, *finished_elsewhere, *finished], tuned, worker)
-    run_id = store.start_run(dataclasses.asdict(config), device, config.seed,
-                             environment=fingerprint(device, executor.autocast))
     units = [Unit(s, m, i, r) for s in settings for m in executor.specs for i in range(n_episodes)
              for r in range(config.restarts) if only is None or (s.label, m, r) in only]
+    mine = units[rank::world_size]
+    episodes = {(u.setting, u.index): None for u in mine}
+    content.check_and_record(store.conn, str(store.path), [s.target_episode(config.seed, i) for s, i in episodes],
+                             [content.stored(s.conn) for s in finished_elsewhere]
+                             + [f.content for f in finished])
+    run_id = store.start_run(dataclasses.asdict(config), device, config.seed,
+                             environment=fingerprint(device, executor.autocast))
     if world_size > 1:  # meta-training shared out round-robin, cached on disk, then loaded by every rank
         cells = [executor.cell(s, m) for s, m in dict.fromkeys((u.setting, u.spec) for u in units)]
         pending = [c for c in cells if c.method.protocol == "meta-trained"
@@ -126,12 +134,11 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
         for cell in pending[rank::world_size]:
             executor.prepare_cell(cell)
         barrier()
-    mine = units[rank::world_size]
     bar = Progress(len(mine), "episodes", every=config.progress_every, interval=config.progress_seconds)
     try:
         with watch_sigint():  # Ctrl-C stops the run (finished episodes are committed); a method's own raise does not
             for record in evaluate(executor, mine, hooks=_ProgressHooks(bar)):
-                store.write_episode({**record.values, "run_id": run_id})
+                store.write_episode({**record.values, "run_id": run_id}, record.declarations)
                 bar.update(1)
         store.end_run(run_id)
     finally:
