@@ -20,6 +20,7 @@ import yaml
 from .loading import FILE_FORMATS, data_dir
 from ..core.errors import UserError
 from .cards import PLACEHOLDER, TaskConfig
+from .pinning import file_sha256
 
 WIDTH = 110
 # what the field help cannot say in one line: how a section's fields combine, where paths resolve
@@ -124,6 +125,8 @@ def skeleton(name: str, local_dir: str, found: Optional[FolderSummary]) -> str:
             header.append(f"# Fields of the first row of {found.first_file}: {', '.join(found.fields)}")
         if found.splits:
             prefill["splits"] = found.splits
+            prefill["source.sha256"] = {path.name: file_sha256(path) for split in found.splits
+                                        for path in sorted(found.folder.glob(f"{split}.*")) if path.is_file()}
         for dotted, usual in (("input.text_field", "text"), ("label_field", "label")):
             if found.fields and usual not in found.fields:
                 prefill[dotted] = f"{PLACEHOLDER}: one of {', '.join(found.fields)}"
