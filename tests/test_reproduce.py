@@ -2,6 +2,8 @@
 result is reported as drift (exit 1) with the environment differences; bad input is one line."""
 import hashlib
 import json
+import logging
+import re
 import sqlite3
 
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from fewshot_bench.cli import main
 from fewshot_bench.execution.reproduce import sample_episodes
 from fewshot_bench.store.results import ResultsStore
+
+from helpers import REPO, shared_data_dir
 
 METHODS = "protonet,full_ft(steps=2),maml(meta_steps=2)"
 
@@ -32,10 +36,18 @@ def test_the_sample_is_seeded_and_per_method(store):
     assert len(sample_episodes(records, 10, seed=0)["protonet"]) == 3  # never more than stored
 
 
-def test_a_store_reproduces_here(store, capsys):
+def test_a_store_reproduces_here(store, capsys, caplog):
     before = hashlib.sha256(store.read_bytes()).hexdigest()
-    assert main(["reproduce", "--store", str(store), "--sample", "2"]) == 0
+    with caplog.at_level(logging.INFO, logger="fewshot_bench.core.progress"):
+        assert main(["reproduce", "--store", str(store), "--sample", "2"]) == 0
     out = capsys.readouterr().out
+    progress = [r.getMessage() for r in caplog.records if r.name == "fewshot_bench.core.progress"]
+    assert [line.split(" | ")[0] for line in progress] == [f"reproduce {n}/6 ({100 * n / 6:.0f}%)" for n in range(1, 7)]
+    assert all("ETA" in line for line in progress)  # episodes done and ETA, per episode
+    streamed, _, table = out.partition("\n\n")  # a line per method as it finishes, then the table
+    for method in ("protonet", "full_ft(steps=2)", "maml(meta_steps=2)"):
+        line = next(line for line in streamed.splitlines() if line.startswith(method + ": "))
+        assert "episodes 2/2" in line and line.endswith("verdict ok")
     for method in ("protonet", "full_ft(steps=2)", "maml(meta_steps=2)"):
         line = next(line for line in out.splitlines() if line.startswith(method + " "))
         assert "100.0% of 150" in line and "2/2" in line and "+0.0000 [+0.0000, +0.0000]" in line and line.endswith("ok")
@@ -154,3 +166,21 @@ def test_a_store_of_another_schema_is_one_line(tmp_path, capsys):
     assert main(["reproduce", "--store", str(foreign)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(foreign) in err and "lacks column(s) run_id" in err
+
+
+def test_two_frozen_methods_of_the_committed_store_reproduce_with_a_verdict(tmp_path, capsys, monkeypatch):
+    """The README's audit command: a sampled episode each of protonet and linear_probe, re-run from (a copy of) the
+    committed store, with a line per method and the table's verdicts."""
+    monkeypatch.setenv("FEWSHOT_BENCH_DATA", str(shared_data_dir()))
+    store = tmp_path / "results.sqlite"
+    source, copy = sqlite3.connect(f"file:{REPO / 'leaderboard' / 'results.sqlite'}?mode=ro", uri=True), \
+        sqlite3.connect(store)
+    source.backup(copy)  # a consistent snapshot, even while a campaign merges into the committed file
+    source.close()
+    copy.close()
+    assert main(["reproduce", "--sample", "1", "--methods", "protonet,linear_probe", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    for method in ("protonet", "linear_probe"):
+        assert any(line.startswith(f"{method}: episodes 1/1") and line.endswith("verdict ok")
+                   for line in out.splitlines())
+        assert re.search(rf"^{method} +1/1 +100\.0% of \d+ +1/1 .* ok$", out, re.M)

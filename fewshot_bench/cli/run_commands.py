@@ -101,21 +101,27 @@ def cli_reproduce(args) -> int:
         if not Path(path).is_file():
             raise UserError(f"--tuned {path} does not exist; pass a file written by fewshot-bench tune")
     methods = [m for m in (args.methods or "").split(",") if m] or None
-    results = reproduce(args.store, args.sample, args.seed, args.device, args.tuned, methods, args.bootstrap,
-                        args.tolerance)
+    print(f"re-running up to {args.sample} stored episodes per method of {args.store} here (seed {args.seed}); "
+          f"a method drifts when |mean Δ accuracy| > {args.tolerance}", flush=True)
     header = ("method", "episodes", "identical predictions", "identical episodes", "Δ accuracy [95% CI]", "verdict")
-    table = []
-    for a in results:
+
+    def row(a) -> tuple:
         rerun = len(a.deltas)
         delta = f"{np.mean(a.deltas):+.4f} [{a.ci[0]:+.4f}, {a.ci[1]:+.4f}]" if rerun else ""
         verdict = "NOT RE-RUN" if not rerun else "DRIFT" if a.drifts(args.tolerance) else "ok"
         verdict += f" ({len(a.not_rerun)} not re-run)" if a.not_rerun and rerun else ""
-        table.append((a.method, f"{rerun}/{rerun + len(a.not_rerun)}",
-                      f"{a.same_queries / a.queries:.1%} of {a.queries}" if a.queries else "",
-                      f"{a.same_episodes}/{rerun}" if rerun else "", delta, verdict))
-    print(f"re-ran up to {args.sample} stored episodes per method of {args.store} here (seed {args.seed}); "
-          f"a method drifts when |mean Δ accuracy| > {args.tolerance}")
-    print_table(header, table)
+        return (a.method, f"{rerun}/{rerun + len(a.not_rerun)}",
+                f"{a.same_queries / a.queries:.1%} of {a.queries}" if a.queries else "",
+                f"{a.same_episodes}/{rerun}" if rerun else "", delta, verdict)
+
+    def streamed(a) -> None:  # a line per method as soon as its episodes are done; the table follows at the end
+        print(f"{a.method}: " + ", ".join(f"{name} {value}" for name, value in zip(header[1:], row(a)[1:]) if value),
+              flush=True)
+
+    results = reproduce(args.store, args.sample, args.seed, args.device, args.tuned, methods, args.bootstrap,
+                        args.tolerance, on_method=streamed)
+    print()
+    print_table(header, [row(a) for a in results])
     changes: Dict[str, List[str]] = {}  # text of the differences: the methods that have them
     for a in results:
         for line in a.drifted:

@@ -29,7 +29,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -38,7 +38,9 @@ from ..core.config import from_mapping
 from ..store.environment import NOT_RECORDED, differences, fingerprint, of_run
 from ..core.errors import UserError
 from ..core.hashing import derived_seed
+from ..core.progress import Progress
 from ..core.registry import did_you_mean
+from ..core.threads import set_threads
 from .run_config import RunConfig, settings_of
 from .evaluate import Executor, Unit
 from ..analysis.stats import bootstrap_ci
@@ -148,32 +150,42 @@ def _run_options(run: dict) -> dict:
 
 
 def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_files=(), methods=None,
-              bootstrap: int = 10000, tolerance: float = 0.01) -> List[Agreement]:
-    """Re-run the sample and compare (see the module docstring); one :class:`Agreement` per sampled method."""
+              bootstrap: int = 10000, tolerance: float = 0.01, threads: int = 0,
+              on_method: Optional[Callable[[Agreement], None]] = None) -> List[Agreement]:
+    """Re-run the sample and compare (see the module docstring); one :class:`Agreement` per sampled method, each
+    passed to ``on_method`` as soon as its episodes are done. Only the sampled episodes run (with their cells'
+    meta-training or cached state); progress (episodes done, ETA) is logged per episode. ``threads``: torch's CPU
+    threads (0: ``run``'s default, :func:`~fewshot_bench.core.threads.set_threads`)."""
     with ResultsStore(store_path, create=False) as store:
         records, runs = store.episodes(), {run["run_id"]: run for run in store.runs()}
     sample = sample_episodes(records, size, seed, methods)
     if not sample:
         raise UserError(f"no ok episodes with predictions in {store_path}; nothing to reproduce")
     device = resolve_device(device)
+    set_threads(threads)  # before a backbone is loaded, as run does
     results = []
     rebuilder = Rebuilder(runs, device, [*tuned_files, *tuned_files_beside(store_path)])
-    for method, chosen in sample.items():
-        agreement = Agreement(method)
-        for record in chosen:
-            found, reason = rebuilder.cell(record)
-            if found is None:
-                agreement.not_rerun.append(f"{record['setting']} #{record['episode_index']}: {reason}")
-                continue
-            execution, cell, spec = found
-            rerun = execution.evaluate_unit(cell, Unit(cell.setting, spec, record["episode_index"])).values
-            _compare(agreement, record, rerun, tolerance)
-            here = fingerprint(device, execution.autocast)
-            for key, stored, now in differences(of_run(runs[record["run_id"]]), here):
-                agreement.environment_changes[key] = f"{stored} -> {now}"
-        results.append(agreement)
-    for agreement in results:
-        agreement.ci = bootstrap_ci(agreement.deltas, bootstrap, seed) if agreement.deltas else None
+    with Progress(sum(map(len, sample.values())), "reproduce", every=1, interval=10) as progress:
+        for method, chosen in sample.items():
+            agreement = Agreement(method)
+            for record in chosen:
+                progress.set_current(f"{method} | {record['setting']} #{record['episode_index']}")
+                found, reason = rebuilder.cell(record)
+                if found is None:
+                    agreement.not_rerun.append(f"{record['setting']} #{record['episode_index']}: {reason}")
+                    progress.update(1)
+                    continue
+                execution, cell, spec = found
+                rerun = execution.evaluate_unit(cell, Unit(cell.setting, spec, record["episode_index"])).values
+                _compare(agreement, record, rerun, tolerance)
+                here = fingerprint(device, execution.autocast)
+                for key, stored, now in differences(of_run(runs[record["run_id"]]), here):
+                    agreement.environment_changes[key] = f"{stored} -> {now}"
+                progress.update(1)
+            agreement.ci = bootstrap_ci(agreement.deltas, bootstrap, seed) if agreement.deltas else None
+            results.append(agreement)
+            if on_method is not None:
+                on_method(agreement)
     return results
 
 
