@@ -216,3 +216,13 @@ def test_power_never_goes_below_the_sign_flip_minimum():
     assert min_episodes(0.05) == 6 and sign_flip_p([0.1] * 6) < 0.05 <= sign_flip_p([0.1] * 5)
     assert episodes_needed(0.001, 0.5) == 6  # the normal approximation would say 1
     assert detectable_difference(0.05, 5) is None and detectable_difference(0.05, 6) is not None
+
+
+def test_pairs_split_at_the_equals_sign_outside_a_label_s_overrides():
+    from fewshot_bench.analysis.pairs import parse_pairs
+    from fewshot_bench.core.errors import UserError
+
+    assert parse_pairs(["maml(head_init=zero,inner_lr=0.3)=maml", "sgg[tuned]=sgg(lr=0.1)"]) == [
+        ("maml(head_init=zero,inner_lr=0.3)", "maml"), ("sgg[tuned]", "sgg(lr=0.1)")]
+    with pytest.raises(UserError, match="expects METHOD=OTHER"):
+        parse_pairs(["maml(head_init=zero)"])

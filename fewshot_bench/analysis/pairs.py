@@ -19,11 +19,21 @@ from ..core.registry import did_you_mean
 from .stats import bootstrap_ci, effect_size, holm, sign_flip_p
 
 
+def _split_pair(text: str) -> Tuple[str, str, str]:
+    """``text`` split at its first '=' outside parentheses (a method label's overrides hold '=' too)."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "=" and depth == 0:
+            return text[:i], "=", text[i + 1:]
+    return text, "", ""
+
+
 def parse_pairs(texts: List[str]) -> List[Tuple[str, str]]:
-    """['A=B', ...] -> [(A, B), ...]."""
+    """['A=B', ...] -> [(A, B), ...]; labels with overrides work: 'maml(inner_lr=0.3)=maml'."""
     pairs = []
     for text in texts:
-        left, sep, right = text.partition("=")
+        left, sep, right = _split_pair(text)
         if not sep or not left.strip() or not right.strip():
             raise UserError(f"--pair expects METHOD=OTHER (the difference METHOD minus OTHER), got '{text}'")
         pairs.append((left.strip(), right.strip()))
