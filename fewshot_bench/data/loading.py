@@ -22,6 +22,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.hashing import hash_seed
 from .cards import BUILTIN_TASKS_DIR, POOLS, TaskConfig, get_task_config
+from .pinning import check_pinned
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def data_dir() -> Optional[Path]:
 def set_data_dir(path) -> None:
     os.environ[DATA_ENV] = str(path)
     load_task_data.cache_clear()
+    _task_rows.cache_clear()
 
 
 def hub_allowed() -> bool:
@@ -233,22 +235,37 @@ def get_task_data(name: str, fold: int = 1) -> TaskData:
 
 @functools.lru_cache(maxsize=32)
 def load_task_data(name: str, fold: int, data_root: str) -> TaskData:
+    """Task ``name``'s rows with its pools for ``fold``; the folds of a task share one read of its rows."""
     config = get_task_config(name)
     if not 1 <= fold <= config.pools.folds:
         raise UserError(f"task '{name}' has {config.pools.folds} fold(s); --fold {fold} is out of range")
+    ids, texts, labels, split_of, skipped = _task_rows(name, data_root, repr(config))
+    data = TaskData(config, fold, ids, texts, labels, skipped_empty=skipped)
+    data.pools = _form_pools(config, fold, np.array(labels), np.array(split_of))
+    return data
+
+
+@functools.lru_cache(maxsize=16)
+def _task_rows(name: str, data_root: str, card: str) -> tuple:
+    """(ids, texts, labels, split of each row, rows skipped as empty) of task ``name`` as its card (``card``: the
+    card's repr, so a re-registered card is read again) renders them; read column by column."""
+    config = get_task_config(name)
+    check_pinned(config, _local_dir(config))
     ids, texts, labels, split_of = [], [], [], []
     excluded = {str(v) for v in config.exclude_labels}
     skipped = 0
     for split in config.splits:
         table = _load_split(config, split)
-        required = [config.input.text_field, config.label_field] + [
+        required = list(dict.fromkeys([config.input.text_field, config.label_field] + [
             f for f in (config.input.pair_field, config.input.head_field, config.input.tail_field,
-                        config.input.tokens_field, config.input.head_pos_field, config.input.tail_pos_field) if f]
+                        config.input.tokens_field, config.input.head_pos_field, config.input.tail_pos_field) if f]))
         for field_name in required:
             if field_name not in table.column_names:
                 raise UserError(f"task '{name}', split '{split}': field '{field_name}' named in the card is not in "
                                 f"the data (fields: {', '.join(table.column_names)}); fix the card's input/label_field")
-        for i, row in enumerate(table):
+        columns = table.select_columns(required).to_dict()
+        for i, values in enumerate(zip(*(columns[f] for f in required))):
+            row = dict(zip(required, values))
             label = _label(row[config.label_field], name, split, i, config.label_field)
             if label in excluded:
                 continue
@@ -265,9 +282,7 @@ def load_task_data(name: str, fold: int, data_root: str) -> TaskData:
         log.warning("task '%s': skipped %d row(s) with empty text", name, skipped)
     if not ids:
         raise UserError(f"task '{name}': no usable rows in splits {config.splits}")
-    data = TaskData(config, fold, ids, texts, labels, skipped_empty=skipped)
-    data.pools = _form_pools(config, fold, np.array(labels), np.array(split_of))
-    return data
+    return ids, texts, labels, split_of, skipped
 
 
 def _label(value, task: str, split: str, row: int, field_name: str) -> str:
