@@ -4,11 +4,11 @@ import contextlib
 import csv
 import logging
 import math
+import os
 import shutil
 import signal
 import socket
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -188,11 +188,15 @@ def deadline(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.fixture
-def no_data_no_network(monkeypatch):
-    """No data dir, the hub not switched off (the clients' offline flags too), and every connection refused."""
+@pytest.fixture(params=["no data dir", "empty data dir"])
+def no_data_no_network(request, monkeypatch, tmp_path):
+    """No data dir (or one with no dataset in it), the hub not switched off (the clients' offline flags too), and
+    every connection refused; yields the connections tried."""
     for name in ("FEWSHOT_BENCH_DATA", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
+    if request.param == "empty data dir":
+        (tmp_path / "empty").mkdir()
+        monkeypatch.setenv("FEWSHOT_BENCH_DATA", str(tmp_path / "empty"))
     for module in ("huggingface_hub.constants", "datasets.config"):
         imported = pytest.importorskip(module)
         for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -214,10 +218,8 @@ def no_data_no_network(monkeypatch):
 def test_compare_on_the_committed_store_needs_no_data_dir_nor_network(no_data_no_network, tmp_path, capsys):
     store = tmp_path / "results.sqlite"
     shutil.copy(REPO / "leaderboard" / "results.sqlite", store)
-    started = time.monotonic()
     with deadline(120):
         assert main(["compare", "--store", str(store), "--pair", "sgg=full_ft", "--bootstrap", "200"]) == 0
-    assert time.monotonic() - started < 60
     out = capsys.readouterr().out
     assert "paired comparisons" in out and "banking77/fold1/5way1shot15q" in out
     assert no_data_no_network == []  # nothing even tried to connect
@@ -242,11 +244,10 @@ def _banking77_store(path):
 def test_leaderboard_needs_no_data_dir_nor_network(no_data_no_network, tmp_path, caplog):
     _banking77_store(tmp_path / "s.sqlite")
     out = tmp_path / "board" / "leaderboard.csv"
-    started = time.monotonic()
     with deadline(120), caplog.at_level(logging.WARNING):
         assert main(["leaderboard", "--store", str(tmp_path / "s.sqlite"), "--out", str(out),
                      "--bootstrap", "200"]) == 0
-    assert time.monotonic() - started < 60 and no_data_no_network == []  # nothing even tried to connect
+    assert no_data_no_network == []  # nothing even tried to connect
     rows = {(r["setting"], r["method"]): r for r in csv.DictReader(out.open(encoding="utf-8"))}
     assert len(rows) == 4
     for method in ("full_ft", "protonet"):  # classes stored: class-level CIs from the store alone
@@ -259,12 +260,12 @@ def test_leaderboard_needs_no_data_dir_nor_network(no_data_no_network, tmp_path,
 def test_an_unreachable_dataset_fails_in_one_line_within_seconds(no_data_no_network, monkeypatch):
     from fewshot_bench.data.loading import get_task_data
 
-    started = time.monotonic()
     with deadline(60), pytest.raises(UserError) as caught:
         get_task_data("banking77")
-    assert time.monotonic() - started < 15
+    assert len(no_data_no_network) == 1  # one connect (of at most HUB_PROBE_SECONDS), no hub client retry loop
     message = str(caught.value)
-    assert "\n" not in message and "no data dir is set" in message and "PolyAI/banking77" in message
+    where = "tried " if os.environ.get("FEWSHOT_BENCH_DATA") else "no data dir is set"
+    assert "\n" not in message and where in message and "PolyAI/banking77" in message
     assert "not reachable" in message and "network blocked by the test" in message
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # switched off: not even tried
     with deadline(60), pytest.raises(UserError, match=r"hub dataset 'PolyAI/banking77' not tried \(offline\)"):
