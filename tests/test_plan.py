@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+import yaml
 
 from fewshot_bench.execution import calibration
 from fewshot_bench.execution.calibration import CostLine
@@ -12,6 +13,7 @@ from fewshot_bench.cli import main
 from fewshot_bench.data.loading import get_task_data
 from fewshot_bench.execution.plan import episode_rates, make_plan
 from fewshot_bench.execution.run_config import RunConfig
+from fewshot_bench.methods.spec import method_from_spec
 from fewshot_bench.data.cards import BUILTIN_TASKS_DIR, register_cards
 
 ARGV = ["run", "--dry-run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--k-shot", "1,2", "--query", "2",
@@ -33,7 +35,29 @@ def test_repeated_support_keeps_the_queries_and_multiplies_the_padded_support_to
     s1, q1, tokens, texts = calibration.episode_tokens(tiny_backbone, demo_episode)
     s2, q2, _, _ = calibration.episode_tokens(tiny_backbone, repeated)
     assert s2 == 3 * s1 and q2 == q1 and texts == len(set(demo_episode.support_texts + demo_episode.query_texts))
-    assert calibration.repeats(2000) == 2 and calibration.repeats(100) == 11 and calibration.repeats(10) == 16
+    assert calibration.repeats(2000) == 2 and calibration.repeats(100) == 6 and calibration.repeats(10) == 16
+
+
+def test_a_stepped_method_is_timed_at_one_and_three_steps_and_its_line_is_that_of_its_steps(monkeypatch):
+    """Adaptation = set-up + steps x one step, both affine in the support tokens: the points at 1 and 3 steps (at S
+    and r x S) give the line of the configured 10 steps exactly; only the probe point's queries are all there."""
+    plan = make_plan(config(tasks=["demo_intents"], methods=["full_ft"]))
+    probe, backbone, timed = plan.probe, next(iter(plan.backbones.values())), []
+
+    def fake(method, episode, backbone_, probe_, autocast):
+        support, query, _, _ = calibration.episode_tokens(backbone, episode)
+        steps = method.config.steps
+        timed.append((steps, support, len(episode.query_texts)))
+        adapt = 0.5 + 0.001 * support + steps * (0.2 + 0.002 * support)
+        return adapt, {"wall_seconds": adapt + 0.003 * query, "status": "ok"}
+    monkeypatch.setattr(calibration, "_timed_episode", fake)
+    line = calibration.measure(method_from_spec("full_ft", {}), backbone, probe)
+    s, r, n_way = probe.support_tokens, calibration.repeats(probe.support_tokens), probe.episode.n_way
+    queries = len(probe.episode.query_texts)
+    assert timed == [(1, s, n_way), (1, s, queries), (3, s, n_way), (1, r * s, n_way), (3, r * s, n_way)]
+    assert line.fixed == pytest.approx(0.5 + 10 * 0.2)
+    assert line.per_support_token == pytest.approx(0.001 + 10 * 0.002)
+    assert line.per_query_token == pytest.approx(0.003)
 
 
 def test_dry_run_prints_the_plan_and_writes_only_the_calibration_cache(tmp_path, monkeypatch, capsys):
@@ -92,11 +116,11 @@ def fake_measure(method, backbone, probe, *, autocast=None):
 @pytest.fixture
 def long_task(tmp_path, monkeypatch):
     """'long_intents': demo_intents with every text four times over (about 4x the tokens, same classes)."""
-    card = (BUILTIN_TASKS_DIR / "demo_intents.yaml").read_text(encoding="utf-8")
-    card = card.replace("name: demo_intents", "name: long_intents").replace("demo: true\n", "")
-    card = card.replace("{local_dir: demo_intents, packaged: true}", "{local_dir: long_intents}")
+    card = yaml.safe_load((BUILTIN_TASKS_DIR / "demo_intents.yaml").read_text(encoding="utf-8"))
+    card.pop("demo", None)
+    card.update(name="long_intents", source={"local_dir": "long_intents"})  # no pinned files: its own data
     (tmp_path / "cards").mkdir()
-    (tmp_path / "cards" / "long_intents.yaml").write_text(card, encoding="utf-8")
+    (tmp_path / "cards" / "long_intents.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
     data = get_task_data("demo_intents")
     (tmp_path / "data" / "long_intents").mkdir(parents=True)
     with open(tmp_path / "data" / "long_intents" / "data.jsonl", "w", encoding="utf-8") as f:

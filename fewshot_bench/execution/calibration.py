@@ -10,17 +10,20 @@ long texts costs what its tokens cost.
 
 **Measurement** (:func:`measure`) on the probe, the median episode (by tokens) of the run's cheapest setting: one
 untimed warm-up (thread pools, allocator, lazy initialisation; it also fills the frozen-embedding cache, which
-gives the fill's seconds per token), then two timed episodes: the probe, and the probe with its support set
-repeated r times (every text and label r times: S grows r-fold, Q and the texts' lengths stay; r = 2, or more
+gives the fill's seconds per token), then timed points: adaptation on the probe and on the probe with its support
+set repeated r times (every text and label r times: S grows r-fold, Q and the texts' lengths stay; r = 2, or more
 up to 16 so that S reaches ``SECOND_POINT_TOKENS``: a slope over ~50 tokens would be noise on a loaded machine).
-Adaptation's two times give (fixed, per support token); what follows adaptation (query prediction, scoring),
-divided by Q, gives per query token. The repeated support is a fair second point for a full-batch gradient
-method (full_ft, lora, sgg, MAML's inner loop): each step runs forward and backward over the whole padded
-support batch, so its per-step fixed part (optimizer over every parameter, model reset, head) stays and its
-token part grows r-fold, exactly as in an rK-shot episode of texts of the same length. For a cached / frozen
-method (protonet, linear_probe) the repeated texts hit the embedding cache: the slope is then only its work on
-cached vectors, which is what its episodes cost once the cache is filled; embedding the texts is the one-off
-cache fill, estimated apart.
+The two adaptation times give (fixed, per support token); what follows adaptation on the probe (query
+prediction, scoring), divided by Q, gives per query token. The points whose queries are not timed keep one query
+per class (:func:`trimmed_queries`). A config with a ``steps`` field above 3 (full_ft, lora, sgg) is timed at 1
+and 3 steps instead of its n (and warms up at 1 step): adaptation = set-up + steps x one step, both affine in S,
+so the four points (1 and 3 steps, at S and at r x S) give its time at n steps, at S and r x S, for a fraction of
+n steps' cost. The repeated support is a fair second point for a full-batch gradient method (full_ft, lora, sgg,
+MAML's inner loop): each step runs forward and backward over the whole padded support batch, so its per-step
+fixed part (optimizer over every parameter, model reset, head) stays and its token part grows r-fold, exactly as
+in an rK-shot episode of texts of the same length. For a cached / frozen method (protonet, linear_probe) the
+repeated texts hit the embedding cache: the slope is then only its work on cached vectors, which is what its
+episodes cost once the cache is filled; embedding the texts is the one-off cache fill, estimated apart.
 
 **One-off costs**, never charged per episode: the cache fill (seconds per token of the texts the warm-up
 embedded; a cell's fill is that rate x its distinct texts' tokens) and meta-training: ``meta_train`` timed once
@@ -29,10 +32,15 @@ times the configured ``meta_steps`` (the set-up of the first step counted each t
 stopping would end sooner, its validation checks are not counted), scaled to a cell by its tokens per episode
 (S + Q) over the probe's. A config without ``meta_steps`` is meta-trained whole, as configured.
 
+**Shapes** (:func:`cost_shape`): methods whose code (``adapt``, ``meta_train``), attention implementation, protocol
+and non-float config fields agree do the same work per episode: floats (learning rates, loss weights,
+temperatures) change the numbers computed, not how many. One of them is measured and the others share its line
+(SGG's ablations share SGG's; an ablation that skips a term is then estimated on the high side).
+
 **Cache**: ``<cache root>/calibration.json`` (``$FEWSHOT_BENCH_CACHE``, else ``~/.cache/fewshot_bench``, as
-:mod:`fewshot_bench.execution.meta_cache`), one entry per :func:`cache_key`: method name and config hash, backbone, probe
-setting and episode fingerprint, and the environment fingerprint (device and its name — the CPU model —, dtype,
-torch threads, torch / transformers / Python versions, OS). A second dry run on the same machine reuses them.
+:mod:`fewshot_bench.execution.meta_cache`), one entry per :func:`cache_key`: the cost shape, backbone, probe setting
+and episode fingerprint, and the environment fingerprint (device and its name — the CPU model —, dtype, torch
+threads, torch / transformers / Python versions, OS). A second dry run on the same machine reuses them.
 """
 from __future__ import annotations
 
@@ -59,8 +67,9 @@ from .evaluate import episode_record, meta_context
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 1  # bump when what is measured changes: older entries are then not used
-SECOND_POINT_TOKENS = 1024  # padded support tokens the second calibration point aims at (r <= 16)
+CALIBRATION_VERSION = 2  # bump when what is measured changes: older entries are then not used
+SECOND_POINT_TOKENS = 512  # padded support tokens the second calibration point aims at (r <= 16)
+STEP_POINTS = (1, 3)  # steps of a stepped method's timed points: two apart, so a term of every second step counts
 CACHE_FILE = "calibration.json"
 
 
@@ -126,6 +135,17 @@ def repeated_support(episode: Episode, times: int) -> Episode:
                                support_labels=episode.support_labels * times)
 
 
+def trimmed_queries(episode: Episode) -> Episode:
+    """``episode`` with only the first query of each class: a calibration point whose query time is not used."""
+    first: Dict[object, int] = {}
+    for position, label in enumerate(episode.query_labels):
+        first.setdefault(label, position)
+    keep = sorted(first.values())
+    return dataclasses.replace(episode, query_ids=tuple(episode.query_ids[i] for i in keep),
+                               query_texts=tuple(episode.query_texts[i] for i in keep),
+                               query_labels=tuple(episode.query_labels[i] for i in keep))
+
+
 def repeats(support_tokens: float) -> int:
     """r of the second calibration point: 2, or more (at most 16) so that r x S reaches SECOND_POINT_TOKENS."""
     return max(2, min(16, math.ceil(SECOND_POINT_TOKENS / max(support_tokens, 1.0))))
@@ -159,28 +179,61 @@ def _timed_episode(method: Method, episode: Episode, backbone: Backbone, probe: 
     return (spent[0] if spent else 0.0), record
 
 
+def _config_fields(method: Method) -> Dict[str, object]:
+    """{field name: declared type} of ``method``'s config ({} when it is not a dataclass)."""
+    config = method.config
+    return {f.name: f.type for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else {}
+
+
+def _with(method: Method, **values) -> Method:
+    """A new instance of ``method``'s class with ``values`` replacing its config's fields."""
+    return type(method)(dataclasses.replace(method.config, **values) if values else method.config)
+
+
+def cost_shape(method: Method) -> dict:
+    """What ``method``'s cost depends on (see the module docstring): its class's ``adapt`` and ``meta_train``
+    functions, attention implementation, protocol and config fields not declared float."""
+    cls, types = type(method), _config_fields(method)
+    config = {k: v for k, v in method.config_dict().items() if types.get(k) not in (float, "float")}
+    return {"adapt": f"{cls.adapt.__module__}.{cls.adapt.__qualname__}",
+            "meta_train": f"{cls.meta_train.__module__}.{cls.meta_train.__qualname__}",
+            "attn": cls.attn_implementation, "protocol": cls.protocol, "config": config}
+
+
 def measure(method: Method, backbone: Backbone, probe: Probe, *, autocast=None) -> CostLine:
-    """Measure ``method``'s :class:`CostLine` on ``probe`` (warm-up, probe, probe with repeated support, and
-    meta-training when the method is meta-trained); a failure gives a line with ``error`` set."""
+    """Measure ``method``'s :class:`CostLine` on ``probe`` (see the module docstring: warm-up, the timed points,
+    and meta-training when the method is meta-trained); a failure gives a line with ``error`` set."""
     try:
         backbone.clear_caches()
         filled_before = backbone.embedding_cache_seconds
-        _timed_episode(method, probe.episode, backbone, probe, autocast)  # warm-up, untimed
+        stepped = "steps" in _config_fields(method) and int(method.config.steps) > STEP_POINTS[1]
+        warm = (_with(method, steps=STEP_POINTS[0]), trimmed_queries(probe.episode)) if stepped else \
+            (method, probe.episode)
+        _timed_episode(*warm, backbone, probe, autocast)  # warm-up, untimed
         fill = backbone.embedding_cache_seconds - filled_before
         filled = list(getattr(backbone, "_embedding_cache", {}))
         fill_tokens = sum(token_lengths(backbone, filled))
-        adapts, rests, times = [], [], repeats(probe.support_tokens)
-        for episode in (probe.episode, repeated_support(probe.episode, times)):
-            adapt, record = _timed_episode(method, episode, backbone, probe, autocast)
-            adapts.append(adapt)
-            rests.append(max(0.0, record["wall_seconds"] - adapt))
+        times = repeats(probe.support_tokens)
+        repeated = trimmed_queries(repeated_support(probe.episode, times))
+        if stepped:  # adaptation at n steps from 1 and 3 steps, at S and at r x S
+            one, three = (_with(method, steps=steps) for steps in STEP_POINTS)
+            x1, record = _timed_episode(one, probe.episode, backbone, probe, autocast)
+            x3 = _timed_episode(three, trimmed_queries(probe.episode), backbone, probe, autocast)[0]
+            y1 = _timed_episode(one, repeated, backbone, probe, autocast)[0]
+            y3 = _timed_episode(three, repeated, backbone, probe, autocast)[0]
+            per_step = (int(method.config.steps) - STEP_POINTS[0]) / (STEP_POINTS[1] - STEP_POINTS[0])
+            adapts = [x1 + per_step * (x3 - x1), y1 + per_step * (y3 - y1)]
+        else:
+            adapt, record = _timed_episode(method, probe.episode, backbone, probe, autocast)
+            adapts = [adapt, _timed_episode(method, repeated, backbone, probe, autocast)[0]]
+        rest = max(0.0, record["wall_seconds"] - (x1 if stepped else adapts[0]))
         meta = measure_meta(method, backbone, probe, autocast) if method.protocol == "meta-trained" else 0.0
     except Exception as exc:  # a method that cannot run the probe gets no estimate; the dry run goes on
         return CostLine(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     slope = max(0.0, (adapts[1] - adapts[0]) / ((times - 1) * probe.support_tokens)) if probe.support_tokens else 0.0
     fixed = adapts[0] - slope * probe.support_tokens if slope else sum(adapts) / 2
     return CostLine(fixed=max(0.0, fixed), per_support_token=slope,
-                    per_query_token=sum(rests) / 2 / probe.query_tokens if probe.query_tokens else 0.0,
+                    per_query_token=rest / probe.query_tokens if probe.query_tokens else 0.0,
                     fill_per_token=fill / fill_tokens if fill > 0 and fill_tokens else 0.0, meta_seconds=meta,
                     probe_tokens=probe.support_tokens + probe.query_tokens)
 
@@ -190,14 +243,12 @@ def measure_meta(method: Method, backbone: Backbone, probe: Probe, autocast=None
     (``meta_steps=1``, ``val_every=0``) x ``meta_steps`` where the config has that field, else all of it."""
     if probe.source_episodes is None:
         raise RuntimeError(f"{probe.setting.label} has no source pool to meta-train on")
-    fields = {f.name for f in dataclasses.fields(method.config)} if dataclasses.is_dataclass(method.config) else set()
-    config, scale = method.config, 1
+    fields, probe_method, scale = _config_fields(method), _with(method), 1
     if "meta_steps" in fields:
         scale = int(method.config.meta_steps)
         if scale == 0:
             return 0.0
-        config = dataclasses.replace(method.config, meta_steps=1, **({"val_every": 0} if "val_every" in fields else {}))
-    probe_method = type(method)(config)
+        probe_method = _with(method, meta_steps=1, **({"val_every": 0} if "val_every" in fields else {}))
     started = time.perf_counter()
     probe_method.meta_train(meta_context(backbone, probe.run_seed, probe.setting, probe.source_episodes, autocast))
     _sync(backbone)
@@ -209,8 +260,9 @@ def cache_file() -> Path:
 
 
 def cache_key(method: Method, backbone_name: str, probe: Probe, environment: Dict[str, str]) -> str:
-    """The cache entry of ``method`` measured on ``probe`` in ``environment`` (:func:`environment.fingerprint`)."""
-    return config_hash({"version": CALIBRATION_VERSION, "method": method.name, "config": method.config_hash(),
+    """The cache entry of ``method``'s :func:`cost_shape` measured on ``probe`` in ``environment``
+    (:func:`environment.fingerprint`)."""
+    return config_hash({"version": CALIBRATION_VERSION, "shape": cost_shape(method),
                         "backbone": backbone_name, "probe": probe.setting.label,
                         "probe_fingerprint": probe.episode.fingerprint, "environment": environment})
 

@@ -4,9 +4,10 @@ machine, before anything runs.
 1. **Cells first** (:func:`cell_sizes`): per setting, the mean support and query texts and tokens of its
    episodes 0..4 (tokenized with the backbone's tokenizer; no model runs), printed at once. Support tokens are
    padded as adaptation computes on them (texts x the longest), query tokens per prediction length bucket.
-2. **Calibration** (:mod:`fewshot_bench.execution.calibration`): each method once, warm, on the median episode (by tokens)
-   of the run's cheapest setting: a cost line ``fixed + per support token + per query token``, cached per
-   machine and environment, so a second dry run measures nothing.
+2. **Calibration** (:mod:`fewshot_bench.execution.calibration`): each cost shape once (methods that differ only in
+   float config fields, e.g. SGG and its ablations, share one), warm, on the median episode (by tokens) of the run's
+   cheapest setting: a cost line ``fixed + per support token + per query token``, cached per machine and
+   environment, so a second dry run measures nothing.
 3. **Estimates**: a cell's episode seconds are its mean tokens through the method's line, times its episodes
    (x restarts), so long-text tasks cost what they cost. One-off costs are apart, never charged per episode:
    the frozen-embedding cache fill (each text once per run and backbone, shared by the frozen methods and by the
@@ -107,6 +108,7 @@ class Plan:
     lines: Dict[str, CostLine] = field(default_factory=dict)
     cached: Set[str] = field(default_factory=set)  # specs whose line came from the calibration cache
     loads: Dict[str, str] = field(default_factory=dict)  # 1-minute load average while each line was measured
+    shared: Dict[str, str] = field(default_factory=dict)  # spec: the first spec of its cost shape (itself if first)
 
     @property
     def autocast(self):
@@ -118,18 +120,20 @@ class Plan:
         return self.backbones[attn]
 
     def calibrate(self, *, missing: bool = True, progress: bool = True) -> None:
-        """Each method's line: from the calibration cache, else measured (``missing``) and cached."""
+        """Each method's line: from the calibration cache, else measured (``missing``) and cached; methods of one
+        cost shape (:func:`calibration.cost_shape`) share the line of the first of them."""
         path, new, keys = cache_file(), {}, {}
         entries = read_cache(path)
         for spec, overrides in self.specs.items():
             method = self.methods[spec] = method_from_spec(parse_spec(spec)[0], overrides)
             keys[spec] = cache_key(method, self.config.backbone, self.probe, self.environment)
+            self.shared[spec] = next(other for other in self.specs if keys.get(other) == keys[spec])
             line = cached_line(entries, keys[spec])
             if line is not None:
                 self.lines[spec] = line
                 self.cached.add(spec)
                 self.loads[spec] = str(entries[keys[spec]].get("load", "?"))
-        todo = [spec for spec in self.specs if spec not in self.lines] if missing else []
+        todo = [spec for spec in self.specs if spec not in self.lines and self.shared[spec] == spec] if missing else []
         bar = Progress(len(todo), "calibrating", unit="method", every=1, interval=0) if progress and todo else None
         for number, spec in enumerate(todo, 1):
             method = self.methods[spec]
@@ -147,6 +151,9 @@ class Plan:
                 bar.update(1)
         if bar:
             bar.close()
+        for spec, first in self.shared.items():
+            if spec != first and spec not in self.lines and first in self.lines:
+                self.lines[spec], self.loads[spec] = self.lines[first], self.loads[first]
         write_cache(path, new)
 
     def episode_seconds(self, setting: Setting, spec: str) -> Optional[float]:
@@ -236,7 +243,9 @@ def print_estimates(plan: Plan) -> None:
         meta = sum(plan.meta_seconds(s, spec) for s in plan.settings)
         totals["episodes"] += seconds
         totals["meta"] += meta
-        rows.append((spec, ("cached" if spec in plan.cached else "measured") + f" (load {plan.loads.get(spec, '?')})",
+        how = ("cached" if spec in plan.cached else "measured") if plan.shared.get(spec, spec) == spec else \
+            f"as {plan.shared[spec]}"
+        rows.append((spec, how + f" (load {plan.loads.get(spec, '?')})",
                      f"{line.fixed:.3g}",
                      f"{1000 * line.per_support_token:.3g}", f"{1000 * line.per_query_token:.3g}",
                      f"{1000 * line.fill_per_token:.3g}" if line.fill_per_token else "-",
@@ -269,10 +278,11 @@ def print_estimates(plan: Plan) -> None:
           f"({_hours(totals['episodes'])} h of episodes + {_hours(one_off, bounded)} h one-off) on this machine: "
           f"{plan.environment.get('device_name')} ({plan.device}), {threads} torch thread(s), one process"
           + (f"; no estimate for {', '.join(failed)}" if failed else ""))
-    measured = len(plan.lines) - len(plan.cached)
+    measured = len([spec for spec in plan.lines if spec not in plan.cached and plan.shared.get(spec, spec) == spec])
+    shared = len([spec for spec, first in plan.shared.items() if spec != first and spec not in plan.cached])
     print(f"calibration: {measured} method(s) measured, {len(plan.cached)} reused from the calibration cache "
-          f"{cache_file()} (load: the 1-minute load average while measured, {os.cpu_count()} cores; delete the file "
-          f"to measure again)")
+          f"{cache_file()}, {shared} sharing the line of a method of the same cost shape (\"as ...\"; load: the "
+          f"1-minute load average while measured, {os.cpu_count()} cores; delete the file to measure again)")
     print(f"nothing written but the calibration cache ({cache_file()}): no store, no leaderboard, no meta-training "
           f"cache")
 
