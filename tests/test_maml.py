@@ -34,11 +34,12 @@ def one_thread():
 
 
 # ------------------------------------------------------------------------------------------- reference implementation
-def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order, head_scale=MAMLConfig().head_scale):
+def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order, head_init=MAMLConfig().head_init,
+             head_scale=MAMLConfig().head_scale):
     """Hand-unrolled MAML with torch.autograd.grad(create_graph=True), no torch.func transforms.
 
-    Returns (query loss, {meta name: grad}, {lr name: grad}). The head is initialised from prototypes of a
-    separate step-0 forward (scaled by ``head_scale``); each step's gradient is taken w.r.t. per-step aliases of the adapted tensors
+    Returns (query loss, {meta name: grad}, {lr name: grad}). The head starts at zero (``head_init`` zero) or from
+    prototypes of a separate step-0 forward (proto, scaled by ``head_scale``); each step's gradient is taken w.r.t. per-step aliases of the adapted tensors
     and of the head, i.e. partial derivatives with the head held fixed — the definition in maml.py.
     """
     leaves = {n: p.detach().clone().requires_grad_(n in meta) for n, p in model.named_parameters()}
@@ -55,6 +56,8 @@ def unrolled(backbone, model, episode, *, adapt, meta, steps, lrs, first_order, 
     onehot = F.one_hot(support.labels, episode.n_way).double()
     protos = onehot.T @ e0 / onehot.sum(0).unsqueeze(1)
     weight, bias = 2 * head_scale * protos, -head_scale * (protos ** 2).sum(1)
+    if head_init == "zero":
+        weight, bias = 0 * weight, 0 * bias  # zeros that stay in the graph, so per-step aliases can be differentiated
     for _ in range(steps):
         alias = {n: fast[n].view_as(fast[n]) for n in adapt}
         w_alias, b_alias = weight.view_as(weight), bias.view_as(bias)
@@ -101,15 +104,16 @@ def _close(a, b, rtol=1e-7):
 CFG = dict(inner_steps=2, inner_lr=0.5, adapt_params="top-k", top_k=1, meta_params="all")
 
 
+@pytest.mark.parametrize("head_init", ["zero", "proto"])
 @pytest.mark.parametrize("adapt_params", ["top-k", "all"])
-def test_maml_meta_gradient_matches_unrolled_and_finite_differences(backbone, demo, adapt_params):
+def test_maml_meta_gradient_matches_unrolled_and_finite_differences(backbone, demo, adapt_params, head_init):
     episode = demo[1](0, k=2, q=2)
     model = _double_model(backbone)
-    method = MAML(MAMLConfig(**{**CFG, "adapt_params": adapt_params}))
+    method = MAML(MAMLConfig(**{**CFG, "adapt_params": adapt_params, "head_init": head_init}))
     loop, names, loss, grads, lr_grads = _ours(method, backbone, model, episode)
     lrs = {n: method.config.inner_lr for n in loop.lr_names()}
     ref_loss, ref_grads, ref_lr = unrolled(backbone, model, episode, adapt=loop.adapt, meta=names, steps=2, lrs=lrs,
-                                           first_order=False)
+                                           first_order=False, head_init=head_init)
     assert set(grads) == set(names) and loop.adapt  # adapted subset non-empty, meta-gradient over the whole backbone
     assert torch.allclose(loss, ref_loss, rtol=1e-10, atol=0)
     assert _close(grads, ref_grads) and _close(lr_grads, ref_lr)
@@ -136,7 +140,7 @@ def test_maml_meta_gradient_matches_unrolled_and_finite_differences(backbone, de
     assert fd == pytest.approx(analytic, rel=1e-6, abs=1e-12)
 
     # second-order terms are really there: first order differs along the same direction
-    fo = FOMAML(MAMLConfig(**{**CFG, "adapt_params": adapt_params}))
+    fo = FOMAML(MAMLConfig(**{**CFG, "adapt_params": adapt_params, "head_init": head_init}))
     _, _, _, fo_grads, fo_lr = _ours(fo, backbone, model, episode)
     fo_analytic = sum(float((fo_grads[n] * direction[n]).sum()) for n in picked) + sum(
         float(fo_lr[n]) * lr_dir[n] for n in lr_dir)
@@ -161,7 +165,7 @@ def test_fomaml_equals_unrolled_with_detached_inner_gradients(backbone, demo, ad
 def test_zero_inner_steps_is_the_prototype_head_on_pristine_weights(backbone, demo):
     episode = demo[0]
     ctx = EpisodeContext(backbone, episode, 0)
-    predictor = method_from_spec(MAML_SPEC, {"inner_steps": 0, "head_scale": 1.0}).adapt(ctx)
+    predictor = method_from_spec(MAML_SPEC, {"inner_steps": 0, "head_init": "proto", "head_scale": 1.0}).adapt(ctx)
     query = ctx.batch(episode, "query")
     with torch.no_grad():
         logits = predictor.predict(query)
@@ -373,9 +377,9 @@ def test_cache_file_is_checked_against_the_config_it_claims(backbone, demo, tmp_
 
 # ------------------------------------------------------------------------------------------- adaptation is measured
 def test_default_inner_loop_changes_planted_one_shot_logits():
-    """A planted 1-shot episode with MiniLM-sized pooled vectors (norm 5.5): at the defaults the support loss before
-    the inner loop is clearly non-zero and the inner steps move the query logits; at head_scale 1 (the 0.3
-    default) the loss is ~0 and nothing moves."""
+    """A planted 1-shot episode with MiniLM-sized pooled vectors (norm 5.5): at the defaults (zero head) the support
+    loss before the inner loop is ln 5 and the inner steps move the query logits; with the prototype head at
+    head_scale 1 (the 0.3 default) the loss is ~0 and nothing moves."""
     from fewshot_bench.baselines.maml_inner import _head_loss, init_head
 
     g = torch.Generator().manual_seed(0)
@@ -384,7 +388,7 @@ def test_default_inner_loop_changes_planted_one_shot_logits():
     labels = torch.arange(5)
 
     def adapt(config):
-        weight, bias = init_head(support, labels, 5, "proto", config.head_scale)
+        weight, bias = init_head(support, labels, 5, config.head_init, config.head_scale)
         before = query @ weight.T + bias
         first = None
         for _ in range(config.inner_steps):
@@ -397,7 +401,7 @@ def test_default_inner_loop_changes_planted_one_shot_logits():
 
     loss, moved = adapt(MAMLConfig())
     assert loss >= 0.1 and moved > 1e-3
-    loss, moved = adapt(MAMLConfig(head_scale=1.0, inner_lr=1e-2))
+    loss, moved = adapt(MAMLConfig(head_init="proto", head_scale=1.0, inner_lr=1e-2))
     assert loss < 1e-4 and moved < 1e-4
 
 
