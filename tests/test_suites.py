@@ -69,3 +69,13 @@ def test_the_stress_suite_runs_sgg_and_full_ft_at_3x_and_10x_their_default_learn
     monkeypatch.delenv("FEWSHOT_BENCH_DATA", raising=False)
     demo = build_config(vars(build_parser().parse_args(["run", "--suite", "stress"])))
     assert _labels(demo) == ["demo_intents/fold1/5way1shot5q"] and demo.methods == config.methods
+
+
+def test_the_smoke_suite_keeps_its_own_store_apart_from_the_demo(tmp_path):
+    parse = build_parser().parse_args
+    smoke = build_config(vars(parse(["run", "--suite", "smoke"])))
+    assert (smoke.store, smoke.out) == ("runs/smoke/results.sqlite", "runs/smoke/leaderboard.csv")
+    demo = build_config(vars(parse(["run"])))
+    assert (demo.store, demo.out) == ("runs/results.sqlite", "runs/leaderboard.csv")
+    given = build_config(vars(parse(["run", "--suite", "smoke", "--store", str(tmp_path / "s.sqlite")])))
+    assert given.store == str(tmp_path / "s.sqlite") and given.out == "runs/smoke/leaderboard.csv"
