@@ -42,7 +42,7 @@ def record(**overrides) -> dict:
                grad_norm_cv=0.5, grad_dir_consistency=0.2, path_efficiency=0.6, source_alignment=0.1,
                wall_seconds=1.5, peak_mem_mb=100.0, trainable_params=1000, steps=10, predictions=[0, 1, 2],
                extra={"note": "x"}, embedding_cache_seconds=0.0, meta_train_seconds=12.5,
-               sgg_mag_active=0.5, sgg_align_active=0.0, sgg_dir_angle=10.0, sgg_step_angle=12.0, same_class_source=0,
+               same_class_source=0,
                restart=0, support_loss_before=1.2, support_loss_after=0.4, adapt_changed=0.1, isolation="in-process")
     row.update(overrides)
     row.setdefault("fingerprint", hashlib.sha256(

@@ -62,7 +62,8 @@ def config(tmp: Path, text: str) -> None:
 
 
 def method_file(tmp: Path, body: str) -> None:
-    write(tmp / "m.py", "import torch\nfrom fewshot_bench.methods import Method, MethodConfig, Predictor\n" + body)
+    write(tmp / "m.py", "import torch\nfrom fewshot_bench.methods import Figure, Method, MethodConfig, Predictor\n"
+          + body)
 
 
 def unrelated_sqlite(path: Path) -> None:
@@ -260,7 +261,7 @@ CASES = [
     ("file-method-bad-protocol", RUN + ["--methods", M],
      lambda t: method_file(t, "class M(Method):\n    name = 'mine'\n    protocol = 'cheating'\n")),
     ("file-method-declares-accuracy", RUN + ["--methods", M],
-     lambda t: method_file(t, "class M(Method):\n    name = 'mine'\n    figures = ('accuracy',)\n")),
+     lambda t: method_file(t, "class M(Method):\n    name = 'mine'\n    figures = (Figure('accuracy', 0, 1, 'x'),)\n")),
     ("file-method-figures-string", RUN + ["--methods", M],
      lambda t: method_file(t, "class M(Method):\n    name = 'mine'\n    figures = 'sgg_mag_active'\n")),
     ("file-method-bad-attn", RUN + ["--methods", M],
@@ -439,7 +440,9 @@ def test_new_task_suggests_check_task_with_the_data_dir(workdir, capsys):
 METHODS = '''
 import os, signal, sys
 import torch
-from fewshot_bench.methods import Method, Predictor
+from fewshot_bench.methods import Figure, Method, Predictor
+
+SHARE = Figure("my_share", 0, 1, "a share the method reports")
 
 
 class Honest(Method):
@@ -526,19 +529,19 @@ class Undeclared(Honest):
 
 class OutOfRange(Honest):
     name = "out_of_range"
-    figures = ("sgg_mag_active",)
+    figures = (SHARE,)
 
     def adapt(self, ctx):
-        ctx.figures["sgg_mag_active"] = float("nan")
+        ctx.figures["my_share"] = float("nan")
         return super().adapt(ctx)
 
 
 class Declared(Honest):
     name = "declared"
-    figures = ("sgg_mag_active",)
+    figures = (SHARE,)
 
     def adapt(self, ctx):
-        ctx.figures["sgg_mag_active"] = 0.25
+        ctx.figures["my_share"] = 0.25
         return super().adapt(ctx)
 
 
@@ -601,9 +604,11 @@ def test_failing_methods_fail_their_episodes_and_the_run_goes_on(workdir, capsys
     assert by_method["interrupts"][0]["error"].startswith("KeyboardInterrupt")
     assert "undeclared figure 'accuracy'" in by_method["cheats"][0]["error"]
     assert "undeclared figure 'x'" in by_method["undeclared"][0]["error"]
-    assert "sgg_mag_active" in by_method["out_of_range"][0]["error"]
-    assert [r["sgg_mag_active"] for r in by_method["declared"]] == [0.25, 0.25]
-    assert all(r["sgg_mag_active"] is None for r in by_method["honest"])
+    assert "my_share" in by_method["out_of_range"][0]["error"]
+    with sqlite3.connect(workdir / "s.sqlite") as conn:
+        stored = conn.execute("SELECT method, name, value FROM figures ORDER BY method, episode_index").fetchall()
+    conn.close()
+    assert stored == [("declared", "my_share", 0.25)] * 2  # the failed episodes' figures are not stored
     # the honest method's rows are the same as in a run of it alone
     honest = [(r["accuracy"], r["predictions"]) for r in by_method["honest"]]
     os.remove(workdir / "s.sqlite")
@@ -640,14 +645,14 @@ def test_ctrl_c_in_the_parent_stops_cleanly_keeping_finished_episodes(workdir, c
 
 def test_harness_checks_figures_directly(tiny_backbone, demo_episode):
     from fewshot_bench.execution.harness import run_episode
-    from fewshot_bench.methods import Method, Predictor
+    from fewshot_bench.methods import Figure, Method, Predictor
 
     class Overwrites(Method):
         name = "overwrites"
-        figures = ("sgg_step_angle",)
+        figures = (Figure("step_angle", 0, 180, "degrees"),)
 
         def adapt(self, ctx):
-            ctx.figures.update(sgg_step_angle=30.0)
+            ctx.figures.update(step_angle=30.0)
             ctx.figures = {"accuracy": 1.0}  # replaced wholesale: still checked
             return Predictor(lambda batch: torch.zeros(len(batch), ctx.n_way))
 
@@ -687,11 +692,11 @@ def test_store_locked_mid_run_is_one_line_and_keeps_finished_rows(workdir, capsy
 
     real_write, calls = ResultsStore.write_episode, []
 
-    def write_then_locked(self, record):
+    def write_then_locked(self, record, declarations=()):
         calls.append(record)
         if len(calls) > 1:
             raise sqlite3.OperationalError("database is locked")
-        return real_write(self, record)
+        return real_write(self, record, declarations)
 
     monkeypatch.setattr(ResultsStore, "write_episode", write_then_locked)
     code, _, err = invoke(RUN + ["--episodes", "3"], workdir, capsys)

@@ -79,11 +79,11 @@ def test_a_full_disk_during_run_keeps_the_finished_rows(tmp_path, capsys, monkey
     written = []
     original = ResultsStore.write_episode
 
-    def write(self, row):
+    def write(self, row, declarations=()):
         if len(written) == 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
         written.append(row)
-        return original(self, row)
+        return original(self, row, declarations)
     monkeypatch.setattr(ResultsStore, "write_episode", write)
     path = tmp_path / "s.sqlite"
     assert main(["run", "--tasks", "demo_intents", *TINY, "--methods", "protonet", "--episodes", "4", "--k-shot", "1",

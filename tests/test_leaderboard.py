@@ -158,13 +158,15 @@ def test_cli_missing_or_empty_store(tmp_path, capsys):
 
 
 def test_sgg_term_activity_is_aggregated_per_row(tmp_path):
+    from fewshot_bench.methods.sgg.method import SGG
+
     store_path = tmp_path / "s.sqlite"
     with ResultsStore(store_path) as store:
         for i in range(4):
-            store.write_episode(record(method="sgg", episode_index=i, sgg_mag_active=0.25 * i, sgg_align_active=0.5,
-                                       sgg_dir_angle=10.0 + i, sgg_step_angle=None))
-            store.write_episode(record(method="full_ft", config_hash="cfg1", episode_index=i, sgg_mag_active=None,
-                                       sgg_align_active=None, sgg_dir_angle=None, sgg_step_angle=None))
+            store.write_episode(record(method="sgg", episode_index=i, figures=dict(
+                sgg_mag_active=0.25 * i, sgg_align_active=0.5, sgg_dir_angle=10.0 + i, sgg_step_angle=None)),
+                SGG.figures)
+            store.write_episode(record(method="full_ft", config_hash="cfg1", episode_index=i))
     rows = {r["method"]: r for r in aggregate(store_path, bootstrap=100)}
     assert (rows["sgg"]["sgg_mag_active"], rows["sgg"]["sgg_align_active"], rows["sgg"]["sgg_dir_angle"]) == \
         (0.375, 0.5, 11.5)

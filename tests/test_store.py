@@ -129,22 +129,6 @@ def test_merge_can_remove_verified_shards(tmp_path):
     assert committed_rows(target) == 3
 
 
-def test_a_store_written_before_the_sgg_columns_gets_them_when_opened(tmp_path):
-    from fewshot_bench.store.results import EPISODE_COLUMNS
-
-    old = tmp_path / "old.sqlite"
-    with ResultsStore(old) as store:
-        store.write_episode(record())
-    new_columns = ("sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle")
-    with sqlite3.connect(old) as conn:  # the schema of a store written before those columns existed
-        for column in new_columns:
-            conn.execute(f"ALTER TABLE episodes DROP COLUMN {column}")
-    with ResultsStore(old) as store:
-        rows = store.episodes()
-    assert len(rows) == 1 and set(rows[0]) == set(EPISODE_COLUMNS)
-    assert all(rows[0][c] is None for c in new_columns) and rows[0]["accuracy"] == 0.8
-
-
 def test_source_checkout_has_a_version_and_stores_every_episode(tmp_path, monkeypatch):
     """Not pip-installed (no distribution metadata): the version is pyproject's plus '+src', rows are stored."""
     from importlib import metadata

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -20,8 +20,9 @@ from .restarts import seed_stability
 from .stats import bootstrap_ci
 from ..core.errors import UserError
 from ..episodes.sampling import episode_set_sha256
+from ..store.figures import figure_columns
 from ..store.results import ResultsStore
-from ..store.schema import AGGREGATES, COLUMNS, LEADERBOARD_SCHEMA_VERSION
+from ..store.schema import AGGREGATES, COLUMNS, ISOLATION_LEVELS, LEADERBOARD_SCHEMA_VERSION, Column
 
 log = logging.getLogger(__name__)
 
@@ -50,31 +51,39 @@ def _planned_by_run(runs: List[dict]) -> Dict[str, Optional[int]]:
     return {run["run_id"]: planned_episodes(run["config_json"]) for run in runs}
 
 
+def store_columns(store: ResultsStore) -> Tuple[Column, ...]:
+    """The figure columns of ``store``'s leaderboard, after the core ``COLUMNS``: one per declared figure
+    (``store.figures.figure_columns``)."""
+    return figure_columns(store.declarations())
+
+
 def _summarise(key: tuple, runs: Dict[str, List[dict]], planned: Optional[int], bootstrap: int, seed: int,
-               stability: tuple) -> dict:
+               stability: tuple, figures: Tuple[Column, ...]) -> dict:
     """The row of one (task, setting, protocol, backbone, method) from its stored runs by fingerprint (one per
-    training restart, episode order) and their :func:`seed_stability`."""
+    training restart, episode order) and their :func:`seed_stability`; ``figures``: the store's figure columns."""
     task, setting, protocol, backbone, method = key
     first = next(iter(runs.values()))[0]
     ok_runs = [r for rows in runs.values() for r in rows if r["status"] == "ok"]
     accuracy = list(_episode_accuracy(runs).values())
-    row = dict.fromkeys(COLUMNS)
+    isolation = {r["isolation"] for rows in runs.values() for r in rows}
+    row = dict.fromkeys(COLUMNS + tuple(c.name for c in figures))
     row.update(method=method, protocol=protocol, backbone=backbone, task=_task_label(task, setting), n_way=first["n_way"],
                k_shot=first["k_shot"], q_query=first["q_query"], episodes=len(runs),
                failed_episodes=len(runs) - len(accuracy), episodes_planned=planned,
                episode_set_sha256=episode_set_sha256(list(runs)),
                version=";".join(sorted({r["version"] for rows in runs.values() for r in rows})),
-               schema_version=LEADERBOARD_SCHEMA_VERSION, fold=first["fold"], setting=setting)
+               schema_version=LEADERBOARD_SCHEMA_VERSION, fold=first["fold"], setting=setting,
+               isolation=";".join(level for level in ISOLATION_LEVELS if level in isolation) or None)
     if accuracy:
         low, high = bootstrap_ci(accuracy, bootstrap, seed)
         row.update(acc_mean=round(float(np.mean(accuracy)), 4), acc_ci95_low=round(low, 4),
                    acc_ci95_high=round(high, 4))
-    for column in AGGREGATES:
-        values = [r[column.source] for r in ok_runs if r[column.source] is not None]
+    for column in AGGREGATES + figures:  # a harness metric is a store column, a method figure in ``figures``
+        values = [r[column.source] if column in AGGREGATES else r["figures"].get(column.source) for r in ok_runs]
+        values = [v for v in values if v is not None]
         reduce = np.sum if column.aggregate == "sum" else np.mean
-        row[column.name] = round(float(reduce(values)), column.decimals) if values else None
-    if row["trainable_params"] is not None:
-        row["trainable_params"] = int(row["trainable_params"])
+        value = round(float(reduce(values)), column.decimals) if values else None
+        row[column.name] = int(value) if value is not None and column.decimals == 0 else value
     restarts, seed_sd, failed_share, _ = stability
     row.update(restarts=restarts, seed_sd=None if seed_sd is None else round(seed_sd, 4),
                failed_run_share=None if failed_share is None else round(failed_share, 4))
@@ -101,7 +110,7 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0, class_level:
     if bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, got {bootstrap}")
     with ResultsStore(path, create=False) as store:
-        records, planned_by_run = store.episodes(), _planned_by_run(store.runs())
+        records, planned_by_run, figures = store.episodes(), _planned_by_run(store.runs()), store_columns(store)
     groups: Dict[tuple, Dict[tuple, dict]] = {}
     for record in sorted(records, key=lambda r: r["created_at"]):  # stable sort: later rows overwrite earlier
         key = (record["task"], record["setting"], record["protocol"], record["backbone"], record["method"])
@@ -129,7 +138,8 @@ def load_entries(store_path, bootstrap: int = 10000, seed: int = 0, class_level:
         accuracy, stability = _episode_accuracy(runs), seed_stability(runs, next(iter(runs.values()))[0]["n_way"])
         predictions = {f: next(r["predictions"] for r in runs[f] if r["status"] == "ok" and r["accuracy"] is not None)
                        for f in accuracy}  # the first ok restart's
-        entry = compare.Entry(cell=(key[0], key[1], key[3]), row=_summarise(key, runs, planned, bootstrap, seed, stability),
+        row = _summarise(key, runs, planned, bootstrap, seed, stability, figures)
+        entry = compare.Entry(cell=(key[0], key[1], key[3]), row=row,
                               accuracy=accuracy, predictions=predictions, fingerprints=frozenset(runs),
                               same_class_source=any(r.get("same_class_source") == 1 for r in stored.values()),
                               seed_sd=stability[3], labels=labels[key[:2]])

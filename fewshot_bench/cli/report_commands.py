@@ -96,7 +96,7 @@ def cli_validate(args) -> int:
     store, csv_path = validate_paths(args)
     problems, remarks, done = [], [], []
     if csv_path is not None:
-        found, count = check_csv(csv_path)
+        found, count = check_csv(csv_path, store)
         problems += found
         done.append(f"OK: {csv_path} ({count} rows checked)")
     if store is None:

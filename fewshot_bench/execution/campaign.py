@@ -41,7 +41,8 @@ from ..data.cards import register_cards
 from ..data.loading import get_task_data
 from ..episodes.sampling import Setting
 from ..store import content
-from ..store.results import EPISODE_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
+from ..store.figures import copy_figures
+from ..store.results import EPISODE_COLUMNS, KEY_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
 from ..store.shards import check_no_conflicts
 from .evaluate import cell_identity, restart_hash
 from .run_config import RunConfig, build_config, method_specs, settings_of
@@ -393,6 +394,8 @@ def merge(file, store, shards) -> int:
                                 f"config_hash = ? AND method = ? AND backbone = ? AND task = ? AND setting = ? AND "
                                 f"status != 'failed' AND episode_index < ? ON CONFLICT DO NOTHING",
                                 (*unit.key, unit.episodes))
+                            copy_figures(copy.conn, "shard", " AND ".join(f"e.{c} = ?" for c in KEY_COLUMNS[:-1])
+                                         + " AND e.episode_index < ?", (*unit.key, unit.episodes))
                         copy.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) SELECT * FROM shard.runs "
                                           f"WHERE run_id IN (SELECT run_id FROM main.episodes) ON CONFLICT DO NOTHING")
                         content.merge(copy.conn, "shard")

@@ -24,6 +24,7 @@ from ..episodes.sampling import Episode, Setting
 from ..methods.api import MetaContext, Method
 from ..methods.backbone import Backbone, load_backbone
 from ..methods.spec import method_from_spec, method_label, parse_spec
+from ..store.schema import Figure
 from .harness import failure_reason, run_episode
 from .meta_cache import load_meta_state, meta_state_path, save_meta_state
 from .run_config import RunConfig, method_specs
@@ -118,17 +119,24 @@ class Cell:
 
 @dataclass
 class EpisodeRecord:
-    """One evaluated episode: its unit, its cell's label and store key, and ``values``: the store's episode row
-    without the run id (status, error, predictions, the harness's scores and timings, the method's declared
-    figures, the episode's key and fingerprint)."""
+    """One evaluated episode: its unit, its cell's label and store key, ``values``: the store's episode row
+    without the run id (status, error, predictions, the harness's scores and timings, the episode's key and
+    fingerprint, and ``figures``: {name: value} of the method's reported figures), and ``declarations``: the
+    method's :class:`~fewshot_bench.store.schema.Figure` s (what ``ResultsStore.write_episode`` stores with it)."""
     unit: Unit
     label: str
     config_hash: str
     values: Dict[str, object]
+    declarations: Tuple[Figure, ...] = ()
 
     @property
     def status(self) -> str:
         return str(self.values["status"])
+
+    @property
+    def figures(self) -> Dict[str, float]:
+        """The method's figures of this episode (empty when it failed or reported none)."""
+        return dict(self.values.get("figures") or {})
 
     @property
     def accuracy(self) -> Optional[float]:
@@ -256,7 +264,8 @@ class Executor:
         backbone = self.prepare_cell(cell)
         episode = setting.target_episode(config.seed, unit.index)
         if cell.meta_error is not None:
-            values = {"status": "failed", "error": cell.meta_error, "trainable_params": 0, "predictions": None}
+            values = {"status": "failed", "error": cell.meta_error, "trainable_params": 0, "predictions": None,
+                      "figures": {}}
         else:
             values = episode_record(cell.method, episode, backbone,
                                     seed=episode_seed(config.seed, setting, unit.index, unit.restart),
@@ -277,7 +286,7 @@ class Executor:
         if values["status"] != "ok":
             log.warning("%s on %s episode %d: %s", cell.label, setting.label, unit.index,
                         (values["error"] or "").splitlines()[0])
-        return EpisodeRecord(unit, cell.label, key, values)
+        return EpisodeRecord(unit, cell.label, key, values, tuple(cell.method.figures))
 
 
 def evaluate(executor: Executor, units: Iterable[Unit], *, skip: Optional[Callable[[Unit], bool]] = None,

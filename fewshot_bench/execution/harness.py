@@ -16,7 +16,7 @@ import torch
 
 from ..methods.backbone import Backbone
 from ..store.results import EPISODE_COLUMNS
-from ..store.schema import METRIC, METHOD_FIGURES, RANGE_TOLERANCE
+from ..store.schema import METRIC, RANGE_TOLERANCE
 from ..episodes.sampling import Episode
 from ..core.interrupts import is_method_failure
 from ..methods.api import EpisodeContext, Method, Predictor
@@ -97,27 +97,26 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def checked_figures(method: Method, figures) -> dict:
-    """The figures ``method`` put in ``ctx.figures``, each declared in ``method.figures`` (a store column a method
-    may write) and None or a finite number in that column's range; raises ValueError naming the first that is not."""
+    """The figures ``method`` put in ``ctx.figures`` that it reported (not None), each declared in
+    ``method.figures`` and a finite number in its declared range; raises ValueError naming the first that is not."""
     if not isinstance(figures, dict):
         raise ValueError(f"ctx.figures is a {type(figures).__name__}, not a dict of declared figures")
-    declared = set(getattr(method, "figures", ()) or ()) & set(METHOD_FIGURES)
+    declared = {f.name: f for f in getattr(method, "figures", ()) or ()}
     checked = {}
     for name, value in figures.items():
         if name not in declared:
-            owner = "the harness measures it" if name in METRIC else "it is not a store column"
+            owner = "the harness measures it" if name in METRIC else "not declared"
             raise ValueError(f"undeclared figure {name!r} in ctx.figures ({owner}); a method may report only the "
-                             f"figures it declares in {type(method).__name__}.figures, out of "
-                             f"{', '.join(METHOD_FIGURES)}")
+                             f"figures it declares in {type(method).__name__}.figures"
+                             f"{' (' + ', '.join(declared) + ')' if declared else ' (none)'}")
         if value is not None:
-            metric = METRIC[name]
+            figure = declared[name]
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 value = value.item()
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not metric.low - RANGE_TOLERANCE <= value <= metric.high + RANGE_TOLERANCE:
-                raise ValueError(f"figure {name!r} = {value!r} is not a finite number in [{metric.low}, {metric.high}]")
-            value = float(value)
-        checked[name] = value
+                    or not figure.low - RANGE_TOLERANCE <= value <= figure.high + RANGE_TOLERANCE:
+                raise ValueError(f"figure {name!r} = {value!r} is not a finite number in [{figure.low}, {figure.high}]")
+            checked[name] = float(value)
     return checked
 
 
@@ -183,7 +182,7 @@ def record_from_outcome(method: Method, episode: Episode, outcome: dict) -> dict
     is checked as untrusted): trainable_params a count, logits of shape [queries, n_way], declared figures in
     range, scores from the query labels kept here. A failure (an error in the method's code, or an outcome
     refused here) gives status 'failed' with the reason; non-finite logits or training give 'diverged'."""
-    record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None}
+    record = {"status": "ok", "error": None, "trainable_params": 0, "predictions": None, "figures": {}}
     scores, figures = {}, {}
     try:
         if outcome.get("error") is not None:
@@ -225,7 +224,7 @@ def record_from_outcome(method: Method, episode: Episode, outcome: dict) -> dict
             scores = {}
     if stability.pop("diverged", False) and record["status"] == "ok":
         record.update(status="diverged", error="non-finite loss or gradient during adaptation")
-    record.update(figures)  # first: the harness's figures below are written over anything of the same name
+    record["figures"] = figures  # apart from the harness's figures: a method's never replace them
     record.update({k: v for k, v in stability.items() if k in METRIC})
     if record["status"] != "failed":  # a run diverged in training still scored its (finite) predictions
         record.update(scores)

@@ -138,7 +138,7 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
     try:
         with watch_sigint():  # Ctrl-C stops the run (finished episodes are committed); a method's own raise does not
             for record in evaluate(executor, mine, hooks=_ProgressHooks(bar)):
-                store.write_episode({**record.values, "run_id": run_id})
+                store.write_episode({**record.values, "run_id": run_id}, record.declarations)
                 bar.update(1)
         store.end_run(run_id)
     finally:

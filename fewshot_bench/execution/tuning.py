@@ -40,7 +40,7 @@ from .run_config import RunConfig, _check_methods_value, check_device, settings_
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "grid")
-FIGURES = ("final_loss", "sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle")
+FIGURES = ("final_loss",)  # the harness's figures a trial reports, besides every figure its method declares
 
 
 @dataclass
@@ -172,9 +172,12 @@ class _Study:
 
 
 def _mean_figures(records: List[dict]) -> Dict[str, float]:
+    """Means over the ok episodes of :data:`FIGURES` and of the method's own figures (e.g. SGG's term activity)."""
+    ok = [r for r in records if r["status"] == "ok"]
+    named = [{**{name: r.get(name) for name in FIGURES}, **(r.get("figures") or {})} for r in ok]
     means = {}
-    for name in FIGURES:
-        values = [r[name] for r in records if r.get(name) is not None and r["status"] == "ok"]
+    for name in dict.fromkeys(name for figures in named for name in figures):
+        values = [figures[name] for figures in named if figures.get(name) is not None]
         if values:
             means[name] = sum(values) / len(values)
     return means

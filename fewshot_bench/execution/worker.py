@@ -21,6 +21,7 @@ MemoryError. Meta-training runs in the worker too; its state comes back for the 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import logging
 import multiprocessing
@@ -45,6 +46,7 @@ from ..data.cards import get_task_config
 from ..methods.spec import check_declarations, parse_spec
 from ..methods.api import Method
 from ..episodes.sealed import EpisodeView
+from ..store.schema import Figure
 from .worker_process import default_denied, default_memory_limit_mb, exit_description, pack, unpack, worker_main
 
 log = logging.getLogger(__name__)
@@ -60,13 +62,15 @@ class WorkerFailure(Exception):
 
 class MethodStub(Method):
     """A method as the harness holds it when its code runs only in a sealed worker (:meth:`SealedWorker.describe`):
-    its declarations (name, protocol, attention, figures, opt-in) and config, never its code."""
+    its declarations (name, protocol, attention, figures, opt-in) and config, never its code. The figures come as
+    plain data, one dict of :class:`~fewshot_bench.store.schema.Figure`'s fields each."""
 
     def __init__(self, spec: str, info: dict):
         super().__init__(None)
         self.spec = spec
         self.name, self.protocol = info["name"], info["protocol"]
-        self.attn_implementation, self.figures, self.opt_in = info["attn"], tuple(info["figures"]), info["opt_in"]
+        self.attn_implementation, self.opt_in = info["attn"], info["opt_in"]
+        self.figures = tuple(Figure(**figure) for figure in info["figures"])
         self._config = dict(info["config"])
 
     def config_dict(self) -> dict:
@@ -360,8 +364,10 @@ class SealedWorker:
         if not isinstance(info, dict):
             raise UserError(str(reply[1]) if reply[0] == "error" and len(reply) > 1 else f"method '{spec}': the "
                             f"sealed worker broke the protocol")
+        fields = {f.name for f in dataclasses.fields(Figure)}
         if not (isinstance(info.get("name"), str) and isinstance(info.get("config"), dict)
-                and all(isinstance(f, str) for f in info.get("figures", (1,)))):
+                and isinstance(info.get("figures"), list)
+                and all(isinstance(f, dict) and set(f) == fields for f in info["figures"])):
             raise UserError(f"method '{spec}': the sealed worker described it wrongly")
         return check_declarations(MethodStub(target, info))
 

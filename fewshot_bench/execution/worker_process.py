@@ -16,6 +16,7 @@ make the harness run code by what it sends back.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import io
 import multiprocessing
@@ -277,7 +278,8 @@ def _serve_harness(conn, init: dict, backbones: dict) -> None:
                     continue
                 send("described", {"name": str(method.name), "protocol": str(method.protocol),
                                    "attn": str(method.attn_implementation), "opt_in": bool(method.opt_in),
-                                   "figures": [str(f) for f in method.figures], "config": method.config_dict()})
+                                   "figures": [dataclasses.asdict(f) for f in method.figures],
+                                   "config": method.config_dict()})
             elif kind == "host":
                 _, token, spec, overrides, attn, state = message
                 method = method_from_spec(spec, overrides)

@@ -2,5 +2,6 @@
 
 The public method API (what a submitted method subclasses) is importable from here."""
 from .api import EpisodeContext, MetaContext, Method, MethodConfig, Predictor
+from ..store.schema import Figure
 
-__all__ = ["EpisodeContext", "MetaContext", "Method", "MethodConfig", "Predictor"]
+__all__ = ["EpisodeContext", "Figure", "MetaContext", "Method", "MethodConfig", "Predictor"]

@@ -4,10 +4,11 @@ contexts a method is given (:class:`EpisodeContext` while adapting, :class:`Meta
 A method subclasses :class:`Method`, sets ``config_class`` (a dataclass with defaults and help text)
 and implements ``adapt(ctx) -> Predictor``. Methods that learn from source-pool episodes also implement
 ``meta_train(ctx)`` and set ``protocol = "meta-trained"``. Per-episode figures a method reports go in
-``ctx.figures`` under names it declares in ``figures`` (store columns a method may write:
-``fewshot_bench.store.schema.METHOD_FIGURES``); the harness checks them (a finite number in the column's range, or
-None) and never lets them replace its own figures (accuracy, losses, timings): an undeclared or bad figure
-fails the episode. Register with ``@register_method("name")``,
+``ctx.figures`` under the names it declares in ``figures``, a tuple of :class:`Figure` (name, range, help,
+aggregate, decimals; checked when the method is built, names other than the harness's). The harness checks each
+reported value (a finite number in its declared range, or None) and keeps figures apart from its own measurements
+(accuracy, losses, timings): an undeclared or bad figure fails the episode. The store keeps them in its figures
+table and the leaderboard shows one column per declared figure. Register with ``@register_method("name")``,
 the ``fewshot_bench.methods.api`` entry-point group, or ``--methods path/to/file.py:Class``.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..episodes.sampling import Episode
 from ..core.config import validate
 from ..core.errors import UserError
 from ..core.hashing import config_hash
+from ..store.schema import Figure
 from .metrics import GradientRecorder
 from .search_space import SearchSpace
 from ..episodes.sealed import EpisodeView
@@ -60,7 +62,7 @@ class Method:
     attn_implementation: ClassVar[str] = "sdpa"  # "eager" when the method needs double backward
     search_space: ClassVar[Optional[SearchSpace]] = None  # what ``tune`` may choose; None: runs its defaults
     opt_in: ClassVar[bool] = False  # True: run only when named, not by `--methods all` (optional extra, backbone kind)
-    figures: ClassVar[Tuple[str, ...]] = ()  # names the method may report in ctx.figures (columns.METHOD_FIGURES)
+    figures: ClassVar[Tuple[Figure, ...]] = ()  # what the method may report in ctx.figures (name, range, help, ...)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()

@@ -9,17 +9,20 @@ in sorted order, so different configurations never share a row.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from typing import Dict, Iterable, List, Optional
 
 from ..core.checks import check_method_name, parse_spec, split_specs
 from ..core.errors import UserError
 from ..core.registry import METHODS, did_you_mean, import_module, import_object
-from ..store.schema import METHOD_FIGURES
+from ..store.results import EPISODE_COLUMNS
+from ..store.schema import COLUMNS, Figure
 from .api import Method
 
-__all__ = ["check_declarations", "method_class", "method_classes", "method_from_spec", "method_label",
+__all__ = ["check_declarations", "check_figures", "method_class", "method_classes", "method_from_spec", "method_label",
            "parse_method_config", "parse_spec", "split_specs"]
 Overrides = Dict[str, object]
 
@@ -127,13 +130,53 @@ def check_declarations(method: Method) -> Method:
     if method.attn_implementation not in ("sdpa", "eager"):
         raise UserError(f"method '{cls.name}': attn_implementation {method.attn_implementation!r} is not sdpa or "
                         f"eager")
-    figures = method.figures
-    if isinstance(figures, str) or not isinstance(figures, (tuple, list)) \
-            or any(f not in METHOD_FIGURES for f in figures):
-        raise UserError(f"method '{cls.name}': figures {figures!r} must be a tuple of the figure columns a method "
-                        f"may report ({', '.join(METHOD_FIGURES)}); accuracy and the other harness figures are "
-                        f"measured by the harness")
+    check_figures(cls.name, method.figures)
     return method
+
+
+_FIGURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_EXAMPLE = 'Figure("my_share", 0, 1, "share of steps that ...")'
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def check_figures(method: str, figures) -> None:
+    """Raise a one-line UserError naming ``method``, the figure and the fix unless ``figures`` is a tuple of
+    :class:`~fewshot_bench.store.schema.Figure` with distinct new names (not a store column or a leaderboard
+    column: the harness measures those), ``low < high``, a help text, aggregate mean or sum, 0-10 decimals and
+    ``higher_is_better`` None or a bool."""
+    where = f"method '{method}'"
+    if isinstance(figures, str) or not isinstance(figures, (tuple, list)):
+        raise UserError(f"{where}: figures {figures!r} is not a tuple of fewshot_bench.methods.Figure; declare "
+                        f"e.g. figures = ({_EXAMPLE},)")
+    reserved, seen = set(EPISODE_COLUMNS) | set(COLUMNS) | {"figures"}, set()
+    for figure in figures:
+        if not isinstance(figure, Figure):
+            raise UserError(f"{where}: figure {figure!r} is a {type(figure).__name__}, not a "
+                            f"fewshot_bench.methods.Figure; declare it as e.g. {_EXAMPLE}")
+        name, fix = figure.name, None
+        if not isinstance(name, str) or not _FIGURE_NAME.fullmatch(name):
+            fix = "name it with lowercase letters, digits and _ (a letter first, at most 63 characters)"
+        elif name in reserved:
+            fix = "the harness measures or stores a figure of that name: give yours another name"
+        elif name in seen:
+            fix = "it is declared twice: declare each figure once"
+        elif not (_real(figure.low) and _real(figure.high) and figure.low < figure.high):
+            fix = f"its range [{figure.low!r}, {figure.high!r}] must be two numbers, low < high (inf allowed)"
+        elif not isinstance(figure.help, str) or not figure.help.strip():
+            fix = "give it a help text (what the number measures; the leaderboard column's help)"
+        elif figure.aggregate not in ("mean", "sum"):
+            fix = f"aggregate {figure.aggregate!r} must be 'mean' or 'sum' (over a row's ok episodes)"
+        elif isinstance(figure.decimals, bool) or not isinstance(figure.decimals, int) or \
+                not 0 <= figure.decimals <= 10:
+            fix = f"decimals {figure.decimals!r} must be an integer from 0 to 10"
+        elif figure.higher_is_better is not None and not isinstance(figure.higher_is_better, bool):
+            fix = f"higher_is_better {figure.higher_is_better!r} must be True, False or None (a diagnostic)"
+        if fix:
+            raise UserError(f"{where}: figure {name!r}: {fix}")
+        seen.add(name)
 
 
 def _coerce(hint, value, where: str):

@@ -1,6 +1,7 @@
 """Aggregate a results store into the leaderboard: CSV, per-method overall CSV, Markdown and a figure.
 
-One row per (method, protocol, backbone, task, setting); columns are declared in ``columns.py``. Conventions:
+One row per (method, protocol, backbone, task, setting); columns are declared in ``store/schema.py``, followed by one
+column per figure the store's methods declare (``store/figures.py``). Conventions:
   * ``task`` is the target task, written ``SOURCE->TASK`` for cross-dataset settings (setting ``SOURCE->TASK/...``).
   * ``episodes`` counts every distinct episode of the row (ok + failed + diverged). An episode is identified by
     its fingerprint; if it was evaluated more than once (e.g. under another run config) the latest row counts.
@@ -11,7 +12,9 @@ One row per (method, protocol, backbone, task, setting); columns are declared in
   * Failed and diverged episodes (no ok restart) are EXCLUDED from the accuracy statistics and counted in
     ``failed_episodes``.
     All other metric columns are means (``embedding_cache_seconds_total``: the sum) over ok episodes, empty when
-    no ok episode has a value (e.g. prototypical networks have no gradients).
+    no ok episode has a value (e.g. prototypical networks have no gradients); a method figure's column is the
+    aggregate its declaration names (mean or sum over ok episodes), empty for methods without that figure.
+  * ``isolation``: the isolation levels the row's episodes ran under (weakest first, ';'-separated).
   * 95% CI of the mean accuracy: percentile bootstrap over episodes in episode order (default 10,000 resamples)
     from a numpy Generator seeded with ``seed``, so it is deterministic.
   * Comparisons, ``rank``/``rank_group``, flags and power: ``compare.py`` (paired, Holm within each cell);
@@ -28,7 +31,7 @@ import numpy as np
 
 from ..analysis import compare
 from ..analysis.across import across_cells, cell_units
-from ..analysis.entries import load_entries, planned_episodes
+from ..analysis.entries import load_entries, planned_episodes, store_columns
 from ..analysis.folds import FOLD_COLUMNS, fold_summary
 from ..analysis.gradients import accuracy_spearman
 from ..analysis.restarts import seed_sd_tests
@@ -61,7 +64,8 @@ def annotated_entries(store_path, bootstrap: int = 10000, seed: int = 0,
 
 
 def aggregate(store_path, bootstrap: int = 10000, seed: int = 0, reference: str = DEFAULT_REFERENCE) -> List[Dict]:
-    """Leaderboard rows (dicts with keys ``COLUMNS``) in :func:`annotated_entries` order."""
+    """Leaderboard rows (dicts with keys ``COLUMNS`` and the store's figure columns) in :func:`annotated_entries`
+    order."""
     return [entry.row for entry in annotated_entries(store_path, bootstrap, seed, reference)]
 
 
@@ -181,7 +185,7 @@ def write_leaderboard(store, out, bootstrap: int = 10000, reference: Optional[st
     entries = annotated_entries(store, bootstrap, reference=reference)
     rows = [entry.row for entry in entries]
     with ResultsStore(store, create=False) as results:
-        records = results.episodes()
+        records, columns = results.episodes(), COLUMNS + tuple(c.name for c in store_columns(results))
     if not rows:
         raise UserError(f"no episodes in {store}; run `fewshot-bench run` first")
     methods = sorted({r["method"] for r in rows})
@@ -194,7 +198,7 @@ def write_leaderboard(store, out, bootstrap: int = 10000, reference: Optional[st
     views = Views(out, rows, store)  # the summary PNG and Markdown, the HTML page, the per-cell forest plots
     with atomic_files([out, overall_csv, folds_csv, md, *views.paths]) as (out_tmp, overall_tmp, folds_tmp, md_tmp,
                                                                            *views_tmp):
-        write_csv(rows, out_tmp)
+        write_csv(rows, out_tmp, columns)
         write_csv(overall_rows, overall_tmp, OVERALL_COLUMNS)
         write_csv(fold_rows, folds_tmp, FOLD_COLUMNS)
         suite = across_cells(entries)

@@ -85,9 +85,9 @@ def _title(key: tuple) -> str:
 def _sgg_terms(row: Dict) -> str:
     """Share of steps the magnitude bound and the alignment projection acted, and the direction term's mean
     rotation (empty for methods without SGG's terms)."""
-    if row["sgg_mag_active"] is None and row["sgg_dir_angle"] is None:
+    parts = [row.get("sgg_mag_active"), row.get("sgg_align_active"), row.get("sgg_dir_angle")]
+    if parts[0] is None and parts[2] is None:  # SGG's figure columns: absent from a store without SGG rows
         return ""
-    parts = [row["sgg_mag_active"], row["sgg_align_active"], row["sgg_dir_angle"]]
     return " / ".join("–" if v is None else f"{v:.2f}" if i < 2 else f"{v:.1f}°" for i, v in enumerate(parts))
 
 

@@ -4,9 +4,12 @@
 keys, accuracy and macro-F1 from the stored predictions, status and runs consistency, copied rows. ``validate CSV``
 compares the CSV with the leaderboard recomputed from ``--store`` or the ``results.sqlite`` beside it.
 
-Every type and range check comes from the declarations in ``columns.py``; the comparison columns are checked for
-consistency with each other (CI contains the mean difference, Holm p >= raw p, rank groups agree with the
-significant comparisons against the reference and with ``beaten_by``).
+Every type and range check comes from the declarations in ``store/schema.py``, and for the method figures (the
+columns after the core ones, stored values alike) from the figure declarations of the store (``store/figures.py``):
+each row's value in its own method's declared range (a ``sum`` figure: that range times the row's episode runs),
+empty for a method that declares no such figure. Without a store the figure columns are only checked to be numbers.
+The comparison columns are checked for consistency with each other (CI contains the mean difference, Holm p >= raw
+p, rank groups agree with the significant comparisons against the reference and with ``beaten_by``).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -23,12 +26,20 @@ from ..analysis.compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
 from ..analysis.entries import planned_episodes
 from ..store.results import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
     SQLITE_MAGIC, STATUSES, schema_problems, table_columns)
-from ..store.schema import COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION, METRICS, RANGE_TOLERANCE, cell_key
+from ..core.errors import UserError
+from ..store.figures import LEGACY_COLUMNS, declarations, figure_columns, values_by_key
+from ..store.schema import (COLUMNS, INF, ISOLATION_LEVELS, KEY_COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION,
+    METRICS, RANGE_TOLERANCE, Column, Figure, cell_key)
 from .leaderboard import FORMULA_PREFIXES
 from .validate_recompute import check_episodes
 
 _SLACK = 1e-6
 _SCHEMA_1 = COLUMNS[:23]
+# schemas 3 to 5 had SGG's four figures after ``setting``; schema 6 moved them after the core columns (one column
+# per declared figure) and added ``isolation``
+_SCHEMA_5 = (COLUMNS[:COLUMNS.index("setting") + 1] + LEGACY_COLUMNS
+             + COLUMNS[COLUMNS.index("setting") + 1:COLUMNS.index("isolation")])
+Declared = Dict[str, Dict[str, Figure]]  # {method label: {figure name: declaration}} of a store
 _COMPARISON = ("delta_vs_ref", "delta_ci95_low", "delta_ci95_high", "p_value", "p_holm")
 
 
@@ -36,16 +47,22 @@ def _in_range(value: float, low: float, high: float) -> bool:
     return low - RANGE_TOLERANCE * max(1.0, abs(low)) <= value <= high + RANGE_TOLERANCE * max(1.0, abs(high))
 
 
-def _check_header(path, header: List[str]) -> List[str]:
-    if header == list(COLUMNS):
+def _check_header(path, header: List[str], figures: Optional[Tuple[str, ...]]) -> List[str]:
+    """Problems of the header; ``figures``: the figure columns the store declares (None: no store, any)."""
+    expected = COLUMNS + (tuple(header[len(COLUMNS):]) if figures is None else figures)
+    if header == list(expected):
         return []
+    if header == list(_SCHEMA_5):
+        return [f"{path}:1: header: a schema 5 leaderboard (SGG's figures among the core columns, no isolation) "
+                f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store "
+                f"STORE`)"]
     if header == list(_SCHEMA_1):
         return [f"{path}:1: header: a schema 1 leaderboard (no paired comparisons) "
                 f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
-    if header == list(COLUMNS[:COLUMNS.index("support_loss_before")]):
+    if header == list(_SCHEMA_5[:_SCHEMA_5.index("support_loss_before")]):
         return [f"{path}:1: header: a schema 4 leaderboard (no adaptation figures) (expected schema "
                 f"{LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard --store STORE`)"]
-    if header == list(COLUMNS[:COLUMNS.index("delta_dz")]):
+    if header == list(_SCHEMA_5[:_SCHEMA_5.index("delta_dz")]):
         return [f"{path}:1: header: a schema 3 leaderboard (no d_z; one Holm family over the whole leaderboard) "
                 f"(expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "
                 "--store STORE`)"]
@@ -54,23 +71,50 @@ def _check_header(path, header: List[str]) -> List[str]:
                 f"cell) (expected schema {LEADERBOARD_SCHEMA_VERSION}: regenerate it with `fewshot-bench leaderboard "
                 "--store STORE`)"]
     problems = []
-    for i, (got, want) in enumerate(zip(header, COLUMNS), start=1):
+    for i, (got, want) in enumerate(zip(header, expected), start=1):
         if got != want:
             problems.append(f"{path}:1: header: column {i} is '{got}' (expected '{want}')")
             break
-    missing = [c for c in COLUMNS if c not in header]
-    extra = [c for c in header if c not in COLUMNS]
+    missing = [c for c in expected if c not in header]
+    extra = [c for c in header if c not in expected]
+    figures_note = " then the store's figure columns" if figures is None else ""
     if missing:
-        problems.append(f"{path}:1: header: missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
+        problems.append(f"{path}:1: header: missing column(s) {', '.join(missing)} (expected "
+                        f"{','.join(expected)}{figures_note})")
     if extra:
-        problems.append(f"{path}:1: header: unexpected column(s) {', '.join(extra)} (expected {','.join(COLUMNS)})")
-    return problems or [f"{path}:1: header: {len(header)} columns (expected {len(COLUMNS)})"]
+        problems.append(f"{path}:1: header: unexpected column(s) {', '.join(extra)} (expected {','.join(expected)}"
+                        f"{figures_note})")
+    return problems or [f"{path}:1: header: {len(header)} columns (expected {len(expected)})"]
 
 
-def _parse_cells(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
-    """Type and range of every declared column; parsed values (None: empty optional cell; absent: bad cell)."""
+def _figure_range(column: Column, row: Dict[str, str], values: Dict,
+                  declared: Optional[Declared]) -> Optional[Tuple[float, float]]:
+    """The range of a figure column's cell in ``row``: its method's declaration (a sum: times the row's episode
+    runs); (-inf, inf) without a store; None when the method declares no such figure (the cell must be empty)."""
+    if declared is None:
+        return -INF, INF
+    figure = declared.get(row["method"], {}).get(column.name)
+    if figure is None:
+        return None
+    if figure.aggregate != "sum":
+        return figure.low, figure.high
+    runs = (values.get("episodes") or 1) * (values.get("restarts") or 1)
+    return min(figure.low, figure.low * runs), max(figure.high, figure.high * runs)
+
+
+def _parse_cells(where: str, row: Dict[str, str], figures: Tuple[Column, ...] = (),
+                 declared: Optional[Declared] = None) -> Tuple[List[str], Dict]:
+    """Type and range of every declared column (``figures``: the figure columns, ranges from ``declared``);
+    parsed values (None: empty optional cell; absent: bad cell)."""
     problems, values = [], {}
-    for column in LEADERBOARD:
+    for column in LEADERBOARD + figures:
+        if column in figures:
+            span = _figure_range(column, row, values, declared)
+            if span is None and row[column.name].strip():
+                problems.append(f"{where}: {column.name}: '{row[column.name]}' for {row['method']}, which declares no "
+                                f"figure {column.name} (expected empty)")
+                continue
+            column = Column(column.name, column.kind, column.help, *(span or (-INF, INF)), True)
         text = row[column.name].strip()
         if column.kind == "text":
             values[column.name] = row[column.name]
@@ -100,9 +144,14 @@ def _parse_cells(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
     return problems, values
 
 
-def _check_row(where: str, row: Dict[str, str]) -> Tuple[List[str], Dict]:
+def _check_row(where: str, row: Dict[str, str], figures: Tuple[Column, ...] = (),
+               declared: Optional[Declared] = None) -> Tuple[List[str], Dict]:
     """Problems of one row on its own and its parsed values."""
-    problems, values = _parse_cells(where, row)
+    problems, values = _parse_cells(where, row, figures, declared)
+    unknown = [level for level in row["isolation"].split(";") if level and level not in ISOLATION_LEVELS]
+    if unknown:
+        problems.append(f"{where}: isolation: '{row['isolation']}' (expected levels among "
+                        f"{', '.join(ISOLATION_LEVELS)}, ';'-separated, or empty)")
     if row["protocol"] not in PROTOCOLS:
         problems.append(f"{where}: protocol: '{row['protocol']}' (expected one of {', '.join(PROTOCOLS)})")
     if row["protocol"] == "target-only" and "same-class-source" in (row["flags"] or "").split(";"):
@@ -217,32 +266,50 @@ def _check_cell(members: List[Tuple[str, Dict]]) -> List[str]:
     return problems
 
 
-def check_csv(path) -> Tuple[List[str], int]:
-    """(problems, rows checked) of a leaderboard CSV."""
+def store_declarations(store) -> Optional[Declared]:
+    """The figure declarations of the results store at ``store`` (None: no store, or one that cannot say)."""
+    if store is None:
+        return None
     try:
-        return _check_csv_rows(path)
+        with closing(sqlite3.connect(Path(store).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            found = declarations(conn)
+        figure_columns(found)
+        return found
+    except (sqlite3.DatabaseError, UserError):  # its own problems are `validate STORE`'s
+        return None
+
+
+def check_csv(path, store=None) -> Tuple[List[str], int]:
+    """(problems, rows checked) of a leaderboard CSV; its figure columns are checked against the declarations of
+    the results store ``store`` (when given)."""
+    try:
+        return _check_csv_rows(path, store_declarations(store))
     except (UnicodeDecodeError, csv.Error) as exc:
         return [f"{path}: file: cannot be read as CSV ({exc}) (expected UTF-8 CSV)"], 0
 
 
-def _check_csv_rows(path) -> Tuple[List[str], int]:
+def _check_csv_rows(path, declared: Optional[Declared]) -> Tuple[List[str], int]:
+    figures = figure_columns(declared) if declared is not None else None
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
             return [f"{path}:1: header: empty file (expected {','.join(COLUMNS)})"], 0
-        problems = _check_header(path, header)
+        problems = _check_header(path, header, None if figures is None else tuple(c.name for c in figures))
         if problems:
             return problems, 0
+        if figures is None:  # no store: the columns after the core ones are figures of unknown declaration
+            figures = tuple(Column(name, "float", "method figure", optional=True, source=name)
+                            for name in header[len(COLUMNS):])
         cells: Dict[tuple, List[tuple]] = {}
         count = 0
         for cells_of_row in reader:
             count += 1
             where = f"{path}:{reader.line_num}"
-            if len(cells_of_row) != len(COLUMNS):
-                problems.append(f"{where}: row: {len(cells_of_row)} cells (expected {len(COLUMNS)})")
+            if len(cells_of_row) != len(header):
+                problems.append(f"{where}: row: {len(cells_of_row)} cells (expected {len(header)})")
                 continue
-            row_problems, values = _check_row(where, dict(zip(COLUMNS, cells_of_row)))
+            row_problems, values = _check_row(where, dict(zip(header, cells_of_row)), figures, declared)
             problems += row_problems
             if not row_problems:  # a row with bad cells would only repeat its problem in the cell checks
                 cells.setdefault(cell_key(values), []).append((where, values))
@@ -257,7 +324,8 @@ def validate_csv(path) -> List[str]:
 
 
 def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int], Dict[str, str]]:
-    """Rows of a store; a nullable column a later version added (a writer adds it on open) reads as NULL."""
+    """Rows of a store; a nullable column a later version added (a writer adds it on open) reads as NULL;
+    ``figures``: the row's method figures as sorted (name, value) pairs."""
     tables = {name: table_columns(conn, name) for name in ("runs", "episodes")}
     added_later = {c for c, sql in EPISODE_TYPES.items() if "NOT NULL" not in sql} - set(tables["episodes"])
     problems = [f"{table}: missing column(s) {', '.join(c for c in wanted if c not in tables[table])} "
@@ -273,12 +341,15 @@ def _store_rows(conn) -> Tuple[List[str], List[dict], Dict[str, int], Dict[str, 
     columns = ("rowid",) + tuple(c for c in EPISODE_COLUMNS if c not in added_later)
     rows = [{**dict.fromkeys(added_later), **dict(zip(columns, r))}
             for r in conn.execute(f"SELECT {', '.join(columns)} FROM episodes ORDER BY rowid")]
+    figures = values_by_key(conn)
+    for row in rows:
+        row["figures"] = tuple(sorted(figures.get(tuple(row[c] for c in KEY_COLUMNS), {}).items()))
     configs = dict(conn.execute("SELECT run_id, config_json FROM runs").fetchall())
     planned = {run_id: planned_episodes(config) for run_id, config in configs.items()}
     return [], rows, planned, configs
 
 
-def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) -> List[str]:
+def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int], declared: Declared) -> List[str]:
     problems, seen = [], {}
     groups: Dict[tuple, List[dict]] = {}
     latest: Dict[tuple, Dict[str, dict]] = {}
@@ -295,6 +366,15 @@ def _check_store_rows(path, rows: List[dict], planned_by_run: Dict[str, int]) ->
             if value is not None and not (isinstance(value, (int, float)) and _in_range(value, metric.low, metric.high)):
                 problems.append(f"{where}: {metric.name}: {value} out of range ({row['method']}, {row['setting']} "
                                 f"episode {row['episode_index']}; expected {metric.low} <= value <= {metric.high})")
+        for name, value in row["figures"]:
+            figure = declared.get(row["method"], {}).get(name)
+            if figure is None:
+                problems.append(f"{where}: figure {name}: {value} stored for {row['method']}, which declares no such "
+                                "figure (expected only declared figures)")
+            elif not (isinstance(value, (int, float)) and _in_range(value, figure.low, figure.high)):
+                problems.append(f"{where}: figure {name}: {value} out of range ({row['method']}, {row['setting']} "
+                                f"episode {row['episode_index']}; expected {figure.low} <= value <= {figure.high}, "
+                                "as its method declares)")
         first = seen.setdefault((row["task"], row["setting"], row["seed"], row["episode_index"]),
                                 (row["fingerprint"], row["method"]))
         if first[0] != row["fingerprint"]:
@@ -333,11 +413,12 @@ def check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[str
     try:
         with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
             problems, rows, planned, configs = _store_rows(conn)
+            declared = declarations(conn) if not problems else {}
     except sqlite3.DatabaseError as exc:
         return [f"{path}: file: cannot be read as SQLite ({exc}) (expected a results store)"], 0, []
     if problems:
         return [f"{path}: {problem}" for problem in problems], 0, []
-    problems, remarks = _check_store_rows(path, rows, planned), []
+    problems, remarks = _check_store_rows(path, rows, planned, declared), []
     if recompute:
         more, warnings, notes = check_episodes(path, rows, configs)
         problems, remarks = problems + more, warnings + notes

@@ -31,7 +31,9 @@ from ..analysis.hierarchical import _setting
 from ..core.checks import parse_spec, split_specs
 from ..core.errors import UserError
 from ..data import loading
-from ..store.schema import COLUMNS, LEADERBOARD, METRICS
+from ..analysis.entries import store_columns
+from ..store.results import ResultsStore
+from ..store.schema import LEADERBOARD
 from .leaderboard import DEFAULT_REFERENCE, aggregate, neutralise
 
 _SCORE_SLACK = 1e-6
@@ -231,21 +233,18 @@ def _expected_text(value) -> str:
     return "" if value is None else str(neutralise(value))
 
 
-_DECIMALS = {c.name: c.decimals for c in LEADERBOARD}
-_KINDS = {c.name: c.kind for c in LEADERBOARD}
-
-
-def _same(column: str, got: str, want: str) -> bool:
+def _same(column, got: str, want: str) -> bool:
+    """Whether the CSV's text ``got`` equals the recomputed ``want`` in ``column`` (a float: within one unit of
+    its printed decimals)."""
     if got == want:
         return True
-    if _KINDS.get(column) != "float" or not got or not want:
+    if column.kind != "float" or not got or not want:
         return False
     try:
         a, b = float(got), float(want)
     except ValueError:
         return False
-    decimals = _DECIMALS.get(column, 4)
-    return abs(a - b) <= 10 ** -min(decimals, 6) * 1.01 + 1e-12
+    return abs(a - b) <= 10 ** -min(column.decimals, 6) * 1.01 + 1e-12
 
 
 def compare_csv(csv_path, store_path, bootstrap: int = 10000) -> Tuple[List[str], List[str]]:
@@ -260,6 +259,8 @@ def compare_csv(csv_path, store_path, bootstrap: int = 10000) -> Tuple[List[str]
     _progress(f"recomputing the leaderboard of {store_path} (reference {reference}, {bootstrap} bootstrap "
               "resamples) to compare with the CSV")
     expected = aggregate(store_path, bootstrap=bootstrap, reference=reference)
+    with ResultsStore(store_path, create=False) as store:
+        columns = LEADERBOARD + store_columns(store)
     _progress(f"leaderboard recomputed: {len(expected)} rows ({time.monotonic() - started:.0f} s)")
 
     def key(row):
@@ -285,14 +286,14 @@ def compare_csv(csv_path, store_path, bootstrap: int = 10000) -> Tuple[List[str]
             except Exception:
                 local[task] = False
         differing = []
-        for column in COLUMNS:
-            if column not in row:
+        for column in columns:
+            if column.name not in row:
                 continue
-            got, expect = row[column], _expected_text(recomputed.get(column))
-            if column in _CLASS_COLUMNS and not local[task] and not expect:
+            got, expect = row[column.name], _expected_text(recomputed.get(column.name))
+            if column.name in _CLASS_COLUMNS and not local[task] and not expect:
                 continue  # class-level CIs need the episodes' classes: not regenerable here
             if not _same(column, got, expect):
-                differing.append(f"{column} '{got}' (recomputed '{expect}')")
+                differing.append(f"{column.name} '{got}' (recomputed '{expect}')")
         if differing:
             problems.append(f"{where}: {row['method']} on {row['setting']}: {'; '.join(differing[:6])}"
                             f"{f' and {len(differing) - 6} more' if len(differing) > 6 else ''} (expected the values "

@@ -1,4 +1,5 @@
-"""SQLite results store: one row per run (``runs``) and one row per evaluated episode (``episodes``).
+"""SQLite results store: one row per run (``runs``), one row per evaluated episode (``episodes``), and the
+figures methods declare and report (``figures``, ``figure_declarations``: :mod:`.figures`).
 
 Crash and concurrency safety: WAL journal, a busy timeout so parallel writers wait instead of failing, and every
 episode is written in its own transaction with ``ON CONFLICT (<unique key>)`` on the UNIQUE key
@@ -17,19 +18,19 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 import numpy as np
 
 from ..core.errors import UserError
 from ..core.hashing import config_hash
-from .schema import METRICS
+from .figures import LEGACY_COLUMNS, TABLES, copy_figures, declarations, values_by_key, write
+from .schema import ISOLATION_LEVELS, KEY_COLUMNS, METRICS, Figure
 from .versions import git_commit, library_versions, package_version
 
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
                "started_at", "ended_at", "environment_json")  # environment_json: environment.fingerprint (nullable)
 RUN_COLUMNS_ADDED_LATER = ("environment_json",)  # a store written before them lacks them until a writer opens it
-KEY_COLUMNS = ("config_hash", "method", "backbone", "task", "setting", "episode_index")
 EPISODE_TYPES = {
     "run_id": "TEXT NOT NULL", "config_hash": "TEXT NOT NULL", "method": "TEXT NOT NULL",
     "protocol": "TEXT NOT NULL CHECK (protocol IN ('target-only', 'source-guided', 'meta-trained'))",
@@ -42,7 +43,7 @@ EPISODE_TYPES = {
     # training restart of the episode (``run --restarts``; its own config_hash when > 0); NULL (older stores): 0
     "restart": "INTEGER",
     # where the method's code ran (harness.run_episode): in-process, process (sealed worker), sandboxed (Landlock)
-    "isolation": "TEXT CHECK (isolation IS NULL OR isolation IN ('in-process', 'process', 'sandboxed'))",
+    "isolation": f"TEXT CHECK (isolation IS NULL OR isolation IN ({', '.join(map(repr, ISOLATION_LEVELS))}))",
 }
 EPISODE_COLUMNS = tuple(EPISODE_TYPES)
 REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))
@@ -70,6 +71,7 @@ _SCHEMA = (
     f"UNIQUE ({', '.join(KEY_COLUMNS)}))",
     f"CREATE TABLE IF NOT EXISTS trials ({', '.join(f'{c} {t}' for c, t in TRIAL_TYPES.items())}, "
     f"UNIQUE (study, method, setting, trial))",
+    *TABLES,
 )
 
 
@@ -166,7 +168,7 @@ def shard_problems(conn: sqlite3.Connection, schema: str = "shard") -> List[str]
     problems = schema_problems(conn, schema)
     if problems:
         return problems
-    for table, known in (("episodes", EPISODE_COLUMNS), ("runs", RUN_COLUMNS)):
+    for table, known in (("episodes", EPISODE_COLUMNS + LEGACY_COLUMNS), ("runs", RUN_COLUMNS)):
         unknown = [c for c in _schema_columns(conn, table, schema) if c not in known]
         if unknown:
             problems.append(f"the {table} table has column(s) this version does not know: {', '.join(unknown)} (a "
@@ -275,16 +277,23 @@ class ResultsStore:
         return [{**dict.fromkeys(RUN_COLUMNS), **dict(zip(present, row))} for row in cursor]
 
     # episodes ---------------------------------------------------------------------------------------------------
-    def write_episode(self, record: Dict) -> bool:
-        """Insert one episode row in one transaction; returns False when that episode was already stored
-        (a stored ``failed`` row is replaced by a row that did not fail). Other constraint violations raise.
+    def write_episode(self, record: Dict, declarations: Sequence[Figure] = ()) -> bool:
+        """Insert one episode row, its method's figure ``declarations`` and its ``figures`` in one transaction;
+        returns False when that episode was already stored (a stored ``failed`` row is replaced by a row that did
+        not fail). Other constraint violations raise.
 
         ``k_shot`` may be an int or a (min, max) pair; ``predictions`` a list of ints; ``extra`` a dict;
-        ``version`` and ``created_at`` default to the package version and now.
+        ``figures`` {declared name: value} (None: not reported; a failed row's are not stored); ``version`` and
+        ``created_at`` default to the package version and now.
         """
+        record = dict(record)
+        figures = record.pop("figures", None) or {}
         unknown = sorted(set(record) - set(EPISODE_COLUMNS))
         if unknown:
             raise ValueError(f"unknown episode field(s): {', '.join(unknown)} (known: {', '.join(EPISODE_COLUMNS)})")
+        undeclared = sorted(set(figures) - {f.name for f in declarations})
+        if undeclared:
+            raise ValueError(f"undeclared figure(s) {', '.join(undeclared)}: pass the method's declarations")
         missing = [c for c in REQUIRED if record.get(c) is None]
         if missing:
             raise ValueError(f"missing required episode field(s): {', '.join(missing)}")
@@ -303,6 +312,8 @@ class ResultsStore:
             cursor = self.conn.execute(
                 f"INSERT INTO episodes ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {_UPSERT}",
                 [row[c] for c in columns])
+            write(self.conn, [row[c] for c in KEY_COLUMNS], declarations,
+                  figures if row["status"] != "failed" else {}, replace=cursor.rowcount == 1)
         return cursor.rowcount == 1
 
     def done_indices(self, config_hash: str, method: str, backbone: str, task: str, setting: str) -> Set[int]:
@@ -314,19 +325,26 @@ class ResultsStore:
         return {row[0] for row in cursor}
 
     def episodes(self, **filters) -> List[dict]:
-        """Episode rows (insertion order) whose columns equal ``filters``; predictions/extra JSON-decoded."""
+        """Episode rows (insertion order) whose columns equal ``filters``; predictions/extra JSON-decoded;
+        ``figures``: {name: value} of the method figures reported (:func:`.figures.values_by_key`)."""
         unknown = sorted(set(filters) - set(EPISODE_COLUMNS))
         if unknown:
             raise ValueError(f"unknown episode filter(s): {', '.join(unknown)}")
-        where = " AND ".join(f"{c} = ?" for c in filters)
-        cursor = self.conn.execute(f"SELECT {', '.join(self.columns)} FROM episodes"
+        where = " AND ".join(f"e.{c} = ?" for c in filters)
+        cursor = self.conn.execute(f"SELECT {', '.join(self.columns)} FROM episodes e"
                                    f"{' WHERE ' + where if where else ''} ORDER BY rowid", list(filters.values()))
         rows = [{**dict.fromkeys(EPISODE_COLUMNS), **dict(zip(self.columns, row))} for row in cursor]
+        figures = values_by_key(self.conn, where, list(filters.values()))
         for row in rows:
             for column in ("predictions", "extra"):
                 if row[column] is not None:
                     row[column] = json.loads(row[column])
+            row["figures"] = figures.get(tuple(row[c] for c in KEY_COLUMNS), {})
         return rows
+
+    def declarations(self) -> Dict[str, Dict[str, Figure]]:
+        """{method label: {figure name: declaration}} (:func:`.figures.declarations`)."""
+        return declarations(self.conn)
 
     # tuning trials -----------------------------------------------------------------------------------------------
     def write_trial(self, record: Dict) -> None:
@@ -356,7 +374,8 @@ class ResultsStore:
         return rows
 
     def merge_from(self, paths: Iterable, *, remove_merged: bool = False) -> int:
-        """Copy runs and episodes of the shard stores in ``paths``; returns episode rows added or replacing a failed row.
+        """Copy runs, episodes and figures of the shard stores in ``paths``; returns episode rows added or replacing a
+        failed row.
 
         ``remove_merged``: delete each shard (and its -wal/-shm files) once every one of its episodes is
         verified to be in this store (a shard that is not is kept)."""
@@ -390,6 +409,7 @@ class ResultsStore:
                     self.conn.execute(f"INSERT INTO episodes ({columns}) "
                                       f"SELECT {columns} FROM shard.episodes WHERE true {_UPSERT}")
                     added += self.conn.total_changes - before
+                    copy_figures(self.conn, "shard")  # legacy sgg_* columns of an older shard into the figures table
                 if remove_merged:  # every shard episode's key is in this store now
                     verified = not self.conn.execute(f"SELECT COUNT(*) FROM shard.episodes s WHERE NOT EXISTS "
                                                      f"(SELECT 1 FROM main.episodes m WHERE {key_match})").fetchone()[0]

@@ -1,9 +1,11 @@
-"""The one declaration of per-episode metrics and leaderboard columns.
+"""The one declaration of per-episode metrics, method figures and leaderboard columns.
 
 Derived from here: the store's metric columns (``store.EPISODE_TYPES``), the leaderboard CSV and overall CSV
 columns and their order, the per-row means over ok episodes, and every range/type check of ``validate``.
-Adding a metric is one ``Metric`` line (stored and range-checked), plus one ``mean_of`` line to show its mean
-(or sum) on the leaderboard.
+Adding a harness metric is one ``Metric`` line (stored and range-checked), plus one ``mean_of`` line to show its
+mean (or sum) on the leaderboard. A method's own per-episode figures are not here: it declares them as
+:class:`Figure` s (``Method.figures``); the store keeps them in its ``figures`` table (:mod:`.figures`) and the
+leaderboard gains one column per declared figure after the core columns (:func:`figure_column`).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 INF = float("inf")
-LEADERBOARD_SCHEMA_VERSION = 5
+LEADERBOARD_SCHEMA_VERSION = 6
 RANGE_TOLERANCE = 1e-4  # float32 cosines and ratios over millions of parameters overshoot [-1, 1] by rounding
 
 
@@ -24,7 +26,6 @@ class Metric:
     high: float
     help: str
     higher_is_better: Optional[bool] = None  # None: a diagnostic, neither better nor worse
-    method_figure: bool = False  # True: a method may report it (``Method.figures``); else only the harness writes it
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Column:
     low: float = -INF
     high: float = INF
     optional: bool = False
-    source: Optional[str] = None
+    source: Optional[str] = None  # a metric, or a figure's name (one column per declared figure)
     aggregate: str = "mean"
     decimals: int = 4
     higher_is_better: Optional[bool] = None
@@ -65,12 +66,6 @@ METRICS: Tuple[Metric, ...] = (
     # 1: the method trained on a source pool sharing classes with the evaluated pool (not few-shot on them; such
     # rows are ranked apart), 0: on a class-disjoint source pool, NULL: no source data used (target-only)
     Metric("same_class_source", "INTEGER", 0, 1, "whether the source pool the method used shares evaluated classes"),
-    # SGG only (fewshot_bench.methods.sgg.term_activity): which guidance terms changed the update (NULL: not SGG)
-    Metric("sgg_mag_active", "REAL", 0, 1, "share of steps the SGG magnitude bound acted", method_figure=True),
-    Metric("sgg_align_active", "REAL", 0, 1, "share of steps the SGG alignment projection fired", method_figure=True),
-    Metric("sgg_dir_angle", "REAL", 0, 180, "mean degrees the SGG direction term rotated g", method_figure=True),
-    Metric("sgg_step_angle", "REAL", 0, 180, "mean degrees between the task gradient and the applied step",
-           method_figure=True),
     # what adaptation did, for methods whose predictor also gives its un-adapted model (Predictor.initial: MAML,
     # FOMAML); NULL for the others
     Metric("support_loss_before", "REAL", 0, INF, "support cross-entropy of the un-adapted model"),
@@ -78,7 +73,30 @@ METRICS: Tuple[Metric, ...] = (
     Metric("adapt_changed", "REAL", 0, 1, "share of query predictions adaptation changed (vs the un-adapted model)"),
 )
 METRIC = {m.name: m for m in METRICS}
-METHOD_FIGURES = tuple(m.name for m in METRICS if m.method_figure)  # what a method may declare and report
+KEY_COLUMNS = ("config_hash", "method", "backbone", "task", "setting", "episode_index")  # an episode row's key
+ISOLATION_LEVELS = ("in-process", "process", "sandboxed")  # where a method's code ran, weakest first
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A per-episode figure a method declares (``Method.figures``) and reports in ``ctx.figures``: a finite number
+    in [``low``, ``high``] (None: not reported this episode). The leaderboard shows its ``aggregate`` ("mean" or
+    "sum") over a row's ok episodes in a column ``name``, rounded to ``decimals``; ``higher_is_better`` None: a
+    diagnostic. Checked when the method is built (``methods.spec.check_figures``)."""
+    name: str
+    low: float
+    high: float
+    help: str
+    aggregate: str = "mean"
+    decimals: int = 4
+    higher_is_better: Optional[bool] = None
+
+
+def figure_column(figure: Figure) -> "Column":
+    """The leaderboard column of a declared figure (an aggregate over ok episodes, optional)."""
+    return Column(figure.name, "float", f"{figure.aggregate} of {figure.help} over ok episodes (method figure)",
+                  figure.low, figure.high, True, figure.name, figure.aggregate, figure.decimals,
+                  figure.higher_is_better)
 
 
 GRADIENT_BASIS = ("; a diagnostic computed over the trained parameters: comparable only between rows with equal "
@@ -156,10 +174,6 @@ LEADERBOARD: Tuple[Column, ...] = (
     # schema 3
     Column("fold", "int", "class-split fold of the cell", 1),
     Column("setting", "text", "setting label (source->task/fold/pool/shape): with the backbone, the cell"),
-    mean_of("sgg_mag_active"),
-    mean_of("sgg_align_active"),
-    mean_of("sgg_dir_angle", decimals=2),
-    mean_of("sgg_step_angle", decimals=2),
     # schema 4
     Column("delta_dz", "float", "paired effect size d_z of delta_vs_ref: mean / SD of the per-episode differences "
                                 "(empty: SD 0)", optional=True),
@@ -176,6 +190,9 @@ LEADERBOARD: Tuple[Column, ...] = (
     mean_of("support_loss_before"),
     mean_of("support_loss_after"),
     mean_of("adapt_changed"),
+    # schema 6 (SGG's figures left the core columns: one column per declared figure follows these)
+    Column("isolation", "text", "where the row's episodes ran the method's code: in-process, process (sealed "
+                                "worker) or sandboxed (';'-separated when they differ; empty: not recorded)"),
 )
 COLUMNS = tuple(c.name for c in LEADERBOARD)
 AGGREGATES = tuple(c for c in LEADERBOARD if c.source)

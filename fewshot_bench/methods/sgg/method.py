@@ -13,6 +13,7 @@ from ..adapters import apply_lora
 from ...core.errors import UserError
 from ..api import EpisodeContext, Method, Predictor
 from ...core.hashing import derived_seed
+from ...store.schema import Figure
 from ..training import adamw, embedding_rows, positions_per_class, source_gradient
 
 from .config import SGG_SPACE, SGGConfig, SGGNoAlignConfig, SGGNoDirConfig, SGGNoMagConfig
@@ -35,7 +36,12 @@ class SGG(Method):
     name = "sgg"
     config_class = SGGConfig
     search_space = SGG_SPACE
-    figures = ("sgg_mag_active", "sgg_align_active", "sgg_dir_angle", "sgg_step_angle")  # term_activity()
+    figures = (  # term_activity(): which guidance terms changed the update
+        Figure("sgg_mag_active", 0, 1, "share of steps the SGG magnitude bound acted"),
+        Figure("sgg_align_active", 0, 1, "share of steps the SGG alignment projection fired"),
+        Figure("sgg_dir_angle", 0, 180, "mean degrees the SGG direction term rotated g", decimals=2),
+        Figure("sgg_step_angle", 0, 180, "mean degrees between the task gradient and the applied step", decimals=2),
+    )
 
     def __init__(self, config=None):
         super().__init__(config)
