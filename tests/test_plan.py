@@ -13,11 +13,13 @@ from fewshot_bench.cli import main
 from fewshot_bench.data.loading import get_task_data
 from fewshot_bench.execution.plan import episode_rates, make_plan
 from fewshot_bench.execution.run_config import RunConfig
-from fewshot_bench.methods.spec import method_from_spec
+from fewshot_bench.methods.spec import method_from_spec, parse_spec
 from fewshot_bench.data.cards import BUILTIN_TASKS_DIR, register_cards
 
 ARGV = ["run", "--dry-run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--k-shot", "1,2", "--query", "2",
-        "--episodes", "4", "--methods", "protonet,full_ft(steps=2),fomaml(meta_steps=1)", "--threads", "1"]
+        "--episodes", "4", "--methods", "protonet,full_ft(steps=2),fomaml(meta_steps=1),full_ft(steps=2,lr=0.0001)",
+        "--threads", "1"]
+SHARED = "full_ft(steps=2,lr=0.0001)"  # another learning rate: full_ft(steps=2)'s cost shape, its line
 
 
 def test_the_line_is_affine_in_tokens_and_meta_training_scales_with_a_cells_tokens():
@@ -60,6 +62,15 @@ def test_a_stepped_method_is_timed_at_one_and_three_steps_and_its_line_is_that_o
     assert line.per_query_token == pytest.approx(0.003)
 
 
+def test_methods_that_differ_only_in_float_fields_or_renamed_defaults_share_a_cost_shape():
+    shape = lambda spec: calibration.cost_shape(method_from_spec(*parse_spec(spec)))  # noqa: E731
+    assert shape("sgg") == shape("sgg-no-mag") == shape("sgg-no-dir") == shape("sgg(lambda_dir=2.0,lr=0.001)")
+    assert shape("full_ft") == shape("full_ft(lr=0.001,head_lr=0.1)")
+    others = ["sgg", "sgg-no-align", "sgg(mode=exact)", "sgg(steps=20)", "full_ft", "maml", "fomaml", "lora"]
+    assert len({json.dumps(shape(spec), sort_keys=True) for spec in others}) == len(others)  # target-only, eager, ...
+    assert "object at 0x" not in json.dumps(shape("sgg"), default=str)  # the same key in every process
+
+
 def test_dry_run_prints_the_plan_and_writes_only_the_calibration_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEWSHOT_BENCH_DATA", "")
     monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
@@ -77,7 +88,16 @@ def test_dry_run_prints_the_plan_and_writes_only_the_calibration_cache(tmp_path,
         assert lines[method][1] == "measured" and float(lines[method][7]) > 0  # its episode hours
     assert lines["protonet"][5] != "-" and lines["full_ft(steps=2)"][5] == "-"  # the frozen method fills a cache
     assert lines["fomaml(meta_steps=1)"][8] != "-" and lines["protonet"][8] == "-"  # meta-training, one-off
-    assert "6 cells, 24 episodes" in out and "nothing written but the calibration cache" in out
+    assert lines[SHARED][1:3] == ["as", "full_ft(steps=2)"] and lines[SHARED][3:] == lines["full_ft(steps=2)"][2:]
+    per_cell = rest[rest.index("estimated CPU-hours per cell"):rest.index("one-off:")].splitlines()
+    assert per_cell[1].split() == ["setting", "protonet", "full_ft(steps=2)", "fomaml(meta_steps=1)", SHARED,
+                                   "cache", "fill", "h", "meta-train", "h", "total", "h"]
+    for label in ("demo_intents/fold1/5way1shot2q", "demo_intents/fold1/5way2shot2q"):  # a line per cell
+        row = next(line.split() for line in per_cell if line.startswith(label))
+        hours = [float(value.lstrip("<=")) for value in row[1:5] + row[-1:]]  # "<=": at most (the cache fill)
+        assert len(row) == 8 and hours[-1] >= sum(hours[:-1]) > 0  # its total
+    assert re.search(r"8 cells, 32 episodes, (about|at most) [0-9.e-]+ CPU-hours", out)  # the run's total
+    assert "nothing written but the calibration cache" in out
     assert set(os.listdir(tmp_path)) == before | {"cache"}  # no store, no leaderboard, no meta-training cache
     assert os.listdir(tmp_path / "cache") == ["calibration.json"]
     entries = json.loads((tmp_path / "cache" / "calibration.json").read_text())
@@ -97,7 +117,7 @@ def test_a_second_dry_run_reuses_the_calibrations(tmp_path, monkeypatch, capsys)
     assert sorted(calls) == ["fomaml", "full_ft", "protonet"] and "3 method(s) measured, 0 reused" in first
     assert main(argv) == 0
     second = capsys.readouterr().out
-    assert len(calls) == 3 and "0 method(s) measured, 3 reused from the calibration cache" in second
+    assert len(calls) == 3 and "0 method(s) measured, 4 reused from the calibration cache" in second
     table = lambda out: out[out.index("estimated CPU-hours"):out.index("one-off:")]  # noqa: E731
     assert table(second) == table(first)  # the same estimates
     assert main(argv[:-6] + ["--threads", "2", "--store", str(tmp_path / "s.sqlite"), "--out", ""]) == 0

@@ -32,10 +32,11 @@ times the configured ``meta_steps`` (the set-up of the first step counted each t
 stopping would end sooner, its validation checks are not counted), scaled to a cell by its tokens per episode
 (S + Q) over the probe's. A config without ``meta_steps`` is meta-trained whole, as configured.
 
-**Shapes** (:func:`cost_shape`): methods whose code (``adapt``, ``meta_train``), attention implementation, protocol
-and non-float config fields agree do the same work per episode: floats (learning rates, loss weights,
-temperatures) change the numbers computed, not how many. One of them is measured and the others share its line
-(SGG's ablations share SGG's; an ablation that skips a term is then estimated on the high side).
+**Shapes** (:func:`cost_shape`): methods whose code (the class, or the base of a subclass that only renames it and
+changes config defaults), attention implementation, protocol and non-float config fields agree do the same work
+per episode: floats (learning rates, loss weights, temperatures) change the numbers computed, not how many. One of
+them is measured and the others share its line (sgg-no-dir and sgg-no-mag share sgg's; sgg-no-align, target-only,
+is its own shape; a method whose float switches a term off is estimated on the high side).
 
 **Cache**: ``<cache root>/calibration.json`` (``$FEWSHOT_BENCH_CACHE``, else ``~/.cache/fewshot_bench``, as
 :mod:`fewshot_bench.execution.meta_cache`), one entry per :func:`cache_key`: the cost shape, backbone, probe setting
@@ -190,14 +191,25 @@ def _with(method: Method, **values) -> Method:
     return type(method)(dataclasses.replace(method.config, **values) if values else method.config)
 
 
+SHAPE_NEUTRAL = {"name", "config_class", "search_space", "opt_in"}  # class attributes that change no computation
+
+
+def _code_class(cls: type) -> type:
+    """The class whose code ``cls`` runs: its base, for a subclass that sets only ``SHAPE_NEUTRAL`` attributes (a
+    name and config defaults, as SGG's ablations)."""
+    while cls.__bases__ and issubclass(cls.__bases__[0], Method) and cls.__bases__[0] is not Method and \
+            not {k for k in vars(cls) if not k.startswith("__")} - SHAPE_NEUTRAL:
+        cls = cls.__bases__[0]
+    return cls
+
+
 def cost_shape(method: Method) -> dict:
-    """What ``method``'s cost depends on (see the module docstring): its class's ``adapt`` and ``meta_train``
-    functions, attention implementation, protocol and config fields not declared float."""
-    cls, types = type(method), _config_fields(method)
+    """What ``method``'s cost depends on (see the module docstring): the class whose code it runs
+    (:func:`_code_class`), its attention implementation, protocol and config fields not declared float."""
+    code, types = _code_class(type(method)), _config_fields(method)
     config = {k: v for k, v in method.config_dict().items() if types.get(k) not in (float, "float")}
-    return {"adapt": f"{cls.adapt.__module__}.{cls.adapt.__qualname__}",
-            "meta_train": f"{cls.meta_train.__module__}.{cls.meta_train.__qualname__}",
-            "attn": cls.attn_implementation, "protocol": cls.protocol, "config": config}
+    return {"class": f"{code.__module__}.{code.__qualname__}", "attn": method.attn_implementation,
+            "protocol": method.protocol, "config": config}
 
 
 def measure(method: Method, backbone: Backbone, probe: Probe, *, autocast=None) -> CostLine:

@@ -5,8 +5,8 @@ machine, before anything runs.
    episodes 0..4 (tokenized with the backbone's tokenizer; no model runs), printed at once. Support tokens are
    padded as adaptation computes on them (texts x the longest), query tokens per prediction length bucket.
 2. **Calibration** (:mod:`fewshot_bench.execution.calibration`): each cost shape once (methods that differ only in
-   float config fields, e.g. SGG and its ablations, share one), warm, on the median episode (by tokens) of the run's
-   cheapest setting: a cost line ``fixed + per support token + per query token``, cached per machine and
+   float config fields, e.g. SGG and two of its ablations, share one), warm, on the median episode (by tokens) of
+   the run's cheapest setting: a cost line ``fixed + per support token + per query token``, cached per machine and
    environment, so a second dry run measures nothing.
 3. **Estimates**: a cell's episode seconds are its mean tokens through the method's line, times its episodes
    (x restarts), so long-text tasks cost what they cost. One-off costs are apart, never charged per episode:
