@@ -113,6 +113,35 @@ def test_resume_refuses_texts_changed_under_the_same_ids(tmp_path, capsys):
     assert _counts(store) == [2, 2, 2]  # nothing written
     with sqlite3.connect(store) as conn:
         assert dict(((t, f), c) for t, f, c in conn.execute(f"SELECT * FROM {content.TABLE}")) == recorded
+        data_json = {json.loads(d)["mydemo"]["files"]["data.jsonl"] for (d,) in conn.execute("SELECT data_json FROM runs")}
+    assert len(data_json) == 1  # the file the runs read, before it was edited
+    # validate regenerates the episodes from today's data: their texts are not the stored ones
+    assert main(["validate", "--data-dir", str(tmp_path / "data"), "--tasks-dir", str(tmp_path / "tasks"),
+                 str(store)]) == 1
+    assert "episode_content: the stored content sha256" in capsys.readouterr().out
+
+
+def test_a_shard_computed_from_other_data_is_not_merged(tmp_path, demo_episode):
+    from dataclasses import replace
+
+    from fewshot_bench.store.results import ResultsStore
+
+    from helpers import record
+
+    edited = replace(demo_episode, query_texts=tuple(t + "?" for t in demo_episode.query_texts))
+    paths = []
+    for name, episode in (("a", demo_episode), ("b", edited)):
+        with ResultsStore(tmp_path / f"{name}.sqlite") as store:
+            store.write_episode(record(task=episode.task, fingerprint=episode.fingerprint, run_id=name))
+            content.check_and_record(store.conn, name, [episode])
+        paths.append(tmp_path / f"{name}.sqlite")
+    with ResultsStore(tmp_path / "target.sqlite") as target:
+        assert target.merge_from(paths[:1]) == 1
+        assert content.stored(target.conn) == {(demo_episode.task, demo_episode.fingerprint):
+                                               content_sha256(demo_episode)}
+        with pytest.raises(UserError, match="content sha256 .* nothing was merged"):
+            target.merge_from(paths[1:])
+        assert target.conn.execute("SELECT COUNT(*) FROM runs WHERE run_id = 'b'").fetchone()[0] == 0
 
 
 def test_content_hash_covers_texts_not_only_ids(demo_episode):

@@ -77,7 +77,7 @@ def local_copy(name: str) -> bool:
         config = get_task_config(name)
     except UserError:
         return False
-    folder = _local_dir(config)
+    folder = local_folder(config)
     return all(_find_split_file(folder, split) is not None for split in config.splits)
 
 
@@ -113,7 +113,9 @@ class TaskData:
         return pool
 
 
-def _local_dir(config: TaskConfig) -> Optional[Path]:
+def local_folder(config: TaskConfig) -> Optional[Path]:
+    """Task ``config``'s local files: the package's ``tasks/<local_dir>`` when packaged, else
+    ``<data dir>/<local_dir>`` (None without a data dir)."""
     if config.source.packaged:
         return BUILTIN_TASKS_DIR / config.source.local_dir
     root = data_dir()
@@ -167,7 +169,7 @@ def _load_split(config: TaskConfig, split: str):
     import datasets  # ~1-2 s: loaded when task data is first read, not with the package
 
     datasets.disable_progress_bars()
-    folder = _local_dir(config)
+    folder = local_folder(config)
     path = _find_split_file(folder, split)
     if path is not None:
         _check_utf8(path)
@@ -250,7 +252,7 @@ def _task_rows(name: str, data_root: str, card: str) -> tuple:
     """(ids, texts, labels, split of each row, rows skipped as empty) of task ``name`` as its card (``card``: the
     card's repr, so a re-registered card is read again) renders them; read column by column."""
     config = get_task_config(name)
-    check_pinned(config, _local_dir(config))
+    check_pinned(config, local_folder(config))
     ids, texts, labels, split_of = [], [], [], []
     excluded = {str(v) for v in config.exclude_labels}
     skipped = 0
@@ -318,7 +320,7 @@ def _seeded_split(items: list, fractions: Dict[str, float], key: str) -> Dict[st
 def _class_lists(config: TaskConfig, fold: int, present: List[str]) -> Dict[str, List[str]]:
     pools = config.pools
     if pools.class_splits_file:
-        path = _local_dir(config) / pools.class_splits_file
+        path = local_folder(config) / pools.class_splits_file
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:

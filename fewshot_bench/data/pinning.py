@@ -63,7 +63,8 @@ def folder_files(config: TaskConfig, folder: Path) -> Dict[str, str]:
 
 def data_record(tasks: Iterable[str], folder_of) -> Dict[str, dict]:
     """``runs.data_json``: for each task, ``{"version", "local_dir", "files": {name: sha256}}`` (``files`` empty
-    when no local copy was found, e.g. data read from the hub). ``folder_of(config)``: the local folder or None."""
+    when no local copy was found, e.g. data read from the hub). ``folder_of(config)``: its local folder or None
+    (:func:`fewshot_bench.data.loading.local_folder`)."""
     record = {}
     for name in sorted(set(tasks)):
         config = get_task_config(name)

@@ -152,9 +152,9 @@ class Finished:
     """The episodes stored as done (ok or diverged) in some stores, read once through read-only connections.
 
     ``done_indices`` answers as :meth:`ResultsStore.done_indices` does (so it can be one of ``runner.run``'s
-    ``finished``); ``content``: their episodes' content hashes (:func:`fewshot_bench.store.content.stored`);
-    ``rows[key][index]`` = (wall_seconds, meta_train_seconds, support + query texts) is what rates
-    are measured from. An episode stored in several stores counts once (the first read; ``base``'s first)."""
+    ``finished``); ``content``: their content hashes (:func:`fewshot_bench.store.content.stored`); ``rows[key][index]``
+    = (wall_seconds, meta_train_seconds, support + query texts) is what rates are measured from. An episode stored in
+    several stores counts once (the first read; ``base``'s first)."""
 
     def __init__(self, paths: Iterable, base: Optional["Finished"] = None):
         self.rows: Dict[Key, Dict[int, tuple]] = {k: dict(v) for k, v in base.rows.items()} if base else {}
@@ -385,8 +385,8 @@ def merge(file, store, shards) -> int:
             with ResultsStore(subset) as copy:  # the merged units' rows (planned episodes, not failed), byte for byte
                 for shard in paths:
                     copy.conn.execute("ATTACH DATABASE ? AS shard", (str(shard),))
-                    present = {r[1] for r in copy.conn.execute("PRAGMA shard.table_info(episodes)")}
-                    columns = ", ".join(c for c in EPISODE_COLUMNS if c in present)
+                    columns = ", ".join(c for c in EPISODE_COLUMNS if c in table_columns(copy.conn, "episodes", "shard"))
+                    run_columns = ", ".join(c for c in RUN_COLUMNS if c in table_columns(copy.conn, "runs", "shard"))
                     with copy.conn:
                         for unit in merged:
                             copy.conn.execute(
@@ -396,7 +396,7 @@ def merge(file, store, shards) -> int:
                                 (*unit.key, unit.episodes))
                             copy_figures(copy.conn, "shard", " AND ".join(f"e.{c} = ?" for c in KEY_COLUMNS[:-1])
                                          + " AND e.episode_index < ?", (*unit.key, unit.episodes))
-                        copy.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) SELECT * FROM shard.runs "
+                        copy.conn.execute(f"INSERT INTO runs ({run_columns}) SELECT {run_columns} FROM shard.runs "
                                           f"WHERE run_id IN (SELECT run_id FROM main.episodes) ON CONFLICT DO NOTHING")
                         content.merge(copy.conn, "shard")
                     copy.conn.execute("DETACH DATABASE shard")

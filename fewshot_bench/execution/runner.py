@@ -20,6 +20,8 @@ from ..core.interrupts import watch_sigint
 from ..core.outputs import check_outputs, leaderboard_paths
 from ..core.progress import Progress
 from ..core.threads import set_threads
+from ..data.loading import local_folder
+from ..data.pinning import data_record
 from ..episodes.sampling import Setting
 from ..methods.api import Method
 from ..methods.backbone import load_backbone, resolve_device
@@ -125,8 +127,10 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
     content.check_and_record(store.conn, str(store.path), [s.target_episode(config.seed, i) for s, i in episodes],
                              [content.stored(s.conn) for s in finished_elsewhere]
                              + [f.content for f in finished])
+    tasks = {t for s in settings for t in (s.task, s.source_task) if t}
     run_id = store.start_run(dataclasses.asdict(config), device, config.seed,
-                             environment=fingerprint(device, executor.autocast))
+                             environment=fingerprint(device, executor.autocast),
+                             data=data_record(tasks, local_folder))
     if world_size > 1:  # meta-training shared out round-robin, cached on disk, then loaded by every rank
         cells = [executor.cell(s, m) for s, m in dict.fromkeys((u.setting, u.spec) for u in units)]
         pending = [c for c in cells if c.method.protocol == "meta-trained"

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..analysis.compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
 from ..analysis.entries import planned_episodes
+from ..store import content
 from ..store.results import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
     SQLITE_MAGIC, STATUSES, schema_problems, table_columns)
 from ..core.errors import UserError
@@ -414,13 +415,14 @@ def check_store(path, recompute: bool = False) -> Tuple[List[str], int, List[str
         with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as conn:
             problems, rows, planned, configs = _store_rows(conn)
             declared = declarations(conn) if not problems else {}
+            contents = content.stored(conn) if not problems else {}
     except sqlite3.DatabaseError as exc:
         return [f"{path}: file: cannot be read as SQLite ({exc}) (expected a results store)"], 0, []
     if problems:
         return [f"{path}: {problem}" for problem in problems], 0, []
     problems, remarks = _check_store_rows(path, rows, planned, declared), []
     if recompute:
-        more, warnings, notes = check_episodes(path, rows, configs)
+        more, warnings, notes = check_episodes(path, rows, configs, contents)
         problems, remarks = problems + more, warnings + notes
     return problems, len(rows), remarks
 

@@ -4,7 +4,8 @@ what the store's own keys, the data dir and the leaderboard code give again.
 Contracts (each problem is one line "FILE:WHERE: column: what (expected ...)"; warnings start "warning:"):
   * Episodes: each stored episode is regenerated once from its key (task, setting, seed, episode index) with
     ``Setting.target_episode`` (the runner's sampler; settings cached, each task's rows loaded once). The stored
-    fingerprint must equal the regenerated one; the query labels (regenerated, else the ``extra.query_labels`` a
+    fingerprint must equal the regenerated one, and so must its stored content hash (``episode_content``: the
+    texts, :mod:`fewshot_bench.store.content`) where the store has one; the query labels (regenerated, else the ``extra.query_labels`` a
     newer row carries; both must agree when both exist) give accuracy and macro-F1 of the stored predictions
     again (``metrics.query_scores``), which must equal the stored values (1e-6). Tasks whose rows are not local
     (no data dir) are named in one note: their rows get only the checks that need no data.
@@ -31,6 +32,7 @@ from ..analysis.hierarchical import _setting
 from ..core.checks import parse_spec, split_specs
 from ..core.errors import UserError
 from ..data import loading
+from ..episodes.sampling import content_sha256
 from ..analysis.entries import store_columns
 from ..store.results import ResultsStore
 from ..store.schema import LEADERBOARD
@@ -116,8 +118,11 @@ class Regenerator:
         return episode
 
 
-def check_episodes(path, rows: List[dict], runs: Dict[str, Optional[str]]) -> Tuple[List[str], List[str], List[str]]:
-    """(problems, warnings, notes) of the recomputing store checks (episodes, status, runs, copies)."""
+def check_episodes(path, rows: List[dict], runs: Dict[str, Optional[str]],
+                   contents: Optional[Dict[Tuple[str, str], str]] = None) -> Tuple[List[str], List[str], List[str]]:
+    """(problems, warnings, notes) of the recomputing store checks (episodes, status, runs, copies); ``contents``:
+    the store's content hashes (:func:`fewshot_bench.store.content.stored`), compared with the regenerated episodes'."""
+    contents = contents or {}
     problems: List[str] = []
     regenerator = Regenerator()
     started, last = time.monotonic(), time.monotonic()
@@ -162,6 +167,11 @@ def check_episodes(path, rows: List[dict], runs: Dict[str, Optional[str]]) -> Tu
                                 f"episode's {episode.fingerprint[:16]}... ({what}; expected the episode the seed and "
                                 "index give)")
                 labels = None
+            elif contents.get((row["task"], row["fingerprint"]), None) not in (None, content_sha256(episode)):
+                problems.append(f"{where}: episode_content: the stored content sha256 "
+                                f"{contents[(row['task'], row['fingerprint'])][:16]}... differs from the regenerated "
+                                f"episode's {content_sha256(episode)[:16]}... ({what}; expected the texts the episode "
+                                "was stored with: the data dir holds other data)")
             elif stored_labels is not None and list(stored_labels) != labels:
                 problems.append(f"{where}: extra: query_labels differ from the regenerated episode's ({what}; "
                                 "expected the same labels)")

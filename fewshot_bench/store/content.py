@@ -7,8 +7,8 @@ reads as having none, and a writer adds it. Contracts:
   * :func:`check_and_record`: a run records the content of the episodes it is about to evaluate or skip and refuses
     (UserError, nothing written) when a stored content hash differs: the data changed under the same ids and labels,
     so new rows would not be comparable with the stored ones.
-  * :func:`merge`: a merge copies the table, and :func:`merge_conflicts` names any (task, fingerprint) whose content a
-    shard and the target disagree on (checked before anything is merged).
+  * :func:`merge`: a merge copies the table, and :func:`conflicts` names any (task, fingerprint) whose content the
+    shards and the target disagree on (checked before anything is merged).
   * ``validate`` compares the stored hashes with the regenerated episodes' (:func:`stored`).
 """
 from __future__ import annotations
@@ -74,16 +74,24 @@ def check_and_record(conn: sqlite3.Connection, where: str, episodes: List[Episod
     return len(new)
 
 
-def merge_conflicts(conn: sqlite3.Connection, schema: str = "shard") -> List[str]:
-    """One line per (task, fingerprint) whose content hash differs between the attached ``schema`` and main."""
-    if not (has_table(conn, schema) and has_table(conn)):
-        return []
-    rows = conn.execute(f"SELECT s.task, s.fingerprint, s.content_sha256, m.content_sha256 FROM {schema}.{TABLE} s "
-                        f"JOIN main.{TABLE} m ON m.task = s.task AND m.fingerprint = s.fingerprint "
-                        f"WHERE m.content_sha256 != s.content_sha256").fetchall()
-    return [f"{TABLE}: task '{task}' episode {fp[:12]}...: content sha256 {theirs[:12]} in the shard, {ours[:12]} in "
-            f"the store (expected one content per episode: the shard was computed from other data)"
-            for task, fp, theirs, ours in rows]
+def conflicts(conn: sqlite3.Connection, paths) -> List[str]:
+    """One line per (task, fingerprint) whose content hash differs between the store ``conn`` and the shard files
+    ``paths`` or between two of the shards (each shard read once, read-only)."""
+    known = {key: ("the store", digest) for key, digest in stored(conn).items()}
+    problems = []
+    for path in paths:
+        shard = sqlite3.connect(path, timeout=60)  # not mode=ro: that would leave a WAL shard's -wal/-shm behind
+        try:
+            theirs = stored(shard)
+        finally:
+            shard.close()
+        for (task, fp), digest in sorted(theirs.items()):
+            where, before = known.setdefault((task, fp), (str(path), digest))
+            if before != digest:
+                problems.append(f"shard '{path}': {TABLE}: task '{task}' episode {fp[:12]}...: content sha256 "
+                                f"{digest[:12]}, but {before[:12]} in {where} (expected one content per episode: "
+                                f"one of them was computed from other data)")
+    return problems
 
 
 def merge(conn: sqlite3.Connection, schema: str = "shard") -> int:

@@ -24,13 +24,15 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.hashing import config_hash
+from . import content
 from .figures import LEGACY_COLUMNS, TABLES, copy_figures, declarations, values_by_key, write
 from .schema import ISOLATION_LEVELS, KEY_COLUMNS, METRICS, Figure
 from .versions import git_commit, library_versions, package_version
 
+# environment_json: environment.fingerprint; data_json: data.pinning.data_record (both nullable)
 RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
-               "started_at", "ended_at", "environment_json")  # environment_json: environment.fingerprint (nullable)
-RUN_COLUMNS_ADDED_LATER = ("environment_json",)  # a store written before them lacks them until a writer opens it
+               "started_at", "ended_at", "environment_json", "data_json")
+RUN_COLUMNS_ADDED_LATER = ("environment_json", "data_json")  # a store written before them lacks them until a writer opens it
 EPISODE_TYPES = {
     "run_id": "TEXT NOT NULL", "config_hash": "TEXT NOT NULL", "method": "TEXT NOT NULL",
     "protocol": "TEXT NOT NULL CHECK (protocol IN ('target-only', 'source-guided', 'meta-trained'))",
@@ -66,7 +68,8 @@ TRIAL_COLUMNS = tuple(TRIAL_TYPES)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, config_hash TEXT, config_json TEXT, git_commit TEXT, "
-    "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT, environment_json TEXT)",
+    "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT, environment_json TEXT, "
+    "data_json TEXT)",
     f"CREATE TABLE IF NOT EXISTS episodes ({', '.join(f'{c} {t}' for c, t in EPISODE_TYPES.items())}, "
     f"UNIQUE ({', '.join(KEY_COLUMNS)}))",
     f"CREATE TABLE IF NOT EXISTS trials ({', '.join(f'{c} {t}' for c, t in TRIAL_TYPES.items())}, "
@@ -97,9 +100,9 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.05)
 
 
-def table_columns(conn: sqlite3.Connection, table: str) -> List[str]:
-    """Column names of ``table`` as the file has them (empty when the table is absent)."""
-    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+def table_columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> List[str]:
+    """Column names of ``table`` as the file (or the attached ``schema``) has them (empty when the table is absent)."""
+    return [row[1] for row in conn.execute(f"PRAGMA {schema}.table_info({table})")]
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -116,16 +119,12 @@ INTEGER_COLUMNS = tuple(c for c, t in EPISODE_TYPES.items() if t.startswith("INT
 NUMBER_COLUMNS = tuple(m.name for m in METRICS)
 
 
-def _schema_columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> List[str]:
-    return [row[1] for row in conn.execute(f"PRAGMA {schema}.table_info({table})")]
-
-
 def schema_problems(conn: sqlite3.Connection, schema: str = "main", types: bool = True) -> List[str]:
     """What keeps the database ``schema`` (``main`` or an attached shard) from being read as a results store: a
     missing table, a missing required column (a nullable column added later may be absent: it reads as NULL),
     ``types``: text in an integer key column or in a metric. Empty when usable."""
     problems = []
-    episodes, runs = _schema_columns(conn, "episodes", schema), _schema_columns(conn, "runs", schema)
+    episodes, runs = table_columns(conn, "episodes", schema), table_columns(conn, "runs", schema)
     required = [c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t]
     for table, present, wanted in (("episodes", episodes, required),
                                    ("runs", runs, [c for c in RUN_COLUMNS if c not in RUN_COLUMNS_ADDED_LATER])):
@@ -169,7 +168,7 @@ def shard_problems(conn: sqlite3.Connection, schema: str = "shard") -> List[str]
     if problems:
         return problems
     for table, known in (("episodes", EPISODE_COLUMNS + LEGACY_COLUMNS), ("runs", RUN_COLUMNS)):
-        unknown = [c for c in _schema_columns(conn, table, schema) if c not in known]
+        unknown = [c for c in table_columns(conn, table, schema) if c not in known]
         if unknown:
             problems.append(f"the {table} table has column(s) this version does not know: {', '.join(unknown)} (a "
                             f"newer version's store: merge it with that version, or its columns would be dropped)")
@@ -255,13 +254,15 @@ class ResultsStore:
         self.close()
 
     # runs -------------------------------------------------------------------------------------------------------
-    def start_run(self, config: dict, device: str, seed: int, environment: Optional[dict] = None) -> str:
-        """Record a run (config, project git commit, library versions, the ``environment`` fingerprint) and
-        return its new run_id."""
+    def start_run(self, config: dict, device: str, seed: int, environment: Optional[dict] = None,
+                  data: Optional[dict] = None) -> str:
+        """Record a run (config, project git commit, library versions, the ``environment`` fingerprint, the ``data``
+        it reads: :func:`fewshot_bench.data.pinning.data_record`) and return its new run_id."""
         run_id = uuid.uuid4().hex
         row = (run_id, config_hash(config), json.dumps(config, sort_keys=True, default=str), git_commit(),
                json.dumps(library_versions()), device, seed, now(), None,
-               json.dumps(environment, sort_keys=True) if environment is not None else None)
+               json.dumps(environment, sort_keys=True) if environment is not None else None,
+               json.dumps(data, sort_keys=True) if data is not None else None)
         with self.conn:
             self.conn.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
         return run_id
@@ -387,6 +388,10 @@ class ResultsStore:
             problems = shard_problems_of(path)
             if problems:
                 raise UserError(f"shard '{path}' cannot be merged: {'; '.join(problems)}; nothing was merged")
+        problems = content.conflicts(self.conn, paths)
+        if problems:
+            raise UserError(f"{problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+                            f"nothing was merged")
         added = 0
         key_match = " AND ".join(f"m.{c} = s.{c}" for c in KEY_COLUMNS)
         for path in paths:
@@ -404,12 +409,13 @@ class ResultsStore:
                     before = self.conn.total_changes
                     # "WHERE true": SQLite's parser needs a WHERE before the upsert clause of INSERT ... SELECT
                     # a shard written before a nullable column (e.g. restart) lacks it: NULL, read as its default
-                    present = set(_schema_columns(self.conn, "episodes", "shard"))
+                    present = set(table_columns(self.conn, "episodes", "shard"))
                     columns = ", ".join(c for c in EPISODE_COLUMNS if c in present)
                     self.conn.execute(f"INSERT INTO episodes ({columns}) "
                                       f"SELECT {columns} FROM shard.episodes WHERE true {_UPSERT}")
                     added += self.conn.total_changes - before
                     copy_figures(self.conn, "shard")  # legacy sgg_* columns of an older shard into the figures table
+                    content.merge(self.conn, "shard")
                 if remove_merged:  # every shard episode's key is in this store now
                     verified = not self.conn.execute(f"SELECT COUNT(*) FROM shard.episodes s WHERE NOT EXISTS "
                                                      f"(SELECT 1 FROM main.episodes m WHERE {key_match})").fetchone()[0]
