@@ -6,8 +6,9 @@ Setting: MiniLM (eager attention for both, so the two differ only by the second-
 pool, fold 1, 5-way 1-shot meta-training episodes with ``meta_query`` queries per class, the pretrained weights
 (meta-step 0). For each episode both methods compute :meth:`MAML.meta_gradient` on the same support and query
 batch from the same parameters; the row reports the cosine over every meta-learned tensor and the two norms. Rows:
-the default config, and the same config with the prototype head at ``head_scale`` 1 (the 0.3 default, whose
-1-shot support loss was ~0, so the second-order term multiplied a gradient that was ~0).
+the default config (zero-initialised head, ``inner_lr`` 0.3), the prototype head at ``head_scale`` 0.003 with
+``inner_lr`` 0.03 (the 0.4 default), and the prototype head at ``head_scale`` 1 (the 0.3 default, whose 1-shot
+support loss was ~0, so the second-order term multiplied a gradient that was ~0).
 """
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ def main(argv=None) -> int:
     data = get_task_data("banking77", 1)
     episodes = [sample_episode(data, pool="source", n_way=5, k_shot=1, q_query=5, seed=0, index=i)
                 for i in range(args.episodes)]
-    rows = [cosine_row(backbone, episodes, {}), cosine_row(backbone, episodes, {"head_scale": 1.0})]
+    rows = [cosine_row(backbone, episodes, config) for config in (
+        {}, {"head_init": "proto", "head_scale": 0.003, "inner_lr": 0.03},
+        {"head_init": "proto", "head_scale": 1.0, "inner_lr": 0.03})]
     print("| config | episodes | cosine mean | min | max | norm maml | norm fomaml |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['episodes']} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | "
