@@ -215,3 +215,13 @@ def test_a_card_registered_here_reaches_the_worker(worker, tmp_path):
                                 "            return Predictor("))
     record = run_episode(method_from_spec(f"{path}:Bad"), episode, None, seed=0, worker=worker)
     assert record["status"] == "ok", record["error"]
+
+
+def test_a_loading_bar_does_not_cost_the_sandbox():
+    """MiniLM's 'Loading weights' bar would start tqdm's monitor thread before confinement (Landlock before ABI 8
+    confines the calling thread only), leaving the worker at 'process' where a bar-less backbone is sandboxed."""
+    levels = []
+    for backbone in ("tiny-encoder", "minilm"):
+        with SealedWorker(backbone, device="cpu", isolation="sandboxed", timeout=300, memory_limit_mb=6000) as sealed:
+            levels.append(sealed.start())
+    assert levels[1] == levels[0], levels

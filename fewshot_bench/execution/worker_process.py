@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
+from tqdm import tqdm
 
 from ..episodes.sampling import Episode
 from ..core.errors import UserError
@@ -226,6 +227,7 @@ def worker_main(conn, init: dict) -> None:
     try:
         cap_memory(init["memory_limit_mb"])
         torch.set_num_threads(init["threads"])
+        tqdm.monitor_interval = 0  # no monitor thread from a loading bar: Landlock (ABI < 8) confines this thread only
         for name in ("core.builtins", "execution.harness", "methods.api", "methods.spec", "baselines", "methods.sgg", "tasks"):
             importlib.import_module(f"fewshot_bench.{name}")  # their folders are readable after confinement
         backbones = {a: load_backbone(init["backbone"], device=init["device"], attn_implementation=a)
