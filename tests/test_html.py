@@ -217,3 +217,44 @@ def test_sorting_by_mean_delta_puts_incomplete_rows_last(chosen):
     assert methods_shown(by_name) == ["full_ft", "lora", "sgg"]
     by_coverage = methods_shown(browse(page, "ref=full_ft&sort=coverage&dir=desc"))
     assert by_coverage[-1] == "lora"
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory):
+    """One cell: full_ft's episodes ran in a sealed worker ('process'), lora's in-process, protonet's under both."""
+    folder = tmp_path_factory.mktemp("isolated")
+    store = folder / "results.sqlite"
+    with ResultsStore(store) as opened:
+        for i in range(6):
+            opened.write_episode(record(method="full_ft", episode_index=i, accuracy=0.6, isolation="process"))
+            opened.write_episode(record(method="lora", episode_index=i, accuracy=0.7, isolation="in-process"))
+            opened.write_episode(record(method="protonet", episode_index=i, accuracy=0.5,
+                                        isolation="process" if i % 2 else "in-process"))
+    assert main(["leaderboard", "--store", str(store), "--out", str(folder / "leaderboard.csv"),
+                 "--bootstrap", "200"]) == 0
+    return folder
+
+
+EXPECTED_ISOLATION = {"full_ft": "process", "lora": "in-process", "protonet": "in-process, process"}
+
+
+def test_the_markdown_cell_table_shows_the_isolation_reached(isolated):
+    lines = (isolated / "leaderboard.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| rank group |"))
+    column = [c.strip() for c in header.split("|")].index("isolation")
+    for method, expected in EXPECTED_ISOLATION.items():
+        row = next(line for line in lines if re.match(rf"\| \d+ \| {method} \|", line))
+        assert [c.strip() for c in row.split("|")][column] == expected
+
+
+def test_the_page_shows_the_isolation_reached(isolated):
+    page = isolated / "leaderboard.html"
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page.read_text(), re.S)[1])
+    assert {r["method"]: r["isolation"] for r in data["rows"]} == {
+        m: v.replace(", ", ";") for m, v in EXPECTED_ISOLATION.items()}
+    dom = browse(page, "detail=0")
+    for method, expected in EXPECTED_ISOLATION.items():
+        assert re.search(r'<td class="isolation">([^<]*)</td>', _row(dom, method))[1] == expected  # the table
+        assert f"<td>{method}</td><td>target-only</td><td>{expected}</td>" in _detail(dom)  # the cell's details
+        assert f"isolation {expected}" in unescape(re.search(r'title="([^"]*)" data-cell="0"', _row(dom, method))[1])
+    assert "<dt>isolation</dt><dd>in-process, process</dd>" in dom  # provenance: the levels reached

@@ -9,8 +9,10 @@ every cell, Holm over all pairs of the cell, the leaderboard's own per-cell fami
 over the cells it shares with the reference only, its coverage shown (rows lacking some are marked and sorted
 after complete ones when sorting by mean Δ or coverage); a cell's details on click (forest plot as SVG, rank groups, power); the across-cell
 summary (average ranks, the summary figure) and the overall table; provenance (versions, run config hashes, git
-commits, isolation where the run configs record one, environments). Its state (filters, sort, open cell) lives
-in the address's fragment, e.g. ``leaderboard.html#protocol=meta-trained&sort=acc&dir=desc``.
+commits, the isolation levels the rows' episodes reached, environments); each row's isolation (the CSV's
+``isolation``: the levels its episodes ran under) is shown per method on the table, in a cell's tooltip and its
+details. Its state (filters, sort, open cell) lives in the address's fragment, e.g.
+``leaderboard.html#protocol=meta-trained&sort=acc&dir=desc``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..store.schema import OVERALL_COLUMNS, cell_key
+from ..store.schema import ISOLATION_LEVELS, OVERALL_COLUMNS, cell_key
 from ..analysis import compare
 from ..analysis.compare import ALPHA
 from ..analysis.stats import bootstrap_ci
@@ -33,16 +35,18 @@ from .summary_figure import cell_label
 
 ROW_FIELDS = ("method", "protocol", "backbone", "episodes", "acc_mean", "acc_ci95_low", "acc_ci95_high",
               "delta_vs_ref", "delta_ci95_low", "delta_ci95_high", "p_value", "p_holm", "rank_group", "beaten_by",
-              "flags")
+              "flags", "isolation")
 
 
 def provenance(store_path, rows: List[Dict]) -> Dict:
-    """{"facts": [(label, text)], "environments": [text]} of the store's runs that wrote episodes."""
+    """{"facts": [(label, text)], "environments": [text]} of the store's runs that wrote episodes; the isolation
+    fact: the levels the rows' episodes ran under (their ``isolation`` column, weakest first), not the requested
+    ones."""
     with ResultsStore(store_path, create=False) as store:
         used = {row[0] for row in store.conn.execute("SELECT DISTINCT run_id FROM episodes")}
         runs = [run for run in store.runs() if run["run_id"] in used]
-    configs = [json.loads(run["config_json"] or "{}") for run in runs]
-    isolation = sorted({str(c["isolation"]) for c in configs if c.get("isolation") is not None})
+    reached = {level for row in rows for level in (row["isolation"] or "").split(";")}
+    isolation = [level for level in ISOLATION_LEVELS if level in reached]
     facts = [("project version", ", ".join(sorted({v for r in rows for v in r["version"].split(";")}))),
              ("runs", str(len(runs))),
              ("run config hashes", ", ".join(sorted({run["config_hash"][:12] for run in runs if run["config_hash"]}))),
@@ -78,7 +82,7 @@ def page_data(rows: List[Dict], overall_rows: List[Dict], ranks: Optional[RankSu
               prov: Dict, pairs: Optional[Dict[tuple, List[list]]] = None, claims: Optional[str] = None) -> Dict:
     """The JSON the page renders: cells, rows (``ROW_FIELDS`` + cell id), methods, pairs by cell id (method
     names as indices into methods; :func:`pair_rows`), ranks, overall table, provenance, claims (Markdown text
-    shown at the top, or None)."""
+    shown at the top, or None), the isolation levels weakest first (the order the page lists a method's in)."""
     groups: Dict[tuple, List[Dict]] = {}
     for row in rows:
         groups.setdefault(cell_key(row), []).append(row)
@@ -101,7 +105,7 @@ def page_data(rows: List[Dict], overall_rows: List[Dict], ranks: Optional[RankSu
     by_id = {str(number): [[index[a], index[b], *rest] for a, b, *rest in (pairs or {}).get(key, [])
                            if a in index and b in index] for number, key in enumerate(groups)}
     return {"reference": reference, "alpha": ALPHA, "cells": cells, "rows": data_rows, "methods": methods,
-            "pairs": by_id, "claims": claims,
+            "pairs": by_id, "claims": claims, "isolation_levels": list(ISOLATION_LEVELS),
             "ranks": None if ranks is None else vars(ranks), "overall_columns": list(OVERALL_COLUMNS),
             "overall": overall_rows, "provenance": prov}
 

@@ -159,6 +159,11 @@ def _stability(cells: Dict[tuple, List[Dict]], tests: Sequence[Dict]) -> List[st
     return lines + [""]
 
 
+def _isolation(row: Dict) -> str:
+    """The isolation column: the levels the row's episodes ran under (weakest first), "not recorded" without one."""
+    return (row["isolation"] or "").replace(";", ", ") or "not recorded"
+
+
 def _gradient_value(row: Dict):
     """``grad_dir_consistency @ trainable set`` (e.g. ``0.6840 @ 22.7M``): comparable only at equal sets."""
     value, trained = row["grad_dir_consistency"], basis(row["trainable_params"])
@@ -203,11 +208,11 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
             facts.append(f"detectable difference {first['detectable_diff']:.3f} ({POWER:.0%} power)")
         facts += [f"**{flag}**" for flag in _flags(first, True)]
         text += [f"## {_title(key)}", "", " · ".join(facts), ""] + _md_table(
-            ("rank group", "method", "protocol", "episodes", "accuracy [95% CI; class-level CI]",
+            ("rank group", "method", "protocol", "isolation", "episodes", "accuracy [95% CI; class-level CI]",
              f"Δ vs {reference} [95% CI; class-level CI]",
              "d_z", "p", "p (Holm)", "beaten by", "flags", "macro-F1", "grad dir. consistency @ trainable set",
              "s/episode", "SGG terms acting: mag / align share, dir °"),
-            [(r["rank_group"], r["method"], r["protocol"],
+            [(r["rank_group"], r["method"], r["protocol"], _isolation(r),
               r["episodes"] if r["episodes_planned"] in (None, r["episodes"]) else f"{r['episodes']}/{r['episodes_planned']}",
               _classes(_interval(r["acc_mean"], r["acc_ci95_low"], r["acc_ci95_high"]), r, "acc"),
               _classes(_delta(r, reference), r, "delta", signed=True), _dz(r), r["p_value"], r["p_holm"],
@@ -259,6 +264,10 @@ def write_markdown(rows: List[Dict], overall_rows: List[Dict], path, bootstrap: 
         f"independent across units), wins/ties/losses against {reference} per unit after Holm (a unit whose cells "
         "disagree is a tie), mean rank group over units; `incomplete` rows miss cells, so their means are not "
         "comparable with complete ones.",
+        "- **isolation**: where the row's episodes ran the method's code, the levels reached (weakest first): "
+        "in-process (the harness's own process), process (a sealed worker process: separate memory only) or "
+        "sandboxed (the worker confined by Landlock); a run asking for sandboxed reaches process where Landlock is "
+        "unavailable. Several levels when the episodes differ; *not recorded*: episodes stored without one.",
         "- **failed** episodes (crashed or diverged) are excluded from accuracy; gradient columns are empty for "
         "methods without gradient steps and comparable only between rows with the same trainable set "
         "(`@ 22.7M`: the trainable parameters they are computed on; see *Gradient diagnostics*).",
