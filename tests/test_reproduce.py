@@ -184,3 +184,29 @@ def test_two_frozen_methods_of_the_committed_store_reproduce_with_a_verdict(tmp_
         assert any(line.startswith(f"{method}: episodes 1/1") and line.endswith("verdict ok")
                    for line in out.splitlines())
         assert re.search(rf"^{method} +1/1 +100\.0% of \d+ +1/1 .* ok$", out, re.M)
+
+
+def test_a_rerun_uses_the_stored_runs_isolation(tmp_path, capsys, monkeypatch):
+    """A method that predicts one class in a worker process and another in the harness's process: stored under
+    ``--isolation process``, it reproduces only when reproduce runs it in a worker as run did."""
+    method_file = tmp_path / "where.py"
+    method_file.write_text(
+        "import multiprocessing\nimport torch\nfrom fewshot_bench.methods import Method, Predictor\n\n\n"
+        "class Where(Method):\n    name = 'where'\n\n    def adapt(self, ctx):\n"
+        "        label = 0 if multiprocessing.parent_process() is not None else 1\n"
+        "        return Predictor(lambda batch: torch.nn.functional.one_hot(\n"
+        "            torch.full((len(batch.input_ids),), label), ctx.episode.n_way).float())\n")
+    path = tmp_path / "s.sqlite"
+    assert main(["run", "--tasks", "demo_intents", "--methods", f"{method_file}:Where", "--n-way", "5",
+                 "--k-shot", "1", "--episodes", "2", "--backbone", "tiny-encoder", "--isolation", "process",
+                 "--store", str(path), "--out", ""]) == 0
+    with ResultsStore(path, create=False) as opened:
+        assert {tuple(set(r["predictions"])) for r in opened.episodes()} == {(0,)}
+    capsys.readouterr()
+    assert main(["reproduce", "--store", str(path), "--sample", "2"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("where "))
+    assert "100.0% of" in line and line.endswith("ok")
+    from fewshot_bench.execution import reproduce
+    monkeypatch.setattr(reproduce, "sealed_worker", lambda *args: None)  # in the harness's process: not as stored
+    assert main(["reproduce", "--store", str(path), "--sample", "2"]) == 1
+    assert "drifted:" in capsys.readouterr().out

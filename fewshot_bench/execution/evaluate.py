@@ -51,6 +51,16 @@ def restart_hash(run_hash: str, restart: int) -> str:
     return run_hash if restart == 0 else config_hash({"run": run_hash, "restart": restart})
 
 
+def sealed_worker(config: RunConfig, device: str, deny: Sequence[str] = ()) -> Optional[SealedWorker]:
+    """The sealed worker the methods of ``config`` run in (None: ``isolation`` in-process), with the config's
+    isolation level and episode timeout and torch's current threads; it may not read ``deny`` (stores) nor the
+    meta-training cache."""
+    if config.isolation == "in-process":
+        return None
+    return SealedWorker(config.backbone, device=device, threads=torch.get_num_threads(), isolation=config.isolation,
+                        timeout=config.episode_timeout, deny=[*deny, str(meta_state_path("x").parent)])
+
+
 def cell_identity(config: RunConfig, spec: str, overrides: Dict[str, object], setting: Setting,
                   tuned: Optional[dict] = None, worker: Optional[SealedWorker] = None) -> Tuple[Method, str, str]:
     """(method instance, leaderboard label, run hash) of the run's method ``spec`` (with its ``overrides``, from

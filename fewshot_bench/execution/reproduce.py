@@ -11,7 +11,9 @@ Contracts:
     ``leaderboard/tuning/``), in turn. It is used only when the rebuilt method's run hash equals the stored
     ``config_hash``, so a re-run is the stored configuration or is not made (reported as not re-run, never guessed).
   * The episode runs through the one episode loop (:class:`fewshot_bench.execution.evaluate.Executor`: same
-    episode, training seed, source pool and protocol as ``run``) on ``--device``; the given store is only read. Meta-trained state comes from the meta-training cache when this machine holds it, as in a resumed run
+    episode, training seed, source pool and protocol as ``run``) on ``--device``, in the sealed worker of the stored
+    run's isolation (``in-process`` runs in this process); the given store is only read, and a worker may not read it.
+    Meta-trained state comes from the meta-training cache when this machine holds it, as in a resumed run
     (``FEWSHOT_BENCH_CACHE=<empty folder>`` forces meta-training again).
   * Per method: share of identical query predictions, share of episodes with identical predictions, paired
     Δ accuracy (re-run minus stored) with a seeded percentile-bootstrap 95% CI, and the environment fields that
@@ -25,11 +27,12 @@ Contracts:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -42,10 +45,11 @@ from ..core.progress import Progress
 from ..core.registry import did_you_mean
 from ..core.threads import set_threads
 from .run_config import RunConfig, settings_of
-from .evaluate import Executor, Unit
+from .evaluate import Executor, Unit, sealed_worker
 from ..analysis.stats import bootstrap_ci
 from ..store.results import ResultsStore
 from .tuned import load_tuned
+from .worker import SealedWorker
 
 
 @dataclass
@@ -90,10 +94,23 @@ def sample_episodes(records: List[dict], size: int, seed: int, methods: Optional
 class Rebuilder:
     """Stored runs rebuilt as :class:`Executor` objects, found per stored episode."""
 
-    def __init__(self, runs: Dict[str, dict], device: str, tuned_files: List[str]):
-        self.runs, self.device, self.tuned_files = runs, device, tuned_files
+    def __init__(self, runs: Dict[str, dict], device: str, tuned_files: List[str], deny: Sequence[str] = ()):
+        self.runs, self.device, self.tuned_files, self.deny = runs, device, tuned_files, list(deny)
         self.backbones: dict = {}
         self.built: Dict[str, tuple] = {}  # run_id: (its config, [(Executor, {setting label: Setting})])
+        self.workers: Dict[tuple, Optional[SealedWorker]] = {}  # (backbone, isolation, timeout): one per kind
+
+    def worker(self, config: RunConfig) -> Optional[SealedWorker]:
+        """The sealed worker a stored run's methods ran in, started once per (backbone, isolation, timeout)."""
+        key = (config.backbone, config.isolation, config.episode_timeout)
+        if key not in self.workers:
+            self.workers[key] = sealed_worker(config, self.device, self.deny)
+        return self.workers[key]
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            if worker is not None:
+                worker.close()
 
     def _candidates(self, run_id: str) -> tuple:
         """(stored run config, an Executor per tuned file to try: the stored one if present, then --tuned's)."""
@@ -102,8 +119,8 @@ class Rebuilder:
             settings = {s.label: s for s in settings_of(config)}
             tuned = [None] if not config.tuned else [t for t in map(_tuned_or_none, [config.tuned, *self.tuned_files])
                                                      if t is not None]
-            self.built[run_id] = config, [(Executor(config, self.device, self.backbones, tuned=t), settings)
-                                          for t in tuned]
+            self.built[run_id] = config, [(Executor(config, self.device, self.backbones, tuned=t,
+                                                    worker=self.worker(config)), settings) for t in tuned]
         return self.built[run_id]
 
     def cell(self, record: dict):
@@ -164,8 +181,9 @@ def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_
     device = resolve_device(device)
     set_threads(threads)  # before a backbone is loaded, as run does
     results = []
-    rebuilder = Rebuilder(runs, device, [*tuned_files, *tuned_files_beside(store_path)])
-    with Progress(sum(map(len, sample.values())), "reproduce", every=1, interval=10) as progress:
+    rebuilder = Rebuilder(runs, device, [*tuned_files, *tuned_files_beside(store_path)], deny=[str(store_path)])
+    with Progress(sum(map(len, sample.values())), "reproduce", every=1, interval=10) as progress, \
+            contextlib.closing(rebuilder):
         for method, chosen in sample.items():
             agreement = Agreement(method)
             for record in chosen:

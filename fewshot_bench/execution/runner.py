@@ -30,8 +30,7 @@ from ..store import content
 from ..store.environment import fingerprint
 from ..store.results import ResultsStore
 from ..store.shards import existing_shards
-from .evaluate import Cell, Executor, Hooks, Unit, evaluate
-from .meta_cache import meta_state_path
+from .evaluate import Cell, Executor, Hooks, Unit, evaluate, sealed_worker
 from .run_config import RunConfig, method_specs, settings_of
 from .tuned import load_tuned, tuned_overrides
 from .worker import SealedWorker
@@ -92,11 +91,7 @@ def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Op
     settings = settings_of(config)
     tuned = load_tuned(config.tuned) if config.tuned else None
     device = resolve_device(config.device)
-    worker = None
-    if config.isolation != "in-process":  # methods' code runs in sealed worker processes, which load the backbone
-        worker = SealedWorker(config.backbone, device=device, threads=torch.get_num_threads(),
-                              isolation=config.isolation, timeout=config.episode_timeout,
-                              deny=[config.store, store_path or config.store, str(meta_state_path("x").parent)])
+    worker = sealed_worker(config, device, [config.store, store_path or config.store])  # it loads the backbone
     try:
         return _run(config, settings, tuned, device, worker, rank=rank, world_size=world_size, store_path=store_path,
                     barrier=barrier, only=only, finished=finished)
