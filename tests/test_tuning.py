@@ -166,3 +166,23 @@ def test_search_space_declarations():
         SearchSpace({"nope": Choice((1,))}).check(PlantedConfig, "planted")
     with pytest.raises(ValueError):
         Range(0.0, 1.0, log=True)
+
+
+def test_trials_run_in_the_sealed_worker_of_isolation(tmp_path):
+    """A method file that fails outside a worker process: its (untuned) trial scores under --isolation process and
+    its episodes fail in-process, so tune runs methods where run does."""
+    method_file = tmp_path / "where.py"
+    method_file.write_text(
+        "import multiprocessing\nimport torch\nfrom fewshot_bench.methods import Method, Predictor\n\n\n"
+        "class Where(Method):\n    name = 'where'\n\n    def adapt(self, ctx):\n"
+        "        if multiprocessing.parent_process() is None:\n"
+        "            raise RuntimeError('not in a worker')\n"
+        "        return Predictor(lambda batch: torch.zeros(len(batch.input_ids), ctx.episode.n_way))\n")
+    states = {}
+    for isolation in ("process", "in-process"):
+        store = tmp_path / f"{isolation}.sqlite"
+        assert main(TUNE + ["--methods", f"{method_file}:Where", "--isolation", isolation, "--store", str(store),
+                            "--out", str(tmp_path / f"{isolation}.yaml")]) == 0
+        states[isolation] = [(r["state"], round(r["accuracy"], 4)) for r in _trials(store)]
+    # all-zero logits predict the first class: 1/3 of a 3-way episode's queries; a failed episode scores 0
+    assert states == {"process": [("untuned", 0.3333)], "in-process": [("untuned", 0.0)]}

@@ -57,6 +57,13 @@ def _episode_flags() -> argparse.ArgumentParser:
     return flags
 
 
+def _isolation_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--isolation", choices=["sandboxed", "process", "in-process"],
+                   help="where methods' code runs (default: $FEWSHOT_BENCH_ISOLATION, else sandboxed: a sealed worker "
+                        "process confined with Landlock, process without Landlock where it is unavailable; "
+                        "in-process: debugging)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     episode_flags = _episode_flags()
@@ -116,9 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", help="YAML file written by 'fewshot-bench tune': run each method with its chosen config")
     p.add_argument("--threads", type=bounded_int, help="torch CPU threads per process (default: $OMP_NUM_THREADS if set, else "
                                                 "the idle cores divided by the processes of this job)")
-    p.add_argument("--isolation", choices=["sandboxed", "process", "in-process"],
-                   help="where methods' code runs (default sandboxed: a sealed worker process confined with Landlock, "
-                        "process without Landlock where it is unavailable; in-process: debugging)")
+    _isolation_flag(p)
     p.add_argument("--episode-timeout", type=float, metavar="SECONDS",
                    help="fail an episode whose method takes longer than this in the sealed worker (default 3600; "
                         "0: no limit)")
@@ -141,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=positive_int, help="configurations per method (default 20)")
     p.add_argument("--sampler", choices=["tpe", "grid"], help="Optuna sampler (default tpe), seeded with --seed")
     p.add_argument("--prune", action="store_true", help="Optuna MedianPruner: stop hopeless trials early")
+    _isolation_flag(p)
     p.add_argument("--store", help="results store for the trials (default: runs/results.sqlite)")
     p.add_argument("--out", help="YAML file of the chosen configs (default: runs/tuned.yaml)")
     p.set_defaults(handler=run_commands.cli_tune)

@@ -73,7 +73,8 @@ def cli_tune(args) -> int:
     for name in ("n_way", "k_shot"):
         if getattr(args, name):
             values[name] = [v for v in getattr(args, name).split(",") if v]
-    for name in ("query", "episodes", "trials", "sampler", "fold", "seed", "backbone", "device", "store", "out"):
+    for name in ("query", "episodes", "trials", "sampler", "fold", "seed", "backbone", "device", "store", "out",
+                 "isolation"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["prune"] = bool(args.prune)

@@ -35,8 +35,9 @@ from ..episodes.sampling import episode_set_sha256
 from ..methods.backbone import resolve_device
 from ..methods.spec import method_from_spec, parse_method_config
 from ..store.results import ResultsStore
-from .evaluate import Executor, Unit, evaluate
-from .run_config import RunConfig, _check_methods_value, check_device, settings_of, spec_list
+from .evaluate import Executor, Unit, evaluate, sealed_worker
+from .run_config import (ISOLATIONS, RunConfig, _check_methods_value, check_device, default_isolation, settings_of,
+                         spec_list)
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "grid")
@@ -61,6 +62,8 @@ class TuneConfig:
     store: str = option("runs/results.sqlite", help="SQLite results store (trials go to its trials table)")
     out: str = option("runs/tuned.yaml", help="YAML file of the chosen configs (for run --tuned)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE: pin a field (it leaves the space)")
+    isolation: str = option(help="where methods' code runs, as for run (not part of the study's identity)",
+                            factory=default_isolation, choices=ISOLATIONS)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -191,13 +194,16 @@ class Tuner:
         self.config = config
         run_like = RunConfig(tasks=config.tasks, methods=spec_list(config.methods), n_way=config.n_way,
                              k_shot=config.k_shot, query=config.query, fold=config.fold, pool="validation",
-                             seed=config.seed, backbone=config.backbone, isolation="in-process")
+                             seed=config.seed, backbone=config.backbone, isolation=config.isolation)
         self.settings = settings_of(run_like)
         for setting in self.settings:  # fail fast on a task without a usable validation pool
             setting.target_episode(config.seed, 0)
-        budget = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("store", "out", "device")}
+        budget = {k: v for k, v in dataclasses.asdict(config).items()
+                  if k not in ("store", "out", "device", "isolation")}
         self.study_id = config_hash(budget)[:16]
-        self.executor = Executor(run_like, resolve_device(config.device))  # autocast as run's (bf16 on GPUs)
+        device = resolve_device(config.device)
+        self.worker = sealed_worker(run_like, device, [config.store])  # trials run in it, as run's episodes do
+        self.executor = Executor(run_like, device, worker=self.worker)  # autocast as run's (bf16 on GPUs)
         self._episodes: Dict[str, list] = {}
         self.store = ResultsStore(config.store)
 
@@ -237,6 +243,8 @@ def tune(config: TuneConfig) -> dict:
                 chosen.setdefault(target_label(setting), {})[study.name] = study.run()
     finally:
         tuner.store.close()
+        if tuner.worker is not None:
+            tuner.worker.close()
     budget = {"study": tuner.study_id, "trials": config.trials, "episodes": config.episodes, "sampler": config.sampler,
               "prune": config.prune, "seed": config.seed, "pool": "validation", "backbone": config.backbone,
               "query": config.query, "fold": config.fold}
