@@ -376,7 +376,7 @@ class Facts:
         with _setfit_config_only():
             plan = campaign.load_campaign(self.paths.campaign)
         finished = campaign.Finished([self.paths.store])
-        done, left, _ = campaign._tally(plan, finished)
+        done, left, _ = campaign.tally(plan, finished)
         pending = [u for u in plan.units if done[u] < u.episodes]
         return dict(plan=plan, done=done, left=left, pending=pending, raw=read_yaml(self.paths.campaign, "campaign")
                     ["entries"], warning=campaign.other_configs(plan, finished, plan.units).strip(),

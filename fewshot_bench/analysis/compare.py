@@ -131,9 +131,11 @@ def cell_detectable_difference(members: List[Entry], power: float = POWER) -> Op
     return None if detectable is None else min(1.0, detectable)
 
 
-def _pairwise(cells: Dict[tuple, List[Entry]]) -> Dict[tuple, tuple]:
-    """{(a, b) and (b, a): (mean difference a - b, p, p_holm, d_z)} for every comparable pair of every cell;
-    one Holm family per cell (all its comparable pairs)."""
+def pairwise(cells: Dict[tuple, List[Entry]]) -> Dict[tuple, tuple]:
+    """{(a, b) and (b, a): (mean difference a - b, p, p_holm, d_z)} for every comparable pair (``differences`` not
+    None) of the entries of each cell of ``cells`` (:func:`by_cell`): p the exact sign-flip p, p_holm Holm over the
+    cell's comparable pairs (one family per cell), both rounded to 6 as the CSV writes them; d_z the paired effect
+    size (None when undefined), negated with the difference for (b, a)."""
     result = {}
     for members in cells.values():
         tests = []
@@ -193,7 +195,7 @@ def _cell_flags(members: List[Entry], any_significant: bool) -> List[str]:
 def annotate(entries: List[Entry], reference: str, bootstrap: int = 10000, seed: int = 0) -> None:
     """Fill the comparison columns of every entry's row (see the module docstring)."""
     cells = by_cell(entries)
-    tests = _pairwise(cells)
+    tests = pairwise(cells)
     for members in cells.values():
         beaten_by = {entry: sorted(o.method for o in members if o.same_class_source == entry.same_class_source
                                    and (o, entry) in tests and tests[(o, entry)][2] < ALPHA

@@ -11,8 +11,7 @@ An episode stored with status ok or diverged in the results store or in any shar
 The store is only read (read-only SQLite connections: never switched to WAL, never written) except by ``merge``,
 which copies in complete units only and leaves the store in rollback-journal mode. ``run`` starts worker processes
 (:data:`WORKER`, one torch thread each unless told otherwise), worker i writing only its shard, one
-transaction per episode: killing it at any point loses at most the episodes in flight; running it again resumes.
-"""
+transaction per episode: killing it at any point loses at most the episodes in flight; running it again resumes."""
 from __future__ import annotations
 
 import contextlib
@@ -224,8 +223,9 @@ def estimate(unit: Unit, rates: dict, texts: Dict[str, float]) -> Tuple[float, f
     return per_text * texts[setting.label], sum(metas) / len(metas) if metas else 0.0, "scaled"
 
 
-def _tally(campaign: Campaign, finished: Finished) -> Tuple[Dict[Unit, int], Dict[Unit, float], dict]:
-    """(episodes done per unit, estimated seconds left per unit not done, {unit not done: :func:`estimate`})."""
+def tally(campaign: Campaign, finished: Finished) -> Tuple[Dict[Unit, int], Dict[Unit, float], dict]:
+    """(done, left, how): done = {every unit: how many of its episodes 0..episodes-1 ``finished`` holds}; for the
+    units not done, left = {unit: estimated seconds to finish, meta-training too}, how = {unit: :func:`estimate`}."""
     rates: Dict[tuple, list] = {}
     for (_, method, backbone, _, setting), episodes in finished.rows.items():
         rate = rates.setdefault((method, setting, backbone), [0.0, 0, None, None])
@@ -255,7 +255,7 @@ def other_configs(campaign: Campaign, finished: Finished, units: Iterable[Unit])
 def status(file, store, shards) -> int:
     """Print the units not done, in queue order, with episodes done and estimated CPU-hours left; returns 0."""
     campaign, finished, _ = _inputs(file, store, shards)
-    done, left, how = _tally(campaign, finished)
+    done, left, how = tally(campaign, finished)
     pending = [u for u in campaign.units if done[u] < u.episodes]
     in_store = Finished([store])
     unmerged = sum(1 for u in campaign.units if done[u] == u.episodes
@@ -289,7 +289,7 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
             raise UserError(f"{flag} {value} is out of range; give {low} to {high} (e.g. --processes 2 --threads 1 "
                             f"on a 2-core machine)")
     campaign, finished, _ = _inputs(file, store, shards)
-    done, left, _ = _tally(campaign, finished)
+    done, left, _ = tally(campaign, finished)
     pending = [u for u in campaign.units if done[u] < u.episodes]
     if not pending:
         print(f"nothing to do: all {len(campaign.units)} units of {file} are done")
@@ -337,7 +337,7 @@ def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers,
             running = any(worker.poll() is None for worker in workers)
             if not running or time.monotonic() - last >= progress_seconds:
                 last = time.monotonic()
-                done, left, _ = _tally(campaign, Finished(shard_paths(folder), in_store))
+                done, left, _ = tally(campaign, Finished(shard_paths(folder), in_store))
                 eta = max(sum(left.get(u, 0.0) for u in plan) for plan in plans)
                 print(f"campaign: units {sum(done[u] == u.episodes for u in pending)}/{len(pending)} | episodes "
                       f"{sum(done[u] for u in pending)}/{sum(u.episodes for u in pending)} | elapsed "

@@ -62,10 +62,10 @@ def pair_rows(entries: List[compare.Entry], bootstrap: int, seed: int = 0) -> Di
     """{cell_key: [[A, B, common episodes, Δ A - B, CI low, CI high, p, Holm p], ...]}: every comparable unordered
     pair of each cell's methods (``compare.differences``), the paired percentile bootstrap 95% CI (unadjusted,
     ``bootstrap`` resamples, ``seed``: the leaderboard's), the sign-flip p and its Holm adjustment over every
-    comparable pair of the cell (``compare._pairwise``: the leaderboard's per-cell family, so the page's decisions
+    comparable pair of the cell (``compare.pairwise``: the leaderboard's per-cell family, so the page's decisions
     vs its default reference are the CSV's). B - A is the negation (CI [-high, -low]); Δ and CI rounded to 4."""
     cells = compare.by_cell(entries)
-    tests = compare._pairwise(cells)
+    tests = compare.pairwise(cells)
     result: Dict[tuple, List[list]] = {}
     for members in cells.values():
         found = result.setdefault(cell_key(members[0].row), [])
