@@ -196,3 +196,24 @@ def test_cells_of_one_pool_share_one_cache_fill(long_task, monkeypatch):
     first, second = (plan.cache_fills()[s] for s in plan.settings)
     size = plan.sizes[plan.settings[0]]
     assert first[0] == pytest.approx(1e-2 * size.pool_texts * size.tokens_per_text) and second[0] == 0.0
+
+
+def test_an_unset_episode_timeout_is_derived_from_the_dry_runs_estimate(tmp_path, monkeypatch, capsys):
+    from fewshot_bench.cli.app import build_parser
+    from fewshot_bench.execution import runner
+    from fewshot_bench.execution.run_config import build_config
+
+    monkeypatch.setenv("FEWSHOT_BENCH_DATA", "")
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
+    argv = ARGV[2:] + ["--store", str(tmp_path / "s.sqlite"), "--out", ""]
+    config = build_config(vars(build_parser().parse_args(["run", *argv])))
+    assert config.episode_timeout is None and runner.estimated_timeouts(config) == {}  # no calibration yet: 3600
+    assert main(["run", "--dry-run", *argv]) == 0
+    capsys.readouterr()
+    timeouts = runner.estimated_timeouts(config)
+    assert len(timeouts) == 2 * 4 and set(timeouts) == {(s, m) for s in ("demo_intents/fold1/5way1shot2q",
+                                                                          "demo_intents/fold1/5way2shot2q")
+                                                         for m in config.methods}
+    assert all(value >= runner.TIMEOUT_FLOOR for value in timeouts.values())
+    given = build_config(vars(build_parser().parse_args(["run", *argv, "--episode-timeout", "5"])))
+    assert runner.estimated_timeouts(given) == {}  # a given timeout is the timeout

@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "the idle cores divided by the processes of this job)")
     _isolation_flag(p)
     p.add_argument("--episode-timeout", type=float, metavar="SECONDS",
-                   help="fail an episode whose method takes longer than this in the sealed worker (default 3600; "
-                        "0: no limit)")
+                   help="fail an episode whose method takes longer than this in the sealed worker (default: 20x "
+                        "the dry run's estimate for the method and cell, at least 600, where this machine has "
+                        "calibrated it (run --dry-run once), else 3600; 0: no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the cells, episodes and estimated CPU/GPU-hours per "
                                                            "method (from a short calibration here); write nothing")
     p.add_argument("--launcher", choices=["local", "submitit"], default="local",

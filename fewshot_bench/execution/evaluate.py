@@ -51,14 +51,19 @@ def restart_hash(run_hash: str, restart: int) -> str:
     return run_hash if restart == 0 else config_hash({"run": run_hash, "restart": restart})
 
 
+DEFAULT_EPISODE_TIMEOUT = 3600.0  # seconds, when --episode-timeout is unset and no estimate gives one
+
+
 def sealed_worker(config: RunConfig, device: str, deny: Sequence[str] = ()) -> Optional[SealedWorker]:
     """The sealed worker the methods of ``config`` run in (None: ``isolation`` in-process), with the config's
-    isolation level and episode timeout and torch's current threads; it may not read ``deny`` (stores) nor the
-    meta-training cache."""
+    isolation level and episode timeout (unset: :data:`DEFAULT_EPISODE_TIMEOUT`, until
+    :attr:`Executor.timeouts` gives a cell's) and torch's current threads; it may not read ``deny`` (stores) nor
+    the meta-training cache."""
     if config.isolation == "in-process":
         return None
+    timeout = DEFAULT_EPISODE_TIMEOUT if config.episode_timeout is None else config.episode_timeout
     return SealedWorker(config.backbone, device=device, threads=torch.get_num_threads(), isolation=config.isolation,
-                        timeout=config.episode_timeout, deny=[*deny, str(meta_state_path("x").parent)])
+                        timeout=timeout, deny=[*deny, str(meta_state_path("x").parent)])
 
 
 def cell_identity(config: RunConfig, spec: str, overrides: Dict[str, object], setting: Setting,
@@ -170,6 +175,8 @@ class Executor:
     ``done_in``: stores (objects with ``done_indices``, e.g. :class:`~fewshot_bench.store.results.ResultsStore`)
     whose finished episodes count as done. ``backbones``: loaded backbones by (attention implementation, name),
     shared with the caller. ``worker``: the sealed worker the methods' code runs in (None: this process).
+    ``timeouts``: the worker's episode timeout per (setting label, method spec), set before each of its units (the
+    run's ``--episode-timeout`` otherwise).
     """
 
     def __init__(self, config: RunConfig, device: str, backbones: Optional[Dict[Tuple[str, str], Backbone]] = None,
@@ -181,6 +188,7 @@ class Executor:
         self.done_in = list(done_in)
         self.tuned = tuned
         self.worker = worker
+        self.timeouts: Dict[Tuple[str, str], float] = {}
         self.specs = method_specs(config)
         self.cells: Dict[tuple, Cell] = {}
 
@@ -277,6 +285,8 @@ class Executor:
             values = {"status": "failed", "error": cell.meta_error, "trainable_params": 0, "predictions": None,
                       "figures": {}}
         else:
+            if self.worker is not None and (setting.label, unit.spec) in self.timeouts:
+                self.worker.timeout = self.timeouts[(setting.label, unit.spec)]
             values = episode_record(cell.method, episode, backbone,
                                     seed=episode_seed(config.seed, setting, unit.index, unit.restart),
                                     autocast=self.autocast, source_episodes=cell.source_episodes, worker=self.worker)

@@ -79,9 +79,11 @@ class RunConfig:
                                  "worker process), in-process (debugging, trusted methods); default: "
                                  f"${ISOLATION_ENV} if set, else sandboxed", factory=default_isolation,
                             choices=ISOLATIONS)
-    episode_timeout: float = option(3600.0, help="seconds a method's code may take on one episode in the sealed "
-                                                 "worker; past it the episode fails and the worker restarts (0: no "
-                                                 "limit)", low=0)
+    episode_timeout: Optional[float] = option(None, help="seconds a method's code may take on one episode in the "
+                                                         "sealed worker; past it the episode fails and the worker "
+                                                         "restarts (0: no limit; unset: 20x the dry run's estimate for "
+                                                         "the method and cell, at least 600, where this machine has "
+                                                         "calibrated it, else 3600)", low=0)
     store: str = option("runs/results.sqlite", help="SQLite results store")
     out: str = option("runs/leaderboard.csv", help="leaderboard CSV written at the end ('' to skip)")
     method_config: List[str] = option(factory=list, help="METHOD.FIELD=VALUE overrides of method configs (the same as "

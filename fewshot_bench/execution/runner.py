@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -30,7 +30,9 @@ from ..store import content
 from ..store.environment import fingerprint
 from ..store.results import ResultsStore
 from ..store.shards import existing_shards
+from .calibration import cache_file
 from .evaluate import Cell, Executor, Hooks, Unit, evaluate, sealed_worker
+from .plan import episode_rates
 from .run_config import RunConfig, method_specs, settings_of
 from .tuned import load_tuned, tuned_overrides
 from .worker import SealedWorker
@@ -115,6 +117,8 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
     executor = Executor(config, device, backbones, [store, *finished_elsewhere, *finished], tuned, worker)
+    if worker is not None:
+        executor.timeouts = estimated_timeouts(config)
     units = [Unit(s, m, i, r) for s in settings for m in executor.specs for i in range(n_episodes)
              for r in range(config.restarts) if only is None or (s.label, m, r) in only]
     mine = units[rank::world_size]
@@ -145,6 +149,19 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
         for opened in (store, *finished_elsewhere):
             opened.close()
     return store.path
+
+
+TIMEOUT_FACTOR, TIMEOUT_FLOOR = 20.0, 600.0
+
+
+def estimated_timeouts(config: RunConfig) -> Dict[Tuple[str, str], float]:
+    """With ``--episode-timeout`` unset: per (setting label, method spec) ``max(TIMEOUT_FLOOR, TIMEOUT_FACTOR x`` the
+    dry run's estimate of one episode``)`` for the methods this machine's calibration cache holds (measures nothing;
+    empty without a cache file). The others keep :data:`~fewshot_bench.execution.evaluate.DEFAULT_EPISODE_TIMEOUT`."""
+    if config.episode_timeout is not None or not cache_file().is_file():
+        return {}
+    rates = episode_rates(config, calibrate_missing=False)
+    return {key: max(TIMEOUT_FLOOR, TIMEOUT_FACTOR * seconds) for key, seconds in rates.items()}
 
 
 class _ProgressHooks(Hooks):
