@@ -58,8 +58,8 @@ def interrupt_message(options: Mapping[str, Any]) -> str:
     """The line printed when Ctrl-C stops the command of the parsed command-line ``options`` (``command``,
     ``action``, ``dry_run``, as the CLI's parser names them): "finished episodes are kept" only
     for a command that commits episodes to a store as it goes (``run`` but not ``run --dry-run``, ``tune``,
-    ``campaign run``: its shards); ``merge`` keeps what it merged; every other command (``reproduce``: a scratch
-    store, deleted) wrote nothing that stays."""
+    ``campaign run``: its shards); ``merge`` keeps what it merged; every other command (``reproduce`` and
+    ``compare`` only read a store) wrote nothing that stays."""
     command, action = options.get("command"), options.get("action")
     if command in STORE_WRITERS and not options.get("dry_run", False):
         return "interrupted; finished episodes are kept in the store"
