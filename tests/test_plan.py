@@ -207,13 +207,20 @@ def test_an_unset_episode_timeout_is_derived_from_the_dry_runs_estimate(tmp_path
     monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
     argv = ARGV[2:] + ["--store", str(tmp_path / "s.sqlite"), "--out", ""]
     config = build_config(vars(build_parser().parse_args(["run", *argv])))
-    assert config.episode_timeout is None and runner.estimated_timeouts(config) == {}  # no calibration yet: 3600
+    assert config.episode_timeout is None and runner.estimated_rates(config) == {}  # no calibration yet: 3600
     assert main(["run", "--dry-run", *argv]) == 0
     capsys.readouterr()
-    timeouts = runner.estimated_timeouts(config)
+    rates = runner.estimated_rates(config)
+    timeouts = runner.estimated_timeouts(config, rates)
     assert len(timeouts) == 2 * 4 and set(timeouts) == {(s, m) for s in ("demo_intents/fold1/5way1shot2q",
                                                                           "demo_intents/fold1/5way2shot2q")
                                                          for m in config.methods}
     assert all(value >= runner.TIMEOUT_FLOOR for value in timeouts.values())
     given = build_config(vars(build_parser().parse_args(["run", *argv, "--episode-timeout", "5"])))
-    assert runner.estimated_timeouts(given) == {}  # a given timeout is the timeout
+    assert runner.estimated_timeouts(given, rates) == {}  # a given timeout is the timeout
+    cost = runner.unit_costs(rates)  # the run's ETA weighs each unit by its method and cell's estimate
+    from fewshot_bench.execution.evaluate import Unit
+    from fewshot_bench.execution.run_config import settings_of
+    setting = settings_of(config)[0]
+    assert cost(Unit(setting, "protonet", 0)) == rates[(setting.label, "protonet")]
+    assert cost(Unit(setting, "unknown", 0)) == sum(rates.values()) / len(rates)

@@ -53,6 +53,17 @@ def test_lines_every_n_units_or_m_seconds_with_an_eta_from_work_done_here(caplog
     assert len(_lines(caplog)) == 3 and _lines(caplog)[-1].startswith("episodes 6/10 (60%)")
 
 
+def test_with_estimated_costs_the_eta_weighs_the_units_left(caplog):
+    """Two cheap units (1 s estimated) done first in 2 s each, eight dear ones (10 s estimated) left: the ETA is the
+    dear units' 80 estimated seconds at the measured 2x, not 8 units at the cheap units' pace."""
+    clock = Clock()
+    progress = Progress(10, "episodes", every=2, interval=600, stream=io.StringIO(), clock=clock, total_cost=82.0)
+    for _ in range(2):
+        clock.now += 2
+        progress.update(1, cost=1.0)
+    assert _lines(caplog) == ["episodes 2/10 (20%) | elapsed 00:04 | ETA 02:40"]
+
+
 def test_terminal_gets_a_bar_and_no_lines(caplog):
     class Terminal(io.StringIO):
         def isatty(self):

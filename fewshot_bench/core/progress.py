@@ -8,7 +8,10 @@ and one when it closes::
     episodes 12/40 (30%) | full_ft | banking77/fold1/5way1shot15q | elapsed 1:02 | ETA 2:25
 
 The ETA extrapolates the rate of the units done in this process; units that were already done before it
-started (a resumed run's stored episodes) are counted with :meth:`Progress.skip` and do not speed it up.
+started (a resumed run's stored episodes) are counted with :meth:`Progress.skip` and do not speed it up. Given
+``costs`` (each unit's estimated seconds, e.g. the dry run's per method and cell, passed to ``update``/``skip``
+with the unit), the ETA is the estimated seconds of the units left, scaled by measured over estimated seconds of
+the units done: a run whose cheap units come first does not promise an early end.
 """
 from __future__ import annotations
 
@@ -28,9 +31,11 @@ class Progress:
     """Count ``total`` units of work; a bar on a terminal, log lines otherwise. Usable as a context manager."""
 
     def __init__(self, total: int, desc: str, *, unit: str = "ep", every: int = 0, interval: float = 60.0,
-                 stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic):
+                 stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic,
+                 total_cost: Optional[float] = None):
         stream = stream if stream is not None else sys.stderr
         self.total, self.desc, self.clock = int(total), desc, clock
+        self.total_cost, self.cost_done, self.cost_skipped = total_cost, 0.0, 0.0  # estimated seconds
         self.every = every if every > 0 else max(1, self.total // DEFAULT_LINES)
         self.interval = interval
         self.done = self.skipped = 0
@@ -46,13 +51,15 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)
 
-    def update(self, n: int = 1) -> None:
-        """``n`` units finished by work done now."""
+    def update(self, n: int = 1, cost: float = 0.0) -> None:
+        """``n`` units finished by work done now (``cost``: their estimated seconds, with ``total_cost``)."""
+        self.cost_done += cost
         self._advance(n)
 
-    def skip(self, n: int = 1) -> None:
+    def skip(self, n: int = 1, cost: float = 0.0) -> None:
         """``n`` units that were already done (resumed); they count toward done/total, not toward the rate."""
         self.skipped += n
+        self.cost_skipped += cost
         self._advance(n)
 
     def _advance(self, n: int) -> None:
@@ -74,6 +81,9 @@ class Progress:
         remaining = max(self.total - self.done, 0)
         if remaining == 0:
             eta = tqdm.format_interval(0)
+        elif self.total_cost and self.cost_done > 0:  # estimated seconds left x measured / estimated so far
+            left = max(self.total_cost - self.cost_done - self.cost_skipped, 0.0)
+            eta = tqdm.format_interval(left * elapsed / self.cost_done)
         elif worked > 0:
             eta = tqdm.format_interval(elapsed / worked * remaining)
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -117,8 +117,9 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
     finished_elsewhere = [ResultsStore(path) for path in [config.store, *existing_shards(config.store)]
                           if Path(path) != store.path and Path(path).is_file()]
     executor = Executor(config, device, backbones, [store, *finished_elsewhere, *finished], tuned, worker)
+    rates = estimated_rates(config)
     if worker is not None:
-        executor.timeouts = estimated_timeouts(config)
+        executor.timeouts = estimated_timeouts(config, rates)
     units = [Unit(s, m, i, r) for s in settings for m in executor.specs for i in range(n_episodes)
              for r in range(config.restarts) if only is None or (s.label, m, r) in only]
     mine = units[rank::world_size]
@@ -137,12 +138,14 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
         for cell in pending[rank::world_size]:
             executor.prepare_cell(cell)
         barrier()
-    bar = Progress(len(mine), "episodes", every=config.progress_every, interval=config.progress_seconds)
+    cost = unit_costs(rates)
+    bar = Progress(len(mine), "episodes", every=config.progress_every, interval=config.progress_seconds,
+                   total_cost=sum(map(cost, mine)) if rates else None)
     try:
         with watch_sigint():  # Ctrl-C stops the run (finished episodes are committed); a method's own raise does not
-            for record in evaluate(executor, mine, hooks=_ProgressHooks(bar)):
+            for record in evaluate(executor, mine, hooks=_ProgressHooks(bar, cost)):
                 store.write_episode({**record.values, "run_id": run_id}, record.declarations)
-                bar.update(1)
+                bar.update(1, cost(record.unit))
         store.end_run(run_id)
     finally:
         bar.close()
@@ -154,24 +157,35 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
 TIMEOUT_FACTOR, TIMEOUT_FLOOR = 20.0, 600.0
 
 
-def estimated_timeouts(config: RunConfig) -> Dict[Tuple[str, str], float]:
-    """With ``--episode-timeout`` unset: per (setting label, method spec) ``max(TIMEOUT_FLOOR, TIMEOUT_FACTOR x`` the
-    dry run's estimate of one episode``)`` for the methods this machine's calibration cache holds (measures nothing;
-    empty without a cache file). The others keep :data:`~fewshot_bench.execution.evaluate.DEFAULT_EPISODE_TIMEOUT`."""
-    if config.episode_timeout is not None or not cache_file().is_file():
+def estimated_rates(config: RunConfig) -> Dict[Tuple[str, str], float]:
+    """The dry run's estimate of one episode per (setting label, method spec), for the methods this machine's
+    calibration cache holds (measures nothing; empty without a cache file)."""
+    return episode_rates(config, calibrate_missing=False) if cache_file().is_file() else {}
+
+
+def estimated_timeouts(config: RunConfig, rates: Dict[Tuple[str, str], float]) -> Dict[Tuple[str, str], float]:
+    """With ``--episode-timeout`` unset: per (setting label, method spec) of ``rates`` ``max(TIMEOUT_FLOOR,
+    TIMEOUT_FACTOR x`` its estimate``)``; the others keep
+    :data:`~fewshot_bench.execution.evaluate.DEFAULT_EPISODE_TIMEOUT`."""
+    if config.episode_timeout is not None:
         return {}
-    rates = episode_rates(config, calibrate_missing=False)
     return {key: max(TIMEOUT_FLOOR, TIMEOUT_FACTOR * seconds) for key, seconds in rates.items()}
 
 
-class _ProgressHooks(Hooks):
-    """The run's progress bar: skipped units count as done, the current cell is shown."""
+def unit_costs(rates: Dict[Tuple[str, str], float]) -> Callable[[Unit], float]:
+    """A unit's estimated seconds for the progress ETA: its method and cell's rate, else the mean rate."""
+    mean = sum(rates.values()) / len(rates) if rates else 0.0
+    return lambda unit: rates.get((unit.setting.label, unit.spec), mean)
 
-    def __init__(self, bar: Progress):
-        self.bar = bar
+
+class _ProgressHooks(Hooks):
+    """The run's progress bar: skipped units count as done (not toward the rate), the current cell is shown."""
+
+    def __init__(self, bar: Progress, cost: Callable[[Unit], float]):
+        self.bar, self.cost = bar, cost
 
     def skipped(self, unit: Unit) -> None:
-        self.bar.skip(1)
+        self.bar.skip(1, self.cost(unit))
 
     def started(self, unit: Unit, cell: Cell) -> None:
         self.bar.set_current(f"{cell.label} | {unit.setting.label}")
