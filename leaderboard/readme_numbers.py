@@ -1,4 +1,5 @@
-"""Every number of leaderboard/README.md and docs/sgg.md, generated from the results store:
+"""Every number of leaderboard/README.md and docs/sgg.md (and the README's method timing table), generated from
+the results store:
 `python leaderboard/readme_numbers.py --store leaderboard/results.sqlite [--check]`.
 
 The two files carry their numbers between HTML comment markers, ``<!-- NAME -->`` ... ``<!-- /NAME -->``; this
@@ -6,13 +7,14 @@ script rewrites the text between every such pair from the store (and the suites,
 configs the README cites), leaving everything outside them as it is. ``--check`` writes nothing: it prints a
 unified diff of each file that differs from what the store gives and exits 1 (0 when both are up to date); a test
 runs it on the committed store (tests/test_readme_numbers.py). Run it without ``--check`` after every merge into
-the store; ``--leaderboard`` first rewrites the leaderboard files too (``fewshot-bench leaderboard``, minutes).
+the store; ``--leaderboard`` then rewrites the leaderboard files too (``fewshot-bench leaderboard``, minutes), after
+the README, whose claims table the page shows.
 
 Contract. Each marker name in a file must be one this script generates for that file, and every block it
 generates must be in the file: an unknown or missing block is an error, never silently skipped. The blocks:
   * ``core-coverage`` (ok episodes per core cell and method, :func:`coverage_table`), ``claims`` and docs/sgg.md's
     ``terms`` (leaderboard/claims.py's tables, its own functions) and one block per passage with digits
-    (:data:`README_BLOCKS`, :data:`DOCS_BLOCKS`).
+    (:data:`README_BLOCKS`, :data:`DOCS_BLOCKS`; the project README's :data:`GUIDE_BLOCKS`, ``--guide``).
   * Figures are the leaderboard's (``analysis.entries.load_entries``, ``compare.annotate`` against
     :data:`REFERENCE` with the leaderboard's 10,000 bootstrap resamples and seed 0, ``across``, ``folds``,
     ``pairs.pair_table``) on the store's rows, except the class-level CIs: those need every episode's classes,
@@ -238,6 +240,7 @@ class Paths(NamedTuple):
     store: Path
     readme: Path
     docs: Path
+    guide: Optional[Path]  # the project README (its method-submission timing table)
     campaign: Path
     v1_store: Path
     class_cache: Optional[Path]
@@ -272,7 +275,9 @@ class Facts:
         self.suite = across_cells(self.entries)
         self.overall = overall(self.rows, cell_units(self.entries))
         self.folds = fold_summary(self.rows, self.entries)
-        self.families = [pair_table(self.entries, list(family), BOOTSTRAP, SEED) for family in FAMILIES]
+        present = {e.method for e in self.entries}  # a pair one of whose methods has no row yet is left out
+        self.families = [pair_table(self.entries, [p for p in family if set(p) <= present], BOOTSTRAP, SEED)
+                         for family in FAMILIES]
         with contextlib.closing(read_only(paths.store)) as conn:
             self.records = [dict(r) for r in conn.execute(
                 "SELECT method, protocol, backbone, task, setting, fingerprint, restart, status, accuracy, "
@@ -529,11 +534,13 @@ def maml_defaults_block(f: Facts) -> str:
 
     defaults = {m: {fl.name: fl.default for fl in dataclasses.fields(METHODS.get(m).config_class)}
                 for m in ("maml", "fomaml")}
-    same = defaults["maml"]["head_scale"] == defaults["fomaml"]["head_scale"] and \
-        defaults["maml"]["inner_lr"] == defaults["fomaml"]["inner_lr"]
-    now = (f"`head_scale` {defaults['maml']['head_scale']:g} and `inner_lr` {defaults['maml']['inner_lr']:g}" if same
-           else "; ".join(f"{m}: `head_scale` {d['head_scale']:g}, `inner_lr` {d['inner_lr']:g}"
-                          for m, d in defaults.items()))
+    def head(d: dict) -> str:
+        scale = f" at `head_scale` {d['head_scale']:g}" if d["head_init"] == "proto" else ""
+        return f"`head_init` {d['head_init']}{scale} and `inner_lr` {d['inner_lr']:g}"
+
+    keys = ("head_init", "head_scale", "inner_lr")
+    same = all(defaults["maml"][k] == defaults["fomaml"][k] for k in keys)
+    now = head(defaults["maml"]) if same else "; ".join(f"{m}: {head(d)}" for m, d in defaults.items())
     tuned = []
     for path in f.paths.tuned:
         data = read_yaml(path, "tuned configs")
@@ -950,10 +957,10 @@ def gradient_bullet_block(f: Facts) -> str:
     sets: Dict[str, List[str]] = {}
     for method in sorted({e.method for e in f.entries if base(e.method) not in FROZEN}):
         sizes = {basis(e.row["trainable_params"]) for e in f.entries if e.method == method} - {None}
-        for size in sizes:
+        for size in sorted(sizes):  # sorted: a set's order of strings changes from process to process
             sets.setdefault(size, []).append(method)
     trained = "; ".join(f"{', '.join(code(m) for m in ms)} {size}"
-                        for size, ms in sorted(sets.items(), key=lambda kv: -len(kv[1])))
+                        for size, ms in sorted(sets.items(), key=lambda kv: (-len(kv[1]), kv[0])))
     gradient = [s for s in f.spearman if base(s["method"]) not in FROZEN]
     parts = []
     for column in COLUMNS:
@@ -1140,6 +1147,29 @@ def shows_block(f: Facts) -> str:
                                           gradient_bullet_block, claims_bullet_block))
 
 
+TIMED_METHODS = ("protonet", "linear_probe", "setfit", "full_ft", "lora", "sgg", "fomaml", "maml")
+
+
+def timing_block(f: Facts) -> str:
+    """README (submitting a method): what each built-in method costs per episode on one core cell, frozen and
+    trained, with its one-off costs apart."""
+    cell = CELL_BULLETS[0]
+    rows = []
+    for method in TIMED_METHODS:
+        entry = f.entry(cell, method)
+        if entry is None or not f.complete(entry):
+            rows.append((code(method), "not computed", "-", "-", "-"))
+            continue
+        row = entry.row
+        rows.append((code(method), row["protocol"], n(int(row["trainable_params"] or 0)),
+                     f"{row['sec_per_episode']:.3f}",
+                     f"{row['meta_train_seconds']:.0f}" if row["meta_train_seconds"] else "-"))
+    return paragraph(f"Per built-in method on {code(cell)} (the committed store: one torch thread per process on "
+                     f"the shared 2-core CPU VM the campaign ran on; means over the row's ok episodes; `not "
+                     f"computed`: the cell's row is not complete yet):") + "\n" + table(
+        ("method", "protocol", "trainable parameters", "s/episode", "meta-training, once per cell (s)"), rows)
+
+
 README_BLOCKS = {
     "v1-summary": v1_summary, "core-suite": core_suite_block, "core-coverage": coverage_block,
     "campaign-status": campaign_block, "computed-by-day": computed_block, "not-computed": not_computed_block,
@@ -1150,6 +1180,7 @@ README_BLOCKS = {
     "class-level": class_block, "fold-class-level": folds_block, "compare-families": families_block,
     "what-this-shows": shows_block, "v1-paired-sd": v1_paired_sd_block,
 }
+GUIDE_BLOCKS = {"method-timing": timing_block}
 DOCS_BLOCKS = {
     "terms": lambda f: f.terms_md, "terms-summary": terms_summary_block, "v1-header": v1_header_block,
     "v1-results": v1_table_block, "v1-reading": v1_reading_block,
@@ -1184,7 +1215,7 @@ def facts_for(paths: Paths) -> Facts:
     """Facts of ``paths`` (the files they are read from; not the README and docs they are written into), reused
     while the store file is unchanged (size and mtime): a test checks several copies against one store at once."""
     stat = paths.store.stat()
-    return _facts(paths._replace(readme=None, docs=None), (stat.st_size, stat.st_mtime_ns))
+    return _facts(paths._replace(readme=None, docs=None, guide=None), (stat.st_size, stat.st_mtime_ns))
 
 
 def main(argv=None) -> int:
@@ -1195,11 +1226,12 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default=str(ROOT), help="repository root the default paths below are under")
     parser.add_argument("--readme", help="the leaderboard README (default ROOT/leaderboard/README.md)")
     parser.add_argument("--docs", help="the SGG page (default ROOT/docs/sgg.md)")
+    parser.add_argument("--guide", help="the project README (default ROOT/README.md; 'none': skip it)")
     parser.add_argument("--campaign", help="campaign file (default ROOT/leaderboard/campaign.yaml)")
     parser.add_argument("--v1-store", help="suite-v1 store (default ROOT/leaderboard/v1/results.sqlite)")
     parser.add_argument("--class-cache", help="leaderboard CSV whose class-level CIs are reused for unchanged rows "
                                               "(default ROOT/leaderboard/leaderboard.csv; 'none': compute all)")
-    parser.add_argument("--leaderboard", action="store_true", help="first rewrite the leaderboard files beside "
+    parser.add_argument("--leaderboard", action="store_true", help="then rewrite the leaderboard files beside "
                                                                    "the README with `fewshot-bench leaderboard` "
                                                                    f"(reference {REFERENCE}; minutes)")
     args = parser.parse_args(argv)
@@ -1208,6 +1240,7 @@ def main(argv=None) -> int:
     paths = Paths(store=Path(args.store).resolve(),
                   readme=Path(args.readme or root / "leaderboard" / "README.md"),
                   docs=Path(args.docs or root / "docs" / "sgg.md"),
+                  guide=None if args.guide == "none" else Path(args.guide or root / "README.md"),
                   campaign=Path(args.campaign or root / "leaderboard" / "campaign.yaml"),
                   v1_store=Path(args.v1_store or root / "leaderboard" / "v1" / "results.sqlite"),
                   class_cache=None if cache == "none" else Path(cache),
@@ -1215,15 +1248,12 @@ def main(argv=None) -> int:
     if not paths.store.is_file():
         print(f"error: results store {paths.store} does not exist", file=sys.stderr)
         return 2
-    if args.leaderboard and not args.check:
-        from fewshot_bench.report.leaderboard import write_leaderboard
-
-        write_leaderboard(paths.store, paths.readme.parent / "leaderboard.csv", BOOTSTRAP, REFERENCE)
     facts = facts_for(paths)
     print(f"class-level CIs: {facts.cached} rows read from {paths.class_cache or 'no cache'} (episodes unchanged), "
           f"{facts.computed} computed from the store", file=sys.stderr)
     status = 0
-    for path, blocks in ((paths.readme, README_BLOCKS), (paths.docs, DOCS_BLOCKS)):
+    targets = [(paths.readme, README_BLOCKS), (paths.docs, DOCS_BLOCKS)]
+    for path, blocks in targets + ([(paths.guide, GUIDE_BLOCKS)] if paths.guide is not None else []):
         text = path.read_text(encoding="utf-8")
         try:
             new = render(text, blocks, facts, str(path))
@@ -1241,6 +1271,10 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
     if args.check and status == 0:
         print(f"{paths.readme} and {paths.docs} hold the numbers of {paths.store}")
+    if args.leaderboard and not args.check:  # after the README: the page shows the claims table written there
+        from fewshot_bench.report.leaderboard import write_leaderboard
+
+        write_leaderboard(paths.store, paths.readme.parent / "leaderboard.csv", BOOTSTRAP, REFERENCE)
     return status
 
 
