@@ -84,6 +84,22 @@ def test_campaign_in_two_processes_then_merged_equals_a_plain_run(tmp_path, caps
     assert capsys.readouterr().out.startswith("nothing to do: all 4 units")
 
 
+def test_an_entry_with_a_tuned_file_stores_the_rows_of_run_tuned(tmp_path, capsys):
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text(yaml.safe_dump({"budget": {}, "settings": {"demo_intents/fold1/5way1shot2q": {
+        "full_ft": {"tuned": True, "overrides": {"steps": 3, "lr": 0.001}}}}}))
+    entry = {**TINY, "methods": ["full_ft"], "n_way": 5, "k_shot": 1, "episodes": 2, "tuned": str(tuned)}
+    file, store, shards = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    assert [unit.label for unit in load_campaign(file).units] == ["full_ft[tuned]"]
+    assert main(args("run", file, store, shards)) == 0
+    assert main(args("merge", file, store, shards)) == 0
+    plain = tmp_path / "plain.sqlite"
+    assert main(["run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0",
+                 "--threads", "1", "--methods", "full_ft", "--n-way", "5", "--k-shot", "1", "--episodes", "2",
+                 "--tuned", str(tuned), "--store", str(plain), "--out", ""]) == 0
+    assert rows(store) == rows(plain) and {row[0] for row in rows(store)} == {"full_ft[tuned]"}
+
+
 def test_killed_campaign_resumes_without_recomputing(tmp_path):
     entry = {**TINY, "methods": ["full_ft"], "method_config": ["full_ft.steps=30"], "k_shot": 2, "episodes": 20}
     file, store, shards = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"

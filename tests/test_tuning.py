@@ -186,3 +186,64 @@ def test_trials_run_in_the_sealed_worker_of_isolation(tmp_path):
         states[isolation] = [(r["state"], round(r["accuracy"], 4)) for r in _trials(store)]
     # all-zero logits predict the first class: 1/3 of a 3-way episode's queries; a failed episode scores 0
     assert states == {"process": [("untuned", 0.3333)], "in-process": [("untuned", 0.0)]}
+
+
+def test_a_search_space_with_cost_fields_is_tuned_in_the_sealed_worker(tmp_path):
+    """Under a worker the harness holds a stub of the method (its config as a dict): ties still go to the cheaper
+    config, read from that dict."""
+    method_file = tmp_path / "costly.py"
+    method_file.write_text(
+        "from dataclasses import dataclass\nimport torch\nfrom fewshot_bench.core.config import option\n"
+        "from fewshot_bench.methods import Method, MethodConfig, Predictor\n"
+        "from fewshot_bench.methods.search_space import Choice, SearchSpace\n\n\n"
+        "@dataclass\nclass CostlyConfig(MethodConfig):\n    steps: int = option(1, help='irrelevant, costly')\n\n\n"
+        "class Costly(Method):\n    name = 'costly'\n    config_class = CostlyConfig\n"
+        "    search_space = SearchSpace({'steps': Choice((4, 2, 1))}, cost=('steps',))\n\n"
+        "    def adapt(self, ctx):\n"
+        "        return Predictor(lambda batch: torch.zeros(len(batch.input_ids), ctx.episode.n_way))\n")
+    store, out = tmp_path / "s.sqlite", tmp_path / "tuned.yaml"
+    assert main(TUNE + ["--methods", f"{method_file}:Costly", "--isolation", "process", "--sampler", "grid",
+                        "--trials", "3", "--store", str(store), "--out", str(out)]) == 0
+    assert sorted(r["cost"] for r in _trials(store)) == [1.0, 2.0, 4.0]
+    entry = yaml.safe_load(out.read_text())["settings"]["demo_intents/fold1/3way2shot3q"][f"{method_file}:Costly"]
+    assert entry["overrides"] == {"steps": 1}
+
+
+def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_task(tmp_path, monkeypatch):
+    """A target task whose classes are all evaluated (like fewrel_pubmed) is tuned on its source task's validation
+    pool; the chosen config is filed under the cross-domain setting that run --tuned looks up."""
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    target_only = {"name": "target_only", "version": 1, "description": "d", "citation": "c", "license": "l",
+                   "source": {"local_dir": "demo_intents", "packaged": True}, "splits": ["data"],
+                   "pools": {"strategy": "classes", "target": ["movie_showtimes", "water_plants", "pay_utility_bill",
+                                                                "find_parking", "language_lesson"]}}
+    (cards / "target_only.yaml").write_text(yaml.safe_dump(target_only), encoding="utf-8")
+    seen = []
+    real = loop_module.run_episode
+
+    def spy(method, episode, *args, **kwargs):
+        seen.append(episode)
+        return real(method, episode, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "run_episode", spy)
+    tuned, store = tmp_path / "tuned.yaml", tmp_path / "t.sqlite"
+    flags = ["--tasks", "target_only", "--source-task", "demo_intents", "--tasks-dir", str(cards), "--n-way", "3",
+             "--k-shot", "2", "--query", "3", "--backbone", "tiny-encoder", "--device", "cpu"]
+    assert main(["tune", *flags, "--methods", "planted", "--episodes", "2", "--trials", "2", "--store", str(store),
+                 "--out", str(tuned)]) == 0
+    document = yaml.safe_load(tuned.read_text())
+    assert document["budget"]["source_task"] == "demo_intents"
+    entry = document["settings"]["demo_intents->target_only/fold1/3way2shot3q"]["planted"]
+    assert entry["validated_on"] == "demo_intents/fold1/validation/3way2shot3q"
+    from fewshot_bench.data.loading import get_task_data
+
+    validation = set(get_task_data("demo_intents").pools["validation"].classes)
+    assert len(seen) == 4 and all(set(e.classes) <= validation for e in seen)
+    assert {r["setting"] for r in _trials(store)} == {"demo_intents/fold1/validation/3way2shot3q"}
+    run_store = tmp_path / "run.sqlite"
+    assert main(["run", *flags, "--methods", "planted", "--episodes", "1", "--tuned", str(tuned),
+                 "--store", str(run_store), "--out", ""]) == 0
+    with ResultsStore(run_store) as opened:
+        assert [(r["method"], r["setting"]) for r in opened.episodes()] == [
+            ("planted[tuned]", "demo_intents->target_only/fold1/3way2shot3q")]

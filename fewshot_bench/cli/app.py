@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=positive_int, help="configurations per method (default 20)")
     p.add_argument("--sampler", choices=["tpe", "grid"], help="Optuna sampler (default tpe), seeded with --seed")
     p.add_argument("--prune", action="store_true", help="Optuna MedianPruner: stop hopeless trials early")
+    p.add_argument("--source-task", help="cross-dataset: the source task; a target task without validation classes "
+                                         "is tuned on this task's validation pool")
     _isolation_flag(p)
     p.add_argument("--store", help="results store for the trials (default: runs/results.sqlite)")
     p.add_argument("--out", help="YAML file of the chosen configs (default: runs/tuned.yaml)")

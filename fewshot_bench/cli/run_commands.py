@@ -74,7 +74,7 @@ def cli_tune(args) -> int:
         if getattr(args, name):
             values[name] = [v for v in getattr(args, name).split(",") if v]
     for name in ("query", "episodes", "trials", "sampler", "fold", "seed", "backbone", "device", "store", "out",
-                 "isolation"):
+                 "isolation", "source_task"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["prune"] = bool(args.prune)

@@ -2,7 +2,8 @@
 
 A campaign file (``leaderboard/campaign.yaml``) holds ``entries``: an ordered list of run configurations, each with
 ``suite`` and the keys of ``run``'s flags (:data:`ENTRY_KEYS`), built by :func:`run_config.build_config` exactly as
-``fewshot-bench run --suite S --tasks ... --methods ...`` builds them. A **unit** is one (setting, method, restart)
+``fewshot-bench run --suite S --tasks ... --methods ...`` builds them (``tuned``: a tuned-config file, its path as
+``--tuned`` takes it, relative to the working folder). A **unit** is one (setting, method, restart)
 of an entry with all its episodes; its store key is the one ``run`` writes (:func:`evaluate.cell_identity`,
 :func:`evaluate.restart_hash`), so a unit is done whichever command stored it. Units queue in file order, within an
 entry in ``run``'s order (setting, then method, then restart); a unit two entries plan is queued at its first.
@@ -46,9 +47,10 @@ from ..store.shards import check_no_conflicts
 from .evaluate import cell_identity, restart_hash
 from .run_config import RunConfig, build_config, method_specs, settings_of
 from .runner import run as run_units
+from .tuned import load_tuned
 
 ENTRY_KEYS = ("suite", "tasks", "source_task", "n_way", "k_shot", "fold", "query", "episodes", "limit", "seed", "pool",
-              "methods", "restarts", "method_config", "backbone")
+              "methods", "restarts", "method_config", "backbone", "tuned")
 DEFAULT_EPISODE_SECONDS = 10.0  # a rate nothing stored measures: about one MiniLM full_ft 5-way 1-shot episode, 1 core
 MAX_PROCESSES = 64
 # a worker imports this very package (not whatever the working folder holds), then reads its job on stdin
@@ -114,9 +116,10 @@ def load_campaign(path) -> Campaign:
         try:
             config = entry_config(entry, where)
             episodes = min(config.episodes, config.limit) if config.limit else config.episodes
+            tuned = load_tuned(config.tuned) if config.tuned else None
             for setting in settings_of(config):
                 for spec, overrides in method_specs(config).items():
-                    method, label, run_hash = cell_identity(config, spec, overrides, setting)
+                    method, label, run_hash = cell_identity(config, spec, overrides, setting, tuned)
                     for restart in range(config.restarts):
                         key = (restart_hash(run_hash, restart), label, config.backbone, setting.task, setting.label)
                         if key not in seen:

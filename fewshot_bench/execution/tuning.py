@@ -1,6 +1,10 @@
 """``fewshot-bench tune``: the same hyperparameter budget for every method, on validation-pool episodes only.
 
 Contract:
+  * Cross-domain (``source_task``): a target task without a validation pool (every class of it is evaluated,
+    e.g. fewrel_pubmed) is tuned on the validation pool of its source task, so nothing of the target domain is
+    seen; the chosen configs are filed under the cross-domain target setting that ``run --tuned`` looks up, and
+    the entry names the setting it was validated on (``validated_on``).
   * Every method with a ``search_space`` gets ``trials`` Optuna trials (TPESampler, or GridSampler with
     ``sampler: grid``, both seeded with ``seed``, the same seed for every method); each trial is one config
     scored on the same ``episodes`` validation-pool episodes (indices 0..episodes-1 of ``seed``) with the
@@ -21,7 +25,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -31,7 +35,8 @@ from ..core.errors import UserError
 from ..core.hashing import config_hash
 from ..core.interrupts import watch_sigint
 from ..core.outputs import check_outputs
-from ..episodes.sampling import episode_set_sha256
+from ..data.loading import get_task_data
+from ..episodes.sampling import Setting, episode_set_sha256
 from ..methods.backbone import resolve_device
 from ..methods.spec import method_from_spec, parse_method_config
 from ..store.results import ResultsStore
@@ -47,6 +52,8 @@ FIGURES = ("final_loss",)  # the harness's figures a trial reports, besides ever
 @dataclass
 class TuneConfig:
     tasks: List[str] = option(factory=list, help="task names (their validation pools are used)")
+    source_task: Optional[str] = option(None, help="cross-dataset: the source task of every setting (its "
+                                                   "validation pool scores trials where the target has none)")
     methods: object = option("all", help="method names or 'all' (every registered method)")
     n_way: List = option(factory=lambda: [5], help="classes per episode (list)")
     k_shot: List = option(factory=lambda: [1, 5], help="shots per class (list)")
@@ -133,7 +140,7 @@ class _Study:
         row = {"study": tuner.study_id, "method": self.name, "backbone": tuner.config.backbone, "task": setting.task,
                "setting": setting.label, "seed": tuner.config.seed, "trial": number,
                "state": state if self.space is not None else "untuned", "config": config,
-               "cost": self.space.cost_of(method.config) if self.space is not None else None,
+               "cost": self.space.cost_of(config) if self.space is not None else None,
                "episodes": len(scores), "episode_set_sha256": tuner.episode_set(setting, len(scores)),
                "accuracy": accuracy, "acc_ci95_low": low, "acc_ci95_high": high,
                "wall_seconds": sum(r["wall_seconds"] or 0.0 for r in records) + (cell.meta_train_seconds or 0.0),
@@ -194,12 +201,18 @@ class Tuner:
         self.config = config
         run_like = RunConfig(tasks=config.tasks, methods=spec_list(config.methods), n_way=config.n_way,
                              k_shot=config.k_shot, query=config.query, fold=config.fold, pool="validation",
-                             seed=config.seed, backbone=config.backbone, isolation=config.isolation)
-        self.settings = settings_of(run_like)
+                             seed=config.seed, backbone=config.backbone, isolation=config.isolation,
+                             source_task=config.source_task)
+        self.targets = {}  # validation setting label -> the target setting label its chosen configs are filed under
+        self.settings = []
+        for setting in settings_of(run_like):
+            validated_on = validation_setting(setting)
+            self.targets[validated_on.label] = target_label(setting)
+            self.settings.append(validated_on)
         for setting in self.settings:  # fail fast on a task without a usable validation pool
             setting.target_episode(config.seed, 0)
         budget = {k: v for k, v in dataclasses.asdict(config).items()
-                  if k not in ("store", "out", "device", "isolation")}
+                  if k not in ("store", "out", "device", "isolation") and not (k == "source_task" and v is None)}
         self.study_id = config_hash(budget)[:16]
         device = resolve_device(config.device)
         self.worker = sealed_worker(run_like, device, [config.store])  # trials run in it, as run's episodes do
@@ -218,9 +231,18 @@ class Tuner:
         return episode_set_sha256([e.fingerprint for e in self.episodes(setting)[:count]])
 
 
-def target_label(setting) -> str:
+def target_label(setting: Setting) -> str:
     """The setting label ``run`` uses for the target pool of a tuned (validation) setting."""
     return dataclasses.replace(setting, pool="target").label
+
+
+def validation_setting(setting: Setting) -> Setting:
+    """The validation setting that scores trials for ``setting`` (pool validation): itself, or, for a cross-domain
+    target task without validation classes, the same shape on its source task's validation pool."""
+    source = setting.source_task
+    if not source or source == setting.task or len(get_task_data(setting.task, setting.fold).pools["validation"].rows):
+        return setting
+    return dataclasses.replace(setting, task=source, source_task=None, fold=1)
 
 
 def tune(config: TuneConfig) -> dict:
@@ -240,14 +262,18 @@ def tune(config: TuneConfig) -> dict:
     try:
         with watch_sigint():  # a method raising KeyboardInterrupt fails its episode; a real Ctrl-C stops the study
             for setting, study in studies:
-                chosen.setdefault(target_label(setting), {})[study.name] = study.run()
+                entry = study.run()
+                if tuner.targets[setting.label] != target_label(setting):
+                    entry["validated_on"] = setting.label
+                chosen.setdefault(tuner.targets[setting.label], {})[study.name] = entry
     finally:
         tuner.store.close()
         if tuner.worker is not None:
             tuner.worker.close()
     budget = {"study": tuner.study_id, "trials": config.trials, "episodes": config.episodes, "sampler": config.sampler,
               "prune": config.prune, "seed": config.seed, "pool": "validation", "backbone": config.backbone,
-              "query": config.query, "fold": config.fold}
+              "query": config.query, "fold": config.fold,
+              **({"source_task": config.source_task} if config.source_task else {})}
     document = {"budget": budget, "settings": chosen}
     if config.out:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)

@@ -76,10 +76,10 @@ class SearchSpace:
         grid = {name: spec.grid() for name, spec in self.fields.items()}
         return None if any(values is None for values in grid.values()) else grid
 
-    def cost_of(self, config) -> float:
-        """Product of the cost fields' values in ``config`` (1.0 without cost fields); bools count as 1 / 2."""
-        return math.prod(float(getattr(config, name)) + (1.0 if isinstance(getattr(config, name), bool) else 0.0)
-                         for name in self.cost)
+    def cost_of(self, config: Dict[str, Any]) -> float:
+        """Product of the cost fields' values in ``config`` (a config as a dict, e.g. ``Method.config_dict()``;
+        1.0 without cost fields); bools count as 1 / 2."""
+        return math.prod(float(config[name]) + (1.0 if isinstance(config[name], bool) else 0.0) for name in self.cost)
 
     def without(self, *names: str) -> "SearchSpace":
         """The same space with ``names`` left out (an ablation that pins those fields)."""
