@@ -84,12 +84,15 @@ def test_campaign_in_two_processes_then_merged_equals_a_plain_run(tmp_path, caps
     assert capsys.readouterr().out.startswith("nothing to do: all 4 units")
 
 
-def test_an_entry_with_a_tuned_file_stores_the_rows_of_run_tuned(tmp_path, capsys):
+def test_an_entry_with_a_tuned_file_stores_the_rows_of_run_tuned(tmp_path, monkeypatch):
+    """An entry's relative ``tuned`` path is read from the campaign file's folder, wherever the command runs."""
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text(yaml.safe_dump({"budget": {}, "settings": {"demo_intents/fold1/5way1shot2q": {
         "full_ft": {"tuned": True, "overrides": {"steps": 3, "lr": 0.001}}}}}))
-    entry = {**TINY, "methods": ["full_ft"], "n_way": 5, "k_shot": 1, "episodes": 2, "tuned": str(tuned)}
+    entry = {**TINY, "methods": ["full_ft"], "n_way": 5, "k_shot": 1, "episodes": 2, "tuned": "tuned.yaml"}
     file, store, shards = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert [unit.label for unit in load_campaign(file).units] == ["full_ft[tuned]"]
     assert main(args("run", file, store, shards)) == 0
     assert main(args("merge", file, store, shards)) == 0

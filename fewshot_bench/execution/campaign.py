@@ -2,8 +2,8 @@
 
 A campaign file (``leaderboard/campaign.yaml``) holds ``entries``: an ordered list of run configurations, each with
 ``suite`` and the keys of ``run``'s flags (:data:`ENTRY_KEYS`), built by :func:`run_config.build_config` exactly as
-``fewshot-bench run --suite S --tasks ... --methods ...`` builds them (``tuned``: a tuned-config file, its path as
-``--tuned`` takes it, relative to the working folder). A **unit** is one (setting, method, restart)
+``fewshot-bench run --suite S --tasks ... --methods ...`` builds them (``tuned``: a tuned-config file, a relative
+path read from the campaign file's folder). A **unit** is one (setting, method, restart)
 of an entry with all its episodes; its store key is the one ``run`` writes (:func:`evaluate.cell_identity`,
 :func:`evaluate.restart_hash`), so a unit is done whichever command stored it. Units queue in file order, within an
 entry in ``run``'s order (setting, then method, then restart); a unit two entries plan is queued at its first.
@@ -83,8 +83,9 @@ class Campaign:
     units: List[Unit]
 
 
-def entry_config(entry, where: str) -> RunConfig:
-    """The run configuration of one entry: ``suite`` (default 'default') < the entry's keys, as ``run``'s flags."""
+def entry_config(entry, where: str, folder: Path = Path(".")) -> RunConfig:
+    """The run configuration of one entry: ``suite`` (default 'default') < the entry's keys, as ``run``'s flags; a
+    relative ``tuned`` path is read from ``folder`` (the campaign file's)."""
     if not isinstance(entry, dict):
         raise UserError(f"{where}: expected a mapping of run options, e.g. {{suite: core, methods: [sgg]}}; "
                         f"got {entry!r}")
@@ -97,6 +98,8 @@ def entry_config(entry, where: str) -> RunConfig:
             values[key] = [values[key]]
     values["methods"] = ",".join(map(str, values["methods"])) if values["methods"] is not None else None
     values["method_config"] = [str(item) for item in values["method_config"] or []]
+    if values["tuned"] is not None and not Path(str(values["tuned"])).is_absolute():
+        values["tuned"] = os.path.relpath(Path(folder, str(values["tuned"])))
     return build_config({**values, "out": ""})  # what the entry does not set is the suite's (no leaderboard)
 
 
@@ -114,7 +117,7 @@ def load_campaign(path) -> Campaign:
     for number, entry in enumerate(entries):
         where = f"campaign file {path}, entry {number + 1}"
         try:
-            config = entry_config(entry, where)
+            config = entry_config(entry, where, Path(path).parent)
             episodes = min(config.episodes, config.limit) if config.limit else config.episodes
             tuned = load_tuned(config.tuned) if config.tuned else None
             for setting in settings_of(config):
