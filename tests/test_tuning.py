@@ -91,6 +91,26 @@ def test_every_method_gets_the_same_trials_and_episodes(tmp_path):
     assert len({r["episode_set_sha256"] for r in rows}) == 1
 
 
+def test_an_interrupted_tune_resumes_and_chooses_what_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    import shutil
+    import sqlite3
+
+    whole, cut = tmp_path / "whole.sqlite", tmp_path / "cut.sqlite"
+    flags = ["--methods", "planted", "--trials", "4", "--sampler", "tpe"]
+    assert main(TUNE + flags + ["--store", str(whole), "--out", str(tmp_path / "whole.yaml")]) == 0
+    shutil.copyfile(whole, cut)
+    with sqlite3.connect(cut) as conn:  # stopped during trial 2: trials 0 and 1 are stored
+        conn.execute("DELETE FROM trials WHERE trial >= 2")
+    ran = []
+    real = loop_module.run_episode
+    monkeypatch.setattr(loop_module, "run_episode", lambda *a, **k: ran.append(1) or real(*a, **k))
+    assert main(TUNE + flags + ["--store", str(cut), "--out", str(tmp_path / "cut.yaml")]) == 0
+    assert len(ran) == 2 * 3, "only the two trials not stored run (3 episodes each)"
+    assert yaml.safe_load((tmp_path / "cut.yaml").read_text()) == yaml.safe_load((tmp_path / "whole.yaml").read_text())
+    keep = ("trial", "config", "accuracy", "chosen")
+    assert [{k: r[k] for k in keep} for r in _trials(cut)] == [{k: r[k] for k in keep} for r in _trials(whole)]
+
+
 def test_tune_draws_validation_episodes_only(tmp_path, monkeypatch):
     seen = []
     real = loop_module.run_episode

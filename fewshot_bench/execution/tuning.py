@@ -18,6 +18,9 @@ Contract:
   * Every trial is a row of the store's ``trials`` table (config, accuracy with its bootstrap 95% CI, wall
     time, mean per-episode figures such as SGG's term activity); the chosen configs are written to a YAML
     file that ``fewshot-bench run --tuned FILE`` reads (:mod:`fewshot_bench.execution.tuned`).
+  * Resumable: the same command on the same store replays each study's seeded sampler and reads back every trial
+    the store already holds for that study (same trial number and config) instead of running it, so an
+    interrupted tune loses at most the trial in flight and ends with the configs an uninterrupted one chooses.
 """
 from __future__ import annotations
 
@@ -109,10 +112,26 @@ class _Study:
         self.space = space if space is not None and space.fields else None
         self.results: List[dict] = []
 
+    def stored(self, overrides: Dict[str, object], number: int) -> Optional[dict]:
+        """The store's row of trial ``number`` of this study, if it scored these ``overrides`` to the end: a tune
+        run again after an interruption replays the seeded sampler and reads its finished trials back."""
+        for row in self.tuner.store.trials(study=self.tuner.study_id, method=self.name, setting=self.setting.label,
+                                           trial=number):
+            if row["state"] != "pruned" and all(row["config"].get(k) == v for k, v in overrides.items()):
+                return row
+        return None
+
     def evaluate(self, overrides: Dict[str, object], number: int, trial=None) -> float:
         """Score one config on the study's episodes through the executor (as ``run`` evaluates them: the same
-        training seeds, meta-training with its cache, timings); store the trial row; return the mean accuracy."""
+        training seeds, meta-training with its cache, timings); store the trial row; return the mean accuracy.
+        A trial the store already holds (:meth:`stored`) is read back, not run again."""
         tuner, setting = self.tuner, self.setting
+        row = self.stored(overrides, number)
+        if row is not None:
+            self.results.append({**row, "overrides": overrides})
+            log.info("%s %s trial %d: accuracy %.4f (stored, not run again)", setting.label, self.name, number,
+                     row["accuracy"])
+            return row["accuracy"]
         executor, values = tuner.executor, {**self.base, **overrides}
         cell = executor.cell(setting, self.name, values)
         if cell.method.protocol == "meta-trained" and cell.source_episodes is None:
