@@ -6,6 +6,11 @@ Setting: MiniLM on CPU, the query and support texts of banking77 5-way 1-shot ta
 queries, seed 0, indices 0..E-1), the cache filled episode by episode as protonet/linear_probe fill it. Each
 repeat times both fills on a cold cache, alternating (one-at-a-time first, then the batched fill, then the other
 order), in one process; the ratio is of the medians. The cached vectors are compared bit for bit.
+
+Ceiling: the encoder's arithmetic (2 x the multiply-adds of the projections and feed-forward layers per token, plus
+attention's per token and layer, from the model config) over the texts' tokens, at the rate of one dense matmul of
+the feed-forward shape measured in the same process between the repeats. The batched fill's share of that rate is
+how much faster any fill of the same texts at the same arithmetic could still be.
 """
 from __future__ import annotations
 
@@ -42,6 +47,32 @@ def batched(backbone, episodes) -> dict:
     return dict(backbone._embedding_cache)
 
 
+def encoder_flops(backbone, texts) -> float:
+    """Floating-point operations of one forward pass over each of ``texts`` alone (no padding)."""
+    config = backbone.pristine.config
+    d, ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    lengths = [len(ids) for ids in backbone.tokenizer(list(texts), truncation=True,
+                                                      max_length=backbone.max_length)["input_ids"]]
+    per_token = 2 * layers * (4 * d * d + 2 * d * ff)
+    return sum(n * per_token + 2 * layers * 2 * n * n * d for n in lengths)
+
+
+def matmul_rate(backbone, repeats: int = 10) -> float:
+    """FLOP/s of the fastest dense (rows x d) @ (d x ff) matmul on this thread, rows 256 to 4096: the fill's
+    arithmetic at its best."""
+    config = backbone.pristine.config
+    best = 0.0
+    for rows in (256, 1024, 4096):
+        a, b = torch.randn(rows, config.hidden_size), torch.randn(config.hidden_size, config.intermediate_size)
+        a @ b
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        seconds = time.perf_counter() - started
+        best = max(best, repeats * 2 * rows * config.hidden_size * config.intermediate_size / seconds)
+    return best
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("FEWSHOT_BENCH_DATA", str(REPO.parent / "shared" / "data")))
@@ -54,7 +85,9 @@ def main(argv=None) -> int:
     data = get_task_data("banking77", 1)
     episodes = [sample_episode(data, n_way=5, k_shot=1, q_query=15, seed=0, index=i) for i in range(args.episodes)]
     times = {"one at a time": [], "same-length batches": []}
+    rates = []
     for repeat in range(args.repeats):
+        rates.append(matmul_rate(backbone))
         order = [("one at a time", one_at_a_time), ("same-length batches", batched)]
         for label, fill in (order if repeat % 2 == 0 else order[::-1]):
             backbone.clear_caches()
@@ -69,6 +102,10 @@ def main(argv=None) -> int:
     base, new = statistics.median(times["one at a time"]), statistics.median(times["same-length batches"])
     print(f"texts {len(reference)} | one at a time {base:.2f} s | same-length batches {new:.2f} s | "
           f"speed-up {base / new:.2f}x | identical vectors {identical}/{len(reference)}")
+    flops, peak = encoder_flops(backbone, list(reference)), statistics.median(rates)
+    print(f"arithmetic {flops / 1e9:.1f} GFLOP | dense matmul {peak / 1e9:.1f} GFLOP/s | one at a time "
+          f"{flops / base / peak:.0%} of it | same-length batches {flops / new / peak:.0%} of it | ceiling over one "
+          f"at a time {base * peak / flops:.2f}x")
     return 0
 
 
