@@ -225,3 +225,31 @@ def test_a_loading_bar_does_not_cost_the_sandbox():
         with SealedWorker(backbone, device="cpu", isolation="sandboxed", timeout=300, memory_limit_mb=6000) as sealed:
             levels.append(sealed.start())
     assert levels[1] == levels[0], levels
+
+
+def test_tqdm_in_the_worker_holds_no_semaphore(episode, tmp_path):
+    """tqdm's default lock is a multiprocessing one: MiniLM's 'Loading weights' bar, before confinement, would make
+    it a POSIX semaphore that the confined worker cannot unlink at exit (a PermissionError traceback and a 'leaked
+    semaphore' warning at the end of every run); the worker gives tqdm a thread lock instead."""
+    path = tmp_path / "bars.py"
+    path.write_text(textwrap.dedent('''
+        import multiprocessing.synchronize
+        import torch
+        from tqdm import tqdm
+        from fewshot_bench.methods import Method, Predictor
+
+
+        class Bars(Method):
+            name = "bars"
+
+            def adapt(self, ctx):
+                for _ in tqdm(range(2)):
+                    pass
+                lock = tqdm.get_lock()
+                if any(isinstance(held, multiprocessing.synchronize.SemLock) for held in getattr(lock, "locks", [lock])):
+                    raise RuntimeError("tqdm holds a multiprocessing lock")
+                return Predictor(lambda batch: torch.zeros(len(batch), ctx.n_way), 0)
+    '''))
+    with SealedWorker("minilm", device="cpu", isolation="sandboxed", timeout=300, memory_limit_mb=6000) as sealed:
+        record = run_episode(method_from_spec(f"{path}:Bars"), episode, None, seed=0, worker=sealed)
+    assert record["status"] == "ok", record["error"]

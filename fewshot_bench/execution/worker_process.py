@@ -228,6 +228,8 @@ def worker_main(conn, init: dict) -> None:
         cap_memory(init["memory_limit_mb"])
         torch.set_num_threads(init["threads"])
         tqdm.monitor_interval = 0  # no monitor thread from a loading bar: Landlock (ABI < 8) confines this thread only
+        tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock: a POSIX semaphore that the
+        # confined process could not unlink at exit (a PermissionError traceback and a "leaked semaphore" warning)
         for name in ("core.builtins", "execution.harness", "methods.api", "methods.spec", "baselines", "methods.sgg", "tasks"):
             importlib.import_module(f"fewshot_bench.{name}")  # their folders are readable after confinement
         backbones = {a: load_backbone(init["backbone"], device=init["device"], attn_implementation=a)
