@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from fewshot_bench.execution.campaign import Finished, load_campaign
+from fewshot_bench.execution.campaign_queue import Finished, estimate, load_campaign
 from fewshot_bench.cli import main
 from fewshot_bench.store.results import ResultsStore
 
@@ -101,6 +101,18 @@ def test_an_entry_with_a_tuned_file_stores_the_rows_of_run_tuned(tmp_path, monke
                  "--threads", "1", "--methods", "full_ft", "--n-way", "5", "--k-shot", "1", "--episodes", "2",
                  "--tuned", str(tuned), "--store", str(plain), "--out", ""]) == 0
     assert rows(store) == rows(plain) and {row[0] for row in rows(store)} == {"full_ft[tuned]"}
+
+
+def test_a_unit_with_config_overrides_is_estimated_from_its_default_configs_rows(tmp_path):
+    entries = [{**TINY, "methods": ["full_ft", "full_ft(lr=0.001)"], "n_way": 5, "k_shot": 1, "episodes": 2}]
+    plain, overridden = load_campaign(write_campaign(tmp_path / "c.yaml", entries)).units
+    setting = plain.setting.label
+    rates = {("full_ft", setting, "tiny-encoder"): [6.0, 2, None, 20.0]}
+    assert estimate(plain, rates, {}) == (3.0, 0.0, "measured")
+    assert estimate(overridden, rates, {}) == (3.0, 0.0, "measured as full_ft")
+    rates[(overridden.label, setting, "tiny-encoder")] = [10.0, 2, None, 20.0]
+    assert estimate(overridden, rates, {}) == (5.0, 0.0, "measured")
+    assert estimate(overridden, {}, {})[2] == "default"
 
 
 def test_killed_campaign_resumes_without_recomputing(tmp_path):
