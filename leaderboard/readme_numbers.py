@@ -217,7 +217,7 @@ def _float(value) -> Optional[float]:
 
 @contextlib.contextmanager
 def _setfit_config_only():
-    """``campaign.load_campaign`` builds every planned method to hash its config; SetFit's constructor also imports
+    """``campaign_queue.load_campaign`` builds every planned method to hash its config; SetFit's constructor also imports
     sentence-transformers, only to fail early when that extra is missing (about 20 s on this VM). A unit's key
     needs the config alone, so the import check is skipped while the campaign is read."""
     from fewshot_bench.core.registry import METHODS
@@ -376,16 +376,16 @@ class Facts:
     # campaign ------------------------------------------------------------------------------------------------------
     def _campaign(self) -> dict:
         from fewshot_bench.core.config import read_yaml
-        from fewshot_bench.execution import campaign
+        from fewshot_bench.execution import campaign_queue
 
         with _setfit_config_only():
-            plan = campaign.load_campaign(self.paths.campaign)
-        finished = campaign.Finished([self.paths.store])
-        done, left, _ = campaign.tally(plan, finished)
+            plan = campaign_queue.load_campaign(self.paths.campaign)
+        finished = campaign_queue.Finished([self.paths.store])
+        done, left, _ = campaign_queue.tally(plan, finished)
         pending = [u for u in plan.units if done[u] < u.episodes]
         return dict(plan=plan, done=done, left=left, pending=pending, raw=read_yaml(self.paths.campaign, "campaign")
-                    ["entries"], warning=campaign.other_configs(plan, finished, plan.units).strip(),
-                    default_rate=campaign.DEFAULT_EPISODE_SECONDS)
+                    ["entries"], warning=campaign_queue.other_configs(plan, finished, plan.units).strip(),
+                    default_rate=campaign_queue.DEFAULT_EPISODE_SECONDS)
 
     # helpers -------------------------------------------------------------------------------------------------------
     def entry(self, setting: str, method: str):
