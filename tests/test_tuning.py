@@ -60,6 +60,20 @@ def planted(monkeypatch, tmp_path):
     register_method("planted", Planted, overwrite=True)
 
 
+@pytest.fixture
+def evaluated(monkeypatch):
+    """The episodes run_episode is given, in order (tune's trials go through it)."""
+    seen = []
+    real = loop_module.run_episode
+
+    def spy(method, episode, *args, **kwargs):
+        seen.append(episode)
+        return real(method, episode, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "run_episode", spy)
+    return seen
+
+
 def _trials(store):
     with ResultsStore(store) as opened:
         return opened.trials()
@@ -91,7 +105,7 @@ def test_every_method_gets_the_same_trials_and_episodes(tmp_path):
     assert len({r["episode_set_sha256"] for r in rows}) == 1
 
 
-def test_an_interrupted_tune_resumes_and_chooses_what_an_uninterrupted_one_does(tmp_path, monkeypatch):
+def test_an_interrupted_tune_resumes_and_chooses_what_an_uninterrupted_one_does(tmp_path, evaluated):
     import shutil
     import sqlite3
 
@@ -101,25 +115,15 @@ def test_an_interrupted_tune_resumes_and_chooses_what_an_uninterrupted_one_does(
     shutil.copyfile(whole, cut)
     with sqlite3.connect(cut) as conn:  # stopped during trial 2: trials 0 and 1 are stored
         conn.execute("DELETE FROM trials WHERE trial >= 2")
-    ran = []
-    real = loop_module.run_episode
-    monkeypatch.setattr(loop_module, "run_episode", lambda *a, **k: ran.append(1) or real(*a, **k))
+    evaluated.clear()
     assert main(TUNE + flags + ["--store", str(cut), "--out", str(tmp_path / "cut.yaml")]) == 0
-    assert len(ran) == 2 * 3, "only the two trials not stored run (3 episodes each)"
+    assert len(evaluated) == 2 * 3, "only the two trials not stored run (3 episodes each)"
     assert yaml.safe_load((tmp_path / "cut.yaml").read_text()) == yaml.safe_load((tmp_path / "whole.yaml").read_text())
     keep = ("trial", "config", "accuracy", "chosen")
     assert [{k: r[k] for k in keep} for r in _trials(cut)] == [{k: r[k] for k in keep} for r in _trials(whole)]
 
 
-def test_tune_draws_validation_episodes_only(tmp_path, monkeypatch):
-    seen = []
-    real = loop_module.run_episode
-
-    def spy(method, episode, *args, **kwargs):
-        seen.append(episode)
-        return real(method, episode, *args, **kwargs)
-
-    monkeypatch.setattr(loop_module, "run_episode", spy)
+def test_tune_draws_validation_episodes_only(tmp_path, evaluated):
     assert main(TUNE + ["--methods", "planted", "--trials", "2", "--store", str(tmp_path / "s.sqlite"),
                         "--out", str(tmp_path / "t.yaml")]) == 0
     from fewshot_bench.data.loading import get_task_data
@@ -128,9 +132,9 @@ def test_tune_draws_validation_episodes_only(tmp_path, monkeypatch):
     data = get_task_data("demo_intents")
     target = {sample_episode(data, pool="target", n_way=3, k_shot=2, q_query=3, seed=0, index=i).fingerprint
               for i in range(50)}
-    assert len(seen) == 6 and {e.pool for e in seen} == {"validation"}
-    assert not {e.fingerprint for e in seen} & target
-    assert set().union(*(e.classes for e in seen)) <= set(data.pools["validation"].classes)
+    assert len(evaluated) == 6 and {e.pool for e in evaluated} == {"validation"}
+    assert not {e.fingerprint for e in evaluated} & target
+    assert set().union(*(e.classes for e in evaluated)) <= set(data.pools["validation"].classes)
 
 
 def test_run_tuned_uses_the_chosen_config_per_setting(tmp_path, capsys):
@@ -229,7 +233,7 @@ def test_a_search_space_with_cost_fields_is_tuned_in_the_sealed_worker(tmp_path)
     assert entry["overrides"] == {"steps": 1}
 
 
-def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_task(tmp_path, monkeypatch):
+def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_task(tmp_path, evaluated):
     """A target task whose classes are all evaluated (like fewrel_pubmed) is tuned on its source task's validation
     pool; the chosen config is filed under the cross-domain setting that run --tuned looks up."""
     cards = tmp_path / "cards"
@@ -239,14 +243,6 @@ def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_t
                    "pools": {"strategy": "classes", "target": ["movie_showtimes", "water_plants", "pay_utility_bill",
                                                                 "find_parking", "language_lesson"]}}
     (cards / "target_only.yaml").write_text(yaml.safe_dump(target_only), encoding="utf-8")
-    seen = []
-    real = loop_module.run_episode
-
-    def spy(method, episode, *args, **kwargs):
-        seen.append(episode)
-        return real(method, episode, *args, **kwargs)
-
-    monkeypatch.setattr(loop_module, "run_episode", spy)
     tuned, store = tmp_path / "tuned.yaml", tmp_path / "t.sqlite"
     flags = ["--tasks", "target_only", "--source-task", "demo_intents", "--tasks-dir", str(cards), "--n-way", "3",
              "--k-shot", "2", "--query", "3", "--backbone", "tiny-encoder", "--device", "cpu"]
@@ -259,7 +255,7 @@ def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_t
     from fewshot_bench.data.loading import get_task_data
 
     validation = set(get_task_data("demo_intents").pools["validation"].classes)
-    assert len(seen) == 4 and all(set(e.classes) <= validation for e in seen)
+    assert len(evaluated) == 4 and all(set(e.classes) <= validation for e in evaluated)
     assert {r["setting"] for r in _trials(store)} == {"demo_intents/fold1/validation/3way2shot3q"}
     run_store = tmp_path / "run.sqlite"
     assert main(["run", *flags, "--methods", "planted", "--episodes", "1", "--tuned", str(tuned),
