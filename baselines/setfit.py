@@ -16,8 +16,10 @@ Contract:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -77,15 +79,34 @@ def import_setfit():
 _TEMPLATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+@contextlib.contextmanager
+def no_library_bars():
+    """transformers' and datasets' own progress bars off (saving and loading the template, the pair dataset's map),
+    restored after: they would interleave with the run's progress lines."""
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = [(module, module.is_progress_bar_enabled()) for module in (datasets_logging, transformers_logging)]
+    for module, _ in enabled:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, was in enabled:
+            if was:
+                module.enable_progress_bar()
+
+
 def _transformer_template(backbone):
     """A sentence-transformers ``Transformer`` module for ``backbone`` with its model slot empty (made once)."""
     if backbone not in _TEMPLATES:
         from sentence_transformers.sentence_transformer.modules import Transformer
 
         folder = tempfile.TemporaryDirectory(prefix="fsb-setfit-")
-        backbone.pristine.save_pretrained(folder.name)
-        backbone.tokenizer.save_pretrained(folder.name)
-        module = Transformer(folder.name, max_seq_length=backbone.max_length)
+        with no_library_bars():
+            backbone.pristine.save_pretrained(folder.name)
+            backbone.tokenizer.save_pretrained(folder.name)
+            module = Transformer(folder.name, max_seq_length=backbone.max_length)
         module.model = None
         _TEMPLATES[backbone] = (folder, module)
     return _TEMPLATES[backbone][1]
@@ -151,10 +172,13 @@ class SetFit(Method):
                     use_amp=ctx.autocast_dtype is not None and ctx.device.type == "cuda",
                     max_length=ctx.backbone.max_length)
                 support = Dataset.from_dict({"text": list(ctx.support_texts), "label": ctx.support.labels.tolist()})
-                trainer = setfit.Trainer(model=setfit_model, args=args, train_dataset=support)
-                for callback in (ProgressCallback, PrinterCallback):
-                    trainer.remove_callback(callback)
-                trainer.train()
+                with no_library_bars(), warnings.catch_warnings():
+                    # the trainer's loader asks for pinned memory, which a CPU-only machine warns about every episode
+                    warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator", category=UserWarning)
+                    trainer = setfit.Trainer(model=setfit_model, args=args, train_dataset=support)
+                    for callback in (ProgressCallback, PrinterCallback):
+                        trainer.remove_callback(callback)
+                    trainer.train()
         finally:
             hook.remove()
         model.to(ctx.device).eval()

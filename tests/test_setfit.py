@@ -63,3 +63,24 @@ def test_sentence_encoder_wraps_the_given_model_with_the_backbones_pooling(tiny_
         encoded = sentence_encoder(ctx, model).encode(list(demo_episode.query_texts), convert_to_tensor=True)
         embedded = tiny_backbone.embed(model, tiny_backbone.tokenize(demo_episode.query_texts))
     assert torch.allclose(encoded.cpu(), embedded.cpu(), atol=1e-5)
+
+
+def test_setfit_prints_no_library_bars_and_restores_them(tiny_backbone, demo_episode, capfd):
+    """The libraries' own bars (the pair dataset's "Map", saving the template) and the CPU pin-memory warning would
+    print once per episode between the run's progress lines; the bars' switches are left as they were."""
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as transformers_logging
+
+    switches = (datasets_logging, transformers_logging)
+    before = [module.is_progress_bar_enabled() for module in switches]
+    datasets_logging.enable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        capfd.readouterr()
+        assert _run(demo_episode, tiny_backbone, num_iterations=2, batch_size=8)["status"] == "ok"
+        printed = capfd.readouterr()
+        assert "Map" not in printed.err + printed.out and "pin_memory" not in printed.err + printed.out
+        assert [module.is_progress_bar_enabled() for module in switches] == [True, False]
+    finally:
+        for module, enabled in zip(switches, before):
+            module.enable_progress_bar() if enabled else module.disable_progress_bar()
