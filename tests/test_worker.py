@@ -10,7 +10,8 @@ from fewshot_bench.episodes.sampling import Setting, sample_episode
 from fewshot_bench.execution.harness import run_episode
 from fewshot_bench.methods import MetaContext
 from fewshot_bench.methods.spec import method_from_spec
-from fewshot_bench.execution.worker import SealedWorker, method_spec
+from fewshot_bench.execution.worker import SealedWorker
+from fewshot_bench.execution.worker_methods import method_spec
 
 pytestmark = pytest.mark.sealed  # the worker under its default isolation
 

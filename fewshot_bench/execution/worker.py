@@ -20,19 +20,15 @@ MemoryError. Meta-training runs in the worker too; its state comes back for the 
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import importlib.util
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import weakref
-from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -40,13 +36,12 @@ from huggingface_hub.constants import HF_HUB_CACHE
 
 from ..episodes.sampling import Episode
 from ..core.errors import UserError
-from ..core.builtins import BUILTIN_METHODS
-from ..core.registry import METHODS
 from ..data.cards import get_task_config
 from ..methods.spec import check_declarations, parse_spec
 from ..methods.api import Method
 from ..episodes.sealed import EpisodeView
 from ..store.schema import Figure
+from .worker_methods import MethodStub, canonical_spec, grants_for, method_spec
 from .worker_process import default_denied, default_memory_limit_mb, exit_description, pack, unpack, worker_main
 
 log = logging.getLogger(__name__)
@@ -58,96 +53,6 @@ START_SECONDS = 600.0  # loading torch and the backbone on a busy machine
 
 class WorkerFailure(Exception):
     """The worker timed out, died or broke the protocol; the message is the episode's stored error."""
-
-
-class MethodStub(Method):
-    """A method as the harness holds it when its code runs only in a sealed worker (:meth:`SealedWorker.describe`):
-    its declarations (name, protocol, attention, figures, opt-in) and config, never its code. The figures come as
-    plain data, one dict of :class:`~fewshot_bench.store.schema.Figure`'s fields each."""
-
-    def __init__(self, spec: str, info: dict):
-        super().__init__(None)
-        self.spec = spec
-        self.name, self.protocol = info["name"], info["protocol"]
-        self.attn_implementation, self.opt_in = info["attn"], info["opt_in"]
-        self.figures = tuple(Figure(**figure) for figure in info["figures"])
-        self._config = dict(info["config"])
-
-    def config_dict(self) -> dict:
-        return dict(self._config)
-
-    def adapt(self, ctx):
-        raise RuntimeError(f"{self.name} runs in a sealed worker only: run_episode(..., worker=...)")
-
-
-def canonical_spec(name: str) -> str:
-    """``module:Class`` or ``/abs/path/file.py:Class`` of a method name (a registered name, ``module:Class`` or
-    ``path/file.py:Class``), without importing it."""
-    path, sep, attr = name.rpartition(":")
-    if sep:
-        return f"{os.path.abspath(path)}:{attr}" if path.endswith(".py") else name
-    if name.endswith(".py") and os.path.isfile(name):
-        raise UserError(f"method file '{name}' needs the class after the path, '{name}:ClassName'{_classes_in(name)}")
-    if name in BUILTIN_METHODS:
-        return BUILTIN_METHODS[name]
-    METHODS.names()  # entry points loaded
-    entry = METHODS._entries.get(name)  # the import string, never imported here
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, type):
-        return _class_spec(entry)
-    METHODS.get(name)  # raises: unknown method, with "did you mean"
-    raise UserError(f"method '{name}' is registered as {entry!r}, not a class a sealed worker can import")
-
-
-def _classes_in(path: str) -> str:
-    """" (classes in PATH: A, B; e.g. PATH:A)" from the file's syntax tree: the harness never imports a method file."""
-    try:
-        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return ""
-    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
-    return f" (classes in {path}: {', '.join(classes)}; e.g. {path}:{classes[0]})" if classes else ""
-
-
-def method_spec(method: Method) -> Tuple[str, dict]:
-    """(spec, config overrides) the worker rebuilds ``method`` from: ``path/file.py:Class`` for a method file,
-    ``module:Class`` otherwise; the overrides are its whole config."""
-    if isinstance(method, MethodStub):
-        return method.spec, method.config_dict()
-    return _class_spec(type(method)), method.config_dict()
-
-
-def _class_spec(cls: type) -> str:
-    module = sys.modules.get(cls.__module__)
-    path = getattr(module, "__file__", None)
-    if "<locals>" in cls.__qualname__:
-        raise UserError(f"method class {cls.__qualname__} is defined inside a function: a sealed worker can only "
-                        f"run a class defined at the top level of a module or method file")
-    if cls.__module__.startswith("fewshot_bench_user_") or cls.__module__ in ("__main__", "__mp_main__"):
-        if not path:
-            raise UserError(f"method class {cls.__qualname__} has no file a sealed worker could import")
-        return f"{os.path.abspath(path)}:{cls.__qualname__}"
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _grants_for(spec: str) -> Tuple[str, ...]:
-    """Files the worker must be able to read to import ``spec``'s module after confinement: a method file and the
-    Python files beside it; a module outside this package and the Python installation."""
-    target = spec.rpartition(":")[0]
-    if target.endswith(".py"):
-        folder = Path(target).parent
-        return tuple(sorted({target, *(str(p) for p in folder.glob("*.py"))}))
-    found = importlib.util.find_spec(target)
-    origin = getattr(found, "origin", None)
-    if not origin or not os.path.isfile(origin):
-        return ()
-    real = os.path.realpath(origin)
-    inside = [os.path.dirname(os.path.realpath(m.__file__)) for m in (sys.modules["fewshot_bench"],)]
-    inside += [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
-    if "fewshot_bench.baselines" in sys.modules:
-        inside.append(os.path.dirname(os.path.realpath(sys.modules["fewshot_bench.baselines"].__file__)))
-    return () if any(real.startswith(p + os.sep) for p in inside) else (real,)
 
 
 def _card(task: str):
@@ -344,7 +249,7 @@ class SealedWorker:
         """The process ``spec`` (canonical: ``module:Class`` or ``/path/file.py:Class``) runs in."""
         key = "fewshot_bench" if spec.startswith("fewshot_bench.") else spec.rpartition(":")[0]
         if key not in self._slots:
-            self._slots[key] = _Process({**self.init, "read": [*self.init["read"], *_grants_for(spec)]})
+            self._slots[key] = _Process({**self.init, "read": [*self.init["read"], *grants_for(spec)]})
         return self._slots[key]
 
     def describe(self, spec: str, overrides: Optional[dict] = None) -> MethodStub:
