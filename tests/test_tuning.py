@@ -241,7 +241,8 @@ def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_t
     target_only = {"name": "target_only", "version": 1, "description": "d", "citation": "c", "license": "l",
                    "source": {"local_dir": "demo_intents", "packaged": True}, "splits": ["data"],
                    "pools": {"strategy": "classes", "target": ["movie_showtimes", "water_plants", "pay_utility_bill",
-                                                                "find_parking", "language_lesson"]}}
+                                                                "find_parking", "language_lesson", "play_music",
+                                                                "set_timer"]}}
     (cards / "target_only.yaml").write_text(yaml.safe_dump(target_only), encoding="utf-8")
     tuned, store = tmp_path / "tuned.yaml", tmp_path / "t.sqlite"
     flags = ["--tasks", "target_only", "--source-task", "demo_intents", "--tasks-dir", str(cards), "--n-way", "3",
@@ -263,3 +264,10 @@ def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_t
     with ResultsStore(run_store) as opened:
         assert [(r["method"], r["setting"]) for r in opened.episodes()] == [
             ("planted[tuned]", "demo_intents->target_only/fold1/3way2shot3q")]
+    # 7-way target episodes, 5 validation classes in the source task: its validation episodes are 5-way
+    wide = [*flags[:flags.index("--n-way")], "--n-way", "7", *flags[flags.index("--n-way") + 2:]]
+    assert main(["tune", *wide, "--methods", "planted", "--episodes", "1", "--trials", "1", "--store",
+                 str(tmp_path / "wide.sqlite"), "--out", str(tmp_path / "wide.yaml")]) == 0
+    entry = yaml.safe_load((tmp_path / "wide.yaml").read_text())["settings"][
+        "demo_intents->target_only/fold1/7way2shot3q"]["planted"]
+    assert entry["validated_on"] == "demo_intents/fold1/validation/5way2shot3q"

@@ -3,8 +3,8 @@
 Contract:
   * Cross-domain (``source_task``): a target task without a validation pool (every class of it is evaluated,
     e.g. fewrel_pubmed) is tuned on the validation pool of its source task, so nothing of the target domain is
-    seen; the chosen configs are filed under the cross-domain target setting that ``run --tuned`` looks up, and
-    the entry names the setting it was validated on (``validated_on``).
+    seen (N-way capped at that pool's class count); the chosen configs are filed under the cross-domain target
+    setting that ``run --tuned`` looks up, and the entry names the setting it was validated on (``validated_on``).
   * Every method with a ``search_space`` gets ``trials`` Optuna trials (TPESampler, or GridSampler with
     ``sampler: grid``, both seeded with ``seed``, the same seed for every method); each trial is one config
     scored on the same ``episodes`` validation-pool episodes (indices 0..episodes-1 of ``seed``) with the
@@ -257,11 +257,14 @@ def target_label(setting: Setting) -> str:
 
 def validation_setting(setting: Setting) -> Setting:
     """The validation setting that scores trials for ``setting`` (pool validation): itself, or, for a cross-domain
-    target task without validation classes, the same shape on its source task's validation pool."""
+    target task without validation classes, the same shape on its source task's validation pool, N-way capped at
+    that pool's class count (fewrel's holds 3 relations: its episodes are 3-way)."""
     source = setting.source_task
     if not source or source == setting.task or len(get_task_data(setting.task, setting.fold).pools["validation"].rows):
         return setting
-    return dataclasses.replace(setting, task=source, source_task=None, fold=1)
+    classes = len(get_task_data(source, 1).pools["validation"].classes)
+    n_way = setting.n_way if setting.n_way == "all" or int(setting.n_way) <= classes else classes
+    return dataclasses.replace(setting, task=source, source_task=None, fold=1, n_way=n_way)
 
 
 def tune(config: TuneConfig) -> dict:
