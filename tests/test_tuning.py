@@ -93,6 +93,16 @@ def test_planted_best_config_is_found_and_stored(tmp_path):
     assert all(r["acc_ci95_low"] <= r["accuracy"] <= r["acc_ci95_high"] and r["wall_seconds"] > 0 for r in rows)
 
 
+def test_a_pinned_field_leaves_the_space_and_the_file_says_so(tmp_path):
+    store, out = tmp_path / "s.sqlite", tmp_path / "tuned.yaml"
+    assert main(TUNE + ["--methods", "planted", "--method-config", "planted.shift=2", "--trials", "2", "--sampler",
+                        "grid", "--store", str(store), "--out", str(out)]) == 0
+    document = yaml.safe_load(out.read_text())
+    assert document["budget"]["pinned"] == ["planted.shift=2"]
+    assert document["settings"]["demo_intents/fold1/3way2shot3q"]["planted"]["overrides"]["shift"] == 2
+    assert {r["config"]["shift"] for r in _trials(store)} == {2} and len({r["config"]["noise"] for r in _trials(store)}) == 2
+
+
 def test_every_method_gets_the_same_trials_and_episodes(tmp_path):
     store = tmp_path / "s.sqlite"
     assert main(TUNE + ["--methods", "planted,linear_probe,protonet", "--trials", "3", "--store", str(store),

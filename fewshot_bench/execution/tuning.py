@@ -295,7 +295,8 @@ def tune(config: TuneConfig) -> dict:
     budget = {"study": tuner.study_id, "trials": config.trials, "episodes": config.episodes, "sampler": config.sampler,
               "prune": config.prune, "seed": config.seed, "pool": "validation", "backbone": config.backbone,
               "query": config.query, "fold": config.fold,
-              **({"source_task": config.source_task} if config.source_task else {})}
+              **({"source_task": config.source_task} if config.source_task else {}),
+              **({"pinned": list(config.method_config)} if config.method_config else {})}
     document = {"budget": budget, "settings": chosen}
     if config.out:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
