@@ -68,7 +68,8 @@ def campaign_block(f: Facts) -> str:
     return table(("entry", "run configuration (`leaderboard/campaign.yaml`, queue order)", "units", "complete",
                   "partly done", "not started", "episodes to do", "CPU-hours left (estimate)"), rows) + "\n" + \
         paragraph(f"Estimates as `campaign status` makes them from this store: per episode the method's mean "
-                  f"`wall_seconds` in the cell, else scaled from its other cells by texts, else "
+                  f"`wall_seconds` in the cell, else scaled from its other cells by texts, else the same from the "
+                  f"rows of its default config (a unit with config overrides or a tuned config), else "
                   f"{c['default_rate']:g} s; plus meta-training.", warning)
 
 
@@ -219,8 +220,16 @@ def tuning_block(f: Facts) -> str:
     for path in f.paths.tuned:
         data = read_yaml(path, "tuned configs")
         budget = data.get("budget") or {}
+        validated = sorted({chosen["validated_on"] for methods in (data.get("settings") or {}).values()
+                            for chosen in methods.values() if chosen.get("validated_on")})
+        notes = [f"study {budget.get('study')}"]
+        if budget.get("pinned"):
+            notes.append(f"pinned: {', '.join(code(item) for item in budget['pinned'])}")
+        if validated:
+            notes.append(f"validated on {listing([code(v) for v in validated])}, the source task's validation "
+                         f"classes, the target task having none")
         parts.append(f"`{path.name}` {budget.get('trials')} trials × {budget.get('episodes')} validation episodes "
-                     f"(study {budget.get('study')})")
+                     f"({'; '.join(notes)})")
         for setting, methods in (data.get("settings") or {}).items():
             for method, chosen in methods.items():
                 if "meta_steps" in (chosen.get("overrides") or {}) and method == "fomaml":

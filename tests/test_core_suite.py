@@ -1,6 +1,6 @@
 """The core suite (tasks/suites/core.yaml): its cells are suite v2's, and the coverage table of
 leaderboard/README.md states exactly what the committed store holds for it (the table and its generator,
-``coverage_table``, live in leaderboard/readme_numbers.py, which writes every number of that README)."""
+``coverage_table``, come from leaderboard/readme_numbers.py, which writes every number of that README)."""
 import importlib.util
 import re
 
