@@ -38,13 +38,14 @@ def _term_values(f: Facts, column: str) -> List[tuple]:
 
 def terms_summary_block(f: Facts) -> str:
     direction = _term_values(f, "sgg_dir_angle")
-    defaults = [v for e, v in direction if "[" not in e.method]
+    defaults = [v for e, v in direction if "[" not in e.method and "(lr=" not in e.method]
     tuned = [v for e, v in direction if "[tuned]" in e.method]
     extra = [e.row["sgg_step_angle"] - v for e, v in direction if e.row["sgg_step_angle"] is not None]
     align = [v for _, v in _term_values(f, "sgg_align_active")]
     nodir = [e.row["sgg_step_angle"] for e in f.entries
              if e.method == "sgg-no-dir" and e.row["sgg_step_angle"] is not None]
-    mag = _term_values(f, "sgg_mag_active")
+    mag = [(e, v) for e, v in _term_values(f, "sgg_mag_active") if "(lr=" not in e.method]  # the stress rows apart
+    stressed = sorted(((e.cell[1], e.method), v) for e, v in _term_values(f, "sgg_mag_active") if "(lr=" in e.method)
     never = sorted({e.cell[1] for e, _ in mag} - {e.cell[1] for e, v in mag if v > 0})
     bound: Dict[str, List[float]] = {}
     for e, v in mag:
@@ -76,7 +77,9 @@ def terms_summary_block(f: Facts) -> str:
         "rate on banking77 and fewrel → fewrel_pubmed 5-way 1-shot) is where magnitude control is supposed to act: "
         "larger steps, larger swings in the gradient norm, a bound that binds. Its claims (accuracy, and failed or "
         "diverged episodes) are rows of the claims table in `leaderboard/README.md`; "
-        + ("its rows are not computed yet." if not stress else f"the store holds {n(stress)} of its episodes."))
+        + ("its rows are not computed yet." if not stress else f"the store holds {n(stress)} of its episodes.")
+        + (" There the bound acted on " + listing([f"{100 * v:.1f}% of steps for {code(m)} on {code(c)}"
+                                                   for (c, m), v in stressed]) + "." if stressed else ""))
     return text
 
 

@@ -116,8 +116,9 @@ def test_planted_gradient_figures_decide_the_stability_claims(claims, tmp_path):
 def test_stress_claims_count_failed_episodes(claims):
     """At 10x full_ft fails on 10 of 20 episodes and sgg on none: SGG fails less (10 discordant episodes, exact
     p = 2/2^10); the accuracy claim pairs the 10 episodes both finished ok. At 3x neither fails."""
-    (_, _, sgg3, ft3), (_, lr10, sgg10, ft10) = claims.stress_pairs()
+    (_, _, sgg3, ft3), (_, lr10, sgg10, ft10), (factor30, _, sgg30, _) = claims.stress_pairs()
     assert lr10 == "0.0005" and sgg10 == "sgg(lr=0.0005)" and ft10 == "full_ft(lr=0.0005)"
+    assert (factor30, sgg30) == ("30x", "sgg(lr=0.0015)")
     base = np.random.default_rng(3).uniform(0.4, 0.8, 20)
     setting = "banking77/fold1/5way1shot15q"
     entries = [_entry(sgg10, setting, base), _entry(ft10, setting, base - 0.1, failed=range(10)),
@@ -132,6 +133,8 @@ def test_stress_claims_count_failed_episodes(claims):
     assert accuracy10["verdict"].startswith("supported in 1 of 1") and "n=10" in accuracy10["cells"]
     fails3 = _row(claims, rows, "SGG diverges or fails less than full fine-tuning at 3x")
     assert fails3["verdict"] == "undecided (no significant difference in 1 cells)" and "0 discordant" in fails3["cells"]
+    assert _row(claims, rows, "SGG diverges or fails less than full fine-tuning at 30x")["verdict"] == \
+        "undecided (not computed)"
 
 
 def test_ablation_rows_say_which_comparison_and_not_computed_without_rows(claims):
@@ -140,9 +143,13 @@ def test_ablation_rows_say_which_comparison_and_not_computed_without_rows(claims
     setting = "hwu64/fold1/5way1shot15q"
     entries = [_entry("sgg", setting, base), _entry("full_ft", setting, base),
                _entry("sgg-no-dir", setting, base - 0.05), _entry("sgg[tuned]", setting, base + 0.05),
-               _entry("full_ft[tuned]", setting, base)]
+               _entry("full_ft[tuned]", setting, base), _entry("sgg-no-dir[tuned]", setting, base + 0.05)]
     rows = claims.claim_rows(entries)
-    assert _row(claims, rows, "The direction term helps")["verdict"].startswith("supported in 1 of 1")
+    assert _row(claims, rows, "The direction term helps:")["verdict"].startswith("supported in 1 of 1")
+    tuned_dir = _row(claims, rows, "The direction term helps at tuned configs")
+    assert tuned_dir["comparison"] == "sgg[tuned] - sgg-no-dir[tuned]"
+    assert tuned_dir["verdict"] == "undecided (no significant difference in 1 cells)"
+    assert _row(claims, rows, "The magnitude term helps at tuned configs")["verdict"] == "undecided (not computed)"
     magnitude = _row(claims, rows, "The magnitude term helps")
     assert magnitude["verdict"] == "undecided (not computed)" and magnitude["cells"] == "-"
     assert _row(claims, rows, "The alignment term helps")["verdict"] == "undecided (not computed)"

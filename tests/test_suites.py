@@ -43,9 +43,9 @@ def test_flags_override_the_suites_per_setting_values(tmp_path):
     assert labels == ["banking77/fold2/5way5shot15q", "huffpost/fold1/allway5shot15q"]
 
 
-def test_the_stress_suite_runs_sgg_and_full_ft_at_3x_and_10x_their_default_learning_rate(monkeypatch):
-    """tasks/suites/stress.yaml: the two core cells, 100 episodes of 15 queries, seed 0; each method's lr a 3x and a
-    10x multiple of its config dataclass's default, labelled with the override; the demo block without data."""
+def test_the_stress_suite_runs_sgg_and_full_ft_at_3x_10x_and_30x_their_default_learning_rate(monkeypatch):
+    """tasks/suites/stress.yaml: the two core cells, 100 episodes of 15 queries, seed 0; each method's lr a 3x, a 10x
+    and a 30x multiple of its config dataclass's default, labelled with the override; the demo block without data."""
     import dataclasses
     import math
 
@@ -65,7 +65,7 @@ def test_the_stress_suite_runs_sgg_and_full_ft_at_3x_and_10x_their_default_learn
         assert method_label(name, overrides) == spec and spec.startswith(f"{name}(lr=")
     assert set(factors) == {"sgg", "full_ft"}
     for name, found in factors.items():
-        assert len(found) == 2 and all(math.isclose(f, e) for f, e in zip(sorted(found), (3, 10))), (name, found)
+        assert len(found) == 3 and all(math.isclose(f, e) for f, e in zip(sorted(found), (3, 10, 30))), (name, found)
     monkeypatch.delenv("FEWSHOT_BENCH_DATA", raising=False)
     demo = build_config(vars(build_parser().parse_args(["run", "--suite", "stress"])))
     assert _labels(demo) == ["demo_intents/fold1/5way1shot5q"] and demo.methods == config.methods
