@@ -16,7 +16,7 @@ A claim holds "across the suite" only if it holds in every cell; the verdict sta
 many it holds. Restart-based stability needs rows with ``--restarts``; without them the claim is undecided.
 
 The same machinery (``pair_table`` on per-episode values in place of accuracy) decides the other claims:
-  * stress (tasks/suites/stress.yaml: sgg and full_ft at 3x and 10x their default lr, labels read from the suite):
+  * stress (tasks/suites/stress.yaml: sgg and full_ft at multiples of their default lr, labels read from the suite):
     accuracy on the episodes both finished ok, and the failure indicator per episode (failed or diverged: the
     leaderboard's failed_episodes), full_ft minus sgg, over every stored episode - the sign-flip test of +-1/0
     differences is the exact sign test on the discordant episodes (McNemar's exact test). A stress cell counts
@@ -25,7 +25,8 @@ The same machinery (``pair_table`` on per-episode values in place of accuracy) d
     A - B is full_ft - sgg), ``grad_dir_consistency`` and ``path_efficiency`` (sgg - full_ft), per episode from
     the store's episodes table, only in cells where both rows train the same number of parameters;
   * ablations at equal budget (same steps, learning rates and episodes): sgg against each of sgg-no-dir,
-    sgg-no-mag, sgg-no-align, and against full_ft, both at defaults and both tuned (rows labelled ``[tuned]``).
+    sgg-no-mag, sgg-no-align, and against full_ft, both at defaults and both tuned with the same trial budget
+    (rows labelled ``[tuned]``; leaderboard/tuning/).
 """
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ ABLATIONS: List[Tuple[str, str, str]] = [
      "both at defaults)", "sgg", "sgg-no-align"),
     ("SGG is more accurate than full fine-tuning at equal budget, both at defaults (the first row's "
      "comparison)", "sgg", "full_ft"),
+    *((f"The {term} term helps at tuned configs: sgg[tuned] is more accurate than {ablation}[tuned] (each tuned "
+       f"with the same trial budget on validation classes; {ablation} searches SGG's space less that term's "
+       f"fields)", "sgg[tuned]", f"{ablation}[tuned]")
+      for term, ablation in (("direction", "sgg-no-dir"), ("magnitude", "sgg-no-mag"), ("alignment", "sgg-no-align"))),
     ("SGG is more accurate than full fine-tuning at equal budget, both tuned with the same trial budget on "
      "validation classes (rows labelled [tuned])", "sgg[tuned]", "full_ft[tuned]"),
 ]
