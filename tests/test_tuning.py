@@ -274,10 +274,14 @@ def test_cross_domain_target_without_validation_classes_is_tuned_on_the_source_t
     with ResultsStore(run_store) as opened:
         assert [(r["method"], r["setting"]) for r in opened.episodes()] == [
             ("planted[tuned]", "demo_intents->target_only/fold1/3way2shot3q")]
-    # 7-way target episodes, 5 validation classes in the source task: its validation episodes are 5-way
-    wide = [*flags[:flags.index("--n-way")], "--n-way", "7", *flags[flags.index("--n-way") + 2:]]
+    # 7- and 6-way target episodes, 5 validation classes in the source task: both are tuned on its 5-way episodes,
+    # each filed under its own setting; the second reads the first's trials back instead of running them again
+    wide = [*flags[:flags.index("--n-way")], "--n-way", "7,6", *flags[flags.index("--n-way") + 2:]]
+    evaluated.clear()
     assert main(["tune", *wide, "--methods", "planted", "--episodes", "1", "--trials", "1", "--store",
                  str(tmp_path / "wide.sqlite"), "--out", str(tmp_path / "wide.yaml")]) == 0
-    entry = yaml.safe_load((tmp_path / "wide.yaml").read_text())["settings"][
-        "demo_intents->target_only/fold1/7way2shot3q"]["planted"]
-    assert entry["validated_on"] == "demo_intents/fold1/validation/5way2shot3q"
+    settings = yaml.safe_load((tmp_path / "wide.yaml").read_text())["settings"]
+    for n_way in (7, 6):
+        entry = settings[f"demo_intents->target_only/fold1/{n_way}way2shot3q"]["planted"]
+        assert entry["validated_on"] == "demo_intents/fold1/validation/5way2shot3q"
+    assert len(evaluated) == 1

@@ -222,13 +222,9 @@ class Tuner:
                              k_shot=config.k_shot, query=config.query, fold=config.fold, pool="validation",
                              seed=config.seed, backbone=config.backbone, isolation=config.isolation,
                              source_task=config.source_task)
-        self.targets = {}  # validation setting label -> the target setting label its chosen configs are filed under
-        self.settings = []
-        for setting in settings_of(run_like):
-            validated_on = validation_setting(setting)
-            self.targets[validated_on.label] = target_label(setting)
-            self.settings.append(validated_on)
-        for setting in self.settings:  # fail fast on a task without a usable validation pool
+        # (target setting label the chosen configs are filed under, the validation setting that scores the trials)
+        self.settings = [(target_label(s), validation_setting(s)) for s in settings_of(run_like)]
+        for _, setting in self.settings:  # fail fast on a task without a usable validation pool
             setting.target_episode(config.seed, 0)
         budget = {k: v for k, v in dataclasses.asdict(config).items()
                   if k not in ("store", "out", "device", "isolation") and not (k == "source_task" and v is None)}
@@ -279,15 +275,15 @@ def tune(config: TuneConfig) -> dict:
     inputs = [(name.rpartition(":")[0], f"the method file of {name}") for name in names if ":" in name]
     check_outputs([(config.store, "--store"), (config.out, "--out")], inputs)
     tuner = Tuner(config)
-    studies = [(s, _Study(tuner, s, name, pinned.get(name, {}))) for s in tuner.settings for name in names]
+    studies = [(target, _Study(tuner, s, name, pinned.get(name, {}))) for target, s in tuner.settings for name in names]
     chosen: Dict[str, Dict[str, dict]] = {}
     try:
         with watch_sigint():  # a method raising KeyboardInterrupt fails its episode; a real Ctrl-C stops the study
-            for setting, study in studies:
+            for target, study in studies:
                 entry = study.run()
-                if tuner.targets[setting.label] != target_label(setting):
-                    entry["validated_on"] = setting.label
-                chosen.setdefault(tuner.targets[setting.label], {})[study.name] = entry
+                if target != target_label(study.setting):
+                    entry["validated_on"] = study.setting.label
+                chosen.setdefault(target, {})[study.name] = entry
     finally:
         tuner.store.close()
         if tuner.worker is not None:
