@@ -38,21 +38,23 @@ def _term_values(f: Facts, column: str) -> List[tuple]:
 
 def terms_summary_block(f: Facts) -> str:
     direction = _term_values(f, "sgg_dir_angle")
-    defaults = [v for e, v in direction if "[" not in e.method and "(lr=" not in e.method]
+    stress_labels = {label for _, _, sgg, full_ft in f.claims.stress_pairs() for label in (sgg, full_ft)}
+    defaults = [v for e, v in direction if "[" not in e.method and e.method not in stress_labels]
     tuned = [v for e, v in direction if "[tuned]" in e.method]
     extra = [e.row["sgg_step_angle"] - v for e, v in direction if e.row["sgg_step_angle"] is not None]
     align = [v for _, v in _term_values(f, "sgg_align_active")]
     nodir = [e.row["sgg_step_angle"] for e in f.entries
              if e.method == "sgg-no-dir" and e.row["sgg_step_angle"] is not None]
-    mag = [(e, v) for e, v in _term_values(f, "sgg_mag_active") if "(lr=" not in e.method]  # the stress rows apart
-    stressed = sorted(((e.cell[1], e.method), v) for e, v in _term_values(f, "sgg_mag_active") if "(lr=" in e.method)
+    magnitude = _term_values(f, "sgg_mag_active")
+    mag = [(e, v) for e, v in magnitude if e.method not in stress_labels]  # the stress rows apart
+    stressed = sorted(((e.cell[1], e.method), v) for e, v in magnitude if e.method in stress_labels)
     never = sorted({e.cell[1] for e, _ in mag} - {e.cell[1] for e, v in mag if v > 0})
     bound: Dict[str, List[float]] = {}
     for e, v in mag:
         if v > 0:
             bound.setdefault(e.cell[1], []).append(v)
     nomag = sorted(e.cell[1] for e in f.entries if e.method == "sgg-no-mag")
-    stress = sum(1 for r in f.records if "(lr=" in r["method"])
+    stress = sum(1 for r in f.records if r["method"] in stress_labels)
     text = bullet(f"**Direction** acts in every row that has it: {span(defaults, '.1f', '-')}° per step at the defaults"
                   + (f" ({span(tuned, '.1f', '-')}° for the `[tuned]` configs)" if tuned else "")
                   + ", nearly all of the applied step's angle to the task gradient (the last column is at most "
