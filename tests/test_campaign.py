@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from fewshot_bench.execution.campaign_queue import Finished, estimate, load_campaign
+from fewshot_bench.execution.plan import episode_rates
 from fewshot_bench.cli import main
 from fewshot_bench.store.results import ResultsStore
 
@@ -113,6 +114,28 @@ def test_a_unit_with_config_overrides_is_estimated_from_its_default_configs_rows
     rates[(overridden.label, setting, "tiny-encoder")] = [10.0, 2, None, 20.0]
     assert estimate(overridden, rates, {}) == (5.0, 0.0, "measured")
     assert estimate(overridden, {}, {})[2] == "default"
+
+
+def test_a_unit_nothing_stored_measures_is_estimated_from_the_dry_runs_calibration(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
+    entry = {**TINY, "methods": ["protonet", "full_ft"], "method_config": ["full_ft.steps=2"], "n_way": 5,
+             "k_shot": 1, "episodes": 2}
+    file, store = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite")
+
+    def estimates():
+        assert main(args("status", file, store, tmp_path / "sh")) == 0
+        table = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+        return {row[2]: row[5:7] for row in table if len(row) == 8}
+
+    assert estimates() == {"protonet": ["10.00", "(default)"], "full_ft(steps=2)": ["10.00", "(default)"]}
+    assert main(["run", "--dry-run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed",
+                 "0", "--methods", "protonet", "--n-way", "5", "--k-shot", "1", "--episodes", "2", "--threads",
+                 "1"]) == 0  # calibrates protonet only
+    capsys.readouterr()
+    (setting, _), seconds = next(iter(episode_rates(load_campaign(file).configs[0], calibrate_missing=False).items()))
+    assert estimates() == {"protonet": [f"{seconds:.2f}", "(calibrated)"], "full_ft(steps=2)": ["10.00", "(default)"]}
+    assert main(args("status", file, store, tmp_path / "sh", "--threads", "2")) == 0  # the cache holds 1 thread's
+    assert "(calibrated)" not in capsys.readouterr().out
 
 
 def test_killed_campaign_resumes_without_recomputing(tmp_path):

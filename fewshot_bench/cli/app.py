@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", default="runs/campaign", help="folder of the workers' shard stores "
                                                              "shard<i>.sqlite and logs (default: %(default)s)")
     p.add_argument("--processes", type=bounded_int, default=1, help="run: worker processes, 1 to 64 (default 1)")
-    p.add_argument("--threads", type=bounded_int, default=1, help="run: torch threads per worker (default 1)")
+    p.add_argument("--threads", type=bounded_int, default=1,
+                   help="torch threads per worker (run), or the workers' threads whose calibrated rates estimate "
+                        "units nothing stored measures (status) (default 1)")
     p.set_defaults(handler=run_commands.cmd_campaign)
     return parser
 

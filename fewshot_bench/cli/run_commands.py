@@ -56,7 +56,7 @@ def cmd_campaign(args) -> int:
     from ..execution import campaign  # torch: see the module docstring
 
     if args.action == "status":
-        return campaign.status(args.file, args.store, args.shards)
+        return campaign.status(args.file, args.store, args.shards, threads=args.threads)
     if args.action == "merge":
         return campaign.merge(args.file, args.store, args.shards)
     return campaign.run(args.file, args.store, args.shards, processes=args.processes, threads=args.threads,

@@ -28,8 +28,8 @@ from ..store import content
 from ..store.figures import copy_figures
 from ..store.results import EPISODE_COLUMNS, KEY_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
 from ..store.shards import check_no_conflicts
-from .campaign_queue import (DEFAULT_EPISODE_SECONDS, Campaign, Finished, load_campaign, open_read_only,
-                             other_configs, shard_paths, tally)
+from .campaign_queue import (DEFAULT_EPISODE_SECONDS, Campaign, Finished, calibrated_rates, load_campaign,
+                             open_read_only, other_configs, shard_paths, tally)
 from .runner import run as run_units
 
 MAX_PROCESSES = 64
@@ -54,10 +54,21 @@ def _inputs(file, store, shards, *, need_shards: bool = False) -> Tuple[Campaign
     return campaign, Finished([store, *paths]), paths
 
 
-def status(file, store, shards) -> int:
-    """Print the units not done, in queue order, with episodes done and estimated CPU-hours left; returns 0."""
-    campaign, finished, _ = _inputs(file, store, shards)
+def _estimated(campaign: Campaign, finished: Finished, threads: int) -> tuple:
+    """(done, left, how, calibrated): :func:`tally`, the units no stored row measures estimated from this machine's
+    calibration cache (:func:`calibrated_rates`, looked up once: ``calibrated`` serves later tallies)."""
     done, left, how = tally(campaign, finished)
+    calibrated = calibrated_rates(campaign, [unit for unit, found in how.items() if found[2] == "default"], threads)
+    if calibrated:
+        done, left, how = tally(campaign, finished, calibrated)
+    return done, left, how, calibrated
+
+
+def status(file, store, shards, *, threads: int = 1) -> int:
+    """Print the units not done, in queue order, with episodes done and estimated CPU-hours left (at ``threads``
+    torch threads per worker); returns 0."""
+    campaign, finished, _ = _inputs(file, store, shards)
+    done, left, how, _ = _estimated(campaign, finished, threads)
     pending = [u for u in campaign.units if done[u] < u.episodes]
     in_store = Finished([store])
     unmerged = sum(1 for u in campaign.units if done[u] == u.episodes
@@ -72,7 +83,8 @@ def status(file, store, shards) -> int:
     print(f"\n{len(pending)} of {len(campaign.units)} units to do ({sum(u.episodes - done[u] for u in pending)} "
           f"episodes), about {sum(left.values()) / 3600:.3g} CPU-hours on this machine (per episode: the method's mean "
           f"wall_seconds in the cell, else scaled from its other cells by texts, else the same from its default "
-          f"config's rows ('as NAME'), else {DEFAULT_EPISODE_SECONDS:g} s; plus meta-training){waiting}")
+          f"config's rows ('as NAME'), else the dry run's calibrated estimate if this machine's cache holds it, else "
+          f"{DEFAULT_EPISODE_SECONDS:g} s; plus meta-training){waiting}")
     print(other_configs(campaign, finished, pending), end="")
     return 0
 
@@ -91,7 +103,7 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
             raise UserError(f"{flag} {value} is out of range; give {low} to {high} (e.g. --processes 2 --threads 1 "
                             f"on a 2-core machine)")
     campaign, finished, _ = _inputs(file, store, shards)
-    done, left, _ = tally(campaign, finished)
+    done, left, _, calibrated = _estimated(campaign, finished, threads)
     pending = [u for u in campaign.units if done[u] < u.episodes]
     if not pending:
         print(f"nothing to do: all {len(campaign.units)} units of {file} are done")
@@ -127,10 +139,11 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
         print(f"campaign: {len(pending)} units ({sum(u.episodes - done[u] for u in pending)} episodes, about "
               f"{sum(left.values()) / 3600:.3g} CPU-hours) in {len(workers)} worker(s); logs: {folder}/shard<i>.log",
               flush=True)
-        return _watch(campaign, Finished([store]), folder, plans, workers, progress_seconds)
+        return _watch(campaign, Finished([store]), folder, plans, workers, progress_seconds, calibrated)
 
 
-def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers, progress_seconds: float) -> int:
+def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers, progress_seconds: float,
+           calibrated: dict) -> int:
     """Wait for the workers, printing progress lines; Ctrl-C or SIGTERM terminates them."""
     started, last, pending = time.monotonic(), 0.0, [u for plan in plans for u in plan]
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the workers too
@@ -139,7 +152,7 @@ def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers,
             running = any(worker.poll() is None for worker in workers)
             if not running or time.monotonic() - last >= progress_seconds:
                 last = time.monotonic()
-                done, left, _ = tally(campaign, Finished(shard_paths(folder), in_store))
+                done, left, _ = tally(campaign, Finished(shard_paths(folder), in_store), calibrated)
                 eta = max(sum(left.get(u, 0.0) for u in plan) for plan in plans)
                 print(f"campaign: units {sum(done[u] == u.episodes for u in pending)}/{len(pending)} | episodes "
                       f"{sum(done[u] for u in pending)}/{sum(u.episodes for u in pending)} | elapsed "

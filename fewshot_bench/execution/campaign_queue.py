@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import quote
 
+import torch
+
 from ..core.config import read_yaml
 from ..core.errors import UserError
 from ..data.loading import get_task_data
@@ -26,7 +28,9 @@ from ..episodes.sampling import Setting
 from ..store import content
 from ..store.results import table_columns
 from ..methods.spec import parse_spec
+from .calibration import cache_file
 from .evaluate import cell_identity, restart_hash
+from .plan import make_plan
 from .run_config import RunConfig, build_config, method_specs, settings_of
 from .tuned import load_tuned
 
@@ -167,12 +171,14 @@ def shard_paths(folder) -> List[Path]:
     return sorted(found, key=lambda p: int(p.name[5:-7]))
 
 
-def estimate(unit: Unit, rates: dict, texts: Dict[str, float]) -> Tuple[float, float, str]:
+def estimate(unit: Unit, rates: dict, texts: Dict[str, float],
+             calibrated: Optional[Dict[tuple, Tuple[float, float]]] = None) -> Tuple[float, float, str]:
     """(seconds per episode, one-off meta-training seconds, where the rate comes from) of ``unit`` on this machine:
     the mean ``wall_seconds`` of its method in its cell ('measured'); else its method's mean over other cells scaled
     by this cell's support + query texts over theirs ('scaled'); else the same from the rows of its method under
     its default config, for a unit with config overrides or a tuned config ('measured as sgg', 'scaled as sgg');
-    else :data:`DEFAULT_EPISODE_SECONDS` ('default').
+    else the dry run's estimate from this machine's calibration cache ('calibrated': ``calibrated``, from
+    :func:`calibrated_rates`); else :data:`DEFAULT_EPISODE_SECONDS` ('default').
     ``rates``: {(label, setting, backbone): [wall sum, episodes, meta_train_seconds, texts]}; ``texts``: a memo."""
     name = parse_spec(unit.spec)[0]
     for label in dict.fromkeys((unit.label, name)):
@@ -180,7 +186,35 @@ def estimate(unit: Unit, rates: dict, texts: Dict[str, float]) -> Tuple[float, f
         if found is not None:
             seconds, meta, how = found
             return seconds, meta, how + ("" if label == unit.label else f" as {label}")
+    found = (calibrated or {}).get((unit.entry, unit.setting.label, unit.spec))
+    if found is not None:
+        return found[0], found[1], "calibrated"
     return DEFAULT_EPISODE_SECONDS, 0.0, "default"
+
+
+def calibrated_rates(campaign: Campaign, units: Iterable[Unit], threads: int = 1) -> Dict[tuple, Tuple[float, float]]:
+    """{(entry, setting label, method spec): (seconds per episode, one-off meta-training seconds)}: the dry run's
+    estimates (:class:`~fewshot_bench.execution.plan.Plan`) for the entries of ``units``, from the calibration cache of
+    this machine at ``threads`` torch threads (the workers'). Measures nothing (it loads the backbone and tokenizes
+    a few episodes per cell): empty without a cache file; a method the cache lacks is left out. ``fewshot-bench run
+    --dry-run --threads N`` with an entry's options fills the cache for it."""
+    entries = sorted({unit.entry for unit in units})
+    if not entries or not cache_file().is_file():
+        return {}
+    found, before = {}, torch.get_num_threads()
+    torch.set_num_threads(threads)  # the cache is keyed by the environment, the thread count included
+    try:
+        for entry in entries:
+            plan = make_plan(campaign.configs[entry])
+            plan.calibrate(missing=False, progress=False)
+            for setting in plan.settings:
+                for spec in plan.specs:
+                    seconds = plan.episode_seconds(setting, spec)
+                    if seconds is not None:
+                        found[(entry, setting.label, spec)] = (seconds, plan.meta_seconds(setting, spec))
+    finally:
+        torch.set_num_threads(before)
+    return found
 
 
 def _rate(unit: Unit, label: str, rates: dict, texts: Dict[str, float]) -> Optional[Tuple[float, float, str]]:
@@ -203,9 +237,11 @@ def _rate(unit: Unit, label: str, rates: dict, texts: Dict[str, float]) -> Optio
     return per_text * texts[setting.label], sum(metas) / len(metas) if metas else 0.0, "scaled"
 
 
-def tally(campaign: Campaign, finished: Finished) -> Tuple[Dict[Unit, int], Dict[Unit, float], dict]:
+def tally(campaign: Campaign, finished: Finished, calibrated: Optional[Dict[tuple, Tuple[float, float]]] = None
+          ) -> Tuple[Dict[Unit, int], Dict[Unit, float], dict]:
     """(done, left, how): done = {every unit: how many of its episodes 0..episodes-1 ``finished`` holds}; for the
-    units not done, left = {unit: estimated seconds to finish, meta-training too}, how = {unit: :func:`estimate`}."""
+    units not done, left = {unit: estimated seconds to finish, meta-training too}, how = {unit: :func:`estimate`}
+    (``calibrated``: see there)."""
     rates: Dict[tuple, list] = {}
     for (_, method, backbone, _, setting), episodes in finished.rows.items():
         rate = rates.setdefault((method, setting, backbone), [0.0, 0, None, None])
@@ -217,7 +253,7 @@ def tally(campaign: Campaign, finished: Finished) -> Tuple[Dict[Unit, int], Dict
     for unit in campaign.units:
         done[unit] = len(finished.done_indices(*unit.key) & set(range(unit.episodes)))
         if done[unit] < unit.episodes:
-            how[unit] = seconds, meta, _ = estimate(unit, rates, texts)
+            how[unit] = seconds, meta, _ = estimate(unit, rates, texts, calibrated)
             left[unit] = (unit.episodes - done[unit]) * seconds + (meta if unit.meta_trained and not done[unit] else 0)
     return done, left, how
 
