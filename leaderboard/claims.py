@@ -93,14 +93,14 @@ def _verdict(table: List[dict]) -> str:
         return "undecided (not computed)"
     better = [r for r in table if r["p_holm"] < 0.05 and r["delta"] > 0]
     worse = [r for r in table if r["p_holm"] < 0.05 and r["delta"] < 0]
-    n = len(table)
+    n = f"{len(table)} cell{'s' if len(table) > 1 else ''}"
     if better and worse:
-        return f"mixed (better in {len(better)}, worse in {len(worse)} of {n} cells)"
+        return f"mixed (better in {len(better)}, worse in {len(worse)} of {n})"
     if better:
-        return f"supported in {len(better)} of {n} cells (worse in none)"
+        return f"supported in {len(better)} of {n} (worse in none)"
     if worse:
-        return f"not supported (worse in {len(worse)} of {n} cells, better in none)"
-    return f"undecided (no significant difference in {n} cells)"
+        return f"not supported (worse in {len(worse)} of {n}, better in none)"
+    return f"undecided (no significant difference in {n})"
 
 
 def _pairs(chosen, a: str, b: str) -> List[dict]:

@@ -70,7 +70,8 @@ def campaign_block(f: Facts) -> str:
         paragraph(f"Estimates as `campaign status` makes them from this store: per episode the method's mean "
                   f"`wall_seconds` in the cell, else scaled from its other cells by texts, else the same from the "
                   f"rows of its default config (a unit with config overrides or a tuned config), else "
-                  f"{c['default_rate']:g} s; plus meta-training.", warning)
+                  f"{c['default_rate']:g} s (`campaign status` reads a dry-run calibration of its own machine "
+                  f"first, when it has one; this table, being committed, does not); plus meta-training.", warning)
 
 
 def _day(record) -> str:

@@ -49,10 +49,10 @@ def test_planted_effects_decide_the_claims(claims):
                _entry("sgg-no-align", "x->y/fold1/5way1shot15q", base),
                _entry("maml", "a/fold1/5way1shot15q", base - 0.2, planned=100)]  # incomplete: not compared
     verdicts = _verdicts(claims, entries)
-    assert verdicts["SGG is more accurate than full fine-tuning"].startswith("mixed (better in 1, worse in 1 of 2")
-    assert verdicts["SGG is more accurate than LoRA"].startswith("undecided (no significant difference in 1 cells")
+    assert verdicts["SGG is more accurate than full fine-tuning"] == "mixed (better in 1, worse in 1 of 2 cells)"
+    assert verdicts["SGG is more accurate than LoRA"] == "undecided (no significant difference in 1 cell)"
     assert verdicts["SGG is more accurate than MAML (second order)"] == "undecided (not computed)"
-    assert verdicts["Source/target alignment helps across domains"].startswith("supported in 1 of 1 cells")
+    assert verdicts["Source/target alignment helps across domains"] == "supported in 1 of 1 cell (worse in none)"
     assert verdicts["Source/target alignment helps in-domain"] == "undecided (not computed)"
     assert verdicts["SGG is more stable over training seeds than full fine-tuning and LoRA"].startswith("undecided")
 
@@ -126,13 +126,13 @@ def test_stress_claims_count_failed_episodes(claims):
     rows = claims.claim_rows(entries)
     fails10 = _row(claims, rows, "SGG diverges or fails less than full fine-tuning at 10x")
     assert fails10["comparison"] == f"failed: {ft10} - {sgg10}"
-    assert fails10["verdict"] == "supported in 1 of 1 cells (worse in none)"
+    assert fails10["verdict"] == "supported in 1 of 1 cell (worse in none)"
     assert f"failed {sgg10} 0.000 vs {ft10} 0.500" in fails10["cells"] and "10 discordant" in fails10["cells"]
     assert "p_Holm 0.002" in fails10["cells"] and "n=20" in fails10["cells"]
     accuracy10 = _row(claims, rows, "SGG is more accurate than full fine-tuning at 10x")
     assert accuracy10["verdict"].startswith("supported in 1 of 1") and "n=10" in accuracy10["cells"]
     fails3 = _row(claims, rows, "SGG diverges or fails less than full fine-tuning at 3x")
-    assert fails3["verdict"] == "undecided (no significant difference in 1 cells)" and "0 discordant" in fails3["cells"]
+    assert fails3["verdict"] == "undecided (no significant difference in 1 cell)" and "0 discordant" in fails3["cells"]
     assert _row(claims, rows, "SGG diverges or fails less than full fine-tuning at 30x")["verdict"] == \
         "undecided (not computed)"
 
@@ -148,7 +148,7 @@ def test_ablation_rows_say_which_comparison_and_not_computed_without_rows(claims
     assert _row(claims, rows, "The direction term helps:")["verdict"].startswith("supported in 1 of 1")
     tuned_dir = _row(claims, rows, "The direction term helps at tuned configs")
     assert tuned_dir["comparison"] == "sgg[tuned] - sgg-no-dir[tuned]"
-    assert tuned_dir["verdict"] == "undecided (no significant difference in 1 cells)"
+    assert tuned_dir["verdict"] == "undecided (no significant difference in 1 cell)"
     assert _row(claims, rows, "The magnitude term helps at tuned configs")["verdict"] == "undecided (not computed)"
     magnitude = _row(claims, rows, "The magnitude term helps")
     assert magnitude["verdict"] == "undecided (not computed)" and magnitude["cells"] == "-"
