@@ -15,8 +15,9 @@ from fewshot_bench.methods.spec import check_declarations
 from fewshot_bench.report.leaderboard import aggregate, write_leaderboard
 from fewshot_bench.report.validate import _SCHEMA_5, check_csv, check_store
 from fewshot_bench.store.figures import LEGACY, copy_figures
-from fewshot_bench.store.results import EPISODE_COLUMNS, ResultsStore
+from fewshot_bench.store.results import ResultsStore
 from fewshot_bench.store.schema import COLUMNS, ISOLATION_LEVELS
+from fewshot_bench.store.tables import EPISODE_COLUMNS
 
 from helpers import REPO, record
 

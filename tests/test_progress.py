@@ -7,7 +7,8 @@ import pytest
 
 from fewshot_bench.cli import main
 from fewshot_bench.core.progress import Progress
-from fewshot_bench.store.results import EPISODE_TYPES, KEY_COLUMNS, ResultsStore
+from fewshot_bench.store.results import KEY_COLUMNS, ResultsStore
+from fewshot_bench.store.tables import EPISODE_TYPES
 
 from helpers import record
 

@@ -12,7 +12,8 @@ import pytest
 
 from fewshot_bench.cli import main
 from fewshot_bench.core.errors import UserError
-from fewshot_bench.store.results import EPISODE_COLUMNS, ResultsStore, config_hash
+from fewshot_bench.store.results import ResultsStore, config_hash
+from fewshot_bench.store.tables import EPISODE_COLUMNS
 
 from helpers import REPO, committed_rows, record
 

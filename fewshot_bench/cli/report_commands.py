@@ -15,7 +15,8 @@ from ..core.outputs import check_outputs, print_table
 from ..report.leaderboard import write_leaderboard
 from ..report.validate import check_csv, check_store, is_sqlite
 from ..report.validate_recompute import compare_csv
-from ..store.results import ResultsStore, shard_problems_of
+from ..store.checks import shard_problems_of
+from ..store.results import ResultsStore
 from ..store.shards import check_no_conflicts
 
 

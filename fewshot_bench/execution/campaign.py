@@ -26,8 +26,9 @@ from ..core.outputs import SQLITE_COMPANIONS, check_outputs, print_table
 from ..data.cards import register_cards
 from ..store import content
 from ..store.figures import copy_figures
-from ..store.results import EPISODE_COLUMNS, KEY_COLUMNS, RUN_COLUMNS, ResultsStore, table_columns
+from ..store.results import KEY_COLUMNS, ResultsStore
 from ..store.shards import check_no_conflicts
+from ..store.tables import EPISODE_COLUMNS, RUN_COLUMNS, table_columns
 from .campaign_queue import (DEFAULT_EPISODE_SECONDS, Campaign, Finished, calibrated_rates, load_campaign,
                              open_read_only, other_configs, shard_paths, tally)
 from .runner import run as run_units

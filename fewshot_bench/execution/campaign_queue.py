@@ -26,7 +26,7 @@ from ..core.errors import UserError
 from ..data.loading import get_task_data
 from ..episodes.sampling import Setting
 from ..store import content
-from ..store.results import table_columns
+from ..store.tables import table_columns
 from ..methods.spec import parse_spec
 from .calibration import cache_file
 from .evaluate import cell_identity, restart_hash

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ..methods.backbone import Backbone
-from ..store.results import EPISODE_COLUMNS
+from ..store.tables import EPISODE_COLUMNS
 from ..store.schema import METRIC, RANGE_TOLERANCE
 from ..episodes.sampling import Episode
 from ..core.interrupts import is_method_failure

@@ -18,8 +18,8 @@ from typing import Dict, Iterable, List, Optional
 from ..core.checks import check_method_name, parse_spec, split_specs
 from ..core.errors import UserError
 from ..core.registry import METHODS, did_you_mean, import_module, import_object
-from ..store.results import EPISODE_COLUMNS
 from ..store.schema import COLUMNS, Figure
+from ..store.tables import EPISODE_COLUMNS
 from .api import Method
 
 __all__ = ["check_declarations", "check_figures", "method_class", "method_classes", "method_from_spec", "method_label",

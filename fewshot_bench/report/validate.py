@@ -25,8 +25,9 @@ import numpy as np
 from ..analysis.compare import ALPHA, SATURATED_ACCURACY, clones, rank_group
 from ..analysis.entries import planned_episodes
 from ..store import content
-from ..store.results import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
-    SQLITE_MAGIC, STATUSES, schema_problems, table_columns)
+from ..store.checks import schema_problems
+from ..store.tables import (EPISODE_COLUMNS, EPISODE_TYPES, PROTOCOLS, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
+    SQLITE_MAGIC, STATUSES, table_columns)
 from ..core.errors import UserError
 from ..store.figures import LEGACY_COLUMNS, declarations, figure_columns, values_by_key
 from ..store.schema import (COLUMNS, INF, ISOLATION_LEVELS, KEY_COLUMNS, LEADERBOARD, LEADERBOARD_SCHEMA_VERSION,

@@ -1,5 +1,6 @@
 """SQLite results store: one row per run (``runs``), one row per evaluated episode (``episodes``), and the
-figures methods declare and report (``figures``, ``figure_declarations``: :mod:`.figures`).
+figures methods declare and report (``figures``, ``figure_declarations``: :mod:`.figures`). The tables are
+declared in :mod:`.tables`; a file is checked with :mod:`.checks` before it is read or merged.
 
 Crash and concurrency safety: WAL journal, a busy timeout so parallel writers wait instead of failing, and every
 episode is written in its own transaction with ``ON CONFLICT (<unique key>)`` on the UNIQUE key
@@ -25,57 +26,12 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.hashing import config_hash
 from . import content
-from .figures import LEGACY_COLUMNS, TABLES, copy_figures, declarations, values_by_key, write
-from .schema import ISOLATION_LEVELS, KEY_COLUMNS, METRICS, Figure
+from .checks import schema_problems, shard_problems_of
+from .figures import copy_figures, declarations, values_by_key, write
+from .schema import KEY_COLUMNS, Figure
+from .tables import (CREATE_TABLES, EPISODE_COLUMNS, EPISODE_TYPES, REQUIRED, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
+                     SQLITE_MAGIC, TRIAL_COLUMNS, UPSERT, table_columns)
 from .versions import git_commit, library_versions, package_version
-
-# environment_json: environment.fingerprint; data_json: data.pinning.data_record (both nullable)
-RUN_COLUMNS = ("run_id", "config_hash", "config_json", "git_commit", "versions_json", "device", "seed",
-               "started_at", "ended_at", "environment_json", "data_json")
-RUN_COLUMNS_ADDED_LATER = ("environment_json", "data_json")  # a store written before them lacks them until a writer opens it
-EPISODE_TYPES = {
-    "run_id": "TEXT NOT NULL", "config_hash": "TEXT NOT NULL", "method": "TEXT NOT NULL",
-    "protocol": "TEXT NOT NULL CHECK (protocol IN ('target-only', 'source-guided', 'meta-trained'))",
-    "backbone": "TEXT NOT NULL", "task": "TEXT NOT NULL", "setting": "TEXT NOT NULL",
-    "n_way": "INTEGER NOT NULL", "k_shot": "TEXT NOT NULL", "q_query": "INTEGER NOT NULL", "fold": "INTEGER NOT NULL",
-    "seed": "INTEGER NOT NULL", "episode_index": "INTEGER NOT NULL", "fingerprint": "TEXT NOT NULL",
-    "status": "TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'diverged'))", "error": "TEXT",
-    **{metric.name: metric.sql for metric in METRICS},  # the metric columns are declared in columns.py
-    "predictions": "TEXT", "extra": "TEXT", "version": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
-    # training restart of the episode (``run --restarts``; its own config_hash when > 0); NULL (older stores): 0
-    "restart": "INTEGER",
-    # where the method's code ran (harness.run_episode): in-process, process (sealed worker), sandboxed (Landlock)
-    "isolation": f"TEXT CHECK (isolation IS NULL OR isolation IN ({', '.join(map(repr, ISOLATION_LEVELS))}))",
-}
-EPISODE_COLUMNS = tuple(EPISODE_TYPES)
-REQUIRED = tuple(c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t and c not in ("version", "created_at"))
-# a new row for a stored key replaces the stored one only when that one failed (failed episodes are retried)
-_UPSERT = (f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
-           + ", ".join(f"{c} = excluded.{c}" for c in EPISODE_COLUMNS if c not in KEY_COLUMNS)
-           + " WHERE episodes.status = 'failed' AND excluded.status != 'failed'")
-STATUSES = ("ok", "failed", "diverged")
-PROTOCOLS = ("target-only", "source-guided", "meta-trained")
-SQLITE_MAGIC = b"SQLite format 3\x00"
-# one row per ``fewshot-bench tune`` trial: a config evaluated on the study's validation episodes
-TRIAL_TYPES = {
-    "study": "TEXT NOT NULL", "method": "TEXT NOT NULL", "backbone": "TEXT NOT NULL", "task": "TEXT NOT NULL",
-    "setting": "TEXT NOT NULL", "seed": "INTEGER NOT NULL", "trial": "INTEGER NOT NULL", "state": "TEXT NOT NULL",
-    "config": "TEXT NOT NULL", "cost": "REAL", "episodes": "INTEGER NOT NULL", "episode_set_sha256": "TEXT",
-    "accuracy": "REAL", "acc_ci95_low": "REAL", "acc_ci95_high": "REAL", "wall_seconds": "REAL",
-    "figures": "TEXT", "chosen": "INTEGER NOT NULL DEFAULT 0", "created_at": "TEXT NOT NULL",
-}
-TRIAL_COLUMNS = tuple(TRIAL_TYPES)
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, config_hash TEXT, config_json TEXT, git_commit TEXT, "
-    "versions_json TEXT, device TEXT, seed INTEGER, started_at TEXT, ended_at TEXT, environment_json TEXT, "
-    "data_json TEXT)",
-    f"CREATE TABLE IF NOT EXISTS episodes ({', '.join(f'{c} {t}' for c, t in EPISODE_TYPES.items())}, "
-    f"UNIQUE ({', '.join(KEY_COLUMNS)}))",
-    f"CREATE TABLE IF NOT EXISTS trials ({', '.join(f'{c} {t}' for c, t in TRIAL_TYPES.items())}, "
-    f"UNIQUE (study, method, setting, trial))",
-    *TABLES,
-)
 
 
 def now() -> str:
@@ -100,11 +56,6 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.05)
 
 
-def table_columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> List[str]:
-    """Column names of ``table`` as the file (or the attached ``schema``) has them (empty when the table is absent)."""
-    return [row[1] for row in conn.execute(f"PRAGMA {schema}.table_info({table})")]
-
-
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a store written by an earlier version up to the current schema (new columns are nullable)."""
     present = set(table_columns(conn, "episodes"))
@@ -113,78 +64,6 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE episodes ADD COLUMN {column} {sql_type}")
     for column in set(RUN_COLUMNS_ADDED_LATER) - set(table_columns(conn, "runs")):
         conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
-
-
-INTEGER_COLUMNS = tuple(c for c, t in EPISODE_TYPES.items() if t.startswith("INTEGER") and "NOT NULL" in t)
-NUMBER_COLUMNS = tuple(m.name for m in METRICS)
-
-
-def schema_problems(conn: sqlite3.Connection, schema: str = "main", types: bool = True) -> List[str]:
-    """What keeps the database ``schema`` (``main`` or an attached shard) from being read as a results store: a
-    missing table, a missing required column (a nullable column added later may be absent: it reads as NULL),
-    ``types``: text in an integer key column or in a metric. Empty when usable."""
-    problems = []
-    episodes, runs = table_columns(conn, "episodes", schema), table_columns(conn, "runs", schema)
-    required = [c for c, t in EPISODE_TYPES.items() if "NOT NULL" in t]
-    for table, present, wanted in (("episodes", episodes, required),
-                                   ("runs", runs, [c for c in RUN_COLUMNS if c not in RUN_COLUMNS_ADDED_LATER])):
-        if not present:
-            problems.append(f"no '{table}' table")
-        elif not set(wanted) <= set(present):
-            problems.append(f"the {table} table lacks column(s) {', '.join(c for c in wanted if c not in present)}")
-    if problems or not types:
-        return problems
-    checks = [(c, "integer", "typeof({c}) != 'integer'") for c in INTEGER_COLUMNS] + \
-             [(c, "number", "{c} IS NOT NULL AND typeof({c}) NOT IN ('integer', 'real')") for c in NUMBER_COLUMNS
-              if c in episodes]
-    counts = conn.execute("SELECT " + ", ".join(f"COALESCE(SUM({condition.format(c=column)}), 0)"
-                                                for column, _, condition in checks)
-                          + f" FROM {schema}.episodes").fetchone()  # one pass over the table
-    for (column, kind, condition), count in zip(checks, counts):
-        if not count:
-            continue
-        found = conn.execute(f"SELECT COUNT(*), MIN(rowid) FROM {schema}.episodes WHERE "
-                             + condition.format(c=column)).fetchone()
-        if found[0]:
-            (value,) = conn.execute(f"SELECT {column} FROM {schema}.episodes WHERE rowid = ?", (found[1],)).fetchone()
-            problems.append(f"episodes.{column} holds {found[0]} value(s) that are not a{'n' if kind[0] == 'i' else ''} "
-                            f"{kind} (e.g. {value!r} in row {found[1]})")
-    return problems
-
-
-def check_schema(conn: sqlite3.Connection, path, types: bool = True) -> None:
-    """One-line UserError naming the store and what it lacks, unless :func:`schema_problems` finds nothing."""
-    problems = schema_problems(conn, types=types)
-    if problems:
-        raise UserError(f"{path}: not a results store of this version: {'; '.join(problems)} (expected the tables "
-                        f"`fewshot-bench run` writes; pass a results store)")
-
-
-def shard_problems(conn: sqlite3.Connection, schema: str = "shard") -> List[str]:
-    """Why the attached store ``schema`` must not be merged: :func:`schema_problems`, columns this version does not
-    know (a newer version's store: merging would drop them), rows with a required field empty, an unknown status
-    or protocol, or an accuracy outside [0, 1]. Columns an earlier version lacked are fine (they read as NULL)."""
-    problems = schema_problems(conn, schema)
-    if problems:
-        return problems
-    for table, known in (("episodes", EPISODE_COLUMNS + LEGACY_COLUMNS), ("runs", RUN_COLUMNS)):
-        unknown = [c for c in table_columns(conn, table, schema) if c not in known]
-        if unknown:
-            problems.append(f"the {table} table has column(s) this version does not know: {', '.join(unknown)} (a "
-                            f"newer version's store: merge it with that version, or its columns would be dropped)")
-    if problems:
-        return problems
-    quoted = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731
-    for what, condition in (
-            ("a required field empty", " OR ".join(f"{c} IS NULL" for c in REQUIRED)),
-            (f"a status other than {', '.join(STATUSES)}", f"status NOT IN ({quoted(STATUSES)})"),
-            (f"a protocol other than {', '.join(PROTOCOLS)}", f"protocol NOT IN ({quoted(PROTOCOLS)})"),
-            ("an accuracy outside [0, 1]", "accuracy IS NOT NULL AND NOT (accuracy BETWEEN 0 AND 1)"),
-            ("an ok status without an accuracy", "status = 'ok' AND accuracy IS NULL")):
-        count, first = conn.execute(f"SELECT COUNT(*), MIN(rowid) FROM {schema}.episodes WHERE {condition}").fetchone()
-        if count:
-            problems.append(f"{count} episode row(s) with {what} (first: row {first})")
-    return problems
 
 
 class ResultsStore:
@@ -224,7 +103,7 @@ class ResultsStore:
                 self.conn.execute("BEGIN IMMEDIATE")
             if create:
                 with self.conn:
-                    for statement in _SCHEMA:
+                    for statement in CREATE_TABLES:
                         self.conn.execute(statement)
                     _add_missing_columns(self.conn)
             # a reader leaves an earlier version's store as it is: columns added since read as NULL
@@ -311,7 +190,7 @@ class ResultsStore:
         columns = list(row)
         with self.conn:
             cursor = self.conn.execute(
-                f"INSERT INTO episodes ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {_UPSERT}",
+                f"INSERT INTO episodes ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) {UPSERT}",
                 [row[c] for c in columns])
             write(self.conn, [row[c] for c in KEY_COLUMNS], declarations,
                   figures if row["status"] != "failed" else {}, replace=cursor.rowcount == 1)
@@ -412,7 +291,7 @@ class ResultsStore:
                     present = set(table_columns(self.conn, "episodes", "shard"))
                     columns = ", ".join(c for c in EPISODE_COLUMNS if c in present)
                     self.conn.execute(f"INSERT INTO episodes ({columns}) "
-                                      f"SELECT {columns} FROM shard.episodes WHERE true {_UPSERT}")
+                                      f"SELECT {columns} FROM shard.episodes WHERE true {UPSERT}")
                     added += self.conn.total_changes - before
                     copy_figures(self.conn, "shard")  # legacy sgg_* columns of an older shard into the figures table
                     content.merge(self.conn, "shard")
@@ -427,17 +306,3 @@ class ResultsStore:
                 for companion in ("", "-wal", "-shm", "-journal"):
                     Path(f"{path}{companion}").unlink(missing_ok=True)
         return added
-
-
-def shard_problems_of(path) -> List[str]:
-    """:func:`shard_problems` of the store file at ``path`` (opened read-only)."""
-    try:  # not mode=ro: a read-only connection to a WAL store would leave its -wal/-shm files behind
-        conn = sqlite3.connect(path, timeout=60)
-    except sqlite3.DatabaseError as exc:
-        return [f"cannot be opened ({exc})"]
-    try:
-        return shard_problems(conn, "main")
-    except sqlite3.DatabaseError as exc:
-        return [f"not a results store ({exc})"]
-    finally:
-        conn.close()

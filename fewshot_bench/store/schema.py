@@ -1,6 +1,6 @@
 """The one declaration of per-episode metrics, method figures and leaderboard columns.
 
-Derived from here: the store's metric columns (``store.EPISODE_TYPES``), the leaderboard CSV and overall CSV
+Derived from here: the store's metric columns (``store.tables.EPISODE_TYPES``), the leaderboard CSV and overall CSV
 columns and their order, the per-row means over ok episodes, and every range/type check of ``validate``.
 Adding a harness metric is one ``Metric`` line (stored and range-checked), plus one ``mean_of`` line to show its
 mean (or sum) on the leaderboard. A method's own per-episode figures are not here: it declares them as
