@@ -13,7 +13,8 @@ from fewshot_bench.methods import Figure, Method
 from fewshot_bench.methods.sgg.method import SGG
 from fewshot_bench.methods.spec import check_declarations
 from fewshot_bench.report.leaderboard import aggregate, write_leaderboard
-from fewshot_bench.report.validate import _SCHEMA_5, check_csv, check_store
+from fewshot_bench.report.validate import check_store
+from fewshot_bench.report.validate_csv import _SCHEMA_5, check_csv
 from fewshot_bench.store.figures import LEGACY, copy_figures
 from fewshot_bench.store.results import ResultsStore
 from fewshot_bench.store.schema import COLUMNS, ISOLATION_LEVELS

@@ -5,7 +5,8 @@ import yaml
 
 from fewshot_bench.cli import main
 from fewshot_bench.store.results import ResultsStore
-from fewshot_bench.report.validate import validate_csv, validate_store
+from fewshot_bench.report.validate import validate_store
+from fewshot_bench.report.validate_csv import validate_csv
 
 from helpers import record
 

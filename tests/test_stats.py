@@ -11,7 +11,7 @@ from fewshot_bench.report.leaderboard import aggregate, write_csv
 from fewshot_bench.analysis.stats import (_enumerated_p, detectable_difference, episodes_needed, holm, lattice, min_episodes,
                                  sign_flip_p)
 from fewshot_bench.store.results import ResultsStore
-from fewshot_bench.report.validate import validate_csv
+from fewshot_bench.report.validate_csv import validate_csv
 from helpers import record
 
 

@@ -13,7 +13,8 @@ from fewshot_bench.cli import main
 from fewshot_bench.store.schema import COLUMNS
 from fewshot_bench.report.leaderboard import aggregate, write_csv
 from fewshot_bench.store.results import ResultsStore
-from fewshot_bench.report.validate import validate_csv, validate_store
+from fewshot_bench.report.validate import validate_store
+from fewshot_bench.report.validate_csv import validate_csv
 
 from helpers import build_store, record
 

@@ -13,7 +13,8 @@ from ..analysis.stats import format_dz
 from ..core.errors import UserError
 from ..core.outputs import check_outputs, print_table
 from ..report.leaderboard import write_leaderboard
-from ..report.validate import check_csv, check_store, is_sqlite
+from ..report.validate import check_store, is_sqlite
+from ..report.validate_csv import check_csv
 from ..report.validate_recompute import compare_csv
 from ..store.checks import shard_problems_of
 from ..store.results import ResultsStore
