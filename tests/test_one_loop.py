@@ -22,7 +22,7 @@ ALLOWED = {
     "run_episode": {"fewshot_bench/execution/evaluate.py"},
     # one episode as a run evaluates it: the executor, and what times it (dry-run calibration, bench/)
     "episode_record": {"fewshot_bench/execution/evaluate.py", "fewshot_bench/execution/calibration.py",
-                       "bench/bench.py", "bench/worker_overhead.py"},
+                       "bench/bench_measure.py", "bench/worker_overhead.py"},
 }
 # bench/versus.py times two checkouts against each other, each through its own harness (a tree from before the
 # one loop has no evaluate module), so it calls run_episode of whichever tree it loaded
