@@ -26,7 +26,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.hashing import config_hash
 from . import content
-from .checks import schema_problems, shard_problems_of
+from .checks import check_schema, shard_problems_of
 from .figures import copy_figures, declarations, values_by_key, write
 from .schema import KEY_COLUMNS, Figure
 from .tables import (CREATE_TABLES, EPISODE_COLUMNS, EPISODE_TYPES, REQUIRED, RUN_COLUMNS, RUN_COLUMNS_ADDED_LATER,
@@ -107,12 +107,11 @@ class ResultsStore:
                         self.conn.execute(statement)
                     _add_missing_columns(self.conn)
             # a reader leaves an earlier version's store as it is: columns added since read as NULL
-            problems = schema_problems(self.conn)
-            if problems:
+            try:
+                check_schema(self.conn, self.path)
+            except UserError:
                 self.conn.close()
-                check_schema_text = f"{self.path}: not a results store of this version: {'; '.join(problems)}"
-                raise UserError(check_schema_text + " (expected the tables `fewshot-bench run` writes; pass a "
-                                                    "results store)")
+                raise
             present = set(table_columns(self.conn, "episodes"))
             self.columns = tuple(c for c in EPISODE_COLUMNS if c in present)
         except sqlite3.OperationalError as exc:
