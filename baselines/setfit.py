@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import tempfile
 import warnings
 import weakref
@@ -82,16 +83,22 @@ _TEMPLATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 @contextlib.contextmanager
 def no_library_bars():
     """transformers' and datasets' own progress bars off (saving and loading the template, the pair dataset's map),
-    restored after: they would interleave with the run's progress lines."""
+    and sentence-transformers' logger at WARNING (its INFO lines, and the "Batches" bars its encode shows whenever
+    that logger is at INFO, as in a run that logs progress), restored after: they would interleave with the run's
+    progress lines."""
     from datasets.utils import logging as datasets_logging
     from transformers.utils import logging as transformers_logging
 
     enabled = [(module, module.is_progress_bar_enabled()) for module in (datasets_logging, transformers_logging)]
     for module, _ in enabled:
         module.disable_progress_bar()
+    sentence_logger = logging.getLogger("sentence_transformers")
+    level = sentence_logger.level
+    sentence_logger.setLevel(max(logging.WARNING, level))
     try:
         yield
     finally:
+        sentence_logger.setLevel(level)
         for module, was in enabled:
             if was:
                 module.enable_progress_bar()

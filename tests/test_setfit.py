@@ -1,5 +1,6 @@
 """The setfit method (baselines/setfit.py) on the tiny encoder: runs through the setfit library, pair count
 and recorded steps, determinism for a seed, the backbone left untouched, config and missing-extra errors."""
+import logging
 import math
 import sys
 
@@ -66,8 +67,9 @@ def test_sentence_encoder_wraps_the_given_model_with_the_backbones_pooling(tiny_
 
 
 def test_setfit_prints_no_library_bars_and_restores_them(tiny_backbone, demo_episode, capfd):
-    """The libraries' own bars (the pair dataset's "Map", saving the template) and the CPU pin-memory warning would
-    print once per episode between the run's progress lines; the bars' switches are left as they were."""
+    """The libraries' own bars (the pair dataset's "Map", saving the template, sentence-transformers' "Batches" when
+    its logger is at INFO, as in a dry run), its INFO lines and the CPU pin-memory warning would print once per
+    episode between the run's progress lines; the bars' switches and the logger's level are left as they were."""
     from datasets.utils import logging as datasets_logging
     from transformers.utils import logging as transformers_logging
 
@@ -75,12 +77,20 @@ def test_setfit_prints_no_library_bars_and_restores_them(tiny_backbone, demo_epi
     before = [module.is_progress_bar_enabled() for module in switches]
     datasets_logging.enable_progress_bar()
     transformers_logging.disable_progress_bar()
+    sentence_logger, handler = logging.getLogger("sentence_transformers"), logging.StreamHandler(sys.stderr)
+    level = sentence_logger.level
+    sentence_logger.setLevel(logging.INFO)
+    sentence_logger.addHandler(handler)
     try:
         capfd.readouterr()
         assert _run(demo_episode, tiny_backbone, num_iterations=2, batch_size=8)["status"] == "ok"
         printed = capfd.readouterr()
-        assert "Map" not in printed.err + printed.out and "pin_memory" not in printed.err + printed.out
+        for noise in ("Map", "pin_memory", "Batches", "CoSENTLoss"):
+            assert noise not in printed.err + printed.out
         assert [module.is_progress_bar_enabled() for module in switches] == [True, False]
+        assert sentence_logger.level == logging.INFO
     finally:
+        sentence_logger.removeHandler(handler)
+        sentence_logger.setLevel(level)
         for module, enabled in zip(switches, before):
             module.enable_progress_bar() if enabled else module.disable_progress_bar()
