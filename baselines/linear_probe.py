@@ -5,6 +5,7 @@ query vectors come from the same per-text cache. Logits are ``predict_log_proba`
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,9 @@ class LinearProbe(Method):
         features = ctx.backbone.frozen_embeddings(ctx.support_texts).cpu().numpy()
         classifier = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter,
                                         random_state=ctx.seed % 2**32)
-        classifier.fit(features, ctx.support.labels.cpu().numpy())
+        with warnings.catch_warnings():  # 1-shot: one text per class is the task, not the regression sklearn suspects
+            warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+            classifier.fit(features, ctx.support.labels.cpu().numpy())
         device = ctx.device
 
         def predict(batch):

@@ -182,6 +182,8 @@ class SetFit(Method):
                 with no_library_bars(), warnings.catch_warnings():
                     # the trainer's loader asks for pinned memory, which a CPU-only machine warns about every episode
                     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator", category=UserWarning)
+                    # the head at 1-shot: one text per class is the task, not the regression sklearn suspects
+                    warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
                     trainer = setfit.Trainer(model=setfit_model, args=args, train_dataset=support)
                     for callback in (ProgressCallback, PrinterCallback):
                         trainer.remove_callback(callback)

@@ -80,7 +80,7 @@ def _tiny_problem(backbone, episode):
 def _objective(loss_fn, params, term, weight, **refs):
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params)
-    return float(loss + weight * regularisers(list(grads), 1, **refs)[term])
+    return float((loss + weight * regularisers(list(grads), 1, **refs)[term]).detach())
 
 
 @pytest.mark.parametrize("term", ["dir", "mag", "align"])
