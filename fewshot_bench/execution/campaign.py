@@ -157,7 +157,7 @@ def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers,
                 eta = max(sum(left.get(u, 0.0) for u in plan) for plan in plans)
                 print(f"campaign: units {sum(done[u] == u.episodes for u in pending)}/{len(pending)} | episodes "
                       f"{sum(done[u] for u in pending)}/{sum(u.episodes for u in pending)} | elapsed "
-                      f"{tqdm.format_interval(last - started)} | ETA {tqdm.format_interval(eta)} (measured rates)",
+                      f"{tqdm.format_interval(last - started)} | ETA {tqdm.format_interval(eta)} (status's estimates)",
                       flush=True)
             if not running:
                 break

@@ -1,4 +1,5 @@
-"""The campaign queue: a campaign file's units, what stores hold of them, and what is left (by measured rates).
+"""The campaign queue: a campaign file's units, what stores hold of them, and what is left (by measured rates, else
+calibrated ones).
 
 A campaign file (``leaderboard/campaign.yaml``) holds ``entries``: an ordered list of run configurations, each with
 ``suite`` and the keys of ``run``'s flags (:data:`ENTRY_KEYS`), built by :func:`run_config.build_config` exactly as
