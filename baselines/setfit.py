@@ -37,9 +37,10 @@ _POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 
 @dataclass
 class SetFitConfig(MethodConfig):
-    num_iterations: int = option(20, help="setfit's num_iterations (the library's default): each support example "
-                                          "gets this many positive and as many negative pairs; lower it, e.g. to "
-                                          "2, to bring a MiniLM episode on a CPU near full_ft's cost")
+    num_iterations: int = option(20, help="setfit's num_iterations (the SetFit paper's 20, the library's default "
+                                          "before 1.0): each support example gets this many positive and as many "
+                                          "negative pairs; lower it, e.g. to 2, to bring a MiniLM episode on a CPU "
+                                          "near full_ft's cost")
     num_epochs: int = option(1, help="epochs of contrastive body training over the generated pairs", low=1)
     batch_size: int = option(16, help="pairs per body optimisation step", low=1)
     body_lr: float = option(2e-5, help="learning rate of the sentence-encoder body", low=0)
