@@ -68,8 +68,9 @@ def campaign_block(f: Facts) -> str:
     return table(("entry", "run configuration (`leaderboard/campaign.yaml`, queue order)", "units", "complete",
                   "partly done", "not started", "episodes to do", "CPU-hours left (estimate)"), rows) + "\n" + \
         paragraph(f"Estimates as `campaign status` makes them from this store: per episode the method's mean "
-                  f"`wall_seconds` in the cell, else scaled from its other cells by texts, else the same from the "
-                  f"rows of its default config (a unit with config overrides or a tuned config), else "
+                  f"`wall_seconds` in the cell, else scaled from its other cells by their cost ratio (the methods "
+                  f"stored in both; else their texts), else the same from the rows of its default config (a unit "
+                  f"with config overrides or a tuned config), else "
                   f"{c['default_rate']:g} s (`campaign status` reads a dry-run calibration of its own machine "
                   f"first, when it has one; this table, being committed, does not); plus meta-training.", warning)
 

@@ -116,6 +116,18 @@ def test_a_unit_with_config_overrides_is_estimated_from_its_default_configs_rows
     assert estimate(overridden, {}, {})[2] == "default"
 
 
+def test_a_unit_is_scaled_from_its_other_cells_by_their_cost_ratio_else_by_texts(tmp_path):
+    entries = [{**TINY, "methods": ["full_ft", "protonet"], "n_way": 5, "k_shot": [1, 2], "episodes": 2}]
+    units = load_campaign(write_campaign(tmp_path / "c.yaml", entries)).units
+    ft_1, _, ft_2, _ = units
+    one, two = ft_1.setting.label, ft_2.setting.label
+    rates = {("full_ft", one, "tiny-encoder"): [8.0, 2, None, 10.0],  # 4 s an episode (of 10 texts, say)
+             ("protonet", one, "tiny-encoder"): [2.0, 1, None, 20.0], ("protonet", two, "tiny-encoder"): [6.0, 1, None, 30.0]}
+    assert estimate(ft_2, rates, {}) == (12.0, 0.0, "scaled")  # protonet: the 2-shot cell costs 3x the 1-shot one
+    del rates[("protonet", two, "tiny-encoder")]
+    assert estimate(ft_2, rates, {}) == (8.0, 0.0, "scaled")  # no method in both: 5 x (2 + 2) texts over 10
+
+
 def test_a_unit_nothing_stored_measures_is_estimated_from_the_dry_runs_calibration(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
     entry = {**TINY, "methods": ["protonet", "full_ft"], "method_config": ["full_ft.steps=2"], "n_way": 5,

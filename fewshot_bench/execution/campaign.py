@@ -83,9 +83,9 @@ def status(file, store, shards, *, threads: int = 1) -> int:
                   f"{how[u][0]:.2f} ({how[u][2]})", f"{left[u] / 3600:.3g}") for u in pending])
     print(f"\n{len(pending)} of {len(campaign.units)} units to do ({sum(u.episodes - done[u] for u in pending)} "
           f"episodes), about {sum(left.values()) / 3600:.3g} CPU-hours on this machine (per episode: the method's mean "
-          f"wall_seconds in the cell, else scaled from its other cells by texts, else the same from its default "
-          f"config's rows ('as NAME'), else the dry run's calibrated estimate if this machine's cache holds it, else "
-          f"{DEFAULT_EPISODE_SECONDS:g} s; plus meta-training){waiting}")
+          f"wall_seconds in the cell, else scaled from its other cells by their cost ratio (or texts), else the same "
+          f"from its default config's rows ('as NAME'), else the dry run's calibrated estimate if this machine's cache "
+          f"holds it, else {DEFAULT_EPISODE_SECONDS:g} s; plus meta-training){waiting}")
     print(other_configs(campaign, finished, pending), end="")
     return 0
 

@@ -175,8 +175,9 @@ def shard_paths(folder) -> List[Path]:
 def estimate(unit: Unit, rates: dict, texts: Dict[str, float],
              calibrated: Optional[Dict[tuple, Tuple[float, float]]] = None) -> Tuple[float, float, str]:
     """(seconds per episode, one-off meta-training seconds, where the rate comes from) of ``unit`` on this machine:
-    the mean ``wall_seconds`` of its method in its cell ('measured'); else its method's mean over other cells scaled
-    by this cell's support + query texts over theirs ('scaled'); else the same from the rows of its method under
+    the mean ``wall_seconds`` of its method in its cell ('measured'); else its method's means in other cells, each
+    scaled by how much more this cell costs (:func:`_cell_ratio`: the methods stored in both), else by this cell's
+    support + query texts over that one's ('scaled'); else the same from the rows of its method under
     its default config, for a unit with config overrides or a tuned config ('measured as sgg', 'scaled as sgg');
     else the dry run's estimate from this machine's calibration cache ('calibrated': ``calibrated``, from
     :func:`calibrated_rates`); else :data:`DEFAULT_EPISODE_SECONDS` ('default').
@@ -223,19 +224,33 @@ def _rate(unit: Unit, label: str, rates: dict, texts: Dict[str, float]) -> Optio
     rate = rates.get((label, unit.setting.label, unit.key[2]))
     if rate and rate[1]:
         return rate[0] / rate[1], rate[2] or 0.0, "measured"
-    others = [r for (m, _, b), r in rates.items() if (m, b) == (label, unit.key[2]) and r[1] and r[3]]
+    others = {s: r for (m, s, b), r in rates.items() if (m, b) == (label, unit.key[2]) and r[1] and r[3]}
     if not others:
         return None
-    setting = unit.setting
-    if setting.label not in texts:
-        n_way = setting.n_way
-        if n_way == "all":  # the pool's class count
-            n_way = len(get_task_data(setting.task, setting.fold).pools[setting.pool].classes)
-        shots = setting.k_shot if isinstance(setting.k_shot, tuple) else (setting.k_shot,)
-        texts[setting.label] = n_way * (sum(shots) / len(shots) + setting.q_query)
-    metas = [r[2] for r in others if r[2] is not None]
-    per_text = sum(r[0] for r in others) / sum(r[1] * r[3] for r in others)
-    return per_text * texts[setting.label], sum(metas) / len(metas) if metas else 0.0, "scaled"
+    setting, scaled = unit.setting, []
+    for cell, rate in others.items():
+        factor = _cell_ratio(rates, setting.label, cell, unit.key[2])
+        if factor is None:
+            if setting.label not in texts:
+                n_way = setting.n_way
+                if n_way == "all":  # the pool's class count
+                    n_way = len(get_task_data(setting.task, setting.fold).pools[setting.pool].classes)
+                shots = setting.k_shot if isinstance(setting.k_shot, tuple) else (setting.k_shot,)
+                texts[setting.label] = n_way * (sum(shots) / len(shots) + setting.q_query)
+            factor = texts[setting.label] / rate[3]
+        scaled.append((rate[0] / rate[1] * factor, rate[1]))
+    metas = [r[2] for r in others.values() if r[2] is not None]
+    seconds = sum(value * episodes for value, episodes in scaled) / sum(episodes for _, episodes in scaled)
+    return seconds, sum(metas) / len(metas) if metas else 0.0, "scaled"
+
+
+def _cell_ratio(rates: dict, cell: str, other: str, backbone: str) -> Optional[float]:
+    """How much more an episode of ``cell`` costs than one of ``other``: the summed seconds per episode of every
+    method stored in both, over the same in ``other`` (the costly methods weigh most); None when none is."""
+    pairs = [(rates[(m, cell, b)], rate) for (m, s, b), rate in rates.items()
+             if (s, b) == (other, backbone) and rate[1] and rates.get((m, cell, b), (0, 0))[1]]
+    there = sum(rate[0] / rate[1] for _, rate in pairs)
+    return sum(rate[0] / rate[1] for rate, _ in pairs) / there if pairs and there > 0 else None
 
 
 def tally(campaign: Campaign, finished: Finished, calibrated: Optional[Dict[tuple, Tuple[float, float]]] = None
