@@ -155,7 +155,7 @@ class Finished:
                 for *key, index, wall, meta, n_way, k_shot, q_query in conn.execute(
                         f"SELECT {columns} FROM episodes WHERE status != 'failed'"):
                     shots = [float(k) for k in str(k_shot or 0).split("-")]
-                    texts = n_way * (sum(shots) / len(shots) + q_query) if n_way and q_query else None
+                    texts = _episode_texts(n_way, shots, q_query) if n_way and q_query else None
                     self.rows.setdefault(tuple(key), {}).setdefault(index, (wall, meta, texts))
                 self.content = {**content.stored(conn), **self.content}
 
@@ -227,21 +227,31 @@ def _rate(unit: Unit, label: str, rates: dict, texts: Dict[str, float]) -> Optio
     others = {s: r for (m, s, b), r in rates.items() if (m, b) == (label, unit.key[2]) and r[1] and r[3]}
     if not others:
         return None
-    setting, scaled = unit.setting, []
+    scaled = []
     for cell, rate in others.items():
-        factor = _cell_ratio(rates, setting.label, cell, unit.key[2])
+        factor = _cell_ratio(rates, unit.setting.label, cell, unit.key[2])
         if factor is None:
-            if setting.label not in texts:
-                n_way = setting.n_way
-                if n_way == "all":  # the pool's class count
-                    n_way = len(get_task_data(setting.task, setting.fold).pools[setting.pool].classes)
-                shots = setting.k_shot if isinstance(setting.k_shot, tuple) else (setting.k_shot,)
-                texts[setting.label] = n_way * (sum(shots) / len(shots) + setting.q_query)
-            factor = texts[setting.label] / rate[3]
+            factor = _setting_texts(unit.setting, texts) / rate[3]
         scaled.append((rate[0] / rate[1] * factor, rate[1]))
     metas = [r[2] for r in others.values() if r[2] is not None]
     seconds = sum(value * episodes for value, episodes in scaled) / sum(episodes for _, episodes in scaled)
     return seconds, sum(metas) / len(metas) if metas else 0.0, "scaled"
+
+
+def _episode_texts(n_way: float, shots, q_query: float) -> float:
+    """Support + query texts of an episode: ``n_way`` classes x (mean of ``shots`` + ``q_query``)."""
+    return n_way * (sum(shots) / len(shots) + q_query)
+
+
+def _setting_texts(setting: Setting, memo: Dict[str, float]) -> float:
+    """:func:`_episode_texts` of an episode of ``setting`` (an all-way setting: its pool's class count), memoised."""
+    if setting.label not in memo:
+        n_way = setting.n_way
+        if n_way == "all":
+            n_way = len(get_task_data(setting.task, setting.fold).pools[setting.pool].classes)
+        shots = setting.k_shot if isinstance(setting.k_shot, tuple) else (setting.k_shot,)
+        memo[setting.label] = _episode_texts(n_way, shots, setting.q_query)
+    return memo[setting.label]
 
 
 def _cell_ratio(rates: dict, cell: str, other: str, backbone: str) -> Optional[float]:
