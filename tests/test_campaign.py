@@ -1,8 +1,9 @@
-"""`fewshot-bench campaign` (status, run, merge) on the tiny backbone and the demo task: the same rows as a plain
+"""`fewshot-bench campaign` (status, run, merge, audit) on the tiny backbone and the demo task: the same rows as a plain
 `run`, kill and resume, merge of complete units only, bad input, and the committed store's units read as done
 (config hashes stay stable across refactors)."""
 import csv
 import hashlib
+import json
 import shutil
 import signal
 import sqlite3
@@ -69,8 +70,17 @@ def test_campaign_in_two_processes_then_merged_equals_a_plain_run(tmp_path, caps
     assert digest(store) == before, "campaign run must only read the store"
     assert sorted(p.name for p in shards.glob("shard*.sqlite")) == ["shard0.sqlite", "shard1.sqlite"]
     assert "units 4/4 | episodes 10/10" in capsys.readouterr().out
+    recorded = [json.loads(line) for line in (shards / "estimates.jsonl").read_text().splitlines()]
+    assert sorted(r["unit"] for r in recorded) == sorted(str(u) for u in load_campaign(file).units)
+    assert {r["rate"] for r in recorded} == {"default"} and {r["seconds"] for r in recorded} == {10.0 * 3, 10.0 * 2}
     assert main(args("merge", file, store, shards)) == 0
     assert "merged 4 complete units (10 episode rows)" in capsys.readouterr().out
+    assert main(args("audit", file, store, shards)) == 0
+    out = capsys.readouterr().out
+    with sqlite3.connect(store) as conn:
+        took = conn.execute("SELECT SUM(wall_seconds) FROM episodes").fetchone()[0]
+    assert f"all: 4 complete units, estimated {100 / 3600:.3g} CPU-hours, took {took / 3600:.3g} " in out
+    assert "default: 4 complete units" in out and "0 recorded units not complete yet" in out
     plain = tmp_path / "plain.sqlite"
     base = ["run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0", "--threads",
             "1", "--method-config", "full_ft.steps=2", "--store", str(plain), "--out", ""]
@@ -173,6 +183,7 @@ def test_killed_campaign_resumes_without_recomputing(tmp_path):
     assert sorted(after) == list(range(20))
     assert all(after[i] == before[i] for i in before), "stored episodes must be skipped, not recomputed"
     assert committed_rows(store) == 0
+    assert len((shards / "estimates.jsonl").read_text().splitlines()) == 1, "a unit's estimate is recorded once"
 
 
 def test_merge_takes_complete_units_only(tmp_path, capsys):
@@ -272,3 +283,30 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, case):
             continue  # --processes matters to run only
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and expected in err, (action, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_audit_counts_complete_units_only_and_names_a_bad_file(tmp_path, capsys):
+    entry = {**TINY, "methods": ["protonet", "linear_probe"], "k_shot": 1, "episodes": 2}
+    file, store, shards = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    assert main(args("audit", file, store, shards)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "estimates.jsonl: no such file" in err and "campaign run" in err
+    protonet, probe = load_campaign(file).units
+    shards.mkdir()
+    with ResultsStore(shards / "shard0.sqlite") as shard:
+        for unit, indices in ((protonet, [0, 1]), (probe, [0])):
+            for i in indices:
+                shard.write_episode(unit_record(unit, i, wall_seconds=3.0))
+    lines = [{"key": list(u.key), "unit": str(u), "episodes": 2, "meta_trained": False, "seconds": 4.0, "rate": rate,
+              "threads": 1, "recorded": "2026-12-05T09:00:00+0000"} for u, rate in ((protonet, "scaled as x"),
+                                                                                   (probe, "measured"))]
+    (shards / "estimates.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(args("audit", file, store, shards)) == 0
+    out = capsys.readouterr().out
+    assert "all: 1 complete units, estimated 0.00111 CPU-hours, took 0.00167 (1.50x)" in out
+    assert "scaled: 1 complete units" in out and "measured" not in out and "1 recorded units not complete yet" in out
+    with open(shards / "estimates.jsonl", "a") as handle:
+        handle.write("{not json\n")
+    assert main(args("audit", file, store, shards)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "estimates.jsonl:3: not an estimate record" in err

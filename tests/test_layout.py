@@ -43,6 +43,8 @@ INNER_ALLOWED = {
     ("fewshot_bench.data.loading", "datasets"): "loaded when task data is first read, not with the package",
     ("fewshot_bench.data.skeleton", "pyarrow"): "only to read the fields of a .parquet split file (new-task)",
     ("fewshot_bench.methods.backbone", "transformers"): "loaded with the first backbone",
+    ("fewshot_bench.methods.backbone", "datasets"): "library_bars_off(datasets=True) only (setfit's pair dataset), "
+                                                    "not with the first backbone",
     ("fewshot_bench.report.forest", "matplotlib"): "loaded when a figure is drawn",
     ("fewshot_bench.report.summary_figure", "matplotlib"): "loaded when a figure is drawn",
     ("fewshot_bench", "fewshot_bench.execution.api"): "torch: fewshot_bench.evaluate loads it on first use",

@@ -206,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("campaign", parents=[common],
                        help="a resumable compute queue: status (what is missing, CPU-hours), run (worker processes "
-                            "into shards), merge (complete units into the store)")
-    p.add_argument("action", choices=["status", "run", "merge"],
-                   help="status: what is left; run: compute it; merge: complete units into --store")
+                            "into shards), merge (complete units into the store), audit (estimates vs hours taken)")
+    p.add_argument("action", choices=["status", "run", "merge", "audit"],
+                   help="status: what is left; run: compute it; merge: complete units into --store; audit: each "
+                        "complete unit's estimate when run started it vs the CPU-hours it took")
     p.add_argument("--file", default="leaderboard/campaign.yaml", help="campaign file: 'entries', an ordered list of "
                                                                         "run configurations (default: %(default)s)")
     p.add_argument("--store", default="leaderboard/results.sqlite",

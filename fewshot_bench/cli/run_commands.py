@@ -52,13 +52,15 @@ def launch_config(options: Dict[str, object]) -> SubmititConfig:
 
 
 def cmd_campaign(args) -> int:
-    """``fewshot-bench campaign {status,run,merge}``."""
+    """``fewshot-bench campaign {status,run,merge,audit}``."""
     from ..execution import campaign  # torch: see the module docstring
 
     if args.action == "status":
         return campaign.status(args.file, args.store, args.shards, threads=args.threads)
     if args.action == "merge":
         return campaign.merge(args.file, args.store, args.shards)
+    if args.action == "audit":
+        return campaign.audit(args.store, args.shards)
     return campaign.run(args.file, args.store, args.shards, processes=args.processes, threads=args.threads,
                         tasks_dirs=args.tasks_dir)
 

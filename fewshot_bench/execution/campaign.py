@@ -1,10 +1,12 @@
-"""``fewshot-bench campaign {status,run,merge}``: a resumable compute queue, many sessions long.
+"""``fewshot-bench campaign {status,run,merge,audit}``: a resumable compute queue, many sessions long.
 
 The queue (a campaign file's units, what is done, what is left) is :mod:`.campaign_queue`. The store is only read
 (read-only SQLite connections: never switched to WAL, never written) except by ``merge``, which copies in complete
 units only and leaves the store in rollback-journal mode. ``run`` starts worker processes (:data:`WORKER`, one torch
 thread each unless told otherwise), worker i writing only its shard ``DIR/shard<i>.sqlite``, one transaction per
-episode: killing it at any point loses at most the episodes in flight; running it again resumes."""
+episode: killing it at any point loses at most the episodes in flight; running it again resumes. ``run`` also
+appends to ``DIR/estimates.jsonl`` its estimate of each unit it starts from nothing, which ``audit`` compares with what
+the unit took once it is complete."""
 from __future__ import annotations
 
 import fcntl
@@ -29,11 +31,12 @@ from ..store.figures import copy_figures
 from ..store.results import KEY_COLUMNS, ResultsStore
 from ..store.shards import check_no_conflicts
 from ..store.tables import EPISODE_COLUMNS, RUN_COLUMNS, table_columns
-from .campaign_queue import (DEFAULT_EPISODE_SECONDS, Campaign, Finished, calibrated_rates, load_campaign,
+from .campaign_queue import (DEFAULT_EPISODE_SECONDS, Campaign, Finished, Unit, calibrated_rates, load_campaign,
                              open_read_only, other_configs, shard_paths, tally)
 from .runner import run as run_units
 
 MAX_PROCESSES = 64
+ESTIMATES = "estimates.jsonl"  # in the shards folder: one JSON object per unit, its estimate when run started it
 # a worker imports this very package (not whatever the working folder holds), then reads its job on stdin
 WORKER = "import json, sys; sys.path.insert(0, sys.argv[1]); from fewshot_bench.execution.campaign import _worker; " \
          "sys.exit(_worker(json.load(sys.stdin)))"
@@ -104,7 +107,7 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
             raise UserError(f"{flag} {value} is out of range; give {low} to {high} (e.g. --processes 2 --threads 1 "
                             f"on a 2-core machine)")
     campaign, finished, _ = _inputs(file, store, shards)
-    done, left, _, calibrated = _estimated(campaign, finished, threads)
+    done, left, how, calibrated = _estimated(campaign, finished, threads)
     pending = [u for u in campaign.units if done[u] < u.episodes]
     if not pending:
         print(f"nothing to do: all {len(campaign.units)} units of {file} are done")
@@ -117,6 +120,7 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
         except OSError:
             raise UserError(f"another `fewshot-bench campaign run` is writing into {folder}; let it finish (or stop "
                             f"it), then run this again: it resumes") from None
+        _record_estimates(folder / ESTIMATES, [unit for unit in pending if not done[unit]], how, threads)
         loads, plans = [0.0] * processes, [[] for _ in range(processes)]
         for unit in pending:
             worker = min(range(processes), key=lambda i: (loads[i], i))
@@ -232,6 +236,71 @@ def merge(file, store, shards) -> int:
     print(f"already in the store: {already} units; not started: "
           f"{len(campaign.units) - len(merged) - len(pending) - already} units")
     print(other_configs(campaign, in_store, merged), end="")
+    return 0
+
+
+def _read_estimates(path: Path) -> List[dict]:
+    """The records of an estimates file (:func:`_record_estimates`); a line that is not one is a UserError naming it."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            record["key"], record["seconds"] = tuple(record["key"]), float(record["seconds"])
+            records.append(record)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{number}: not an estimate record ({exc}); `campaign run` writes this file: "
+                            f"delete the line (or the file) and run `campaign run` again") from None
+    return records
+
+
+def _record_estimates(path: Path, units: Sequence[Unit], how: dict, threads: int) -> None:
+    """Append to ``path`` the estimate (:func:`tally`) of each of ``units`` (none of its episodes stored) that the file
+    does not hold yet: the seconds the whole unit should take, meta-training included, and where its rate came from."""
+    recorded = {record["key"] for record in _read_estimates(path)} if path.is_file() else set()
+    with open(path, "a", encoding="utf-8") as handle:
+        for unit in units:
+            if unit.key not in recorded:
+                seconds, meta, rate = how[unit]
+                handle.write(json.dumps({
+                    "key": list(unit.key), "unit": str(unit), "episodes": unit.episodes, "meta_trained": unit.meta_trained,
+                    "seconds": unit.episodes * seconds + (meta if unit.meta_trained else 0.0), "rate": rate,
+                    "threads": threads, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+
+
+def audit(store, shards) -> int:
+    """For each unit ``run`` recorded an estimate of (``shards/estimates.jsonl``) that store ∪ shards now hold
+    complete: the CPU-hours estimated vs the ones it took (its episodes' ``wall_seconds``, plus its meta-training
+    once), then the totals, overall and by where the rate came from. Returns 0."""
+    path = Path(shards) / ESTIMATES
+    if not path.is_file():
+        raise UserError(f"{path}: no such file, so no estimate to audit; `fewshot-bench campaign run --shards "
+                        f"{shards}` records one for each unit it starts")
+    records = _read_estimates(path)
+    open_read_only(store).close()
+    finished = Finished([store, *shard_paths(shards)])
+    audited, waiting = [], 0
+    for record in records:
+        rows = finished.rows.get(record["key"], {})
+        episodes = [rows.get(index) for index in range(int(record["episodes"]))]
+        if None in episodes or any(wall is None for wall, _, _ in episodes):
+            waiting += 1
+            continue
+        metas = [meta for _, meta, _ in episodes if meta is not None]
+        took = sum(wall for wall, _, _ in episodes) + (max(metas) if record.get("meta_trained") and metas else 0.0)
+        audited.append((record, took))
+    if audited:
+        print_table(("unit", "rate", "estimated CPU-h", "took CPU-h", "took / estimated"),
+                    [(record["unit"], record["rate"], f"{record['seconds'] / 3600:.3g}", f"{took / 3600:.3g}",
+                      f"{took / record['seconds']:.2f}" if record["seconds"] else "-") for record, took in audited])
+    groups: Dict[str, list] = {"all": audited}
+    for record, took in audited:
+        groups.setdefault(record["rate"].split(" as ")[0], []).append((record, took))
+    for name, members in groups.items():
+        estimated, took = sum(r["seconds"] for r, _ in members), sum(t for _, t in members)
+        ratio = f" ({took / estimated:.2f}x)" if estimated else ""
+        print(f"{name}: {len(members)} complete units, estimated {estimated / 3600:.3g} CPU-hours, took "
+              f"{took / 3600:.3g}{ratio}")
+    print(f"{waiting} recorded units not complete yet")
     return 0
 
 
