@@ -16,6 +16,7 @@ import yaml
 
 from fewshot_bench.execution.campaign_queue import Finished, estimate, load_campaign
 from fewshot_bench.execution.plan import episode_rates
+from fewshot_bench.methods.backbone import load_backbone
 from fewshot_bench.cli import main
 from fewshot_bench.store.results import ResultsStore
 
@@ -158,6 +159,19 @@ def test_a_unit_nothing_stored_measures_is_estimated_from_the_dry_runs_calibrati
     assert estimates() == {"protonet": [f"{seconds:.2f}", "(calibrated)"], "full_ft(steps=2)": ["10.00", "(default)"]}
     assert main(args("status", file, store, tmp_path / "sh", "--threads", "2")) == 0  # the cache holds 1 thread's
     assert "(calibrated)" not in capsys.readouterr().out
+
+
+def test_calibrated_rates_load_each_backbone_once_for_all_entries(tmp_path, monkeypatch):
+    from fewshot_bench.execution import campaign_queue, plan
+
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "calibration.json").write_text("{}")
+    loaded = []
+    monkeypatch.setattr(plan, "load_backbone", lambda *a, **k: loaded.append(a) or load_backbone(*a, **k))
+    campaign = load_campaign(write_campaign(tmp_path / "c.yaml", ENTRIES))
+    assert campaign_queue.calibrated_rates(campaign, campaign.units) == {}  # the cache holds no method
+    assert loaded == [("tiny-encoder",)], "one load for both entries"
 
 
 def test_killed_campaign_resumes_without_recomputing(tmp_path):

@@ -197,17 +197,17 @@ def estimate(unit: Unit, rates: dict, texts: Dict[str, float],
 def calibrated_rates(campaign: Campaign, units: Iterable[Unit], threads: int = 1) -> Dict[tuple, Tuple[float, float]]:
     """{(entry, setting label, method spec): (seconds per episode, one-off meta-training seconds)}: the dry run's
     estimates (:class:`~fewshot_bench.execution.plan.Plan`) for the entries of ``units``, from the calibration cache of
-    this machine at ``threads`` torch threads (the workers'). Measures nothing (it loads the backbone and tokenizes
-    a few episodes per cell): empty without a cache file; a method the cache lacks is left out. ``fewshot-bench run
+    this machine at ``threads`` torch threads (the workers'). Measures nothing (it loads each backbone once and
+    tokenizes a few episodes per cell): empty without a cache file; a method the cache lacks is left out. ``fewshot-bench run
     --dry-run --threads N`` with an entry's options fills the cache for it."""
     entries = sorted({unit.entry for unit in units})
     if not entries or not cache_file().is_file():
         return {}
-    found, before = {}, torch.get_num_threads()
+    found, backbones, before = {}, {}, torch.get_num_threads()
     torch.set_num_threads(threads)  # the cache is keyed by the environment, the thread count included
     try:
         for entry in entries:
-            plan = make_plan(campaign.configs[entry])
+            plan = make_plan(campaign.configs[entry], backbones)
             plan.calibrate(missing=False, progress=False)
             for setting in plan.settings:
                 for spec in plan.specs:

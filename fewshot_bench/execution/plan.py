@@ -188,13 +188,17 @@ class Plan:
         return fills
 
 
-def make_plan(config: RunConfig) -> Plan:
-    """The run's :class:`Plan` before calibration: settings, specs, cell sizes, probe (loads the backbone)."""
+def make_plan(config: RunConfig, backbones: Optional[dict] = None) -> Plan:
+    """The run's :class:`Plan` before calibration: settings, specs, cell sizes, probe (loads the backbone, or takes
+    it from ``backbones``, {(name, device): backbone}, which plans of one command share and this one fills)."""
     settings = settings_of(config)
     specs = method_specs(config)
     n_episodes = min(config.episodes, config.limit) if config.limit else config.episodes
     device = resolve_device(config.device)
-    backbone = load_backbone(config.backbone, device=device)
+    backbones = {} if backbones is None else backbones
+    if (config.backbone, device) not in backbones:
+        backbones[(config.backbone, device)] = load_backbone(config.backbone, device=device)
+    backbone = backbones[(config.backbone, device)]
     sizes = cell_sizes(config, backbone, settings, n_episodes)
     probe = probe_of(config, settings, sizes, backbone)
     return Plan(config, device, settings, specs, n_episodes, {backbone.attn_implementation: backbone}, sizes, probe,
