@@ -21,6 +21,10 @@ The same machinery (``pair_table`` on per-episode values in place of accuracy) d
     leaderboard's failed_episodes), full_ft minus sgg, over every stored episode - the sign-flip test of +-1/0
     differences is the exact sign test on the discordant episodes (McNemar's exact test). A stress cell counts
     when both rows hold every planned episode, ok or not;
+  * stability over training seeds (rows run with ``--restarts``): per episode the SD of accuracy over the restarts
+    (the leaderboard's seed SD), full_ft minus sgg and lora minus sgg (lower is better), both comparisons in every
+    cell holding them and Holm over all of them, so the verdict counts comparisons, not cells (the leaderboard's
+    seed-SD section tests the median difference instead, Wilcoxon, Holm within the cell over every method pair);
   * gradient stability and directional alignment, sgg vs full_ft at defaults: ``grad_norm_cv`` (lower is better:
     A - B is full_ft - sgg), ``grad_dir_consistency`` and ``path_efficiency`` (sgg - full_ft), per episode from
     the store's episodes table, only in cells where both rows train the same number of parameters;
@@ -88,12 +92,12 @@ def _stored(entries) -> list:
             and e.row["episodes"] >= e.row["episodes_planned"]]
 
 
-def _verdict(table: List[dict]) -> str:
+def _verdict(table: List[dict], unit: str = "cell") -> str:
     if not table:
         return "undecided (not computed)"
     better = [r for r in table if r["p_holm"] < 0.05 and r["delta"] > 0]
     worse = [r for r in table if r["p_holm"] < 0.05 and r["delta"] < 0]
-    n = f"{len(table)} cell{'s' if len(table) > 1 else ''}"
+    n = f"{len(table)} {unit}{'s' if len(table) > 1 else ''}"
     if better and worse:
         return f"mixed (better in {len(better)}, worse in {len(worse)} of {n})"
     if better:
@@ -110,12 +114,16 @@ def _pairs(chosen, a: str, b: str) -> List[dict]:
     return pair_table(chosen, [(a, b)], bootstrap=10000, seed=0) if {a, b} <= {e.method for e in chosen} else []
 
 
-def _figures(table: List[dict]) -> str:
-    """Per cell: mean difference [95% CI], d_z, Holm p, episodes; one Markdown cell."""
+def _figures(table: List[dict], pairs: bool = False) -> str:
+    """Per cell (and with ``pairs``, per A - B in it): mean difference [95% CI], d_z, Holm p, episodes; one Markdown
+    cell."""
+    def label(r) -> str:
+        return f"{r['setting']} {r['a']} - {r['b']}" if pairs else r["setting"]
+
     return "<br>".join(
-        f"{r['setting']}: {r['delta']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}], d_z "
+        f"{label(r)}: {r['delta']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}], d_z "
         f"{'-' if r['dz'] is None else format(r['dz'], '+.2f')}, p_Holm {r['p_holm']:.2g}, n={r['episodes']}"
-        for r in sorted(table, key=lambda r: r["setting"])) or "-"
+        for r in sorted(table, key=lambda r: (r["setting"], r["a"]))) or "-"
 
 
 def _row(claim: str, a: str, b: str, table: List[dict], cells: Optional[str] = None) -> Dict[str, str]:
@@ -131,15 +139,28 @@ def claim_rows(entries, metrics: Optional[dict] = None) -> List[Dict[str, str]]:
     for claim, a, b, cells in CLAIMS:
         chosen = [e for e in complete if cells == "all" or (cells == "cross-domain") == ("->" in e.cell[1])]
         out.append(_row(claim, a, b, _pairs(chosen, a, b)))
-    claim, methods = STABILITY
-    restarted = [e for e in complete if e.method in methods and (e.row["restarts"] or 1) > 1]
-    verdict = ("undecided (not computed: no row of these methods was run with --restarts)" if not restarted else
-               "see the leaderboard's seed-SD section (paired Wilcoxon over episodes, Holm within the cell)")
-    out.append(dict(claim=claim, comparison=" vs ".join(methods), verdict=verdict, cells="-"))
+    out.append(stability_row(complete))
     out += stress_rows(entries)
     out += gradient_rows(complete, metrics or {})
     out += [_row(claim, a, b, _pairs(complete, a, b)) for claim, a, b in ABLATIONS]
     return out
+
+
+def stability_row(complete) -> Dict[str, str]:
+    """SGG's per-episode seed SD against full_ft's and lora's (see the module docstring)."""
+    from fewshot_bench.analysis.pairs import pair_table
+
+    claim, (sgg, *others) = STABILITY
+    chosen = [dataclasses.replace(e, accuracy={f: e.seed_sd[f] for f in e.accuracy if f in e.seed_sd})
+              for e in complete if e.method in STABILITY[1] and (e.row["restarts"] or 1) > 1]
+    methods = {e.method for e in chosen if e.accuracy}
+    pairs = [(other, sgg) for other in others if {other, sgg} <= methods]
+    table = pair_table([e for e in chosen if e.accuracy], pairs, bootstrap=10000, seed=0) if pairs else []
+    verdict = (_verdict(table, "comparison") if table else
+               f"undecided (not computed: no cell holds {sgg} and {' or '.join(others)} run with --restarts)")
+    return dict(claim=f"{claim} (per-episode SD of accuracy over the training restarts, lower is better)",
+                comparison="seed SD: " + ", ".join(f"{other} - {sgg}" for other in others), verdict=verdict,
+                cells=_figures(table, pairs=True))
 
 
 # stress ------------------------------------------------------------------------------------------------------------
