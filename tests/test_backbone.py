@@ -1,4 +1,6 @@
 """Backbones: shapes and pooling, the per-run token cache, fresh copies, loading and its errors."""
+import sys
+
 import pytest
 import torch
 
@@ -106,12 +108,16 @@ def test_eager_attention_option():
     assert backbone.fresh_model().config._attn_implementation == "eager"
 
 
-def test_minilm_loads_offline_without_library_bars(capfd):
-    """transformers' "Loading weights" bar would print between a run's (or `campaign status`'s) lines; its switch is
-    left as it was."""
+def test_minilm_loads_offline_with_the_loading_bar_in_a_terminal_only(capfd, monkeypatch):
+    """transformers' "Loading weights" bar would print between the lines of a log (a campaign worker's, `campaign
+    status` piped to a file); in a terminal it stays; its switch is left as it was."""
     from transformers.utils import logging as transformers_logging
 
     assert transformers_logging.is_progress_bar_enabled()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    load_backbone("minilm", device="cpu")
+    assert "Loading weights" in capfd.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     backbone = load_backbone("minilm", device="cpu")
     assert "Loading weights" not in "".join(capfd.readouterr()) and transformers_logging.is_progress_bar_enabled()
     assert backbone.hidden_size == 384 and backbone.pooling == "mean"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -220,8 +221,8 @@ def library_bars_off(datasets: bool = False):
 def _load_pretrained(path: str, *, attn_implementation: str, trust_remote_code: bool):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    try:
-        with library_bars_off():
+    try:  # the "Loading weights" bar in a terminal only (a large model loads for a while); not in logs
+        with contextlib.nullcontext() if sys.stderr.isatty() else library_bars_off():
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model = AutoModel.from_pretrained(path, config=config, attn_implementation=attn_implementation,
