@@ -71,8 +71,9 @@ def campaign_block(f: Facts) -> str:
                   f"`wall_seconds` in the cell, else scaled from its other cells by their cost ratio (the methods "
                   f"stored in both; else their texts), else the same from the rows of its default config (a unit "
                   f"with config overrides or a tuned config), else "
-                  f"{c['default_rate']:g} s (`campaign status` reads a dry-run calibration of its own machine "
-                  f"first, when it has one; this table, being committed, does not); plus meta-training.", warning)
+                  f"{c['default_rate']:g} s (`campaign status` also reads a dry-run calibration of its own "
+                  f"machine, when it has one, to scale a method between cells by its own cost and for units nothing "
+                  f"measures; this table, being committed, does not); plus meta-training.", warning)
 
 
 def _day(record) -> str:

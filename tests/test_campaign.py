@@ -127,7 +127,7 @@ def test_a_unit_with_config_overrides_is_estimated_from_its_default_configs_rows
     assert estimate(overridden, {}, {})[2] == "default"
 
 
-def test_a_unit_is_scaled_from_its_other_cells_by_their_cost_ratio_else_by_texts(tmp_path):
+def test_a_unit_is_scaled_from_its_other_cells_by_its_calibrated_else_their_cost_ratio_else_by_texts(tmp_path):
     entries = [{**TINY, "methods": ["full_ft", "protonet"], "n_way": 5, "k_shot": [1, 2], "episodes": 2}]
     units = load_campaign(write_campaign(tmp_path / "c.yaml", entries)).units
     ft_1, _, ft_2, _ = units
@@ -135,6 +135,8 @@ def test_a_unit_is_scaled_from_its_other_cells_by_their_cost_ratio_else_by_texts
     rates = {("full_ft", one, "tiny-encoder"): [8.0, 2, None, 10.0],  # 4 s an episode (of 10 texts, say)
              ("protonet", one, "tiny-encoder"): [2.0, 1, None, 20.0], ("protonet", two, "tiny-encoder"): [6.0, 1, None, 30.0]}
     assert estimate(ft_2, rates, {}) == (12.0, 0.0, "scaled")  # protonet: the 2-shot cell costs 3x the 1-shot one
+    calibrated = {(0, one, ft_1.spec): (5.0, 0.0), (0, two, ft_2.spec): (10.0, 0.0)}  # full_ft's own dry run: 2x
+    assert estimate(ft_2, rates, {}, calibrated) == (8.0, 0.0, "scaled")
     del rates[("protonet", two, "tiny-encoder")]
     assert estimate(ft_2, rates, {}) == (8.0, 0.0, "scaled")  # no method in both: 5 x (2 + 2) texts over 10
 

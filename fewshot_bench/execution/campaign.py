@@ -59,10 +59,12 @@ def _inputs(file, store, shards, *, need_shards: bool = False) -> Tuple[Campaign
 
 
 def _estimated(campaign: Campaign, finished: Finished, threads: int) -> tuple:
-    """(done, left, how, calibrated): :func:`tally`, the units no stored row measures estimated from this machine's
-    calibration cache (:func:`calibrated_rates`, looked up once: ``calibrated`` serves later tallies)."""
+    """(done, left, how, calibrated): :func:`tally` with this machine's calibration cache (:func:`calibrated_rates`,
+    looked up once: ``calibrated`` serves later tallies) for the units no stored row of their cell measures: every
+    unit of their methods, so that a scaled unit is scaled by its method's calibrated cost in both cells."""
     done, left, how = tally(campaign, finished)
-    calibrated = calibrated_rates(campaign, [unit for unit, found in how.items() if found[2] == "default"], threads)
+    labels = {unit.label for unit, found in how.items() if found[2] in ("default", "scaled")}
+    calibrated = calibrated_rates(campaign, [unit for unit in campaign.units if unit.label in labels], threads)
     if calibrated:
         done, left, how = tally(campaign, finished, calibrated)
     return done, left, how, calibrated
@@ -86,7 +88,8 @@ def status(file, store, shards, *, threads: int = 1) -> int:
                   f"{how[u][0]:.2f} ({how[u][2]})", f"{left[u] / 3600:.3g}") for u in pending])
     print(f"\n{len(pending)} of {len(campaign.units)} units to do ({sum(u.episodes - done[u] for u in pending)} "
           f"episodes), about {sum(left.values()) / 3600:.3g} CPU-hours on this machine (per episode: the method's mean "
-          f"wall_seconds in the cell, else scaled from its other cells by their cost ratio (or texts), else the same "
+          f"wall_seconds in the cell, else scaled from its other cells by its calibrated cost ratio if this machine's "
+          f"cache holds it, else by the cost ratio of the methods stored in both (or texts), else the same "
           f"from its default config's rows ('as NAME'), else the dry run's calibrated estimate if this machine's cache "
           f"holds it, else {DEFAULT_EPISODE_SECONDS:g} s; plus meta-training){waiting}")
     print(other_configs(campaign, finished, pending), end="")

@@ -176,7 +176,9 @@ def estimate(unit: Unit, rates: dict, texts: Dict[str, float],
              calibrated: Optional[Dict[tuple, Tuple[float, float]]] = None) -> Tuple[float, float, str]:
     """(seconds per episode, one-off meta-training seconds, where the rate comes from) of ``unit`` on this machine:
     the mean ``wall_seconds`` of its method in its cell ('measured'); else its method's means in other cells, each
-    scaled by how much more this cell costs (:func:`_cell_ratio`: the methods stored in both), else by this cell's
+    scaled by how much more this cell costs the method by the dry run's calibration of both cells (``calibrated``:
+    a method such as SetFit, whose work grows with the support set, scales unlike fixed-step fine-tuning), else by
+    how much more it costs the methods stored in both (:func:`_cell_ratio`), else by this cell's
     support + query texts over that one's ('scaled'); else the same from the rows of its method under
     its default config, for a unit with config overrides or a tuned config ('measured as sgg', 'scaled as sgg');
     else the dry run's estimate from this machine's calibration cache ('calibrated': ``calibrated``, from
@@ -184,7 +186,7 @@ def estimate(unit: Unit, rates: dict, texts: Dict[str, float],
     ``rates``: {(label, setting, backbone): [wall sum, episodes, meta_train_seconds, texts]}; ``texts``: a memo."""
     name = parse_spec(unit.spec)[0]
     for label in dict.fromkeys((unit.label, name)):
-        found = _rate(unit, label, rates, texts)
+        found = _rate(unit, label, rates, texts, calibrated if label == unit.label else None)
         if found is not None:
             seconds, meta, how = found
             return seconds, meta, how + ("" if label == unit.label else f" as {label}")
@@ -219,7 +221,8 @@ def calibrated_rates(campaign: Campaign, units: Iterable[Unit], threads: int = 1
     return found
 
 
-def _rate(unit: Unit, label: str, rates: dict, texts: Dict[str, float]) -> Optional[Tuple[float, float, str]]:
+def _rate(unit: Unit, label: str, rates: dict, texts: Dict[str, float], calibrated: Optional[dict] = None
+          ) -> Optional[Tuple[float, float, str]]:
     """:func:`estimate` from the rows of method ``label`` only; None when it has none with timings."""
     rate = rates.get((label, unit.setting.label, unit.key[2]))
     if rate and rate[1]:
@@ -228,8 +231,14 @@ def _rate(unit: Unit, label: str, rates: dict, texts: Dict[str, float]) -> Optio
     if not others:
         return None
     scaled = []
+    calibrated_here = {setting: found[0] for (_, setting, spec), found in (calibrated or {}).items()
+                       if spec == unit.spec and found[0] > 0}
     for cell, rate in others.items():
-        factor = _cell_ratio(rates, unit.setting.label, cell, unit.key[2])
+        factor = None
+        if unit.setting.label in calibrated_here and cell in calibrated_here:
+            factor = calibrated_here[unit.setting.label] / calibrated_here[cell]
+        if factor is None:
+            factor = _cell_ratio(rates, unit.setting.label, cell, unit.key[2])
         if factor is None:
             factor = _setting_texts(unit.setting, texts) / rate[3]
         scaled.append((rate[0] / rate[1] * factor, rate[1]))
