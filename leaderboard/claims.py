@@ -107,11 +107,14 @@ def _verdict(table: List[dict], unit: str = "cell") -> str:
     return f"undecided (no significant difference in {n})"
 
 
-def _pairs(chosen, a: str, b: str) -> List[dict]:
-    """:func:`pair_table` of A=B over ``chosen`` (empty when either has no row there)."""
+def _pairs(chosen, *pairs: Tuple[str, str]) -> List[dict]:
+    """:func:`pair_table` of each A=B of ``pairs`` whose two methods both have rows in ``chosen``, Holm over all of
+    them (empty when none has)."""
     from fewshot_bench.analysis.pairs import pair_table
 
-    return pair_table(chosen, [(a, b)], bootstrap=10000, seed=0) if {a, b} <= {e.method for e in chosen} else []
+    methods = {e.method for e in chosen}
+    present = [pair for pair in pairs if set(pair) <= methods]
+    return pair_table(chosen, present, bootstrap=10000, seed=0) if present else []
 
 
 def _figures(table: List[dict], pairs: bool = False) -> str:
@@ -138,24 +141,20 @@ def claim_rows(entries, metrics: Optional[dict] = None) -> List[Dict[str, str]]:
     out = []
     for claim, a, b, cells in CLAIMS:
         chosen = [e for e in complete if cells == "all" or (cells == "cross-domain") == ("->" in e.cell[1])]
-        out.append(_row(claim, a, b, _pairs(chosen, a, b)))
+        out.append(_row(claim, a, b, _pairs(chosen, (a, b))))
     out.append(stability_row(complete))
     out += stress_rows(entries)
     out += gradient_rows(complete, metrics or {})
-    out += [_row(claim, a, b, _pairs(complete, a, b)) for claim, a, b in ABLATIONS]
+    out += [_row(claim, a, b, _pairs(complete, (a, b))) for claim, a, b in ABLATIONS]
     return out
 
 
 def stability_row(complete) -> Dict[str, str]:
     """SGG's per-episode seed SD against full_ft's and lora's (see the module docstring)."""
-    from fewshot_bench.analysis.pairs import pair_table
-
     claim, (sgg, *others) = STABILITY
-    chosen = [dataclasses.replace(e, accuracy={f: e.seed_sd[f] for f in e.accuracy if f in e.seed_sd})
-              for e in complete if e.method in STABILITY[1] and (e.row["restarts"] or 1) > 1]
-    methods = {e.method for e in chosen if e.accuracy}
-    pairs = [(other, sgg) for other in others if {other, sgg} <= methods]
-    table = pair_table([e for e in chosen if e.accuracy], pairs, bootstrap=10000, seed=0) if pairs else []
+    restarted = (dataclasses.replace(e, accuracy={f: e.seed_sd[f] for f in e.accuracy if f in e.seed_sd})
+                 for e in complete if e.method in STABILITY[1] and (e.row["restarts"] or 1) > 1)
+    table = _pairs([e for e in restarted if e.accuracy], *((other, sgg) for other in others))
     verdict = (_verdict(table, "comparison") if table else
                f"undecided (not computed: no cell holds {sgg} and {' or '.join(others)} run with --restarts)")
     return dict(claim=f"{claim} (per-episode SD of accuracy over the training restarts, lower is better)",
@@ -207,9 +206,9 @@ def stress_rows(entries) -> List[Dict[str, str]]:
     stored, out = _stored(entries), []
     for factor, lr, sgg, full_ft in stress_pairs():
         out.append(_row(f"SGG is more accurate than full fine-tuning at {factor} learning rate (lr {lr}; "
-                        f"stress suite; episodes both finished ok)", sgg, full_ft, _pairs(stored, sgg, full_ft)))
+                        f"stress suite; episodes both finished ok)", sgg, full_ft, _pairs(stored, (sgg, full_ft))))
         failures = [_failures(e) for e in stored if e.method in (sgg, full_ft)]
-        table = _pairs(failures, full_ft, sgg)
+        table = _pairs(failures, (full_ft, sgg))
         out.append(dict(claim=f"SGG diverges or fails less than full fine-tuning at {factor} learning rate (lr {lr}; "
                               f"failed share, exact sign test on discordant episodes)",
                         comparison=f"failed: {full_ft} - {sgg}", verdict=_verdict(table),
@@ -272,7 +271,7 @@ def gradient_rows(complete, metrics: dict) -> List[Dict[str, str]]:
         first, second = (a, b) if higher else (b, a)
         caveat = f"{column}, {'higher' if higher else 'lower'} is better; comparable only at the same trainable set: " \
                  f"{trained}" + ("; " + BY_CONSTRUCTION if higher else "")
-        table = _pairs(chosen, first, second)
+        table = _pairs(chosen, (first, second))
         figures = [_figures(table)] * bool(table) + ["not compared: " + ", ".join(left_out)] * bool(left_out)
         out.append(_row(f"{claim} ({caveat})", first, second, table, "<br>".join(figures) or "-"))
     return out
