@@ -2,6 +2,7 @@
 `run`, kill and resume, merge of complete units only, bad input, and the committed store's units read as done
 (config hashes stay stable across refactors)."""
 import csv
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -14,6 +15,7 @@ import time
 import pytest
 import yaml
 
+from fewshot_bench.execution.campaign import share_out
 from fewshot_bench.execution.campaign_queue import Finished, estimate, load_campaign
 from fewshot_bench.execution.plan import episode_rates
 from fewshot_bench.methods.backbone import load_backbone
@@ -94,6 +96,46 @@ def test_campaign_in_two_processes_then_merged_equals_a_plain_run(tmp_path, caps
     capsys.readouterr()
     assert main(args("status", file, store, shards)) == 0
     assert capsys.readouterr().out.startswith("nothing to do: all 4 units")
+
+
+def test_a_unit_longer_than_a_workers_share_is_split_by_episode_then_merged_equals_a_plain_run(tmp_path, capsys):
+    entry = {**TINY, "methods": ["full_ft"], "method_config": ["full_ft.steps=2"], "k_shot": 1, "episodes": 4}
+    file, store, shards = write_campaign(tmp_path / "c.yaml", [entry]), empty_store(tmp_path / "s.sqlite"), tmp_path / "sh"
+    assert main(args("run", file, store, shards, "--processes", "2")) == 0
+    assert "in 2 worker(s) (1 split between workers by episode)" in capsys.readouterr().out
+    assert [sorted(r[2] for r in rows(shards / f"shard{i}.sqlite")) for i in (0, 1)] == [[0, 2], [1, 3]]
+    assert main(args("merge", file, store, shards)) == 0
+    assert "merged 1 complete units (4 episode rows)" in capsys.readouterr().out
+    plain = tmp_path / "plain.sqlite"
+    assert main(["run", "--backbone", "tiny-encoder", "--tasks", "demo_intents", "--query", "2", "--seed", "0",
+                 "--threads", "1", "--method-config", "full_ft.steps=2", "--methods", "full_ft", "--k-shot", "1",
+                 "--episodes", "4", "--store", str(plain), "--out", ""]) == 0
+    assert rows(store) == rows(plain) and len(rows(store)) == 4
+
+
+def test_share_out_splits_only_long_units_that_meta_train_nothing(tmp_path):
+    full_ft, protonet, restart0, restart1 = load_campaign(write_campaign(tmp_path / "c.yaml", ENTRIES)).units
+    protonet = dataclasses.replace(protonet, meta_trained=True)  # as maml's units are
+    units = [full_ft, protonet, restart0, restart1]
+    missing = {full_ft: [0, 1, 2], protonet: [0, 1, 2], restart0: [0, 1], restart1: [1]}
+
+    def plans(left, processes):
+        return [[(s.unit, s.episodes) for s in plan] for plan in share_out(units, left, missing, processes)]
+
+    assert plans({full_ft: 300, protonet: 300, restart0: 20, restart1: 20}, 2) == [
+        [(full_ft, None), (restart0, None)], [(protonet, None), (restart1, None)]]
+    assert plans({full_ft: 900, protonet: 30, restart0: 20, restart1: 20}, 2) == [
+        [(full_ft, [0, 2]), (protonet, None)], [(full_ft, [1]), (restart0, None), (restart1, None)]]
+    assert plans({full_ft: 900, protonet: 30, restart0: 20, restart1: 20}, 3) == [
+        [(full_ft, [0]), (protonet, None)], [(full_ft, [1]), (restart0, None)], [(full_ft, [2]), (restart1, None)]]
+    assert plans({full_ft: 30, protonet: 900, restart0: 20, restart1: 20}, 2)[1] == [(protonet, None)], \
+        "a meta-trained unit is not split: each share would meta-train again"
+    assert plans({full_ft: 20, protonet: 30, restart0: 20, restart1: 900}, 2) == [
+        [(full_ft, None), (restart0, None)], [(protonet, None), (restart1, None)]], \
+        "a unit with one episode missing is not split"
+    assert plans({full_ft: 10, protonet: 10, restart0: 10, restart1: 10}, 8) == [  # more workers than units
+        [(full_ft, [0, 2])], [(full_ft, [1])], [(protonet, None)], [(restart0, [0])], [(restart0, [1])],
+        [(restart1, None)]]
 
 
 def test_an_entry_with_a_tuned_file_stores_the_rows_of_run_tuned(tmp_path, monkeypatch):

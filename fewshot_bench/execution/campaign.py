@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -100,9 +101,8 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
         progress_seconds: float = 60.0) -> int:
     """Compute the units not done in ``processes`` workers, worker i into ``shards/shard<i>.sqlite`` (log beside it).
 
-    Units are shared out in queue order, each to the worker with the least estimated seconds so far (each worker's
-    list keeps queue order; the loads end within one unit of each other). A progress line (units and episodes done,
-    ETA: the most estimated seconds a worker has left) every ``progress_seconds``. One campaign at a time per folder
+    Units are shared out by :func:`share_out`. A progress line (units and episodes done, ETA: the most estimated
+    seconds a worker has left) every ``progress_seconds``. One campaign at a time per folder
     (a lock file). Returns 0 when every worker finished, 1 when one failed (its log named); Ctrl-C or SIGTERM stops
     the workers and raises KeyboardInterrupt."""
     for flag, value, low, high in (("--processes", processes, 1, MAX_PROCESSES), ("--threads", threads, 1, 256)):
@@ -124,12 +124,8 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
             raise UserError(f"another `fewshot-bench campaign run` is writing into {folder}; let it finish (or stop "
                             f"it), then run this again: it resumes") from None
         _record_estimates(folder / ESTIMATES, [unit for unit in pending if not done[unit]], how, threads)
-        loads, plans = [0.0] * processes, [[] for _ in range(processes)]
-        for unit in pending:
-            worker = min(range(processes), key=lambda i: (loads[i], i))
-            plans[worker].append(unit)
-            loads[worker] += left[unit]
-        plans = [plan for plan in plans if plan]
+        plans = share_out(pending, left, {u: sorted(set(range(u.episodes)) - finished.done_indices(*u.key))
+                                          for u in pending}, processes)
         for index in range(len(plans)):  # every shard exists before a worker reads the others
             ResultsStore(folder / f"shard{index}.sqlite").close()
         job = {"file": str(Path(file).resolve()), "store": str(Path(store).resolve()), "shards": str(folder.resolve()),
@@ -142,18 +138,49 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
                                                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)}))
             workers[-1].stdin.write(json.dumps({**job, "shard": index, "units": [
-                [u.entry, u.setting.label, u.spec, u.restart] for u in plan]}))
+                [s.unit.entry, s.unit.setting.label, s.unit.spec, s.unit.restart, s.episodes] for s in plan]}))
             workers[-1].stdin.close()
+        split = sum(s.parts > 1 for plan in plans for s in plan if s.part == 0)
         print(f"campaign: {len(pending)} units ({sum(u.episodes - done[u] for u in pending)} episodes, about "
-              f"{sum(left.values()) / 3600:.3g} CPU-hours) in {len(workers)} worker(s); logs: {folder}/shard<i>.log",
+              f"{sum(left.values()) / 3600:.3g} CPU-hours) in {len(workers)} worker(s)"
+              f"{f' ({split} split between workers by episode)' if split else ''}; logs: {folder}/shard<i>.log",
               flush=True)
         return _watch(campaign, Finished([store]), folder, plans, workers, progress_seconds, calibrated)
+
+
+class Share(NamedTuple):
+    """A worker's part of a unit: its missing ``episodes`` (None: all of them), part ``part`` of ``parts``."""
+    unit: Unit
+    episodes: Optional[List[int]]
+    part: int = 0
+    parts: int = 1
+
+
+def share_out(pending: Sequence[Unit], left: Dict[Unit, float], missing: Dict[Unit, List[int]], processes: int
+              ) -> List[List[Share]]:
+    """The workers' plans (empty ones dropped): in queue order, each unit to the worker with the least estimated
+    seconds so far, each plan keeping queue order. A unit that meta-trains nothing and whose seconds ``left`` exceed
+    one worker's fair share (all seconds left / ``processes``) is split into that many shares, rounded up, (at most
+    ``processes``, at most one per ``missing`` episode): its missing episodes dealt out in turn, each share to a
+    different worker, so that one long unit does not keep one worker busy while the others wait."""
+    fair = sum(left[unit] for unit in pending) / processes
+    loads, plans = [0.0] * processes, [[] for _ in range(processes)]
+    for unit in pending:
+        parts = 1 if unit.meta_trained or fair <= 0 else max(1, min(processes, len(missing[unit]),
+                                                                     math.ceil(left[unit] / fair)))
+        for part in range(parts):
+            taken = {index for index, plan in enumerate(plans) if plan and plan[-1].unit == unit}
+            worker = min((i for i in range(processes) if i not in taken), key=lambda i: (loads[i], i))
+            plans[worker].append(Share(unit, missing[unit][part::parts] if parts > 1 else None, part, parts))
+            loads[worker] += left[unit] / parts
+    return [plan for plan in plans if plan]
 
 
 def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers, progress_seconds: float,
            calibrated: dict) -> int:
     """Wait for the workers, printing progress lines; Ctrl-C or SIGTERM terminates them."""
-    started, last, pending = time.monotonic(), 0.0, [u for plan in plans for u in plan]
+    started, last = time.monotonic(), 0.0
+    pending = list(dict.fromkeys(share.unit for plan in plans for share in plan))
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the workers too
     try:
         while True:
@@ -161,7 +188,7 @@ def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers,
             if not running or time.monotonic() - last >= progress_seconds:
                 last = time.monotonic()
                 done, left, _ = tally(campaign, Finished(shard_paths(folder), in_store), calibrated)
-                eta = max(sum(left.get(u, 0.0) for u in plan) for plan in plans)
+                eta = max(sum(left.get(s.unit, 0.0) / s.parts for s in plan) for plan in plans)
                 print(f"campaign: units {sum(done[u] == u.episodes for u in pending)}/{len(pending)} | episodes "
                       f"{sum(done[u] for u in pending)}/{sum(u.episodes for u in pending)} | elapsed "
                       f"{tqdm.format_interval(last - started)} | ETA {tqdm.format_interval(eta)} (status's estimates)",
@@ -308,9 +335,10 @@ def audit(store, shards) -> int:
 
 
 def _worker(job: dict) -> int:
-    """One worker (:data:`WORKER`; its job, JSON written by :func:`run`, on stdin): its units,
-    grouped by entry in queue order, through ``runner.run`` into its own shard; episodes done in the store or another
-    shard (read once, read-only) are skipped. It ends when the campaign process dies. Exit code 2: bad input."""
+    """One worker (:data:`WORKER`; its job, JSON written by :func:`run`, on stdin): its shares of units (a whole unit or
+    the episodes listed), grouped by entry in queue order, through ``runner.run`` into its own shard; episodes done in
+    the store or another shard (read once, read-only) are skipped. It ends when the campaign process dies. Exit code 2:
+    bad input."""
     def exit_with_parent():
         while os.getppid() == job["parent"]:
             time.sleep(1)
@@ -324,9 +352,9 @@ def _worker(job: dict) -> int:
         campaign = load_campaign(job["file"])
         own = Path(job["shards"]) / f"shard{job['shard']}.sqlite"
         finished = Finished([job["store"], *(path for path in shard_paths(job["shards"]) if path != own)])
-        entries: Dict[int, set] = {}
-        for entry, setting, spec, restart in job["units"]:
-            entries.setdefault(entry, set()).add((setting, spec, restart))
+        entries: Dict[int, dict] = {}
+        for entry, setting, spec, restart, episodes in job["units"]:
+            entries.setdefault(entry, {})[(setting, spec, restart)] = None if episodes is None else set(episodes)
         for entry, only in entries.items():
             config = campaign.configs[entry]
             config.store, config.out, config.threads = str(own), "", job["threads"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -76,14 +76,15 @@ def check_run_outputs(config: RunConfig, store_path: Optional[str] = None, confi
 
 
 def run(config: RunConfig, *, rank: int = 0, world_size: int = 1, store_path: Optional[str] = None,
-        barrier=None, only: Optional[Set[Tuple[str, str, int]]] = None, finished: Sequence = ()) -> str:
+        barrier=None, only: Optional[Mapping[Tuple[str, str, int], Optional[Collection[int]]]] = None,
+        finished: Sequence = ()) -> str:
     """Execute the run; returns the store path written (a shard path when ``world_size > 1``).
 
-    ``only``: run just these (setting label, method spec, restart) units, each with all its episodes (None: every
-    unit of the config). ``finished``: more stores, read-only (objects with ``done_indices``, e.g.
-    ``campaign.Finished``), whose finished episodes count as done and whose ``content`` hashes are checked; the
-    caller opens and closes them. Before anything is written, the texts of every episode of this rank's units are
-    checked against the content hashes stored (:func:`fewshot_bench.store.content.check_and_record`).
+    ``only``: run just these (setting label, method spec, restart) units, each with the episode indices it maps to
+    (None: all its episodes); ``only=None``: every unit of the config. ``finished``: more stores, read-only (objects
+    with ``done_indices``, e.g. ``campaign.Finished``), whose finished episodes count as done and whose ``content``
+    hashes are checked; the caller opens and closes them. Before anything is written, the texts of every episode of this
+    rank's units are checked against the content hashes stored (:func:`fewshot_bench.store.content.check_and_record`).
 
     With several ranks, the meta-trainings (meta-trained method x setting with episodes left) are shared
     out round-robin and cached on disk ($FEWSHOT_BENCH_CACHE: put it on a shared filesystem for multi-node
@@ -121,7 +122,7 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
     if worker is not None:
         executor.timeouts = estimated_timeouts(config, rates)
     units = [Unit(s, m, i, r) for s in settings for m in executor.specs for i in range(n_episodes)
-             for r in range(config.restarts) if only is None or (s.label, m, r) in only]
+             for r in range(config.restarts) if _chosen(only, (s.label, m, r), i)]
     mine = units[rank::world_size]
     episodes = {(u.setting, u.index): None for u in mine}
     content.check_and_record(store.conn, str(store.path), [s.target_episode(config.seed, i) for s, i in episodes],
@@ -152,6 +153,11 @@ def _run(config: RunConfig, settings, tuned, device: str, worker: Optional[Seale
         for opened in (store, *finished_elsewhere):
             opened.close()
     return store.path
+
+
+def _chosen(only, key: Tuple[str, str, int], index: int) -> bool:
+    """Whether episode ``index`` of unit ``key`` is one ``run``'s ``only`` selects."""
+    return only is None or (key in only and (only[key] is None or index in only[key]))
 
 
 TIMEOUT_FACTOR, TIMEOUT_FLOOR = 20.0, 600.0
