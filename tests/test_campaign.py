@@ -113,7 +113,7 @@ def test_a_unit_longer_than_a_workers_share_is_split_by_episode_then_merged_equa
     assert rows(store) == rows(plain) and len(rows(store)) == 4
 
 
-def test_share_out_splits_only_long_units_that_meta_train_nothing(tmp_path):
+def test_share_out_deals_out_the_episodes_of_long_units_that_meta_train_nothing(tmp_path):
     full_ft, protonet, restart0, restart1 = load_campaign(write_campaign(tmp_path / "c.yaml", ENTRIES)).units
     protonet = dataclasses.replace(protonet, meta_trained=True)  # as maml's units are
     units = [full_ft, protonet, restart0, restart1]
@@ -125,7 +125,7 @@ def test_share_out_splits_only_long_units_that_meta_train_nothing(tmp_path):
     assert plans({full_ft: 300, protonet: 300, restart0: 20, restart1: 20}, 2) == [
         [(full_ft, None), (restart0, None)], [(protonet, None), (restart1, None)]]
     assert plans({full_ft: 900, protonet: 30, restart0: 20, restart1: 20}, 2) == [
-        [(full_ft, [0, 2]), (protonet, None)], [(full_ft, [1]), (restart0, None), (restart1, None)]]
+        [(full_ft, [0, 2])], [(full_ft, [1]), (protonet, None), (restart0, None), (restart1, None)]]
     assert plans({full_ft: 900, protonet: 30, restart0: 20, restart1: 20}, 3) == [
         [(full_ft, [0]), (protonet, None)], [(full_ft, [1]), (restart0, None)], [(full_ft, [2]), (restart1, None)]]
     assert plans({full_ft: 30, protonet: 900, restart0: 20, restart1: 20}, 2)[1] == [(protonet, None)], \
@@ -133,8 +133,13 @@ def test_share_out_splits_only_long_units_that_meta_train_nothing(tmp_path):
     assert plans({full_ft: 20, protonet: 30, restart0: 20, restart1: 900}, 2) == [
         [(full_ft, None), (restart0, None)], [(protonet, None), (restart1, None)]], \
         "a unit with one episode missing is not split"
+    uneven = share_out(units, {full_ft: 100, protonet: 20, restart0: 20, restart1: 400},
+                       {**missing, restart1: list(range(10))}, 2)  # the long unit evens out the loads before it
+    assert [[(s.unit, s.episodes, s.fraction) for s in plan] for plan in uneven] == [
+        [(full_ft, None, 1.0), (restart1, [2, 4, 6, 8], 0.4)],
+        [(protonet, None, 1.0), (restart0, None, 1.0), (restart1, [0, 1, 3, 5, 7, 9], 0.6)]]
     assert plans({full_ft: 10, protonet: 10, restart0: 10, restart1: 10}, 8) == [  # more workers than units
-        [(full_ft, [0, 2])], [(full_ft, [1])], [(protonet, None)], [(restart0, [0])], [(restart0, [1])],
+        [(full_ft, [0])], [(full_ft, [1])], [(full_ft, [2])], [(protonet, None)], [(restart0, [0])], [(restart0, [1])],
         [(restart1, None)]]
 
 

@@ -140,7 +140,7 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
             workers[-1].stdin.write(json.dumps({**job, "shard": index, "units": [
                 [s.unit.entry, s.unit.setting.label, s.unit.spec, s.unit.restart, s.episodes] for s in plan]}))
             workers[-1].stdin.close()
-        split = sum(s.parts > 1 for plan in plans for s in plan if s.part == 0)
+        split = len({s.unit for plan in plans for s in plan if s.episodes is not None})
         print(f"campaign: {len(pending)} units ({sum(u.episodes - done[u] for u in pending)} episodes, about "
               f"{sum(left.values()) / 3600:.3g} CPU-hours) in {len(workers)} worker(s)"
               f"{f' ({split} split between workers by episode)' if split else ''}; logs: {folder}/shard<i>.log",
@@ -149,30 +149,36 @@ def run(file, store, shards, *, processes: int = 1, threads: int = 1, tasks_dirs
 
 
 class Share(NamedTuple):
-    """A worker's part of a unit: its missing ``episodes`` (None: all of them), part ``part`` of ``parts``."""
+    """A worker's part of a unit: the missing ``episodes`` it runs (None: all of them), ``fraction`` of the unit's
+    estimated seconds left."""
     unit: Unit
-    episodes: Optional[List[int]]
-    part: int = 0
-    parts: int = 1
+    episodes: Optional[List[int]] = None
+    fraction: float = 1.0
 
 
 def share_out(pending: Sequence[Unit], left: Dict[Unit, float], missing: Dict[Unit, List[int]], processes: int
               ) -> List[List[Share]]:
     """The workers' plans (empty ones dropped): in queue order, each unit to the worker with the least estimated
     seconds so far, each plan keeping queue order. A unit that meta-trains nothing and whose seconds ``left`` exceed
-    one worker's fair share (all seconds left / ``processes``) is split into that many shares, rounded up, (at most
-    ``processes``, at most one per ``missing`` episode): its missing episodes dealt out in turn, each share to a
-    different worker, so that one long unit does not keep one worker busy while the others wait."""
+    one worker's fair share (all seconds left / ``processes``) is split instead: its ``missing`` episodes are dealt
+    out one at a time, each to the worker then least loaded, so that one long unit does not keep one worker busy
+    while the others wait."""
     fair = sum(left[unit] for unit in pending) / processes
     loads, plans = [0.0] * processes, [[] for _ in range(processes)]
     for unit in pending:
-        parts = 1 if unit.meta_trained or fair <= 0 else max(1, min(processes, len(missing[unit]),
-                                                                     math.ceil(left[unit] / fair)))
-        for part in range(parts):
-            taken = {index for index, plan in enumerate(plans) if plan and plan[-1].unit == unit}
-            worker = min((i for i in range(processes) if i not in taken), key=lambda i: (loads[i], i))
-            plans[worker].append(Share(unit, missing[unit][part::parts] if parts > 1 else None, part, parts))
-            loads[worker] += left[unit] / parts
+        if unit.meta_trained or left[unit] <= fair or len(missing[unit]) < 2:
+            worker = min(range(processes), key=lambda i: (loads[i], i))
+            plans[worker].append(Share(unit))
+            loads[worker] += left[unit]
+            continue
+        dealt: Dict[int, List[int]] = {}
+        for index in missing[unit]:
+            worker = min(range(processes), key=lambda i: (loads[i], i))
+            dealt.setdefault(worker, []).append(index)
+            loads[worker] += left[unit] / len(missing[unit])
+        for worker, episodes in sorted(dealt.items()):
+            plans[worker].append(Share(unit, episodes if len(dealt) > 1 else None,
+                                       len(episodes) / len(missing[unit])))
     return [plan for plan in plans if plan]
 
 
@@ -188,7 +194,7 @@ def _watch(campaign: Campaign, in_store: Finished, folder: Path, plans, workers,
             if not running or time.monotonic() - last >= progress_seconds:
                 last = time.monotonic()
                 done, left, _ = tally(campaign, Finished(shard_paths(folder), in_store), calibrated)
-                eta = max(sum(left.get(s.unit, 0.0) / s.parts for s in plan) for plan in plans)
+                eta = max(sum(left.get(s.unit, 0.0) * s.fraction for s in plan) for plan in plans)
                 print(f"campaign: units {sum(done[u] == u.episodes for u in pending)}/{len(pending)} | episodes "
                       f"{sum(done[u] for u in pending)}/{sum(u.episodes for u in pending)} | elapsed "
                       f"{tqdm.format_interval(last - started)} | ETA {tqdm.format_interval(eta)} (status's estimates)",
