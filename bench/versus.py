@@ -19,17 +19,24 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# each module by its path in the layered package, then in the flat one (trees from before the layout move)
+# each module by its path in today's package, then in older trees (the flat package from before the layout move);
+# "seeds" is whichever of its modules defines episode_seed (execution.runner did before execution.evaluate existed)
 MODULES = {"backbone": ("methods.backbone", "backbone"), "harness": ("execution.harness", "harness"),
            "spec": ("methods.spec", "spec"), "data": ("data.loading", "data"),
-           "episodes": ("episodes.sampling", "episodes"), "runner": ("execution.runner", "runner")}
+           "episodes": ("episodes.sampling", "episodes"),
+           "seeds": ("execution.evaluate", "execution.runner", "runner")}
 
 
-def _import_either(paths: tuple):
-    try:
-        return importlib.import_module(f"fewshot_bench.{paths[0]}")
-    except ModuleNotFoundError:
-        return importlib.import_module(f"fewshot_bench.{paths[1]}")
+def _import_first(name: str, paths: tuple):
+    """The first of ``paths`` that imports (for "seeds": that defines ``episode_seed``)."""
+    for path in paths:
+        try:
+            module = importlib.import_module(f"fewshot_bench.{path}")
+        except ModuleNotFoundError:
+            continue
+        if name != "seeds" or hasattr(module, "episode_seed"):
+            return module
+    raise SystemExit(f"no module of {paths} in this tree provides {name!r}")
 
 
 def load_tree(root: str, data_dir: str) -> dict:
@@ -39,7 +46,7 @@ def load_tree(root: str, data_dir: str) -> dict:
             del sys.modules[name]
     sys.path.insert(0, root)
     try:
-        mods = {m: _import_either(paths) for m, paths in MODULES.items()}
+        mods = {m: _import_first(m, paths) for m, paths in MODULES.items()}
     finally:
         sys.path.remove(root)
     if not mods["harness"].__file__.startswith(str(Path(root).resolve())):
@@ -74,7 +81,7 @@ def main(argv=None) -> int:
     def episode(side, spec, i):
         d = sides[side]
         episode_ = d["setting"].target_episode(0, i)
-        seed = d["m"]["runner"].episode_seed(0, d["setting"], i)
+        seed = d["m"]["seeds"].episode_seed(0, d["setting"], i)
         d["backbone"].clear_caches()
         started = time.process_time()
         record = d["m"]["harness"].run_episode(d["methods"][spec], episode_, d["backbone"], seed=seed,

@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 
 from fewshot_bench.store.results import ResultsStore
 
@@ -69,3 +70,15 @@ def build_store(path, episodes: int = 10) -> None:
             store.write_episode(record(method='=HYPERLINK("http://evil")', episode_index=i, accuracy=0.1,
                                        grad_dir_consistency=-0.25))
             store.write_episode(record(method="-x", backbone="+bert", episode_index=i, accuracy=0.3))
+
+
+def adapt(method, backbone, episode, source=None, seed: int = 3):
+    """``method.adapt`` on ``episode`` (source pool ``source``) from a seeded RNG: (query logits, the context)."""
+    from fewshot_bench.methods import EpisodeContext
+
+    torch.manual_seed(seed)
+    ctx = EpisodeContext(backbone, episode, seed, source_episodes=source)
+    predictor = method.adapt(ctx)
+    with torch.no_grad():
+        logits = predictor.predict(ctx.batch(episode, "query"))
+    return logits, ctx

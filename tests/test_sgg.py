@@ -13,6 +13,7 @@ from fewshot_bench.methods import EpisodeContext
 from fewshot_bench.methods.spec import method_from_spec
 from fewshot_bench.methods.sgg import (SGG, SGGConfig, SGGNoAlign, SGGNoDir, SGGNoMag, exact_guided_gradient,
                                first_order_guided_gradient, flatten, regularisers, unflatten)
+from helpers import adapt as _adapt
 
 SEED = 3
 
@@ -27,15 +28,6 @@ def _norm(a):
 
 def _cos(a, b):
     return F.cosine_similarity(flatten(a), flatten(b), dim=0)
-
-
-def _adapt(method, backbone, episode, source=None, seed=SEED):
-    torch.manual_seed(seed)
-    ctx = EpisodeContext(backbone, episode, seed, source_episodes=source)
-    predictor = method.adapt(ctx)
-    with torch.no_grad():
-        logits = predictor.predict(ctx.batch(episode, "query"))
-    return logits, ctx
 
 
 def _cfg(**kw):

@@ -18,6 +18,8 @@ Fine-tuning on the support set (same loop, optimizer, parameter groups and head 
       w = min(1, λ_align,t) (w = 1 leaves a non-negative dot product);
   (3) if λ_mag > 0, rescale g so that ``‖g‖ ≤ τ_t`` (the constraint form of R_mag).
   Applied in that order, so the norm bound and the PCGrad sign guarantee hold for the final gradient.
+  Its passes over the flat vectors (:mod:`.flat_vectors`) visit the input-embedding matrix on the rows some
+  gradient of the episode has reached only, as the row-sparse AdamW and the recorder do.
 
 Source gradient: ``fewshot_bench.methods.training.source_gradient`` (shared with full_ft/lora, which only measure it): the support set
 of a fresh source episode every ``source_every`` steps, loss = cross-entropy of the squared-Euclidean logits to the batch's own class prototypes

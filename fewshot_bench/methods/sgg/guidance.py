@@ -65,14 +65,17 @@ def regularisers(grads: Sequence[torch.Tensor], n_shared: int, *, ref=None, tau:
     return terms
 
 
-def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Optional[torch.Tensor]) -> Dict[str, float]:
+def gradient_dots(g: torch.Tensor, k: int, ref: Optional[torch.Tensor], src: Optional[torch.Tensor],
+                  flat=None) -> Dict[str, float]:
     """The few inner products everything per step is computed from (:func:`fewshot_bench.methods.metrics.gram`: float32 per
     slice, float64 where float32 products of entries below ~1e-19 may have underflowed, e.g. a near-zero g_src,
     which would give |cos| > 1): gg, gr, rr, gs, rs, ss, and the head-part (index >= k) ones, so backbone-only
-    norms are gg − head part."""
+    norms are gg − head part. ``flat``: the :class:`~fewshot_bench.methods.sgg.flat_vectors.FlatVectors` that
+    built g, ref and src (its row-sparse Gram for the backbone part), else dense."""
     vectors = [g] + ([ref] if ref is not None else [])
     head = gram([v[k:] for v in vectors]).tolist()
-    shared = gram([v[:k] for v in vectors] + ([src] if src is not None else [])).tolist()
+    shared_gram = gram if flat is None else flat.gram
+    shared = shared_gram([v[:k] for v in vectors] + ([src] if src is not None else [])).tolist()
     d = {"hgg": head[0][0], "gg": shared[0][0] + head[0][0]}
     if ref is not None:
         d.update(gr=shared[0][1] + head[0][1], rr=shared[1][1] + head[1][1], hgr=head[0][1], hrr=head[1][1])

@@ -17,8 +17,9 @@ from ...store.schema import Figure
 from ..training import adamw, embedding_rows, positions_per_class, source_gradient
 
 from .config import SGG_SPACE, SGGConfig, SGGNoAlignConfig, SGGNoDirConfig, SGGNoMagConfig
-from .guidance import (_safe_cos, apply_coefficients, dot_cosines, exact_guided_gradient, first_order_coefficients,
-    flatten, flatten_into, gradient_dots, new_vector, regulariser_values, term_activity, unflatten)
+from .flat_vectors import FlatVectors
+from .guidance import (_safe_cos, dot_cosines, exact_guided_gradient, first_order_coefficients, gradient_dots,
+    regulariser_values, term_activity, unflatten)
 from .state import GuidanceState
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,13 @@ class SGG(Method):
         head_params = list(head.parameters())
         params = shared + head_params  # shared first: its gradient is a prefix of the flat gradient
         n_shared, k = len(shared), sum(p.numel() for p in shared)
+        row_params = embedding_rows(model, shared)
         optimizer = adamw([{"params": shared, "lr": backbone_lr}, {"params": head_params, "lr": cfg.head_lr}], cfg,
-                          rows=embedding_rows(model, shared))
-        state = GuidanceState(cfg, k)
+                          rows=row_params)
+        # the flat task gradient, step, r_t and g_src: the input-embedding matrix on its non-zero rows only (exact
+        # mode's Hessian-vector product takes whole vectors)
+        flat = FlatVectors(params, row_params if cfg.mode == "first_order" else ())
+        state = GuidanceState(cfg, flat)
         weights = {"dir": cfg.lambda_dir, "mag": cfg.lambda_mag, "align": cfg.lambda_align}
         guided = any(w > 0 for w in weights.values())
         if not ctx.has_source and cfg.lambda_align > 0 and not self._warned_no_source:
@@ -101,22 +106,23 @@ class SGG(Method):
             with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
                 torch.manual_seed(derived_seed(ctx.seed, "sgg-ref"))
                 raw = torch.autograd.grad(task_loss(_half_support(ctx)), params, allow_unused=True)
-            state.ref = flatten([g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(raw, params)])
+            half = [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(raw, params)]
+            state.ref = flat.flatten_into(flat.zeros(), half)
 
         # the flat task gradient, step gradient and g_src live in buffers reused every step (no model-sized
         # allocation per step)
-        task_buf, step_buf = new_vector(params), None
-        src_buf = new_vector(shared) if ctx.has_source else None
+        task_buf, step_buf = flat.zeros(), None
+        src_buf = flat.zeros(k) if ctx.has_source else None
         src = None
         for t in range(cfg.steps):
             optimizer.zero_grad(set_to_none=True)
             if ctx.has_source and t % cfg.source_every == 0:
-                src = flatten_into(src_buf, source_gradient(ctx, model, shared, t, shots=cfg.source_shots))
+                src = flat.flatten_into(src_buf, source_gradient(ctx, model, shared, t, shots=cfg.source_shots))
             lam_align = state.lambda_align if src is not None and cfg.lambda_align > 0 else 0.0
             tau = state.tau
             loss = task_loss(ctx.support)
             if guided and cfg.mode == "exact":
-                step_buf = new_vector(params) if step_buf is None else step_buf
+                step_buf = flat.zeros() if step_buf is None else step_buf
                 step, task, used, dots, terms = exact_guided_gradient(
                     loss, params, n_shared, weights={**weights, "align": lam_align}, ref=state.set_ref_if_missing,
                     tau=tau, src=src, task_out=task_buf, step_out=step_buf)
@@ -131,15 +137,15 @@ class SGG(Method):
                 loss.backward()
                 used = [p.grad is not None for p in params]
                 task_list = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-                task = step = flatten_into(task_buf, task_list)
+                task = step = flat.flatten_into(task_buf, task_list)
                 ref = state.set_ref_if_missing(task) if guided else state.ref
-                dots = gradient_dots(task, k, ref, src)
+                dots = gradient_dots(task, k, ref, src, flat)
                 a, b, c, info = first_order_coefficients(dots, lambda_dir=cfg.lambda_dir if guided else 0.0,
                                                          lambda_mag=cfg.lambda_mag if guided else 0.0,
                                                          align_weight=lam_align if guided else 0.0, tau=tau)
                 if (a, b, c) != (1.0, 0.0, 0.0):
-                    step_buf = new_vector(params) if step_buf is None else step_buf
-                    step = apply_coefficients(task, k, a, b, c, ref, src, out=step_buf)
+                    step_buf = flat.zeros() if step_buf is None else step_buf
+                    step = flat.combine(task, k, a, b, c, ref, src, out=step_buf)
                     for p, g, u in zip(params, unflatten(step, params), used):
                         p.grad = g if u else None
                 terms = regulariser_values(dots, tau)

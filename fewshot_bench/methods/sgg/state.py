@@ -7,14 +7,16 @@ from typing import Optional
 import torch
 
 from .config import SGGConfig
+from .flat_vectors import FlatVectors
 
 
 class GuidanceState:
-    """Per-episode running statistics (flat vectors): r_t, the norm EMA behind τ_t, the EMA of cos(g_bb, g_src)."""
+    """Per-episode running statistics: r_t (a flat vector of ``flat``), the norm EMA behind τ_t, the EMA of
+    cos(g_bb, g_src)."""
 
-    def __init__(self, config: SGGConfig, k_shared: int):
+    def __init__(self, config: SGGConfig, flat: FlatVectors):
         self.config = config
-        self.k = k_shared
+        self.flat = flat
         self.ref: Optional[torch.Tensor] = None
         self.norm_ema: Optional[float] = None
         self.cos_ema: Optional[float] = None
@@ -42,7 +44,7 @@ class GuidanceState:
     def update(self, task: torch.Tensor, task_norm: float, cos_src: Optional[float]) -> None:
         beta = self.config.ema
         self.set_ref_if_missing(task)
-        self.ref.mul_(beta).add_(task.detach(), alpha=1 - beta)
+        self.flat.average_(self.ref, task.detach(), beta)
         self.norm_ema = task_norm if self.norm_ema is None else beta * self.norm_ema + (1 - beta) * task_norm
         if cos_src is not None:
             self.cos_ema = cos_src if self.cos_ema is None else beta * self.cos_ema + (1 - beta) * cos_src
