@@ -210,3 +210,17 @@ def test_a_rerun_uses_the_stored_runs_isolation(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(reproduce, "sealed_worker", lambda *args: None)  # in the harness's process: not as stored
     assert main(["reproduce", "--store", str(path), "--sample", "2"]) == 1
     assert "drifted:" in capsys.readouterr().out
+
+
+def test_the_restarts_of_a_run_reproduce_under_their_own_seeds(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    assert main(["run", "--tasks", "demo_intents", "--methods", "full_ft(steps=2)", "--n-way", "5", "--k-shot", "1",
+                 "--episodes", "1", "--restarts", "3", "--backbone", "tiny-encoder", "--store", str(store),
+                 "--out", ""]) == 0
+    with ResultsStore(store, create=False) as opened:
+        records = opened.episodes()
+    assert sorted(r.get("restart") or 0 for r in records) == [0, 1, 2]
+    assert len({tuple(r["predictions"]) for r in records}) > 1  # the restarts trained differently
+    assert main(["reproduce", "--store", str(store), "--sample", "3"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("full_ft(steps=2) "))
+    assert "100.0% of 225" in line and "3/3" in line and line.endswith("ok")

@@ -45,7 +45,7 @@ from ..core.progress import Progress
 from ..core.registry import did_you_mean
 from ..core.threads import set_threads
 from .run_config import RunConfig, settings_of
-from .evaluate import Executor, Unit, sealed_worker
+from .evaluate import Executor, Unit, restart_hash, sealed_worker
 from ..analysis.stats import bootstrap_ci
 from ..store.results import ResultsStore
 from .tuned import load_tuned
@@ -124,7 +124,8 @@ class Rebuilder:
         return self.built[run_id]
 
     def cell(self, record: dict):
-        """(executor, cell, method spec) that wrote ``record`` (same name and run hash), or the reason there is none."""
+        """(executor, cell, method spec) that wrote ``record`` (same name, and run hash under its restart's key), or
+        the reason there is none."""
         if record["run_id"] not in self.runs:
             return None, "its run is not in the store's runs table"
         config, candidates = self._candidates(record["run_id"])
@@ -137,7 +138,8 @@ class Rebuilder:
                     cell = execution.cell(setting, spec)
                 except UserError:  # this tuned file has no entry for the method on the setting: try the next one
                     continue
-                if cell.label == record["method"] and cell.run_hash == record["config_hash"]:
+                if cell.label == record["method"] and restart_hash(cell.run_hash, record.get("restart") or 0) \
+                        == record["config_hash"]:
                     return (execution, cell, spec), None
         if config.tuned and not Path(config.tuned).is_file():
             return None, (f"its tuned file {config.tuned} is missing and no --tuned file (nor a YAML beside the store) "
@@ -194,7 +196,8 @@ def reproduce(store_path, size: int, seed: int = 0, device: str = "auto", tuned_
                     progress.update(1)
                     continue
                 execution, cell, spec = found
-                rerun = execution.evaluate_unit(cell, Unit(cell.setting, spec, record["episode_index"])).values
+                unit = Unit(cell.setting, spec, record["episode_index"], record.get("restart") or 0)
+                rerun = execution.evaluate_unit(cell, unit).values
                 _compare(agreement, record, rerun, tolerance)
                 here = fingerprint(device, execution.autocast)
                 for key, stored, now in differences(of_run(runs[record["run_id"]]), here):
