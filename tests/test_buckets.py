@@ -1,4 +1,5 @@
-"""Query prediction in length buckets equals one padded batch (float tolerance, identical argmax)."""
+"""Query prediction in length buckets equals one padded batch (float tolerance; the same class wherever the logits
+decide it beyond that tolerance)."""
 import pytest
 import torch
 
@@ -38,7 +39,11 @@ def test_bucketed_prediction_equals_one_batch(tiny_backbone, spec):
         for rows in (1, 3, 16):
             bucketed = predict_queries(predictor, tiny_backbone, episode.query_texts, episode.n_way, rows=rows)
             torch.testing.assert_close(bucketed, whole, rtol=1e-5, atol=1e-5)
-            assert torch.equal(bucketed.argmax(-1), whole.argmax(-1))
+            # the same class wherever one batch's top two logits are further apart than that tolerance allows (the
+            # tiny random encoder puts protonet's cosines within 1e-5 of each other: there, rounding picks the class)
+            top = whole.topk(2, -1).values
+            decided = top[:, 0] - top[:, 1] > 2 * (1e-5 + 1e-5 * top[:, 0].abs())
+            assert torch.equal(bucketed.argmax(-1)[decided], whole.argmax(-1)[decided])
 
 
 def test_a_predictor_with_the_wrong_shape_is_named(tiny_backbone):
