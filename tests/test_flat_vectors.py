@@ -53,7 +53,7 @@ def test_flat_vectors_build_the_dense_vectors_and_their_inner_products():
             assert torch.equal(flat.combine(task, k, a, b, c, ref, src, out=step), expected)
         expected = ref.clone().mul_(0.9).add_(task, alpha=0.1)
         assert torch.equal(flat.average_(ref, task, 0.9), expected)
-    assert flat.index[0].tolist() == [1, 5, 2, 30, 7, 39, 0, 11]  # U: every row seen, in order of first sight
+    assert flat.reached[0].index.tolist() == [1, 5, 2, 30, 7, 39, 0, 11]  # U: every row seen, in order of first sight
 
 
 def test_without_row_sparse_matrices_the_passes_are_the_dense_ones():
@@ -71,7 +71,7 @@ def test_a_nan_row_counts_as_non_zero():
     grads = _gradient(params, (), seed=0)
     grads[1][17, 3] = float("nan")
     task = flat.flatten_into(flat.zeros(), grads)
-    assert flat.index[0].tolist() == [17] and torch.isnan(task).any()
+    assert flat.reached[0].index.tolist() == [17] and torch.isnan(task).any()
 
 
 @pytest.mark.parametrize("lambdas", [dict(), dict(lambda_dir=1.0, lambda_mag=1.0, lambda_align=1.0,
@@ -82,7 +82,7 @@ def test_an_sgg_episode_predicts_what_dense_passes_predict(backbone, demo, monke
     monkeypatch.setattr(sgg_method, "FlatVectors",
                         lambda params, row_params=(): made.append(FlatVectors(params, row_params)) or made[-1])
     logits, ctx = adapt(SGG(SGGConfig(**lambdas)), backbone, episode, source)
-    assert len(made[0].segments) == 1 and 0 < made[0].index[0].numel() < 1000  # the word embeddings, row-sparse
+    assert len(made[0].segments) == 1 and 0 < made[0].reached[0].index.numel() < 1000  # the word embeddings, row-sparse
     monkeypatch.setattr(sgg_method, "FlatVectors", lambda params, row_params=(): FlatVectors(params))
     dense_logits, dense_ctx = adapt(SGG(SGGConfig(**lambdas)), backbone, episode, source)
     assert torch.equal(logits.argmax(-1), dense_logits.argmax(-1))

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from .row_adamw import RowSet
+
 
 def query_scores(labels: Sequence[int], predictions: Sequence[int]) -> Dict[str, float]:
     return {"accuracy": float(accuracy_score(labels, predictions)),
@@ -109,8 +111,7 @@ class _RowPath:
         self.factor = factor
         self.row_sq0 = torch.linalg.vector_norm(self.theta0, dim=1).double() ** 2
         self.total_sq0 = float(self.row_sq0.sum())
-        self.seen = torch.zeros(theta0.shape[0], dtype=torch.bool, device=theta0.device)
-        self.index = torch.zeros(0, dtype=torch.long, device=theta0.device)
+        self.kept = RowSet(theta0.shape[0], theta0.device)
         self.prev = self.theta0.new_zeros((0, self.theta0.shape[1]))   # θ_{t-1} of the rows in index
         self.grad_prev = self.prev.clone()                             # g_{t-1} of the rows in index
         self.steps = 0                                                 # optimizer steps taken so far (= records)
@@ -118,10 +119,8 @@ class _RowPath:
     def _extend(self, mask: torch.Tensor) -> None:
         """Add the rows of ``mask`` not kept yet, with θ_{t-1} = θ_0 shrunk once per earlier step (bit-exact:
         the optimizer multiplies them by the same factor) and g_{t-1} = 0."""
-        new = (mask & ~self.seen).nonzero().reshape(-1)
+        new = self.kept.add(mask)
         if new.numel():
-            self.seen |= mask
-            self.index = torch.cat([self.index, new])
             rows = self.theta0.index_select(0, new)
             for _ in range(max(self.steps - 1, 0)):
                 rows.mul_(self.factor)
@@ -130,12 +129,12 @@ class _RowPath:
 
     def _rest_sq(self, decays: int) -> float:
         """‖θ‖² over the rows not kept, after ``decays`` steps."""
-        return (self.total_sq0 - float(self.row_sq0[self.index].sum())) * self.factor ** (2 * decays)
+        return (self.total_sq0 - float(self.row_sq0[self.kept.index].sum())) * self.factor ** (2 * decays)
 
     def step_sq_and_advance(self, param: torch.Tensor, mask: torch.Tensor) -> float:
         """‖θ_t − θ_{t-1}‖² of this parameter (0 at the first record), and θ_{t-1} ← θ_t on the kept rows."""
         self._extend(mask)
-        current = param.view(param.shape[0], -1).index_select(0, self.index)
+        current = param.view(param.shape[0], -1).index_select(0, self.kept.index)
         sq = 0.0
         if self.steps:
             sq = float(torch.sum((current.double() - self.prev.double()) ** 2))
@@ -145,22 +144,22 @@ class _RowPath:
 
     def gradient_dots(self, grad: torch.Tensor, source: Optional[torch.Tensor], first: bool):
         """(‖g‖², g·g_{t-1}, g·g_src) over the kept rows in float64, then g_{t-1} ← g; call after step_sq_and_advance."""
-        g = grad.reshape(grad.shape[0], -1).index_select(0, self.index).double()
+        g = grad.reshape(grad.shape[0], -1).index_select(0, self.kept.index).double()
         dot_prev = 0.0 if first else float(torch.sum(g * self.grad_prev.double()))
         dot_src = None
         if source is not None:
-            dot_src = float(torch.sum(g * source.reshape(source.shape[0], -1).index_select(0, self.index).double()))
+            dot_src = float(torch.sum(g * source.reshape(source.shape[0], -1).index_select(0, self.kept.index).double()))
         self.grad_prev = g.float()
         self.steps += 1
         return float(torch.sum(g * g)), dot_prev, dot_src
 
     def final_sq(self, param: torch.Tensor) -> Tuple[float, float]:
         """(‖θ_T − θ_{T-1}‖², ‖θ_T − θ_0‖²) of this parameter after the last step."""
-        current = param.view(param.shape[0], -1).index_select(0, self.index).double()
+        current = param.view(param.shape[0], -1).index_select(0, self.kept.index).double()
         rest = self._rest_sq(0)
         last = float(torch.sum((current - self.prev.double()) ** 2))
         last += (1.0 - self.factor) ** 2 * rest * self.factor ** (2 * (self.steps - 1))
-        whole = float(torch.sum((current - self.theta0.index_select(0, self.index).double()) ** 2))
+        whole = float(torch.sum((current - self.theta0.index_select(0, self.kept.index).double()) ** 2))
         whole += (1.0 - self.factor ** self.steps) ** 2 * rest
         return last, whole
 

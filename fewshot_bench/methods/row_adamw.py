@@ -14,34 +14,50 @@ from typing import Dict, Sequence, Tuple
 import torch
 
 
+def nonzero_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """Mask of the rows of a 2-D ``matrix`` holding a value other than 0 (NaN counts; 3x faster than ``any(1)``)."""
+    return (matrix.amax(1) != 0) | (matrix.amin(1) != 0)
+
+
+class RowSet:
+    """Rows of a matrix seen so far: their mask, and their indices in order of first sight (it only grows)."""
+
+    def __init__(self, rows: int, device: torch.device):
+        self.mask = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.index = torch.zeros(0, dtype=torch.long, device=device)
+
+    def add(self, mask: torch.Tensor) -> torch.Tensor:
+        """Add the rows of ``mask``; returns the indices of those not seen before, in row order."""
+        new = (mask & ~self.mask).nonzero().reshape(-1)
+        if new.numel():
+            self.mask |= mask
+            self.index = torch.cat([self.index, new])
+        return new
+
+
 class _TouchedRows:
-    """One row-sparse parameter: the rows touched so far (mask, and their indices in order of first touch),
+    """One row-sparse parameter: the rows touched so far (a :class:`RowSet`),
     their Adam moments (compact, in that order) and the step count."""
 
     def __init__(self, param: torch.Tensor):
         self.param = param
-        self.mask = torch.zeros(param.shape[0], dtype=torch.bool, device=param.device)
-        self.index = torch.zeros(0, dtype=torch.long, device=param.device)
+        self.touched = RowSet(param.shape[0], param.device)
         width = param[0].numel()
         self.exp_avg = param.new_zeros((0, width))
         self.exp_avg_sq = param.new_zeros((0, width))
         self.step = torch.zeros((), dtype=torch.float32, device=param.device)
-        self.scanned = False  # mask already holds the rows of the current gradient
+        self.scanned = False  # touched already holds the rows of the current gradient
 
     def scan(self) -> torch.Tensor:
         """Add the rows with a non-zero gradient now to the touched ones; returns the mask."""
         if not self.scanned and self.param.grad is not None:
-            grad = self.param.grad.reshape(self.param.shape[0], -1)
-            new = ((grad.amax(1) != 0) | (grad.amin(1) != 0)) & ~self.mask  # 3x faster than any(1); NaN counts
-            rows = new.nonzero().reshape(-1)
+            rows = self.touched.add(nonzero_rows(self.param.grad.reshape(self.param.shape[0], -1)))
             if rows.numel():
-                self.mask |= new
-                self.index = torch.cat([self.index, rows])
                 zeros = self.exp_avg.new_zeros((rows.numel(), self.exp_avg.shape[1]))
                 self.exp_avg = torch.cat([self.exp_avg, zeros])
                 self.exp_avg_sq = torch.cat([self.exp_avg_sq, zeros])
             self.scanned = True
-        return self.mask
+        return self.touched.mask
 
 
 class TouchedRowAdamW(torch.optim.AdamW):
@@ -94,7 +110,7 @@ class TouchedRowAdamW(torch.optim.AdamW):
 
     @staticmethod
     def _row_step(rows: _TouchedRows, grad: torch.Tensor, group: dict) -> None:
-        param, index = rows.param, rows.index
+        param, index = rows.param, rows.touched.index
         width = rows.exp_avg.shape[1]
         matrix = param.view(param.shape[0], width)
         touched = matrix.index_select(0, index)

@@ -15,6 +15,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from ..metrics import gram
+from ..row_adamw import RowSet, nonzero_rows
 from .guidance import apply_coefficients
 
 
@@ -23,11 +24,6 @@ class _Rows(NamedTuple):
     offset: int            # of its first value in the flat vector
     rows: int
     width: int
-
-
-def _row_mask(matrix: torch.Tensor) -> torch.Tensor:
-    """Rows with a value other than 0 (NaN included)."""
-    return (matrix.amax(1) != 0) | (matrix.amin(1) != 0)
 
 
 class FlatVectors:
@@ -56,8 +52,7 @@ class FlatVectors:
             self.dense.append((start, offset))
         self.numel = offset
         self.dtype, self.device = (params[0].dtype, params[0].device) if params else (None, None)
-        self.masks = [torch.zeros(s.rows, dtype=torch.bool, device=self.device) for s in self.segments]
-        self.index = [torch.zeros(0, dtype=torch.long, device=self.device) for _ in self.segments]  # U, per segment
+        self.reached = [RowSet(s.rows, self.device) for s in self.segments]  # U, per segment
 
     def zeros(self, numel: Optional[int] = None) -> torch.Tensor:
         """A new all-zero flat vector of ``numel`` values (default: all parameters), dtype and device of the first."""
@@ -67,7 +62,7 @@ class FlatVectors:
         return [(s, min(e, numel)) for s, e in self.dense if s < numel]
 
     def _segments(self, numel: int) -> List[Tuple[_Rows, torch.Tensor]]:
-        return [(s, index) for s, index in zip(self.segments, self.index) if s.offset < numel]
+        return [(s, u.index) for s, u in zip(self.segments, self.reached) if s.offset < numel]
 
     @staticmethod
     def _matrix(vector: torch.Tensor, segment: _Rows) -> torch.Tensor:
@@ -79,12 +74,9 @@ class FlatVectors:
 
     def admit(self, tensors: Sequence[torch.Tensor]) -> None:
         """Add to U the non-zero rows of the row-sparse matrices among ``tensors`` (aligned with ``params``)."""
-        for n, segment in enumerate(self.segments):
+        for segment, reached in zip(self.segments, self.reached):
             if segment.position < len(tensors):
-                new = _row_mask(tensors[segment.position].reshape(segment.rows, segment.width)) & ~self.masks[n]
-                if bool(new.any()):
-                    self.masks[n] |= new
-                    self.index[n] = torch.cat([self.index[n], new.nonzero().reshape(-1)])
+                reached.add(nonzero_rows(tensors[segment.position].reshape(segment.rows, segment.width)))
 
     def flatten_into(self, out: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Copy ``tensors`` (the first ``len(tensors)`` parameters' gradients) into the flat vector ``out``."""
